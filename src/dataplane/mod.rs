@@ -1,0 +1,5 @@
+//! The dataplane: the vCPU thread's live side of the sync call and the I/O
+//! thread behind it (DESIGN.md §3).
+
+pub mod live;
+pub mod shared;

@@ -1,0 +1,62 @@
+//! State the VMM's threads share: a few atomics and the handles needed to
+//! wake each other (DESIGN.md §3: threads share nothing else).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// Shared between the vCPU thread, the I/O thread and the main thread.
+#[derive(Default)]
+pub struct VmShared {
+    /// The host asked the VM to stop (SIGINT/SIGTERM): the guest sees EV_STOP.
+    pub stop: AtomicBool,
+    /// The host gave up waiting for the guest: the vCPU loop ends.
+    pub force_stop: AtomicBool,
+    /// The vCPU thread, for unparking it when an input arrives.
+    pub vcpu_thread: OnceLock<Thread>,
+    /// Exits so far (for `status`).
+    pub exit_index: AtomicU64,
+}
+
+impl VmShared {
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Asks the guest to stop and wakes the vCPU thread if it is waiting.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake_vcpu();
+    }
+
+    /// Wakes the vCPU thread if it is parked in a sync wait; costs one
+    /// atomic when it is not.
+    pub fn wake_vcpu(&self) {
+        if let Some(t) = self.vcpu_thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// Spins for a short while, then parks, until `ready()` or `deadline`.
+/// Returns whether `ready()` became true. Spinning first keeps a request
+/// that is already on its way from paying a wake-up (~20–60 µs here); the
+/// spin is short so a second VMM on the same core is not starved.
+pub fn wait_until(deadline: Instant, spin: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let spin_end = Instant::now() + spin;
+    loop {
+        if ready() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if now < spin_end {
+            std::hint::spin_loop();
+            continue;
+        }
+        std::thread::park_timeout((deadline - now).min(Duration::from_millis(100)));
+    }
+}
