@@ -10,4 +10,5 @@ pub mod dataplane;
 pub mod devices;
 pub mod launch;
 pub mod machine;
+pub mod replay;
 pub mod vmm;

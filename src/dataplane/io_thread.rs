@@ -184,9 +184,6 @@ impl IoThread {
     fn run(mut self) -> Result<(), IoThreadError> {
         let wake_fd = self.waker.eventfd.as_raw_fd();
         let (submitter, mut sq, mut cq) = self.ring.split();
-        if let Some(tap) = self.tap.as_mut() {
-            tap.start(&mut sq);
-        }
         let arm_wake = |sq: &mut io_uring::SubmissionQueue<'_>, buf: &mut [u8; 8]| {
             let read = opcode::Read::new(types::Fd(wake_fd), buf.as_mut_ptr(), 8)
                 .build()

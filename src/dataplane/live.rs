@@ -1,6 +1,8 @@
-//! The live sync call: inputs come from the host (the I/O thread), time from
-//! the host clock.
+//! The live sync call: outputs go to the I/O thread, inputs come from it,
+//! time from the host clock. With a recorder attached, every input it
+//! applies and every output it takes is logged at the current exit index.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,37 +11,150 @@ use vm_memory::GuestMemoryMmap;
 use lockstep_guest_abi as abi;
 
 use crate::devices::clock::VirtualClock;
-use crate::machine::{SyncError, SyncIo, SyncOutcome, SyncRequest};
+use crate::devices::virtio::{Devices, Outputs};
+use crate::machine::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
+use crate::replay::digest::Digester;
+use crate::replay::recorder::Recorder;
 
+use super::io_thread::{FromIo, IoChannels, ToIo};
 use super::shared::{VmShared, wait_until};
 
 /// How long a waiting vCPU spins before it parks.
 const WAIT_SPIN: Duration = Duration::from_micros(20);
+/// Frames kept for a guest that has no RX buffer posted; beyond this the
+/// oldest are dropped, as a NIC drops when its ring is full.
+const RX_BACKLOG_MAX: usize = 4096;
 
 /// Serves sync calls from live devices.
 pub struct LiveIo {
     pub clock: VirtualClock,
     pub shared: Arc<VmShared>,
+    pub devices: Devices,
+    pub io: Option<IoChannels>,
+    pub recorder: Option<Recorder>,
+    rx_backlog: VecDeque<Vec<u8>>,
+    outputs: Outputs,
+    /// Frames dropped because the guest had no RX buffers for too long.
+    pub rx_dropped: u64,
 }
 
 impl LiveIo {
-    pub fn new(shared: Arc<VmShared>) -> Self {
+    pub fn new(shared: Arc<VmShared>, devices: Devices, io: Option<IoChannels>) -> Self {
         LiveIo {
             clock: VirtualClock::new(),
             shared,
+            devices,
+            io,
+            recorder: None,
+            rx_backlog: VecDeque::new(),
+            outputs: Outputs::default(),
+            rx_dropped: 0,
         }
+    }
+
+    /// Hands this exit's outputs to the I/O thread, each tagged with the
+    /// log position the output rule waits for.
+    fn send_outputs(&mut self, exit_index: u64) -> Result<(), SyncError> {
+        let mut sent = false;
+        for frame in self.outputs.frames.drain(..) {
+            let seq = match self.recorder.as_mut() {
+                Some(r) => r.output_frame(exit_index, &frame)?,
+                None => 0,
+            };
+            if let Some(io) = self.io.as_mut() {
+                if !io.send(ToIo::Tx { frame, seq }) {
+                    return Err("the I/O thread is gone".into());
+                }
+                sent = true;
+            }
+        }
+        for req in self.outputs.requests.drain(..) {
+            let seq = match self.recorder.as_mut() {
+                Some(r) => r.output_request(exit_index, &req)?,
+                None => 0,
+            };
+            match self.io.as_mut() {
+                Some(io) => {
+                    if !io.send(ToIo::Disk { req, seq }) {
+                        return Err("the I/O thread is gone".into());
+                    }
+                    sent = true;
+                }
+                None => return Err("a disk request without a disk".into()),
+            }
+        }
+        if sent {
+            if let Some(io) = self.io.as_ref() {
+                io.waker.wake();
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every input that is ready; returns the event bits.
+    fn apply_inputs(&mut self, mem: &GuestMemoryMmap, exit_index: u64) -> Result<u32, SyncError> {
+        if let Some(io) = self.io.as_mut() {
+            while let Ok(msg) = io.from_io.pop() {
+                match msg {
+                    FromIo::Rx(frame) => {
+                        if self.rx_backlog.len() >= RX_BACKLOG_MAX {
+                            self.rx_backlog.pop_front();
+                            self.rx_dropped += 1;
+                        }
+                        self.rx_backlog.push_back(frame);
+                    }
+                    FromIo::Disk(c) => {
+                        if let Some(r) = self.recorder.as_mut() {
+                            r.disk_done(exit_index, &c)?;
+                        }
+                        if let Err(e) = self.devices.complete_disk(mem, &c) {
+                            tracing::warn!("disk completion {} not applied: {e}", c.id);
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(frame) = self.rx_backlog.front() {
+            match self.devices.deliver_frame(mem, frame) {
+                Ok(true) => {
+                    if let Some(r) = self.recorder.as_mut() {
+                        r.net_rx(exit_index, frame)?;
+                    }
+                    self.rx_backlog.pop_front();
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::debug!("frame not delivered: {e}");
+                    self.rx_backlog.pop_front();
+                    self.rx_dropped += 1;
+                }
+            }
+        }
+        Ok(self.devices.input_events())
+    }
+
+    fn input_ready(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| !io.from_io.is_empty())
     }
 }
 
 impl SyncIo for LiveIo {
-    fn sync(&mut self, _mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
-        let mut events = 0;
+    fn sync(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
+        let mut events = self.devices.take_outputs(mem, &mut self.outputs);
+        self.send_outputs(req.exit_index)?;
+        events |= self.apply_inputs(mem, req.exit_index)?;
         let mut waited = false;
         if req.wait() && events == 0 && !self.shared.stop_requested() {
             let host_deadline = Instant::now() + self.clock.until(req.deadline_ns);
-            let shared = &self.shared;
             waited = true;
-            wait_until(host_deadline, WAIT_SPIN, || shared.stop_requested());
+            let shared = self.shared.clone();
+            let from_io = self.io.as_ref().map(|io| &io.from_io);
+            wait_until(host_deadline, WAIT_SPIN, || {
+                shared.stop_requested() || from_io.is_some_and(|c| !c.is_empty())
+            });
+            if self.input_ready() {
+                events |= self.apply_inputs(mem, req.exit_index)?;
+            }
         }
         let now_ns = self.clock.now();
         if req.wait() && now_ns >= req.deadline_ns {
@@ -48,6 +163,9 @@ impl SyncIo for LiveIo {
         if self.shared.stop_requested() {
             events |= abi::EV_STOP;
         }
+        if let Some(r) = self.recorder.as_mut() {
+            r.sync(req.exit_index, req.flags, events, now_ns)?;
+        }
         Ok(SyncOutcome {
             events,
             now_ns,
@@ -55,11 +173,30 @@ impl SyncIo for LiveIo {
         })
     }
 
-    fn mmio_read(&mut self, _mem: &GuestMemoryMmap, _addr: u64, _data: &mut [u8]) -> bool {
-        false
+    fn mmio_read(&mut self, _mem: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> bool {
+        self.devices.mmio_read(addr, data)
     }
 
-    fn mmio_write(&mut self, _mem: &GuestMemoryMmap, _addr: u64, _data: &[u8]) -> bool {
-        false
+    fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
+        self.devices.mmio_write(mem, addr, data)
+    }
+
+    fn after_sync_exit(&mut self, exit_index: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+        match self.recorder.as_mut() {
+            Some(r) => r.after_sync_exit(exit_index, digester),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self, exit_index: u64, end: &RunEndKind, digester: &mut dyn Digester) -> Result<(), SyncError> {
+        let Some(recorder) = self.recorder.take() else {
+            return Ok(());
+        };
+        let (reason, status) = match end {
+            RunEndKind::GuestExit(s) => (logchan::EndReason::GuestExit, *s as i32),
+            RunEndKind::HostStop => (logchan::EndReason::HostStop, 0),
+            RunEndKind::Error => (logchan::EndReason::Error, 1),
+        };
+        recorder.finish(exit_index, reason, status, digester).map(drop)
     }
 }

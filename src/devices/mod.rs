@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod console;
+pub mod virtio;
 pub mod virtio_mmio;
 
 /// A guest mistake in using a device: reported, never fatal to the VMM

@@ -14,9 +14,10 @@ use lockstep_guest_abi as abi;
 
 use crate::devices::GuestError;
 use crate::devices::console::Console;
+use crate::replay::digest::Digester;
 use crate::vmm::exit::{ExitKind, VmExit};
 
-pub use sync::{SyncError, SyncIo, SyncOutcome, SyncRequest};
+pub use sync::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
 
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +91,8 @@ pub struct Machine<S: SyncIo> {
     /// Guest-caused exits so far: the replayable instruction point.
     pub exit_index: u64,
     pub stats: ExitStats,
+    /// Whether the last exit handled was a sync call.
+    last_was_sync: bool,
 }
 
 fn u32_arg(what: &'static str, data: &[u8]) -> Result<u32, GuestError> {
@@ -110,7 +113,22 @@ impl<S: SyncIo> Machine<S> {
             io,
             exit_index: 0,
             stats: ExitStats::default(),
+            last_was_sync: false,
         }
+    }
+
+    /// After an exit, with the registers final: lets the I/O side digest
+    /// and publish what the exit produced.
+    pub fn after_exit(&mut self, digester: &mut dyn Digester) -> Result<(), MachineError> {
+        if !std::mem::take(&mut self.last_was_sync) {
+            return Ok(());
+        }
+        self.io
+            .after_sync_exit(self.exit_index, digester)
+            .map_err(|source| MachineError::Sync {
+                exit_index: self.exit_index,
+                source,
+            })
     }
 
     /// Handles one exit. Guest-caused exits advance the exit index before
@@ -204,6 +222,7 @@ impl<S: SyncIo> Machine<S> {
         if outcome.waited {
             self.stats.sync_waits += 1;
         }
+        self.last_was_sync = true;
         sync::write_result(&self.mem, addr, outcome.events, outcome.now_ns).map_err(|source| {
             MachineError::Guest {
                 exit_index: self.exit_index,

@@ -7,6 +7,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use lockstep_guest_abi::{self as abi, SyncBlock};
 
 use crate::devices::GuestError;
+use crate::replay::digest::Digester;
 use crate::vmm::exit::ExitKind;
 
 /// What the guest asked for in one sync call.
@@ -47,6 +48,23 @@ pub trait SyncIo {
     fn mmio_read(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> bool;
     /// An MMIO write; false if no device is at `addr`.
     fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool;
+    /// After a sync exit has been handled (registers final): digests,
+    /// publishing the exit's log entries.
+    fn after_sync_exit(&mut self, _exit_index: u64, _digester: &mut dyn Digester) -> Result<(), SyncError> {
+        Ok(())
+    }
+    /// The run is over at `exit_index`.
+    fn finish(&mut self, _exit_index: u64, _end: &RunEndKind, _digester: &mut dyn Digester) -> Result<(), SyncError> {
+        Ok(())
+    }
+}
+
+/// How a run ended, as the log records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEndKind {
+    GuestExit(u32),
+    HostStop,
+    Error,
 }
 
 /// Reads and checks the guest's sync block.

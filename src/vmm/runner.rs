@@ -9,6 +9,7 @@ use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::machine::{Flow, Machine, MachineError, Stop, SyncIo};
+use crate::replay::digest::VcpuDigester;
 use crate::vmm::exit::VmExit;
 use crate::vmm::fault::{self, FaultReport};
 
@@ -111,7 +112,13 @@ fn run_loop<S: SyncIo>(
             }
         };
         match flow {
-            Flow::Continue => {}
+            Flow::Continue => {
+                let mut digester = VcpuDigester {
+                    vcpu,
+                    mem: &machine.mem.clone(),
+                };
+                machine.after_exit(&mut digester)?;
+            }
             Flow::Stop(stop) => {
                 let fault = match stop {
                     Stop::Fault(_) => Some(fault_report(vcpu, &machine.mem)),

@@ -1,0 +1,152 @@
+//! Running a live VM to its end: the vCPU thread, the signal-driven stop,
+//! draining the I/O thread so every submitted write reaches the disk.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cli::VmArgs;
+use crate::commands::boot::{self, Booted};
+use crate::dataplane::io_thread::ToIo;
+use crate::dataplane::live::LiveIo;
+use crate::launch;
+use crate::machine::{ExitStats, Machine, RunEndKind, Stop, SyncIo};
+use crate::replay::digest::VcpuDigester;
+use crate::replay::recorder::Recorder;
+use crate::vmm::runner::{self, RunEnd};
+
+/// How a live run differs between `run`, `record` and `primary`.
+#[derive(Default)]
+pub struct LiveOptions {
+    /// Builds the recorder once the guest's configuration is known.
+    pub recorder: Option<Box<dyn FnOnce(&boot::GuestSpec) -> anyhow::Result<Recorder> + Send>>,
+}
+
+/// What the vCPU thread hands back.
+struct VcpuResult {
+    end: anyhow::Result<RunEnd>,
+    stats: ExitStats,
+    io: LiveIo,
+}
+
+/// The run's end as the log records it.
+pub fn end_kind(end: &anyhow::Result<RunEnd>) -> RunEndKind {
+    match end {
+        Ok(RunEnd {
+            stop: Stop::GuestExit(s),
+            ..
+        }) => RunEndKind::GuestExit(*s),
+        Ok(RunEnd {
+            stop: Stop::Forced, ..
+        }) => RunEndKind::HostStop,
+        _ => RunEndKind::Error,
+    }
+}
+
+pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
+    let signals = launch::block_stop_signals()?;
+    let Booted {
+        spec,
+        vm_fd: _vm_fd,
+        mut vcpu,
+        mem,
+        shared,
+        io,
+        io_thread,
+        vcpu_cpu,
+        disk_direct,
+    } = boot::boot(args)?;
+    let recorder = match opts.recorder {
+        Some(make) => Some(make(&spec)?),
+        None => None,
+    };
+    let console = launch::console_for(args.console.as_deref())?;
+    announce(args, &spec, disk_direct);
+
+    let started = Instant::now();
+    let vcpu_shared = shared.clone();
+    let devices = spec.devices();
+    let handle = std::thread::Builder::new()
+        .name("vcpu".into())
+        .spawn(move || {
+            launch::pin_current_thread(vcpu_cpu);
+            let _ = vcpu_shared.vcpu_thread.set(std::thread::current());
+            let mut live = LiveIo::new(vcpu_shared.clone(), devices, Some(io));
+            live.recorder = recorder;
+            let mut machine = Machine::new(mem, console, live);
+            let end = runner::run(&mut vcpu, &mut machine, &mut launch::ForceCheck(vcpu_shared))
+                .context("running the VM");
+            let mut digester = VcpuDigester {
+                vcpu: &vcpu,
+                mem: &machine.mem,
+            };
+            let kind = end_kind(&end);
+            let finish = machine.io.finish(machine.exit_index, &kind, &mut digester);
+            let end = match (end, finish) {
+                (Ok(_), Err(e)) => Err(anyhow::anyhow!(e).context("finishing the log")),
+                (end, _) => end,
+            };
+            VcpuResult {
+                end,
+                stats: machine.stats,
+                io: machine.io,
+            }
+        })
+        .context("spawning the vCPU thread")?;
+    let pthread = handle.as_pthread_t();
+    launch::wait_for_end(
+        &shared,
+        &signals,
+        Duration::from_secs(args.stop_timeout),
+        pthread,
+        || handle.is_finished(),
+    );
+    let VcpuResult { end, stats, mut io } = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?;
+    // Every write the guest submitted reaches the disk before we exit.
+    if let Some(ch) = io.io.as_mut() {
+        ch.send(ToIo::Drain);
+        ch.waker.wake();
+    }
+    drop(io);
+    match io_thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("I/O thread: {e}"),
+        Err(_) => tracing::error!("the I/O thread panicked"),
+    }
+    let end = end?;
+    let (line, code) = launch::describe_end(&end);
+    tracing::info!(
+        "{line} ({:.2?}; {} sync calls, {} waits, {} MMIO exits)",
+        started.elapsed(),
+        stats.sync,
+        stats.sync_waits,
+        stats.mmio
+    );
+    if code != 0 {
+        eprintln!("lockstep: {line}");
+    }
+    Ok(code)
+}
+
+/// Tells the operator where the guest is and how to reach it.
+fn announce(args: &VmArgs, spec: &boot::GuestSpec, disk_direct: bool) {
+    let ip = args.guest_ip.split('/').next().unwrap_or(&args.guest_ip);
+    tracing::info!(
+        "disk {} ({} MiB, {}{})",
+        args.disk.display(),
+        spec.disk_sectors * 512 >> 20,
+        if disk_direct { "O_DIRECT|O_DSYNC" } else { "O_DSYNC" },
+        if spec.disk_read_only { ", read-only" } else { "" }
+    );
+    match &args.tap {
+        Some(tap) => tracing::info!(
+            "guest {ip} on tap {tap} ({}): redis-cli -h {ip} ping; curl http://{ip}/stats; Ctrl-C stops it",
+            args.mac
+        ),
+        None => tracing::info!("guest has no network (no --tap); Ctrl-C stops it"),
+    }
+}
+

@@ -1,0 +1,62 @@
+//! State digests: the registers and a hash of guest memory, compared between
+//! a recording and its replay to catch divergence early.
+
+use kvm_ioctls::VcpuFd;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use logchan::DIGEST_REGS;
+
+/// Where a digest's values come from.
+pub trait Digester {
+    /// rax rbx rcx rdx rsi rdi rsp rbp r8–r15 rip rflags.
+    fn regs(&mut self) -> [u64; DIGEST_REGS];
+    /// xxh3 of all of guest RAM.
+    fn mem_hash(&mut self) -> u64;
+}
+
+/// Reads the vCPU's registers and guest RAM between two `KVM_RUN`s.
+pub struct VcpuDigester<'a> {
+    pub vcpu: &'a VcpuFd,
+    pub mem: &'a GuestMemoryMmap,
+}
+
+impl Digester for VcpuDigester<'_> {
+    fn regs(&mut self) -> [u64; DIGEST_REGS] {
+        match self.vcpu.get_regs() {
+            Ok(r) => [
+                r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15, r.rip, r.rflags,
+            ],
+            Err(e) => {
+                tracing::warn!("KVM_GET_REGS for a digest failed: {e}");
+                [0; DIGEST_REGS]
+            }
+        }
+    }
+
+    fn mem_hash(&mut self) -> u64 {
+        guest_ram_hash(self.mem)
+    }
+}
+
+/// Hashes guest RAM (one region from address 0).
+pub fn guest_ram_hash(mem: &GuestMemoryMmap) -> u64 {
+    let Some(region) = mem.iter().next() else {
+        return 0;
+    };
+    let len = region.len() as usize;
+    match mem.get_host_address(GuestAddress(0)) {
+        // SAFETY: the region maps `len` bytes at this address for the life
+        // of `mem`; the vCPU is not running (we are on its thread between
+        // two KVM_RUNs) and no other thread writes guest memory, so the
+        // bytes do not change while they are read.
+        Ok(ptr) => logchan::mem_hash(unsafe { std::slice::from_raw_parts(ptr, len) }),
+        Err(_) => 0,
+    }
+}
+
+/// Register names in digest order, for divergence reports.
+pub const REG_NAMES: [&str; DIGEST_REGS] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rip", "rflags",
+];

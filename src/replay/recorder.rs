@@ -1,0 +1,154 @@
+//! The recording side: the vCPU thread appends every non-deterministic input
+//! and every output's hash to the log, at the exit index where it happens.
+//! Entries are encoded once, in place, into the log buffers a consumer
+//! thread (file writer or logging channel) sends as they are; appending
+//! makes no syscall and no exit (DESIGN.md §3).
+
+use blkio::{Completion, Request, RequestOp};
+use logchan::{EndReason, Entry, ExitKind, LogProducer, OutputKind, RunningHash};
+
+use super::digest::Digester;
+use crate::machine::SyncError;
+
+/// How often the recorder writes a state digest.
+#[derive(Clone, Copy, Debug)]
+pub struct DigestPolicy {
+    /// A register digest every this many sync exits (0 = never).
+    pub every_syncs: u64,
+    /// A guest-memory hash in every this-many-th digest (0 = only at the end).
+    pub mem_every_digests: u64,
+}
+
+impl Default for DigestPolicy {
+    fn default() -> Self {
+        // A digest costs one KVM_GET_REGS (~1 µs); a memory hash reads all
+        // of guest RAM, so it is rare.
+        DigestPolicy {
+            every_syncs: 256,
+            mem_every_digests: 0,
+        }
+    }
+}
+
+/// The primary's log writer.
+pub struct Recorder {
+    pub log: LogProducer,
+    outputs: RunningHash,
+    /// Whether disk read data goes into the log (the paper's default) or the
+    /// replayer reads the shared disk itself.
+    log_read_data: bool,
+    policy: DigestPolicy,
+    syncs: u64,
+    digests: u64,
+}
+
+fn log_err(e: logchan::ProducerError) -> SyncError {
+    Box::new(e)
+}
+
+impl Recorder {
+    pub fn new(log: LogProducer, log_read_data: bool, policy: DigestPolicy) -> Self {
+        Recorder {
+            log,
+            outputs: RunningHash::new(),
+            log_read_data,
+            policy,
+            syncs: 0,
+            digests: 0,
+        }
+    }
+
+    /// The log position an output taken now must wait for.
+    pub fn seq(&self) -> u64 {
+        self.log.seq()
+    }
+
+    pub fn output_hash(&self) -> u64 {
+        self.outputs.value()
+    }
+
+    fn output(&mut self, exit: u64, what: OutputKind, bytes: &[u8]) -> Result<u64, SyncError> {
+        let hash = self.outputs.push_output(bytes);
+        let entry = Entry::Output {
+            what,
+            len: bytes.len() as u32,
+            hash,
+        };
+        self.log.append(exit, ExitKind::SyncPort, &entry).map_err(log_err)
+    }
+
+    /// Logs a TX frame's hash; returns its output-rule tag.
+    pub fn output_frame(&mut self, exit: u64, frame: &[u8]) -> Result<u64, SyncError> {
+        self.output(exit, OutputKind::NetFrame, frame)
+    }
+
+    /// Logs a disk write's hash; returns the request's output-rule tag
+    /// (reads and flushes are not outputs and take the current position).
+    pub fn output_request(&mut self, exit: u64, req: &Request) -> Result<u64, SyncError> {
+        match &req.op {
+            RequestOp::Write { data, .. } => self.output(exit, OutputKind::DiskWrite, data.as_slice()),
+            _ => Ok(self.log.seq()),
+        }
+    }
+
+    pub fn net_rx(&mut self, exit: u64, frame: &[u8]) -> Result<(), SyncError> {
+        self.log
+            .append(exit, ExitKind::SyncPort, &Entry::NetRx { frame })
+            .map(drop)
+            .map_err(log_err)
+    }
+
+    pub fn disk_done(&mut self, exit: u64, c: &Completion) -> Result<(), SyncError> {
+        let data = if self.log_read_data { c.data_bytes() } else { &[] };
+        let entry = Entry::BlkDone {
+            id: c.id,
+            status: c.status,
+            data,
+        };
+        self.log.append(exit, ExitKind::SyncPort, &entry).map(drop).map_err(log_err)
+    }
+
+    /// The sync call's result: always the last entry of its exit.
+    pub fn sync(&mut self, exit: u64, flags: u32, events: u32, now_ns: u64) -> Result<(), SyncError> {
+        let entry = Entry::Sync { flags, events, now_ns };
+        self.log.append(exit, ExitKind::SyncPort, &entry).map(drop).map_err(log_err)
+    }
+
+    /// After a sync exit: a digest when one is due, then the exit's entries
+    /// go to the consumer as one segment.
+    pub fn after_sync_exit(&mut self, exit: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+        self.syncs += 1;
+        if self.policy.every_syncs > 0 && self.syncs % self.policy.every_syncs == 0 {
+            self.digests += 1;
+            let with_mem = self.policy.mem_every_digests > 0 && self.digests % self.policy.mem_every_digests == 0;
+            self.digest(exit, digester, with_mem)?;
+        }
+        self.log.publish().map_err(log_err)
+    }
+
+    fn digest(&mut self, exit: u64, digester: &mut dyn Digester, with_mem: bool) -> Result<(), SyncError> {
+        let entry = Entry::Digest {
+            regs: digester.regs(),
+            output_hash: self.outputs.value(),
+            mem_hash: if with_mem { digester.mem_hash() } else { 0 },
+        };
+        self.log.append(exit, ExitKind::SyncPort, &entry).map(drop).map_err(log_err)
+    }
+
+    /// Ends the recording: a final digest with a memory hash, the End entry,
+    /// everything published and the producer closed.
+    pub fn finish(
+        mut self,
+        exit: u64,
+        reason: EndReason,
+        status: i32,
+        digester: &mut dyn Digester,
+    ) -> Result<u64, SyncError> {
+        self.digest(exit, digester, true)?;
+        self.log
+            .append(exit, ExitKind::None, &Entry::End { reason, status })
+            .map_err(log_err)?;
+        self.log.publish().map_err(log_err)?;
+        self.log.finish().map_err(log_err)
+    }
+}

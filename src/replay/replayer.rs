@@ -1,0 +1,387 @@
+//! The replaying side: the same guest, the same device models, but every
+//! input comes from the log at the logged exit index, and every external
+//! effect is suppressed (a backup's outputs are dropped). Everything the
+//! replay can observe is compared with the log; the first mismatch stops it
+//! with a report of where and what.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestMemoryMmap;
+
+use blkio::{AlignedBuf, Completion, RequestOp};
+use lockstep_guest_abi as abi;
+use logchan::{ExitKind, OutputKind, RunningHash};
+
+use super::cursor::{LogCursor, LogEnd, Logged, LoggedEntry};
+use super::digest::{Digester, REG_NAMES};
+use crate::devices::virtio::{Devices, Outputs};
+use crate::machine::{SyncError, SyncIo, SyncOutcome, SyncRequest};
+
+/// Event bits the device models determine (the others come from the host).
+const DEVICE_EVENTS: u32 = abi::EV_NET_RX | abi::EV_NET_TX | abi::EV_BLK;
+
+/// How long a backup-executed read is retried until it returns what the
+/// primary read (its data may still be on its way to the shared disk).
+const READ_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// The replay and the log disagree.
+#[derive(Debug, thiserror::Error)]
+#[error("replay diverged at exit {exit_index} (log seq {seq}): {what}")]
+pub struct Divergence {
+    pub exit_index: u64,
+    pub seq: u64,
+    pub what: String,
+}
+
+/// Why a replay stopped before the guest did.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayStop {
+    #[error(transparent)]
+    Diverged(#[from] Divergence),
+    #[error("replay reached the end of the log at exit {exit_index}: {end}")]
+    LogEnded { exit_index: u64, end: LogEnd },
+    #[error("the recording ended at exit {exit_index} ({reason:?}, status {status})")]
+    Recorded {
+        exit_index: u64,
+        reason: logchan::EndReason,
+        status: i32,
+    },
+    #[error("backup read of sector {sector} failed")]
+    Read {
+        sector: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters for the replay report.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayStats {
+    pub entries: u64,
+    pub syncs: u64,
+    pub frames: u64,
+    pub disk_completions: u64,
+    pub outputs_checked: u64,
+    pub digests_checked: u64,
+    pub mem_hashes_checked: u64,
+    pub backup_reads: u64,
+    pub read_retries: u64,
+}
+
+/// A test-only perturbation: adds `delta_ns` to the time returned at the
+/// sync exit `at_exit` (to show that divergence is caught).
+#[derive(Clone, Copy, Debug)]
+pub struct Perturb {
+    pub at_exit: u64,
+    pub delta_ns: u64,
+}
+
+/// Serves sync calls from a log.
+pub struct ReplayIo {
+    pub devices: Devices,
+    pub cursor: LogCursor,
+    outputs: RunningHash,
+    taken: Outputs,
+    /// The shared image, when the replay executes disk reads itself.
+    image: Option<File>,
+    reads: HashMap<u16, (u64, u32)>,
+    pub stats: ReplayStats,
+    pub perturb: Option<Perturb>,
+    /// The last time value handed to the guest (a backup going live
+    /// continues from it).
+    pub last_now_ns: u64,
+    /// The recording's End, once reached.
+    pub recorded_end: Option<(u64, logchan::EndReason, i32)>,
+}
+
+fn diverged(exit_index: u64, seq: u64, what: String) -> SyncError {
+    Box::new(ReplayStop::Diverged(Divergence { exit_index, seq, what }))
+}
+
+impl ReplayIo {
+    /// `image`: the shared disk, if reads are executed by the replay.
+    pub fn new(devices: Devices, cursor: LogCursor, image: Option<File>) -> Self {
+        ReplayIo {
+            devices,
+            cursor,
+            outputs: RunningHash::new(),
+            taken: Outputs::default(),
+            image,
+            reads: HashMap::new(),
+            stats: ReplayStats::default(),
+            perturb: None,
+            last_now_ns: 0,
+            recorded_end: None,
+        }
+    }
+
+    pub fn output_hash(&self) -> u64 {
+        self.outputs.value()
+    }
+
+    /// The next entry, which must belong to `exit`; `None` if the log has
+    /// moved on to a later exit.
+    fn next_for(&mut self, exit: u64) -> Result<Option<LoggedEntry>, SyncError> {
+        let entry = match self.cursor.peek() {
+            Ok(e) => e,
+            Err(end) => return Err(Box::new(ReplayStop::LogEnded { exit_index: exit, end })),
+        };
+        if entry.exit_index > exit {
+            return Ok(None);
+        }
+        if entry.exit_index < exit {
+            let what = format!(
+                "the log has {:?} for exit {}, which the replay passed without using it",
+                entry.entry, entry.exit_index
+            );
+            return Err(diverged(exit, entry.seq, what));
+        }
+        self.stats.entries += 1;
+        Ok(self.cursor.pop())
+    }
+
+    fn check_output(&mut self, exit: u64, what: OutputKind, bytes: &[u8]) -> Result<(), SyncError> {
+        let hash = self.outputs.push_output(bytes);
+        let entry = self.next_for(exit)?;
+        self.stats.outputs_checked += 1;
+        match entry {
+            Some(LoggedEntry {
+                entry: Logged::Output { what: w, len, hash: h },
+                ..
+            }) if w == what && len as usize == bytes.len() && h == hash => Ok(()),
+            Some(e) => Err(diverged(
+                exit,
+                e.seq,
+                format!(
+                    "the guest produced a {what:?} of {} bytes (hash {hash:#x}); the log has {:?}",
+                    bytes.len(),
+                    e.entry
+                ),
+            )),
+            None => Err(diverged(
+                exit,
+                self.cursor.peek().map(|e| e.seq).unwrap_or(0),
+                format!("the guest produced a {what:?} of {} bytes that the primary did not", bytes.len()),
+            )),
+        }
+    }
+
+    /// Reads what the primary read, from the shared image, retrying until
+    /// the bytes hash to what the primary logged.
+    fn backup_read(&mut self, id: u16, want_hash: &[u8]) -> Result<Completion, SyncError> {
+        let Some((sector, len)) = self.reads.remove(&id) else {
+            return Ok(Completion::error(id, blkio::STATUS_IOERR));
+        };
+        let Some(image) = self.image.as_ref() else {
+            return Err("the log carries no read data and no disk was given (--disk)".into());
+        };
+        let want = u64::from_le_bytes(want_hash.try_into().unwrap_or_default());
+        let deadline = Instant::now() + READ_RETRY_FOR;
+        let mut buf = AlignedBuf::zeroed(len as usize);
+        loop {
+            self.stats.backup_reads += 1;
+            image
+                .read_exact_at(buf.as_mut_slice(), sector * blkio::SECTOR_SIZE)
+                .map_err(|source| Box::new(ReplayStop::Read { sector, source }) as SyncError)?;
+            if logchan::content_hash(buf.as_slice()) == want {
+                return Ok(Completion::read(id, buf));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "backup read of sector {sector} (+{len} bytes) never matched the primary's data"
+                )
+                .into());
+            }
+            self.stats.read_retries += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Checks the digest the log may have for the exit just handled.
+    pub fn check_digest(&mut self, exit: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+        match self.cursor.peek() {
+            Ok(e) if e.exit_index == exit && matches!(e.entry, Logged::Digest { .. }) => {}
+            _ => return Ok(()),
+        }
+        let Some(entry) = self.cursor.pop() else { return Ok(()) };
+        self.stats.entries += 1;
+        let Logged::Digest {
+            regs,
+            output_hash,
+            mem_hash,
+        } = entry.entry
+        else {
+            return Ok(());
+        };
+        self.stats.digests_checked += 1;
+        let ours = digester.regs();
+        if let Some(i) = (0..regs.len()).find(|i| regs[*i] != ours[*i]) {
+            return Err(diverged(
+                exit,
+                entry.seq,
+                format!("register {} is {:#x}, the log has {:#x}", REG_NAMES[i], ours[i], regs[i]),
+            ));
+        }
+        if output_hash != self.outputs.value() {
+            return Err(diverged(
+                exit,
+                entry.seq,
+                format!(
+                    "running output hash is {:#x}, the log has {output_hash:#x}",
+                    self.outputs.value()
+                ),
+            ));
+        }
+        if mem_hash != 0 {
+            self.stats.mem_hashes_checked += 1;
+            let ours = digester.mem_hash();
+            if ours != mem_hash {
+                return Err(diverged(
+                    exit,
+                    entry.seq,
+                    format!("guest memory hashes to {ours:#x}, the log has {mem_hash:#x}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end of the replay: the recording's End entry, if it is next.
+    pub fn take_end(&mut self) -> Option<(u64, logchan::EndReason, i32)> {
+        if let Ok(LoggedEntry {
+            entry: Logged::End { .. },
+            ..
+        }) = self.cursor.peek()
+        {
+            if let Some(LoggedEntry {
+                exit_index,
+                entry: Logged::End { reason, status },
+                ..
+            }) = self.cursor.pop()
+            {
+                self.recorded_end = Some((exit_index, reason, status));
+            }
+        }
+        self.recorded_end
+    }
+}
+
+impl SyncIo for ReplayIo {
+    fn sync(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
+        let exit = req.exit_index;
+        self.stats.syncs += 1;
+        let mut events = self.devices.take_outputs(mem, &mut self.taken);
+        // Outputs in the recorder's order: frames, then disk writes.
+        let mut taken = std::mem::take(&mut self.taken);
+        for frame in &taken.frames {
+            self.check_output(exit, OutputKind::NetFrame, frame)?;
+        }
+        for r in &taken.requests {
+            match &r.op {
+                RequestOp::Write { data, .. } => self.check_output(exit, OutputKind::DiskWrite, data.as_slice())?,
+                RequestOp::Read { sector, len } => {
+                    self.reads.insert(r.id, (*sector, *len));
+                }
+                RequestOp::Flush => {}
+            }
+        }
+        taken.frames.clear();
+        taken.requests.clear();
+        self.taken = taken;
+        loop {
+            let Some(entry) = self.next_for(exit)? else {
+                let seq = self.cursor.peek().map(|e| e.seq).unwrap_or(0);
+                return Err(diverged(exit, seq, "the log has no sync result for this exit".into()));
+            };
+            if entry.exit_kind != ExitKind::SyncPort {
+                return Err(diverged(
+                    exit,
+                    entry.seq,
+                    format!("the log was recorded at a {:?} exit, the replay is at a sync exit", entry.exit_kind),
+                ));
+            }
+            match entry.entry {
+                Logged::NetRx(frame) => {
+                    self.stats.frames += 1;
+                    match self.devices.deliver_frame(mem, &frame) {
+                        Ok(true) => {}
+                        other => {
+                            return Err(diverged(
+                                exit,
+                                entry.seq,
+                                format!("a logged frame could not be delivered ({other:?}): the guest has no RX buffer"),
+                            ));
+                        }
+                    }
+                }
+                Logged::BlkDone(c) => {
+                    self.stats.disk_completions += 1;
+                    let c = match &c.data {
+                        Some(d) if d.len() == 8 && c.status == blkio::STATUS_OK => {
+                            let hash = d.as_slice().to_vec();
+                            self.backup_read(c.id, &hash)?
+                        }
+                        _ => {
+                            self.reads.remove(&c.id);
+                            c
+                        }
+                    };
+                    if let Err(e) = self.devices.complete_disk(mem, &c) {
+                        return Err(diverged(exit, entry.seq, format!("logged disk completion refused: {e}")));
+                    }
+                }
+                Logged::Sync { flags, events: logged, now_ns } => {
+                    if flags != req.flags {
+                        return Err(diverged(
+                            exit,
+                            entry.seq,
+                            format!("the guest's sync flags are {:#x}, the log has {flags:#x}", req.flags),
+                        ));
+                    }
+                    events |= self.devices.input_events();
+                    if events & DEVICE_EVENTS != logged & DEVICE_EVENTS {
+                        return Err(diverged(
+                            exit,
+                            entry.seq,
+                            format!("device events {events:#x}, the log has {logged:#x}"),
+                        ));
+                    }
+                    let mut now_ns = now_ns;
+                    if let Some(p) = self.perturb.filter(|p| p.at_exit == exit) {
+                        tracing::warn!(exit, "test switch: perturbing the time by {} ns", p.delta_ns);
+                        now_ns += p.delta_ns;
+                    }
+                    self.last_now_ns = now_ns;
+                    return Ok(SyncOutcome {
+                        events: logged,
+                        now_ns,
+                        waited: false,
+                    });
+                }
+                Logged::KeepAlive => {}
+                Logged::End { reason, status } => {
+                    self.recorded_end = Some((entry.exit_index, reason, status));
+                    return Err(Box::new(ReplayStop::Recorded {
+                        exit_index: entry.exit_index,
+                        reason,
+                        status,
+                    }));
+                }
+                other => {
+                    return Err(diverged(exit, entry.seq, format!("unexpected {other:?} inside a sync exit")));
+                }
+            }
+        }
+    }
+
+    fn mmio_read(&mut self, _mem: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> bool {
+        self.devices.mmio_read(addr, data)
+    }
+
+    fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
+        self.devices.mmio_write(mem, addr, data)
+    }
+}
