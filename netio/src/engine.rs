@@ -1,0 +1,303 @@
+//! The tap engine: runs on the I/O thread and moves frames between the tap
+//! and host buffers through an io_uring that the I/O thread owns (shared
+//! with the disk engine). It never sees guest memory.
+//!
+//! RX: `rx_depth` reads stay in flight, each into its own buffer, re-armed
+//! as they complete; each frame is handed out as an owned `Vec<u8>`.
+//! TX: frames wait in the output gate until the log is acked up to their
+//! `gate_seq`, then are written in order, at most `TX_DEPTH` at a time.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+
+use io_uring::{opcode, squeue, types};
+
+use crate::frame::{MAX_FRAME_LEN, MIN_FRAME_LEN};
+use crate::gate::FrameGate;
+use crate::tap::{Tap, TapError};
+
+/// Size of each RX buffer: room for any frame a tap with a 64 KiB MTU can
+/// produce, so an oversized frame is seen (and counted) whole instead of
+/// failing the read.
+pub const RX_BUF_LEN: usize = 65536 + 64;
+/// Most TX writes in the ring at once.
+pub const TX_DEPTH: usize = 64;
+/// Most RX reads in flight.
+const MAX_RX_DEPTH: usize = 1024;
+
+const KIND_RX: u64 = 0;
+const KIND_TX: u64 = 1;
+const KIND_SHIFT: u32 = 32;
+const INDEX_MASK: u64 = 0xFFFF_FFFF;
+
+/// The tag in the top byte of an io_uring `user_data`.
+pub fn user_data_tag(user_data: u64) -> u8 {
+    (user_data >> 56) as u8
+}
+
+/// Counters of the tap engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapStats {
+    /// Frames read and handed out.
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Frames read but dropped: larger than `MAX_FRAME_LEN` or shorter than
+    /// an Ethernet header.
+    pub rx_dropped: u64,
+    /// Failed reads.
+    pub rx_errors: u64,
+    /// Frames written to the tap.
+    pub tx_frames: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Failed or short writes.
+    pub tx_errors: u64,
+    /// Frames discarded in `drop_outputs` mode.
+    pub tx_dropped: u64,
+}
+
+#[derive(Debug)]
+struct RxSlot {
+    buf: Box<[u8]>,
+    armed: bool,
+}
+
+/// Moves frames between a tap and host buffers on a caller-owned io_uring.
+#[derive(Debug)]
+pub struct TapEngine {
+    tap: Tap,
+    tag: u8,
+    rx: Vec<RxSlot>,
+    gate: FrameGate,
+    drop_outputs: bool,
+    /// Released by the gate, waiting for room in the ring.
+    ready: VecDeque<Vec<u8>>,
+    /// Frames in the ring, by TX slot.
+    tx: Vec<Option<Vec<u8>>>,
+    tx_free: Vec<u32>,
+    stats: TapStats,
+}
+
+impl TapEngine {
+    /// An engine on `tap` whose CQEs carry `tag` in the top byte of
+    /// `user_data`, keeping `rx_depth` reads in flight (clamped to
+    /// 1..=1024). Call `pump` once to arm the reads.
+    ///
+    /// The tap descriptor is switched to blocking mode: io_uring then waits
+    /// for readiness itself (internal poll). Kernels before 6.x complete a
+    /// read on an `O_NONBLOCK` file at once with `EAGAIN`, which would turn
+    /// every idle read into a busy loop (6.18 polls either way; checked).
+    /// No thread ever blocks on the descriptor.
+    pub fn new(tap: Tap, tag: u8, rx_depth: usize) -> Result<TapEngine, TapError> {
+        tap.set_nonblocking(false)?;
+        let depth = rx_depth.clamp(1, MAX_RX_DEPTH);
+        let rx = (0..depth)
+            .map(|_| RxSlot {
+                buf: vec![0u8; RX_BUF_LEN].into_boxed_slice(),
+                armed: false,
+            })
+            .collect();
+        Ok(TapEngine {
+            tap,
+            tag,
+            rx,
+            gate: FrameGate::new(),
+            drop_outputs: false,
+            ready: VecDeque::new(),
+            tx: (0..TX_DEPTH).map(|_| None).collect(),
+            tx_free: (0..TX_DEPTH as u32).rev().collect(),
+            stats: TapStats::default(),
+        })
+    }
+
+    /// The tap.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    /// The tag given to `new`.
+    pub fn tag(&self) -> u8 {
+        self.tag
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &TapStats {
+        &self.stats
+    }
+
+    /// Frames held by the output gate (for `lockstep status`).
+    pub fn gated_len(&self) -> usize {
+        self.gate.len()
+    }
+
+    /// Frames released but not yet written, plus those in the ring.
+    pub fn tx_pending(&self) -> usize {
+        self.ready.len() + (TX_DEPTH - self.tx_free.len())
+    }
+
+    /// The highest acked log sequence number seen.
+    pub fn acked(&self) -> u64 {
+        self.gate.acked()
+    }
+
+    /// Backup mode: frames passed to `send` are discarded (counted), and
+    /// frames already held are discarded now. Reads continue.
+    pub fn set_drop_outputs(&mut self, drop: bool) {
+        self.drop_outputs = drop;
+        if drop {
+            self.stats.tx_dropped += self.gate.clear() as u64;
+        }
+    }
+
+    /// True in backup mode.
+    pub fn drop_outputs(&self) -> bool {
+        self.drop_outputs
+    }
+
+    /// Queues `frame`, tagged with the log sequence number current when the
+    /// guest sent it (0 without FT). It is written once the log is acked up
+    /// to `gate_seq`, after every frame sent before it.
+    pub fn send(&mut self, frame: Vec<u8>, gate_seq: u64, sq: &mut squeue::SubmissionQueue<'_>) {
+        if self.drop_outputs {
+            self.stats.tx_dropped += 1;
+            return;
+        }
+        self.gate.push(gate_seq, frame);
+        self.pump(sq);
+    }
+
+    /// The log is acked up to `acked_seq`: frames gated at or below it go.
+    pub fn release(&mut self, acked_seq: u64, sq: &mut squeue::SubmissionQueue<'_>) {
+        self.gate.release(acked_seq);
+        self.pump(sq);
+    }
+
+    fn user_data(&self, kind: u64, index: usize) -> u64 {
+        (u64::from(self.tag) << 56) | (kind << KIND_SHIFT) | index as u64
+    }
+
+    /// Arms idle reads and writes released frames, as far as the
+    /// submission queue has room.
+    pub fn pump(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        let fd = types::Fd(self.tap.as_raw_fd());
+        for i in 0..self.rx.len() {
+            if self.rx[i].armed {
+                continue;
+            }
+            let ud = self.user_data(KIND_RX, i);
+            let slot = &mut self.rx[i];
+            let e = opcode::Read::new(fd, slot.buf.as_mut_ptr(), RX_BUF_LEN as u32)
+                .build()
+                .user_data(ud);
+            // SAFETY: the buffer is owned by this slot and is neither freed
+            // nor reused until the read's CQE has been handled (`armed`
+            // stays true until then; `Drop` leaks armed buffers).
+            if unsafe { sq.push(&e) }.is_err() {
+                return;
+            }
+            slot.armed = true;
+        }
+        while let Some(frame) = self.gate.pop_ready() {
+            self.ready.push_back(frame);
+        }
+        while !self.ready.is_empty() {
+            let Some(idx) = self.tx_free.last().copied() else {
+                return;
+            };
+            let Some(frame) = self.ready.front() else {
+                return;
+            };
+            let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+            let e = opcode::Write::new(fd, frame.as_ptr(), len)
+                .build()
+                .user_data(self.user_data(KIND_TX, idx as usize));
+            // SAFETY: on success the frame moves into `self.tx[idx]` below (a
+            // move of the Vec, not of its heap buffer) and stays there until
+            // the write's CQE has been handled; `Drop` leaks frames in flight.
+            if unsafe { sq.push(&e) }.is_err() {
+                return;
+            }
+            self.tx_free.pop();
+            self.tx[idx as usize] = self.ready.pop_front();
+        }
+    }
+
+    /// Handles a CQE whose `user_data` carries this engine's tag: received
+    /// frames go to `rx`; then reads are re-armed and waiting frames sent.
+    pub fn on_cqe(
+        &mut self,
+        user_data: u64,
+        result: i32,
+        sq: &mut squeue::SubmissionQueue<'_>,
+        rx: &mut impl FnMut(Vec<u8>),
+    ) {
+        if user_data_tag(user_data) != self.tag {
+            tracing::error!(user_data, "tap engine: CQE with a foreign tag");
+            return;
+        }
+        let index = (user_data & INDEX_MASK) as usize;
+        match (user_data >> KIND_SHIFT) & 0xFF {
+            KIND_RX => self.on_rx(index, result, rx),
+            KIND_TX => self.on_tx(index, result),
+            _ => tracing::error!(user_data, "tap engine: CQE of an unknown kind"),
+        }
+        self.pump(sq);
+    }
+
+    fn on_rx(&mut self, index: usize, result: i32, rx: &mut impl FnMut(Vec<u8>)) {
+        let Some(slot) = self.rx.get_mut(index).filter(|s| s.armed) else {
+            tracing::error!(index, "tap engine: RX CQE for a read not in flight");
+            return;
+        };
+        slot.armed = false;
+        if result < 0 {
+            let errno = -result;
+            if !matches!(errno, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+                self.stats.rx_errors += 1;
+                let e = std::io::Error::from_raw_os_error(errno);
+                tracing::warn!(tap = self.tap.name(), "tap read failed: {e}");
+            }
+            return;
+        }
+        let n = (result as usize).min(RX_BUF_LEN);
+        if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&n) {
+            self.stats.rx_dropped += 1;
+            return;
+        }
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += n as u64;
+        rx(slot.buf[..n].to_vec());
+    }
+
+    fn on_tx(&mut self, index: usize, result: i32) {
+        let Some(frame) = self.tx.get_mut(index).and_then(Option::take) else {
+            tracing::error!(index, "tap engine: TX CQE for a write not in flight");
+            return;
+        };
+        self.tx_free.push(index as u32);
+        if result < 0 || result as usize != frame.len() {
+            self.stats.tx_errors += 1;
+            if result < 0 {
+                let e = std::io::Error::from_raw_os_error(-result);
+                tracing::warn!(tap = self.tap.name(), "tap write failed: {e}");
+            }
+            return;
+        }
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += frame.len() as u64;
+    }
+}
+
+impl Drop for TapEngine {
+    fn drop(&mut self) {
+        // The kernel may still write into armed RX buffers (and read TX
+        // frames): leak them rather than free memory it could touch.
+        for slot in self.rx.iter_mut().filter(|s| s.armed) {
+            std::mem::forget(std::mem::take(&mut slot.buf));
+        }
+        for frame in self.tx.iter_mut().filter_map(Option::take) {
+            std::mem::forget(frame);
+        }
+    }
+}
