@@ -10,7 +10,11 @@ use common::*;
 
 fn run_guest(elf: &std::path::Path, extra: &[&str]) -> (i32, String) {
     let dir = tempdir();
-    let mem = if extra.contains(&"--mem") { &[][..] } else { &["--mem", "64"][..] };
+    let mem = if extra.contains(&"--mem") {
+        &[][..]
+    } else {
+        &["--mem", "64"][..]
+    };
     let out = Command::new(lockstep())
         .arg("run")
         .args(mem)
@@ -38,7 +42,10 @@ fn boots_at_ring_3_prints_waits_and_exits_with_the_guest_status() {
     let elf = asm_guest(dir.path(), "hello", None);
     let (code, out) = run_guest(&elf, &[]);
     assert!(out.contains("hello from ring 3"), "{out}");
-    assert_eq!(code, 7, "the guest's exit status (99 means the timed wait misbehaved):\n{out}");
+    assert_eq!(
+        code, 7,
+        "the guest's exit status (99 means the timed wait misbehaved):\n{out}"
+    );
 }
 
 fn fault_case(body: &str) -> (i32, String) {
@@ -54,11 +61,27 @@ fn guest_faults_are_reported_with_vector_rip_and_instruction() {
         return;
     }
     let cases = [
-        ("xor %ecx,%ecx; mov $5,%eax; xor %edx,%edx; div %ecx", "#DE (divide error, vector 0)", "`div ecx`"),
-        ("xor %eax,%eax; movq $1,(%rax)", "#PF (page fault, vector 14)", "address 0x0 (not present, write, user)"),
-        ("mov $0x3f8,%dx; out %al,%dx", "#GP (general protection, vector 13)", "`out dx,al`"),
+        (
+            "xor %ecx,%ecx; mov $5,%eax; xor %edx,%edx; div %ecx",
+            "#DE (divide error, vector 0)",
+            "`div ecx`",
+        ),
+        (
+            "xor %eax,%eax; movq $1,(%rax)",
+            "#PF (page fault, vector 14)",
+            "address 0x0 (not present, write, user)",
+        ),
+        (
+            "mov $0x3f8,%dx; out %al,%dx",
+            "#GP (general protection, vector 13)",
+            "`out dx,al`",
+        ),
         ("hlt", "vector 13", "`hlt`"),
-        ("movq $0x1000, %rax; movq (%rax), %rax", "#PF", "(protection, read, user)"),
+        (
+            "movq $0x1000, %rax; movq (%rax), %rax",
+            "#PF",
+            "(protection, read, user)",
+        ),
     ];
     for (body, want, insn) in cases {
         let (code, out) = fault_case(body);
@@ -78,7 +101,10 @@ fn a_port_outside_the_abi_stops_the_vm_with_an_error() {
     // to 0x512) but means nothing: the VMM must say so and stop.
     let (code, out) = fault_case("mov $0x513,%dx; out %al,%dx");
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("I/O port 0x513 (out), which the ABI does not define"), "{out}");
+    assert!(
+        out.contains("I/O port 0x513 (out), which the ABI does not define"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -103,21 +129,42 @@ fn bad_kernels_are_refused_with_the_reason() {
     let pie = link("pie", &["-pie", "-e", "_start"]);
     let (code, out) = run_guest(&pie, &[]);
     assert_eq!(code, 1);
-    assert!(out.contains("not an executable") || out.contains("not static"), "{out}");
+    assert!(
+        out.contains("not an executable") || out.contains("not static"),
+        "{out}"
+    );
 
-    let dynamic = link("dyn", &["-Ttext-segment=0x200000", "-e", "_start", "-dynamic-linker", "/lib64/ld-linux-x86-64.so.2", "-export-dynamic", "-lc", "-L/usr/lib/x86_64-linux-gnu"]);
+    let dynamic = link(
+        "dyn",
+        &[
+            "-Ttext-segment=0x200000",
+            "-e",
+            "_start",
+            "-dynamic-linker",
+            "/lib64/ld-linux-x86-64.so.2",
+            "-export-dynamic",
+            "-lc",
+            "-L/usr/lib/x86_64-linux-gnu",
+        ],
+    );
     let (code, out) = run_guest(&dynamic, &[]);
     assert_eq!(code, 1);
     assert!(out.contains("not static"), "{out}");
 
-    let huge = link("huge", &["-static", "-Ttext-segment=0x10000000", "-e", "_start"]);
+    let huge = link(
+        "huge",
+        &["-static", "-Ttext-segment=0x10000000", "-e", "_start"],
+    );
     let (code, out) = run_guest(&huge, &[]);
     assert_eq!(code, 1);
     assert!(out.contains("does not fit in guest memory"), "{out}");
 
     let (code, out) = run_guest(&huge, &["--mem", "10"]);
     assert_eq!(code, 1);
-    assert!(out.contains("multiple of 2 MiB between 16 and 3072 MiB"), "{out}");
+    assert!(
+        out.contains("multiple of 2 MiB between 16 and 3072 MiB"),
+        "{out}"
+    );
 
     let missing = dir.path().join("missing");
     let (code, out) = run_guest(&missing, &[]);
@@ -150,7 +197,14 @@ fn kvm_missing_or_forbidden_is_explained() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(lockstep())
-        .args(["run", "--mem", "64", "--disk", "/tmp/lockstep-nobody.img", "--kernel"])
+        .args([
+            "run",
+            "--mem",
+            "64",
+            "--disk",
+            "/tmp/lockstep-nobody.img",
+            "--kernel",
+        ])
         .arg(&elf)
         .output()
         .expect("setpriv");
@@ -167,13 +221,20 @@ fn sigterm_asks_the_guest_to_stop_and_a_stuck_guest_is_stopped_hard() {
     let dir = tempdir();
     let idle = asm_guest(dir.path(), "idle_until_stop", None);
     let mut cmd = Command::new(lockstep());
-    cmd.args(["run", "--mem", "64", "--disk"]).arg(dir.path().join("d.img")).arg("--kernel").arg(&idle);
+    cmd.args(["run", "--mem", "64", "--disk"])
+        .arg(dir.path().join("d.img"))
+        .arg("--kernel")
+        .arg(&idle);
     let mut vmm = Vmm::spawn(cmd);
     vmm.wait_for_line("idle: waiting", Duration::from_secs(10));
     vmm.signal(libc::SIGTERM);
     let status = vmm.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", vmm.log());
-    assert!(vmm.log().contains("guest exited with status 0"), "{}", vmm.log());
+    assert!(
+        vmm.log().contains("guest exited with status 0"),
+        "{}",
+        vmm.log()
+    );
 
     let spin = asm_guest(dir.path(), "spin_forever", None);
     let mut cmd = Command::new(lockstep());

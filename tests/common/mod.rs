@@ -2,6 +2,8 @@
 //! real processes, all cleaned up on drop (also when a test fails).
 #![allow(dead_code)]
 
+pub mod resp;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -19,7 +21,11 @@ pub fn repo() -> PathBuf {
 
 /// True if /dev/kvm can be used; otherwise prints why the test is skipped.
 pub fn kvm_available() -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIP: /dev/kvm is not usable here ({e})");
@@ -30,7 +36,10 @@ pub fn kvm_available() -> bool {
 
 /// A fresh temporary directory, removed on drop.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("lockstep-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("lockstep-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// Assembles `tests/guests/NAME.S` (or `source`) into a static ELF at 0x200000.
@@ -48,7 +57,14 @@ pub fn asm_guest(dir: &Path, name: &str, source: Option<&str>) -> PathBuf {
     run_ok(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
     run_ok(
         Command::new("ld")
-            .args(["-static", "-nostdlib", "-Ttext-segment=0x200000", "-e", "_start", "-o"])
+            .args([
+                "-static",
+                "-nostdlib",
+                "-Ttext-segment=0x200000",
+                "-e",
+                "_start",
+                "-o",
+            ])
             .arg(&elf)
             .arg(&obj),
     );
@@ -70,7 +86,10 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -120,7 +139,9 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/net")).args(["down", &self.name]).status();
+        let _ = Command::new(repo().join("scripts/net"))
+            .args(["down", &self.name])
+            .status();
     }
 }
 
@@ -133,12 +154,20 @@ pub struct Vmm {
 impl Vmm {
     /// Spawns `cmd`, collecting stdout and stderr into one log.
     pub fn spawn(mut cmd: Command) -> Vmm {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -173,9 +202,16 @@ impl Vmm {
                 if self.log().contains(needle) {
                     return;
                 }
-                panic!("lockstep exited ({status}) before printing {needle:?}:\n{}", self.log());
+                panic!(
+                    "lockstep exited ({status}) before printing {needle:?}:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "no {needle:?} within {timeout:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within {timeout:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -194,7 +230,11 @@ impl Vmm {
                 std::thread::sleep(Duration::from_millis(50));
                 return status;
             }
-            assert!(Instant::now() < deadline, "lockstep did not exit within {timeout:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "lockstep did not exit within {timeout:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -208,3 +248,84 @@ impl Drop for Vmm {
         }
     }
 }
+
+/// Runs `f` on a thread that has joined network namespace `ns`, so a test
+/// can be a real TCP client of the guest from the client namespace.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
+
+/// A running single VM with its namespaces, reachable at 10.77.0.2 from
+/// `NAME-c`. Everything is torn down on drop.
+pub struct KvVm {
+    pub vmm: Vmm,
+    pub net: Net,
+    pub dir: tempfile::TempDir,
+}
+
+impl KvVm {
+    pub fn disk(&self) -> PathBuf {
+        self.dir.path().join("disk.img")
+    }
+
+    /// Boots the embedded guest on a fresh disk and waits until it serves.
+    pub fn start(prefix: &str, extra: &[&str]) -> KvVm {
+        let net = Net::single(prefix);
+        let dir = tempdir();
+        let mut vm = KvVm {
+            vmm: Vmm::spawn(Command::new("true")),
+            net,
+            dir,
+        };
+        vm.restart(extra);
+        vm
+    }
+
+    /// (Re)starts the VMM on the same disk and waits for the service.
+    pub fn restart(&mut self, extra: &[&str]) {
+        let mut cmd = self.net.cmd("h", lockstep());
+        cmd.args(["run", "--tap", &self.net.tap(), "--mem", "128", "--disk"])
+            .arg(self.disk())
+            .args(extra);
+        self.vmm = Vmm::spawn(cmd);
+        self.vmm
+            .wait_for_line("kv: serving RESP", Duration::from_secs(30));
+    }
+
+    /// Runs a client program in the client namespace; returns its output.
+    pub fn client(&self, program: &str, args: &[&str]) -> Output {
+        let mut cmd = self.net.cmd("c", program);
+        cmd.args(args);
+        cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"))
+    }
+
+    /// `redis-cli -h 10.77.0.2 ARGS`, trimmed stdout.
+    pub fn redis(&self, args: &[&str]) -> String {
+        let mut all = vec!["-h", GUEST_IP];
+        all.extend_from_slice(args);
+        let out = self.client("redis-cli", &all);
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Stops the VMM with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        self.vmm.signal(libc::SIGTERM);
+        let status = self.vmm.wait_exit(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "clean stop:\n{}", self.vmm.log());
+    }
+}
+
+pub const GUEST_IP: &str = "10.77.0.2";
