@@ -33,10 +33,12 @@ pub fn kernel_bytes(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
 
 /// The guest's command line from the options.
 pub fn guest_cmdline(vm: &VmArgs) -> anyhow::Result<String> {
-    let (addr, prefix) = vm
-        .guest_ip
-        .split_once('/')
-        .with_context(|| format!("--guest-ip {}: expected ADDR/PREFIX, e.g. 10.77.0.2/24", vm.guest_ip))?;
+    let (addr, prefix) = vm.guest_ip.split_once('/').with_context(|| {
+        format!(
+            "--guest-ip {}: expected ADDR/PREFIX, e.g. 10.77.0.2/24",
+            vm.guest_ip
+        )
+    })?;
     let _: std::net::Ipv4Addr = addr
         .parse()
         .with_context(|| format!("--guest-ip {}: bad IPv4 address", vm.guest_ip))?;
@@ -45,7 +47,10 @@ pub fn guest_cmdline(vm: &VmArgs) -> anyhow::Result<String> {
         _ => bail!("--guest-ip {}: prefix must be 1..32", vm.guest_ip),
     }
     if !["kv", "compute", "disk", "idle"].contains(&vm.workload.as_str()) {
-        bail!("--workload {}: expected kv, compute, disk or idle", vm.workload);
+        bail!(
+            "--workload {}: expected kv, compute, disk or idle",
+            vm.workload
+        );
     }
     let mut line = format!("workload={} ip={}", vm.workload, vm.guest_ip);
     if let Some(gw) = vm.gateway {
@@ -78,7 +83,11 @@ pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
 pub fn parse_cpus(list: Option<&str>) -> anyhow::Result<(Option<usize>, Option<usize>)> {
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
     let Some(list) = list else {
-        return Ok(if online >= 2 { (Some(0), Some(1)) } else { (None, None) });
+        return Ok(if online >= 2 {
+            (Some(0), Some(1))
+        } else {
+            (None, None)
+        });
     };
     let cpus: Vec<usize> = list
         .split(',')
@@ -105,7 +114,9 @@ pub fn pin_current_thread(cpu: Option<usize>) {
 /// Where the console goes.
 pub fn console_for(path: Option<&Path>) -> anyhow::Result<Console> {
     let out: Box<dyn Write + Send> = match path {
-        Some(p) => Box::new(File::create(p).with_context(|| format!("creating console file {}", p.display()))?),
+        Some(p) => Box::new(
+            File::create(p).with_context(|| format!("creating console file {}", p.display()))?,
+        ),
         None => Box::new(std::io::stdout()),
     };
     Ok(Console::new(out))
@@ -174,21 +185,30 @@ pub struct ForceCheck(pub Arc<VmShared>);
 
 impl KickCheck for ForceCheck {
     fn after_kick(&mut self) -> Option<Stop> {
-        self.0.force_stop.load(Ordering::Acquire).then_some(Stop::Forced)
+        self.0
+            .force_stop
+            .load(Ordering::Acquire)
+            .then_some(Stop::Forced)
     }
 }
 
 /// One line for the operator about how the run ended, and the exit code.
 pub fn describe_end(end: &RunEnd) -> (String, u8) {
     match (&end.stop, &end.fault) {
-        (Stop::GuestExit(0), _) => (format!("guest exited with status 0 after {} exits", end.exits), 0),
+        (Stop::GuestExit(0), _) => (
+            format!("guest exited with status 0 after {} exits", end.exits),
+            0,
+        ),
         (Stop::GuestExit(s), _) => (
             format!("guest exited with status {s} after {} exits", end.exits),
             (*s).clamp(1, 255) as u8,
         ),
         (Stop::Fault(_), Some(report)) => (report.to_string(), 3),
         (Stop::Fault(v), None) => (format!("guest fault, vector {v}"), 3),
-        (Stop::TripleFault, _) => ("guest triple-faulted (its fault stubs could not run)".into(), 3),
+        (Stop::TripleFault, _) => (
+            "guest triple-faulted (its fault stubs could not run)".into(),
+            3,
+        ),
         (Stop::Halted, _) => ("guest halted at ring 0".into(), 3),
         (Stop::EmulationFailure, _) => (
             "KVM could not emulate a ring-0 instruction (SSE at ring 0?)".into(),
@@ -208,4 +228,20 @@ pub fn random_seed() -> u64 {
         return std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
     }
     u64::from_le_bytes(buf)
+}
+
+/// One parseable line of exit and time statistics (the bench reads it).
+pub fn stats_line(s: &crate::machine::ExitStats, exits: u64, wall: Duration) -> String {
+    let ms = |ns: u64| ns / 1_000_000;
+    format!(
+        "stats: exits={exits} sync={} waits={} mmio={} console={} wall_ms={} guest_ms={} vmm_ms={} wait_ms={}",
+        s.sync,
+        s.sync_waits,
+        s.mmio,
+        s.console,
+        wall.as_millis(),
+        ms(s.guest_ns),
+        ms(s.vmm_ns.saturating_sub(s.wait_ns)),
+        ms(s.wait_ns)
+    )
 }

@@ -114,12 +114,14 @@ pub fn boot(args: &VmArgs) -> anyhow::Result<Booted> {
     let vm = spec.build_vm()?;
     let disk = DiskEngine::new(image, TAG_DISK);
     let tap = match tap {
-        Some(t) => Some(TapEngine::new(t, TAG_TAP, TAP_RX_DEPTH).context("setting up the tap engine")?),
+        Some(t) => {
+            Some(TapEngine::new(t, TAG_TAP, TAP_RX_DEPTH).context("setting up the tap engine")?)
+        }
         None => None,
     };
     let shared = Arc::new(VmShared::default());
-    let (io, io_thread) =
-        io_thread::spawn(Some(disk), tap, shared.clone(), io_cpu).context("starting the I/O thread")?;
+    let (io, io_thread) = io_thread::spawn(Some(disk), tap, shared.clone(), io_cpu)
+        .context("starting the I/O thread")?;
     Ok(Booted {
         spec,
         vm_fd: vm.fd,

@@ -11,8 +11,7 @@ use crate::commands::boot::{self, Booted};
 use crate::dataplane::io_thread::ToIo;
 use crate::dataplane::live::LiveIo;
 use crate::launch;
-use crate::machine::{ExitStats, Machine, RunEndKind, Stop, SyncIo};
-use crate::replay::digest::VcpuDigester;
+use crate::machine::{ExitStats, Machine, RunEndKind, Stop};
 use crate::replay::recorder::Recorder;
 use crate::vmm::runner::{self, RunEnd};
 
@@ -75,14 +74,13 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
             let mut live = LiveIo::new(vcpu_shared.clone(), devices, Some(io));
             live.recorder = recorder;
             let mut machine = Machine::new(mem, console, live);
-            let end = runner::run(&mut vcpu, &mut machine, &mut launch::ForceCheck(vcpu_shared))
-                .context("running the VM");
-            let mut digester = VcpuDigester {
-                vcpu: &vcpu,
-                mem: &machine.mem,
-            };
-            let kind = end_kind(&end);
-            let finish = machine.io.finish(machine.exit_index, &kind, &mut digester);
+            let end = runner::run(
+                &mut vcpu,
+                &mut machine,
+                &mut launch::ForceCheck(vcpu_shared),
+            )
+            .context("running the VM");
+            let finish = machine.finish(&end_kind(&end), &vcpu);
             let end = match (end, finish) {
                 (Ok(_), Err(e)) => Err(anyhow::anyhow!(e).context("finishing the log")),
                 (end, _) => end,
@@ -118,13 +116,8 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
     }
     let end = end?;
     let (line, code) = launch::describe_end(&end);
-    tracing::info!(
-        "{line} ({:.2?}; {} sync calls, {} waits, {} MMIO exits)",
-        started.elapsed(),
-        stats.sync,
-        stats.sync_waits,
-        stats.mmio
-    );
+    tracing::info!("{line}");
+    tracing::info!("{}", launch::stats_line(&stats, end.exits, started.elapsed()));
     if code != 0 {
         eprintln!("lockstep: {line}");
     }
@@ -138,8 +131,16 @@ fn announce(args: &VmArgs, spec: &boot::GuestSpec, disk_direct: bool) {
         "disk {} ({} MiB, {}{})",
         args.disk.display(),
         spec.disk_sectors * 512 >> 20,
-        if disk_direct { "O_DIRECT|O_DSYNC" } else { "O_DSYNC" },
-        if spec.disk_read_only { ", read-only" } else { "" }
+        if disk_direct {
+            "O_DIRECT|O_DSYNC"
+        } else {
+            "O_DSYNC"
+        },
+        if spec.disk_read_only {
+            ", read-only"
+        } else {
+            ""
+        }
     );
     match &args.tap {
         Some(tap) => tracing::info!(
@@ -149,4 +150,3 @@ fn announce(args: &VmArgs, spec: &boot::GuestSpec, disk_direct: bool) {
         None => tracing::info!("guest has no network (no --tap); Ctrl-C stops it"),
     }
 }
-

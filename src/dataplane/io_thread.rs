@@ -117,7 +117,9 @@ impl IoChannels {
 /// Errors that end the I/O thread.
 #[derive(Debug, thiserror::Error)]
 pub enum IoThreadError {
-    #[error("cannot set up io_uring (is io_uring disabled on this kernel? see /proc/sys/kernel/io_uring_disabled)")]
+    #[error(
+        "cannot set up io_uring (is io_uring disabled on this kernel? see /proc/sys/kernel/io_uring_disabled)"
+    )]
     Setup(#[source] std::io::Error),
     #[error("io_uring_enter failed")]
     Enter(#[source] std::io::Error),
@@ -202,7 +204,11 @@ impl IoThread {
                 match msg {
                     ToIo::Disk { req, seq } => match self.disk.as_mut() {
                         Some(d) => d.submit(req, seq, &mut sq),
-                        None => push_out(&mut self.tx, &mut self.overflow, FromIo::Disk(Completion::error(req.id, blkio::STATUS_IOERR))),
+                        None => push_out(
+                            &mut self.tx,
+                            &mut self.overflow,
+                            FromIo::Disk(Completion::error(req.id, blkio::STATUS_IOERR)),
+                        ),
                     },
                     ToIo::Tx { frame, seq } => {
                         self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
@@ -233,7 +239,9 @@ impl IoThread {
             sq.sync();
             match submitter.submit() {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        || e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(IoThreadError::Enter(e)),
             }
             cq.sync();
@@ -277,7 +285,9 @@ impl IoThread {
                 self.shared.wake_vcpu();
             }
             if let Some(t) = self.tap.as_ref() {
-                self.stats.gated.store(t.gated_len() as u64, Ordering::Relaxed);
+                self.stats
+                    .gated
+                    .store(t.gated_len() as u64, Ordering::Relaxed);
             }
             if draining && self.rx.is_empty() && self.disk.as_ref().is_none_or(|d| d.is_idle()) {
                 return Ok(());
@@ -303,7 +313,9 @@ impl IoThread {
                 sq.sync();
                 match submitter.submit_and_wait(1) {
                     Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EINTR)
+                            || e.raw_os_error() == Some(libc::EBUSY) => {}
                     Err(e) => return Err(IoThreadError::Enter(e)),
                 }
             }
@@ -313,7 +325,11 @@ impl IoThread {
     }
 }
 
-fn push_out(tx: &mut rtrb::Producer<FromIo>, overflow: &mut std::collections::VecDeque<FromIo>, msg: FromIo) {
+fn push_out(
+    tx: &mut rtrb::Producer<FromIo>,
+    overflow: &mut std::collections::VecDeque<FromIo>,
+    msg: FromIo,
+) {
     if !overflow.is_empty() {
         overflow.push_back(msg);
         return;

@@ -143,15 +143,16 @@ impl SyncIo for LiveIo {
         let mut events = self.devices.take_outputs(mem, &mut self.outputs);
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
-        let mut waited = false;
+        let mut waited_ns = 0;
         if req.wait() && events == 0 && !self.shared.stop_requested() {
-            let host_deadline = Instant::now() + self.clock.until(req.deadline_ns);
-            waited = true;
+            let started = Instant::now();
+            let host_deadline = started + self.clock.until(req.deadline_ns);
             let shared = self.shared.clone();
             let from_io = self.io.as_ref().map(|io| &io.from_io);
             wait_until(host_deadline, WAIT_SPIN, || {
                 shared.stop_requested() || from_io.is_some_and(|c| !c.is_empty())
             });
+            waited_ns = started.elapsed().as_nanos() as u64;
             if self.input_ready() {
                 events |= self.apply_inputs(mem, req.exit_index)?;
             }
@@ -169,7 +170,7 @@ impl SyncIo for LiveIo {
         Ok(SyncOutcome {
             events,
             now_ns,
-            waited,
+            waited_ns,
         })
     }
 
@@ -181,14 +182,23 @@ impl SyncIo for LiveIo {
         self.devices.mmio_write(mem, addr, data)
     }
 
-    fn after_sync_exit(&mut self, exit_index: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+    fn after_sync_exit(
+        &mut self,
+        exit_index: u64,
+        digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         match self.recorder.as_mut() {
             Some(r) => r.after_sync_exit(exit_index, digester),
             None => Ok(()),
         }
     }
 
-    fn finish(&mut self, exit_index: u64, end: &RunEndKind, digester: &mut dyn Digester) -> Result<(), SyncError> {
+    fn finish(
+        &mut self,
+        exit_index: u64,
+        end: &RunEndKind,
+        digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         let Some(recorder) = self.recorder.take() else {
             return Ok(());
         };
@@ -197,6 +207,8 @@ impl SyncIo for LiveIo {
             RunEndKind::HostStop => (logchan::EndReason::HostStop, 0),
             RunEndKind::Error => (logchan::EndReason::Error, 1),
         };
-        recorder.finish(exit_index, reason, status, digester).map(drop)
+        recorder
+            .finish(exit_index, reason, status, digester)
+            .map(drop)
     }
 }

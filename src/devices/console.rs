@@ -56,7 +56,12 @@ impl Console {
         self.bytes += buf.len() as u64;
         self.hash = fold_hash(self.hash, &buf);
         // A console that cannot be written (closed pipe) must not stop the VM.
-        if self.out.write_all(&buf).and_then(|_| self.out.flush()).is_err() {
+        if self
+            .out
+            .write_all(&buf)
+            .and_then(|_| self.out.flush())
+            .is_err()
+        {
             tracing::debug!("console output dropped");
         }
         Ok(())

@@ -17,7 +17,11 @@ pub enum GuestError {
         len: u64,
     },
     #[error("{what} of {len} bytes is longer than the limit of {max}")]
-    TooLong { what: &'static str, len: u64, max: u64 },
+    TooLong {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
     #[error("{what} needs a {want}-byte access, the guest made a {got}-byte one")]
     BadWidth {
         what: &'static str,

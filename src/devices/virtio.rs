@@ -25,7 +25,12 @@ impl VirtioDevice for BlkDevice {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         BlkDevice::read_config(self, offset, data)
     }
-    fn activate(&mut self, mem: &GuestMemoryMmap, _features: u64, mut queues: Vec<Queue>) -> Result<(), String> {
+    fn activate(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        _features: u64,
+        mut queues: Vec<Queue>,
+    ) -> Result<(), String> {
         let queue = queues.pop().ok_or("no queue")?;
         BlkDevice::activate(self, queue, mem).map_err(|e| e.to_string())
     }
@@ -47,7 +52,12 @@ impl VirtioDevice for NetDevice {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         NetDevice::read_config(self, offset, data)
     }
-    fn activate(&mut self, mem: &GuestMemoryMmap, _features: u64, mut queues: Vec<Queue>) -> Result<(), String> {
+    fn activate(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        _features: u64,
+        mut queues: Vec<Queue>,
+    ) -> Result<(), String> {
         if queues.len() != 2 {
             return Err("virtio-net needs an RX and a TX queue".into());
         }
@@ -97,8 +107,12 @@ impl Devices {
 
     pub fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
         match window(addr) {
-            Some((abi::MMIO_NET, off)) => self.net.as_mut().map(|d| d.write(mem, off, data)).is_some(),
-            Some((abi::MMIO_BLK, off)) => self.blk.as_mut().map(|d| d.write(mem, off, data)).is_some(),
+            Some((abi::MMIO_NET, off)) => {
+                self.net.as_mut().map(|d| d.write(mem, off, data)).is_some()
+            }
+            Some((abi::MMIO_BLK, off)) => {
+                self.blk.as_mut().map(|d| d.write(mem, off, data)).is_some()
+            }
             _ => false,
         }
     }
@@ -125,7 +139,11 @@ impl Devices {
 
     /// Places a received frame in the guest's next RX buffer. `Ok(false)`:
     /// the guest has no buffer posted; keep the frame for a later exit.
-    pub fn deliver_frame(&mut self, mem: &GuestMemoryMmap, frame: &[u8]) -> Result<bool, netio::NetError> {
+    pub fn deliver_frame(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        frame: &[u8],
+    ) -> Result<bool, netio::NetError> {
         match self.net.as_mut().filter(|n| n.is_active()) {
             Some(net) => net.device.deliver_rx(mem, frame),
             None => Ok(false),
@@ -133,7 +151,11 @@ impl Devices {
     }
 
     /// Applies a disk completion (read data into the guest's buffers).
-    pub fn complete_disk(&mut self, mem: &GuestMemoryMmap, c: &Completion) -> Result<(), blkio::BlkError> {
+    pub fn complete_disk(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        c: &Completion,
+    ) -> Result<(), blkio::BlkError> {
         match self.blk.as_mut() {
             Some(blk) => blk.device.complete(mem, c),
             None => Err(blkio::BlkError::NotActivated),

@@ -146,7 +146,9 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             0x014 => self.device_features_sel = value,
             0x020 if setup && self.status & STATUS_FEATURES_OK == 0 => {
                 match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | value as u64,
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | value as u64
+                    }
                     1 => {
                         self.driver_features =
                             (self.driver_features & 0xffff_ffff) | ((value as u64) << 32)
@@ -215,7 +217,10 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             match result {
                 Ok(()) => self.active = true,
                 Err(why) => {
-                    tracing::warn!(device = self.device.device_type(), "virtio activation failed: {why}");
+                    tracing::warn!(
+                        device = self.device.device_type(),
+                        "virtio activation failed: {why}"
+                    );
                     value |= STATUS_NEEDS_RESET;
                 }
             }
@@ -256,7 +261,12 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8);
         }
-        fn activate(&mut self, _: &GuestMemoryMmap, features: u64, queues: Vec<Queue>) -> Result<(), String> {
+        fn activate(
+            &mut self,
+            _: &GuestMemoryMmap,
+            features: u64,
+            queues: Vec<Queue>,
+        ) -> Result<(), String> {
             self.activated = Some((features, queues.len()));
             Ok(())
         }
@@ -296,7 +306,12 @@ mod tests {
         set(&mut t, &mem, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         set(&mut t, &mem, 0x024, 1);
         set(&mut t, &mem, 0x020, 1);
-        set(&mut t, &mem, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        set(
+            &mut t,
+            &mem,
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_ne!(reg(&mut t, 0x070) & STATUS_FEATURES_OK, 0);
         setup_queue(&mut t, &mem, 0, 0x1000);
         setup_queue(&mut t, &mem, 1, 0x2000);
@@ -315,11 +330,21 @@ mod tests {
         let mut t = VirtioMmio::new(Dummy::default());
         set(&mut t, &mem, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         set(&mut t, &mem, 0x020, 1 << 7);
-        set(&mut t, &mem, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        set(
+            &mut t,
+            &mem,
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_eq!(reg(&mut t, 0x070) & STATUS_FEATURES_OK, 0);
         // Queues pointing outside memory: activation fails, the device asks for a reset.
         set(&mut t, &mem, 0x070, 0);
-        set(&mut t, &mem, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        set(
+            &mut t,
+            &mem,
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         setup_queue(&mut t, &mem, 0, 0xfff_0000);
         set(&mut t, &mem, 0x070, 0xf);
         assert!(!t.is_active());

@@ -14,7 +14,7 @@ use lockstep_guest_abi as abi;
 
 use crate::devices::GuestError;
 use crate::devices::console::Console;
-use crate::replay::digest::Digester;
+use crate::replay::digest::{RegsSource, VmDigester};
 use crate::vmm::exit::{ExitKind, VmExit};
 
 pub use sync::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
@@ -81,6 +81,12 @@ pub struct ExitStats {
     pub console: u64,
     pub mmio: u64,
     pub host_interrupts: u64,
+    /// Time inside KVM_RUN: guest execution plus the exits' world switches.
+    pub guest_ns: u64,
+    /// Time the vCPU thread spent handling exits, waits included.
+    pub vmm_ns: u64,
+    /// Of `vmm_ns`, time blocked in waiting sync calls (the guest was idle).
+    pub wait_ns: u64,
 }
 
 /// The vCPU thread's view of the machine.
@@ -119,12 +125,13 @@ impl<S: SyncIo> Machine<S> {
 
     /// After an exit, with the registers final: lets the I/O side digest
     /// and publish what the exit produced.
-    pub fn after_exit(&mut self, digester: &mut dyn Digester) -> Result<(), MachineError> {
+    pub fn after_exit(&mut self, regs: &dyn RegsSource) -> Result<(), MachineError> {
         if !std::mem::take(&mut self.last_was_sync) {
             return Ok(());
         }
+        let mut digester = VmDigester { regs, mem: &self.mem };
         self.io
-            .after_sync_exit(self.exit_index, digester)
+            .after_sync_exit(self.exit_index, &mut digester)
             .map_err(|source| MachineError::Sync {
                 exit_index: self.exit_index,
                 source,
@@ -150,7 +157,8 @@ impl<S: SyncIo> Machine<S> {
                 }
                 abi::PORT_CONSOLE => {
                     self.stats.console += 1;
-                    let arg = u32_arg("console write", data).map_err(|e| guest(self.exit_index, e))?;
+                    let arg =
+                        u32_arg("console write", data).map_err(|e| guest(self.exit_index, e))?;
                     if let Err(e) = self.console.write_from_guest(&self.mem, arg) {
                         tracing::warn!(exit = self.exit_index, "console: {e}");
                     }
@@ -219,8 +227,9 @@ impl<S: SyncIo> Machine<S> {
                 exit_index: self.exit_index,
                 source,
             })?;
-        if outcome.waited {
+        if outcome.waited_ns > 0 {
             self.stats.sync_waits += 1;
+            self.stats.wait_ns += outcome.waited_ns;
         }
         self.last_was_sync = true;
         sync::write_result(&self.mem, addr, outcome.events, outcome.now_ns).map_err(|source| {
@@ -230,6 +239,12 @@ impl<S: SyncIo> Machine<S> {
             }
         })?;
         Ok(Flow::Continue)
+    }
+
+    /// The run is over: lets the I/O side close its log.
+    pub fn finish(&mut self, end: &RunEndKind, regs: &dyn RegsSource) -> Result<(), SyncError> {
+        let mut digester = VmDigester { regs, mem: &self.mem };
+        self.io.finish(self.exit_index, end, &mut digester)
     }
 }
 

@@ -30,8 +30,8 @@ impl SyncRequest {
 pub struct SyncOutcome {
     pub events: u32,
     pub now_ns: u64,
-    /// Whether the vCPU thread blocked (statistics only).
-    pub waited: bool,
+    /// Nanoseconds the vCPU thread blocked waiting for input (statistics).
+    pub waited_ns: u64,
 }
 
 /// An error from the side that serves sync calls (I/O thread gone, log
@@ -50,11 +50,20 @@ pub trait SyncIo {
     fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool;
     /// After a sync exit has been handled (registers final): digests,
     /// publishing the exit's log entries.
-    fn after_sync_exit(&mut self, _exit_index: u64, _digester: &mut dyn Digester) -> Result<(), SyncError> {
+    fn after_sync_exit(
+        &mut self,
+        _exit_index: u64,
+        _digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         Ok(())
     }
     /// The run is over at `exit_index`.
-    fn finish(&mut self, _exit_index: u64, _end: &RunEndKind, _digester: &mut dyn Digester) -> Result<(), SyncError> {
+    fn finish(
+        &mut self,
+        _exit_index: u64,
+        _end: &RunEndKind,
+        _digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         Ok(())
     }
 }
@@ -87,7 +96,12 @@ pub fn read_block(mem: &GuestMemoryMmap, addr: u64) -> Result<SyncBlock, GuestEr
 }
 
 /// Writes the results into the guest's sync block.
-pub fn write_result(mem: &GuestMemoryMmap, addr: u64, events: u32, now_ns: u64) -> Result<(), GuestError> {
+pub fn write_result(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    events: u32,
+    now_ns: u64,
+) -> Result<(), GuestError> {
     mem.write_slice(&events.to_le_bytes(), GuestAddress(addr + 4))
         .and_then(|_| mem.write_slice(&now_ns.to_le_bytes(), GuestAddress(addr + 16)))
         .map_err(|_| GuestError::BadSyncBlock(addr))

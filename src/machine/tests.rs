@@ -22,7 +22,7 @@ impl SyncIo for FakeIo {
         Ok(SyncOutcome {
             events: abi::EV_NET_RX | abi::EV_TIMER,
             now_ns: 1_000 + req.exit_index,
-            waited: req.wait(),
+            waited_ns: if req.wait() { 1 } else { 0 },
         })
     }
     fn mmio_read(&mut self, _: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> bool {
@@ -52,7 +52,10 @@ impl Write for Sink {
 fn machine() -> (Machine<FakeIo>, Sink) {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
     let sink = Sink::default();
-    (Machine::new(mem, Console::new(Box::new(sink.clone())), FakeIo::default()), sink)
+    (
+        Machine::new(mem, Console::new(Box::new(sink.clone())), FakeIo::default()),
+        sink,
+    )
 }
 
 fn out(port: u16, value: u32) -> [u8; 4] {
@@ -64,16 +67,30 @@ fn out(port: u16, value: u32) -> [u8; 4] {
 fn a_sync_exit_fills_the_block_and_counts_one_exit() {
     let (mut m, _) = machine();
     let block = 0x30_0000u64;
-    m.mem.write_slice(&abi::SYNC_WAIT.to_le_bytes(), GuestAddress(block)).unwrap();
-    m.mem.write_slice(&5_000u64.to_le_bytes(), GuestAddress(block + 8)).unwrap();
+    m.mem
+        .write_slice(&abi::SYNC_WAIT.to_le_bytes(), GuestAddress(block))
+        .unwrap();
+    m.mem
+        .write_slice(&5_000u64.to_le_bytes(), GuestAddress(block + 8))
+        .unwrap();
     let data = out(abi::PORT_SYNC, block as u32);
-    let flow = m.handle(VmExit::IoOut { port: abi::PORT_SYNC, data: &data }).unwrap();
+    let flow = m
+        .handle(VmExit::IoOut {
+            port: abi::PORT_SYNC,
+            data: &data,
+        })
+        .unwrap();
     assert_eq!(flow, Flow::Continue);
     assert_eq!(m.exit_index, 1);
     let req = m.io.asked[0];
-    assert_eq!((req.exit_index, req.kind, req.flags, req.deadline_ns), (1, ExitKind::Sync, abi::SYNC_WAIT, 5_000));
+    assert_eq!(
+        (req.exit_index, req.kind, req.flags, req.deadline_ns),
+        (1, ExitKind::Sync, abi::SYNC_WAIT, 5_000)
+    );
     let mut events = [0u8; 4];
-    m.mem.read_slice(&mut events, GuestAddress(block + 4)).unwrap();
+    m.mem
+        .read_slice(&mut events, GuestAddress(block + 4))
+        .unwrap();
     assert_eq!(u32::from_le_bytes(events), abi::EV_NET_RX | abi::EV_TIMER);
     let now: u64 = m.mem.read_obj(GuestAddress(block + 16)).unwrap();
     assert_eq!(now, 1_001);
@@ -88,7 +105,11 @@ fn host_interruptions_do_not_move_the_exit_index() {
     assert_eq!(m.stats.host_interrupts, 1);
     let data = out(abi::PORT_EXIT, 0);
     assert_eq!(
-        m.handle(VmExit::IoOut { port: abi::PORT_EXIT, data: &data }).unwrap(),
+        m.handle(VmExit::IoOut {
+            port: abi::PORT_EXIT,
+            data: &data
+        })
+        .unwrap(),
         Flow::Stop(Stop::GuestExit(0))
     );
     assert_eq!(m.exit_index, 1);
@@ -99,11 +120,24 @@ fn a_misaligned_or_wild_sync_block_is_a_guest_error() {
     let (mut m, _) = machine();
     for addr in [0x30_0004u32, 0x30_0ff0, 0x7fff_fff0] {
         let data = addr.to_le_bytes();
-        let err = m.handle(VmExit::IoOut { port: abi::PORT_SYNC, data: &data }).unwrap_err();
-        assert!(matches!(err, MachineError::Guest { .. }), "{addr:#x}: {err}");
+        let err = m
+            .handle(VmExit::IoOut {
+                port: abi::PORT_SYNC,
+                data: &data,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, MachineError::Guest { .. }),
+            "{addr:#x}: {err}"
+        );
     }
     let short = [0u8; 2];
-    let err = m.handle(VmExit::IoOut { port: abi::PORT_SYNC, data: &short }).unwrap_err();
+    let err = m
+        .handle(VmExit::IoOut {
+            port: abi::PORT_SYNC,
+            data: &short,
+        })
+        .unwrap_err();
     assert!(err.to_string().contains("broke the ABI"), "{err}");
     assert!(m.io.asked.is_empty(), "nothing reached the I/O side");
 }
@@ -113,17 +147,43 @@ fn console_writes_whole_buffers_and_survives_bad_ones() {
     let (mut m, sink) = machine();
     let text = b"banner line\n";
     m.mem.write_slice(text, GuestAddress(0x20_0000)).unwrap();
-    m.mem.write_obj(0x20_0000u64, GuestAddress(0x21_0000)).unwrap();
-    m.mem.write_obj(text.len() as u64, GuestAddress(0x21_0008)).unwrap();
+    m.mem
+        .write_obj(0x20_0000u64, GuestAddress(0x21_0000))
+        .unwrap();
+    m.mem
+        .write_obj(text.len() as u64, GuestAddress(0x21_0008))
+        .unwrap();
     let data = 0x21_0000u32.to_le_bytes();
-    m.handle(VmExit::IoOut { port: abi::PORT_CONSOLE, data: &data }).unwrap();
+    m.handle(VmExit::IoOut {
+        port: abi::PORT_CONSOLE,
+        data: &data,
+    })
+    .unwrap();
     assert_eq!(&*sink.0.lock().unwrap(), text);
     // Too long, and pointing outside memory: warned about, not fatal.
-    m.mem.write_obj(abi::CONSOLE_MAX + 1, GuestAddress(0x21_0008)).unwrap();
-    assert_eq!(m.handle(VmExit::IoOut { port: abi::PORT_CONSOLE, data: &data }).unwrap(), Flow::Continue);
-    m.mem.write_obj(0x7000_0000u64, GuestAddress(0x21_0000)).unwrap();
+    m.mem
+        .write_obj(abi::CONSOLE_MAX + 1, GuestAddress(0x21_0008))
+        .unwrap();
+    assert_eq!(
+        m.handle(VmExit::IoOut {
+            port: abi::PORT_CONSOLE,
+            data: &data
+        })
+        .unwrap(),
+        Flow::Continue
+    );
+    m.mem
+        .write_obj(0x7000_0000u64, GuestAddress(0x21_0000))
+        .unwrap();
     m.mem.write_obj(4u64, GuestAddress(0x21_0008)).unwrap();
-    assert_eq!(m.handle(VmExit::IoOut { port: abi::PORT_CONSOLE, data: &data }).unwrap(), Flow::Continue);
+    assert_eq!(
+        m.handle(VmExit::IoOut {
+            port: abi::PORT_CONSOLE,
+            data: &data
+        })
+        .unwrap(),
+        Flow::Continue
+    );
     assert_eq!(sink.0.lock().unwrap().len(), text.len());
     assert_eq!(m.console.bytes, text.len() as u64);
 }
@@ -133,28 +193,63 @@ fn undefined_ports_unknown_mmio_and_odd_exits_are_errors_or_stops() {
     let (mut m, _) = machine();
     let data = [0u8; 1];
     assert!(matches!(
-        m.handle(VmExit::IoOut { port: 0x3f8, data: &data }),
-        Err(MachineError::UnknownPort { port: 0x3f8, dir: "out" })
+        m.handle(VmExit::IoOut {
+            port: 0x3f8,
+            data: &data
+        }),
+        Err(MachineError::UnknownPort {
+            port: 0x3f8,
+            dir: "out"
+        })
     ));
     let mut buf = [0u8; 4];
     assert!(matches!(
-        m.handle(VmExit::IoIn { port: abi::PORT_SYNC, data: &mut buf }),
+        m.handle(VmExit::IoIn {
+            port: abi::PORT_SYNC,
+            data: &mut buf
+        }),
         Err(MachineError::UnknownPort { dir: "in", .. })
     ));
-    assert_eq!(m.handle(VmExit::MmioRead { addr: abi::MMIO_NET, data: &mut buf }).unwrap(), Flow::Continue);
+    assert_eq!(
+        m.handle(VmExit::MmioRead {
+            addr: abi::MMIO_NET,
+            data: &mut buf
+        })
+        .unwrap(),
+        Flow::Continue
+    );
     assert_eq!(buf, [0xab; 4]);
     assert!(matches!(
-        m.handle(VmExit::MmioWrite { addr: 0xdead_0000, data: &buf }),
-        Err(MachineError::UnknownMmio { addr: 0xdead_0000, .. })
+        m.handle(VmExit::MmioWrite {
+            addr: 0xdead_0000,
+            data: &buf
+        }),
+        Err(MachineError::UnknownMmio {
+            addr: 0xdead_0000,
+            ..
+        })
     ));
     let vector = 14u32.to_le_bytes();
     assert_eq!(
-        m.handle(VmExit::IoOut { port: abi::PORT_FAULT, data: &vector }).unwrap(),
+        m.handle(VmExit::IoOut {
+            port: abi::PORT_FAULT,
+            data: &vector
+        })
+        .unwrap(),
         Flow::Stop(Stop::Fault(14))
     );
-    assert_eq!(m.handle(VmExit::Shutdown).unwrap(), Flow::Stop(Stop::TripleFault));
-    assert_eq!(m.handle(VmExit::InternalError).unwrap(), Flow::Stop(Stop::EmulationFailure));
+    assert_eq!(
+        m.handle(VmExit::Shutdown).unwrap(),
+        Flow::Stop(Stop::TripleFault)
+    );
+    assert_eq!(
+        m.handle(VmExit::InternalError).unwrap(),
+        Flow::Stop(Stop::EmulationFailure)
+    );
     assert_eq!(m.handle(VmExit::Hlt).unwrap(), Flow::Stop(Stop::Halted));
     assert!(m.handle(VmExit::FailEntry { reason: 7 }).is_err());
-    assert_eq!(m.exit_index, 9, "every guest-caused exit counted, errors included");
+    assert_eq!(
+        m.exit_index, 9,
+        "every guest-caused exit counted, errors included"
+    );
 }

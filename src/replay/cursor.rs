@@ -102,7 +102,15 @@ pub struct LoggedEntry {
 impl LoggedEntry {
     fn from_record(rec: &Record<'_>) -> Self {
         let entry = match rec.entry {
-            Entry::Sync { flags, events, now_ns } => Logged::Sync { flags, events, now_ns },
+            Entry::Sync {
+                flags,
+                events,
+                now_ns,
+            } => Logged::Sync {
+                flags,
+                events,
+                now_ns,
+            },
             Entry::NetRx { frame } => Logged::NetRx(frame.to_vec()),
             Entry::BlkDone { id, status, data } => Logged::BlkDone(Completion {
                 id,

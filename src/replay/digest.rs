@@ -14,15 +14,14 @@ pub trait Digester {
     fn mem_hash(&mut self) -> u64;
 }
 
-/// Reads the vCPU's registers and guest RAM between two `KVM_RUN`s.
-pub struct VcpuDigester<'a> {
-    pub vcpu: &'a VcpuFd,
-    pub mem: &'a GuestMemoryMmap,
+/// Where the registers of a digest come from.
+pub trait RegsSource {
+    fn digest_regs(&self) -> [u64; DIGEST_REGS];
 }
 
-impl Digester for VcpuDigester<'_> {
-    fn regs(&mut self) -> [u64; DIGEST_REGS] {
-        match self.vcpu.get_regs() {
+impl RegsSource for VcpuFd {
+    fn digest_regs(&self) -> [u64; DIGEST_REGS] {
+        match self.get_regs() {
             Ok(r) => [
                 r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
                 r.r12, r.r13, r.r14, r.r15, r.rip, r.rflags,
@@ -32,6 +31,18 @@ impl Digester for VcpuDigester<'_> {
                 [0; DIGEST_REGS]
             }
         }
+    }
+}
+
+/// Registers from a vCPU and guest RAM, read between two `KVM_RUN`s.
+pub struct VmDigester<'a> {
+    pub regs: &'a dyn RegsSource,
+    pub mem: &'a GuestMemoryMmap,
+}
+
+impl Digester for VmDigester<'_> {
+    fn regs(&mut self) -> [u64; DIGEST_REGS] {
+        self.regs.digest_regs()
     }
 
     fn mem_hash(&mut self) -> u64 {

@@ -74,7 +74,9 @@ impl Recorder {
             len: bytes.len() as u32,
             hash,
         };
-        self.log.append(exit, ExitKind::SyncPort, &entry).map_err(log_err)
+        self.log
+            .append(exit, ExitKind::SyncPort, &entry)
+            .map_err(log_err)
     }
 
     /// Logs a TX frame's hash; returns its output-rule tag.
@@ -86,7 +88,9 @@ impl Recorder {
     /// (reads and flushes are not outputs and take the current position).
     pub fn output_request(&mut self, exit: u64, req: &Request) -> Result<u64, SyncError> {
         match &req.op {
-            RequestOp::Write { data, .. } => self.output(exit, OutputKind::DiskWrite, data.as_slice()),
+            RequestOp::Write { data, .. } => {
+                self.output(exit, OutputKind::DiskWrite, data.as_slice())
+            }
             _ => Ok(self.log.seq()),
         }
     }
@@ -99,40 +103,73 @@ impl Recorder {
     }
 
     pub fn disk_done(&mut self, exit: u64, c: &Completion) -> Result<(), SyncError> {
-        let data = if self.log_read_data { c.data_bytes() } else { &[] };
+        let data = if self.log_read_data {
+            c.data_bytes()
+        } else {
+            &[]
+        };
         let entry = Entry::BlkDone {
             id: c.id,
             status: c.status,
             data,
         };
-        self.log.append(exit, ExitKind::SyncPort, &entry).map(drop).map_err(log_err)
+        self.log
+            .append(exit, ExitKind::SyncPort, &entry)
+            .map(drop)
+            .map_err(log_err)
     }
 
     /// The sync call's result: always the last entry of its exit.
-    pub fn sync(&mut self, exit: u64, flags: u32, events: u32, now_ns: u64) -> Result<(), SyncError> {
-        let entry = Entry::Sync { flags, events, now_ns };
-        self.log.append(exit, ExitKind::SyncPort, &entry).map(drop).map_err(log_err)
+    pub fn sync(
+        &mut self,
+        exit: u64,
+        flags: u32,
+        events: u32,
+        now_ns: u64,
+    ) -> Result<(), SyncError> {
+        let entry = Entry::Sync {
+            flags,
+            events,
+            now_ns,
+        };
+        self.log
+            .append(exit, ExitKind::SyncPort, &entry)
+            .map(drop)
+            .map_err(log_err)
     }
 
     /// After a sync exit: a digest when one is due, then the exit's entries
     /// go to the consumer as one segment.
-    pub fn after_sync_exit(&mut self, exit: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+    pub fn after_sync_exit(
+        &mut self,
+        exit: u64,
+        digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         self.syncs += 1;
         if self.policy.every_syncs > 0 && self.syncs % self.policy.every_syncs == 0 {
             self.digests += 1;
-            let with_mem = self.policy.mem_every_digests > 0 && self.digests % self.policy.mem_every_digests == 0;
+            let with_mem = self.policy.mem_every_digests > 0
+                && self.digests % self.policy.mem_every_digests == 0;
             self.digest(exit, digester, with_mem)?;
         }
         self.log.publish().map_err(log_err)
     }
 
-    fn digest(&mut self, exit: u64, digester: &mut dyn Digester, with_mem: bool) -> Result<(), SyncError> {
+    fn digest(
+        &mut self,
+        exit: u64,
+        digester: &mut dyn Digester,
+        with_mem: bool,
+    ) -> Result<(), SyncError> {
         let entry = Entry::Digest {
             regs: digester.regs(),
             output_hash: self.outputs.value(),
             mem_hash: if with_mem { digester.mem_hash() } else { 0 },
         };
-        self.log.append(exit, ExitKind::SyncPort, &entry).map(drop).map_err(log_err)
+        self.log
+            .append(exit, ExitKind::SyncPort, &entry)
+            .map(drop)
+            .map_err(log_err)
     }
 
     /// Ends the recording: a final digest with a memory hash, the End entry,

@@ -98,7 +98,11 @@ pub struct ReplayIo {
 }
 
 fn diverged(exit_index: u64, seq: u64, what: String) -> SyncError {
-    Box::new(ReplayStop::Diverged(Divergence { exit_index, seq, what }))
+    Box::new(ReplayStop::Diverged(Divergence {
+        exit_index,
+        seq,
+        what,
+    }))
 }
 
 impl ReplayIo {
@@ -127,7 +131,12 @@ impl ReplayIo {
     fn next_for(&mut self, exit: u64) -> Result<Option<LoggedEntry>, SyncError> {
         let entry = match self.cursor.peek() {
             Ok(e) => e,
-            Err(end) => return Err(Box::new(ReplayStop::LogEnded { exit_index: exit, end })),
+            Err(end) => {
+                return Err(Box::new(ReplayStop::LogEnded {
+                    exit_index: exit,
+                    end,
+                }));
+            }
         };
         if entry.exit_index > exit {
             return Ok(None);
@@ -149,7 +158,12 @@ impl ReplayIo {
         self.stats.outputs_checked += 1;
         match entry {
             Some(LoggedEntry {
-                entry: Logged::Output { what: w, len, hash: h },
+                entry:
+                    Logged::Output {
+                        what: w,
+                        len,
+                        hash: h,
+                    },
                 ..
             }) if w == what && len as usize == bytes.len() && h == hash => Ok(()),
             Some(e) => Err(diverged(
@@ -164,7 +178,10 @@ impl ReplayIo {
             None => Err(diverged(
                 exit,
                 self.cursor.peek().map(|e| e.seq).unwrap_or(0),
-                format!("the guest produced a {what:?} of {} bytes that the primary did not", bytes.len()),
+                format!(
+                    "the guest produced a {what:?} of {} bytes that the primary did not",
+                    bytes.len()
+                ),
             )),
         }
     }
@@ -201,12 +218,18 @@ impl ReplayIo {
     }
 
     /// Checks the digest the log may have for the exit just handled.
-    pub fn check_digest(&mut self, exit: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+    pub fn check_digest(
+        &mut self,
+        exit: u64,
+        digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         match self.cursor.peek() {
             Ok(e) if e.exit_index == exit && matches!(e.entry, Logged::Digest { .. }) => {}
             _ => return Ok(()),
         }
-        let Some(entry) = self.cursor.pop() else { return Ok(()) };
+        let Some(entry) = self.cursor.pop() else {
+            return Ok(());
+        };
         self.stats.entries += 1;
         let Logged::Digest {
             regs,
@@ -222,7 +245,10 @@ impl ReplayIo {
             return Err(diverged(
                 exit,
                 entry.seq,
-                format!("register {} is {:#x}, the log has {:#x}", REG_NAMES[i], ours[i], regs[i]),
+                format!(
+                    "register {} is {:#x}, the log has {:#x}",
+                    REG_NAMES[i], ours[i], regs[i]
+                ),
             ));
         }
         if output_hash != self.outputs.value() {
@@ -281,7 +307,9 @@ impl SyncIo for ReplayIo {
         }
         for r in &taken.requests {
             match &r.op {
-                RequestOp::Write { data, .. } => self.check_output(exit, OutputKind::DiskWrite, data.as_slice())?,
+                RequestOp::Write { data, .. } => {
+                    self.check_output(exit, OutputKind::DiskWrite, data.as_slice())?
+                }
                 RequestOp::Read { sector, len } => {
                     self.reads.insert(r.id, (*sector, *len));
                 }
@@ -294,13 +322,20 @@ impl SyncIo for ReplayIo {
         loop {
             let Some(entry) = self.next_for(exit)? else {
                 let seq = self.cursor.peek().map(|e| e.seq).unwrap_or(0);
-                return Err(diverged(exit, seq, "the log has no sync result for this exit".into()));
+                return Err(diverged(
+                    exit,
+                    seq,
+                    "the log has no sync result for this exit".into(),
+                ));
             };
             if entry.exit_kind != ExitKind::SyncPort {
                 return Err(diverged(
                     exit,
                     entry.seq,
-                    format!("the log was recorded at a {:?} exit, the replay is at a sync exit", entry.exit_kind),
+                    format!(
+                        "the log was recorded at a {:?} exit, the replay is at a sync exit",
+                        entry.exit_kind
+                    ),
                 ));
             }
             match entry.entry {
@@ -312,7 +347,9 @@ impl SyncIo for ReplayIo {
                             return Err(diverged(
                                 exit,
                                 entry.seq,
-                                format!("a logged frame could not be delivered ({other:?}): the guest has no RX buffer"),
+                                format!(
+                                    "a logged frame could not be delivered ({other:?}): the guest has no RX buffer"
+                                ),
                             ));
                         }
                     }
@@ -330,15 +367,26 @@ impl SyncIo for ReplayIo {
                         }
                     };
                     if let Err(e) = self.devices.complete_disk(mem, &c) {
-                        return Err(diverged(exit, entry.seq, format!("logged disk completion refused: {e}")));
+                        return Err(diverged(
+                            exit,
+                            entry.seq,
+                            format!("logged disk completion refused: {e}"),
+                        ));
                     }
                 }
-                Logged::Sync { flags, events: logged, now_ns } => {
+                Logged::Sync {
+                    flags,
+                    events: logged,
+                    now_ns,
+                } => {
                     if flags != req.flags {
                         return Err(diverged(
                             exit,
                             entry.seq,
-                            format!("the guest's sync flags are {:#x}, the log has {flags:#x}", req.flags),
+                            format!(
+                                "the guest's sync flags are {:#x}, the log has {flags:#x}",
+                                req.flags
+                            ),
                         ));
                     }
                     events |= self.devices.input_events();
@@ -351,14 +399,18 @@ impl SyncIo for ReplayIo {
                     }
                     let mut now_ns = now_ns;
                     if let Some(p) = self.perturb.filter(|p| p.at_exit == exit) {
-                        tracing::warn!(exit, "test switch: perturbing the time by {} ns", p.delta_ns);
+                        tracing::warn!(
+                            exit,
+                            "test switch: perturbing the time by {} ns",
+                            p.delta_ns
+                        );
                         now_ns += p.delta_ns;
                     }
                     self.last_now_ns = now_ns;
                     return Ok(SyncOutcome {
                         events: logged,
                         now_ns,
-                        waited: false,
+                        waited_ns: 0,
                     });
                 }
                 Logged::KeepAlive => {}
@@ -371,7 +423,11 @@ impl SyncIo for ReplayIo {
                     }));
                 }
                 other => {
-                    return Err(diverged(exit, entry.seq, format!("unexpected {other:?} inside a sync exit")));
+                    return Err(diverged(
+                        exit,
+                        entry.seq,
+                        format!("unexpected {other:?} inside a sync exit"),
+                    ));
                 }
             }
         }

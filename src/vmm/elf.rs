@@ -5,9 +5,9 @@
 //! segments outside RAM or over the system area), so the image is parsed with
 //! the `object` crate and checked here before a byte reaches guest memory.
 
+use object::LittleEndian;
 use object::elf::{ET_EXEC, FileHeader64, PT_DYNAMIC, PT_INTERP, PT_LOAD};
 use object::read::elf::{FileHeader, ProgramHeader};
-use object::LittleEndian;
 
 use lockstep_guest_abi as abi;
 
@@ -105,12 +105,14 @@ pub fn parse(image: &[u8], mem_size: u64, reserved_top: u64) -> Result<KernelIma
                 mem_mib: mem_size >> 20,
             });
         }
-        let data = ph.data(endian, image).map_err(|_| ElfError::TruncatedSegment {
-            index,
-            offset: ph.p_offset(endian),
-            size: ph.p_filesz(endian),
-            len: image.len(),
-        })?;
+        let data = ph
+            .data(endian, image)
+            .map_err(|_| ElfError::TruncatedSegment {
+                index,
+                offset: ph.p_offset(endian),
+                size: ph.p_filesz(endian),
+                len: image.len(),
+            })?;
         segments.push(Segment {
             addr: start,
             data,
@@ -191,16 +193,28 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_run() {
         let mem = 64 << 20;
-        assert!(matches!(parse(b"#!/bin/sh\n", mem, 0), Err(ElfError::NotElf64(_))));
+        assert!(matches!(
+            parse(b"#!/bin/sh\n", mem, 0),
+            Err(ElfError::NotElf64(_))
+        ));
         assert!(matches!(parse(&[], mem, 0), Err(ElfError::NotElf64(_))));
         let pie = tiny_elf(object::elf::ET_DYN, abi::KERNEL_BASE, &[0x90], None);
         assert!(matches!(parse(&pie, mem, 0), Err(ElfError::NotExec(3))));
         let dynamic = tiny_elf(ET_EXEC, abi::KERNEL_BASE, &[0x90], Some(PT_INTERP));
-        assert!(matches!(parse(&dynamic, mem, 0), Err(ElfError::NotStatic(_))));
+        assert!(matches!(
+            parse(&dynamic, mem, 0),
+            Err(ElfError::NotStatic(_))
+        ));
         let low = tiny_elf(ET_EXEC, 0x1000, &[0x90], None);
-        assert!(matches!(parse(&low, mem, 0), Err(ElfError::SegmentOutOfRange { .. })));
+        assert!(matches!(
+            parse(&low, mem, 0),
+            Err(ElfError::SegmentOutOfRange { .. })
+        ));
         let high = tiny_elf(ET_EXEC, mem - 8, &[0x90; 16], None);
-        assert!(matches!(parse(&high, mem, 0), Err(ElfError::SegmentOutOfRange { .. })));
+        assert!(matches!(
+            parse(&high, mem, 0),
+            Err(ElfError::SegmentOutOfRange { .. })
+        ));
         let mut truncated = tiny_elf(ET_EXEC, abi::KERNEL_BASE, &[0x90; 64], None);
         truncated.truncate(truncated.len() - 32);
         assert!(parse(&truncated, mem, 0).is_err());

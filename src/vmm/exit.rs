@@ -6,14 +6,28 @@ use kvm_ioctls::VcpuExit;
 /// One return from `KVM_RUN`.
 #[derive(Debug)]
 pub enum VmExit<'a> {
-    IoOut { port: u16, data: &'a [u8] },
-    IoIn { port: u16, data: &'a mut [u8] },
-    MmioRead { addr: u64, data: &'a mut [u8] },
-    MmioWrite { addr: u64, data: &'a [u8] },
+    IoOut {
+        port: u16,
+        data: &'a [u8],
+    },
+    IoIn {
+        port: u16,
+        data: &'a mut [u8],
+    },
+    MmioRead {
+        addr: u64,
+        data: &'a mut [u8],
+    },
+    MmioWrite {
+        addr: u64,
+        data: &'a [u8],
+    },
     Hlt,
     Shutdown,
     InternalError,
-    FailEntry { reason: u64 },
+    FailEntry {
+        reason: u64,
+    },
     /// `KVM_RUN` returned because of a host signal or `immediate_exit`: the
     /// host caused it, so it is not an instruction point and not counted.
     Interrupted,

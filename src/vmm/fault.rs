@@ -95,7 +95,11 @@ pub fn vector_name(vector: u8) -> (&'static str, &'static str) {
 
 fn page_fault_detail(code: u64) -> String {
     let mut parts = vec![
-        if code & 1 != 0 { "protection" } else { "not present" },
+        if code & 1 != 0 {
+            "protection"
+        } else {
+            "not present"
+        },
         if code & 2 != 0 { "write" } else { "read" },
         if code & 4 != 0 { "user" } else { "supervisor" },
     ];
@@ -158,8 +162,14 @@ mod tests {
         report.decode(&[0x48, 0x89, 0x18]); // mov [rax], rbx
         let text = report.to_string();
         assert!(text.contains("#PF (page fault, vector 14)"), "{text}");
-        assert!(text.contains("address 0x10 (not present, write, user)"), "{text}");
-        assert!(text.contains("mov [rax],rbx") || text.contains("mov qword ptr [rax],rbx"), "{text}");
+        assert!(
+            text.contains("address 0x10 (not present, write, user)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mov [rax],rbx") || text.contains("mov qword ptr [rax],rbx"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,12 +4,12 @@
 
 use std::cell::Cell;
 use std::sync::Once;
+use std::time::Instant;
 
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::machine::{Flow, Machine, MachineError, Stop, SyncIo};
-use crate::replay::digest::VcpuDigester;
 use crate::vmm::exit::VmExit;
 use crate::vmm::fault::{self, FaultReport};
 
@@ -92,7 +92,11 @@ fn run_loop<S: SyncIo>(
     kicks: &mut dyn KickCheck,
 ) -> Result<RunEnd, RunError> {
     loop {
-        let flow = match vcpu.run() {
+        let entered = Instant::now();
+        let result = vcpu.run();
+        let exited = Instant::now();
+        machine.stats.guest_ns += (exited - entered).as_nanos() as u64;
+        let flow = match result {
             Ok(exit) => match VmExit::from(exit) {
                 VmExit::Interrupted => None,
                 exit => Some(machine.handle(exit)?),
@@ -113,11 +117,8 @@ fn run_loop<S: SyncIo>(
         };
         match flow {
             Flow::Continue => {
-                let mut digester = VcpuDigester {
-                    vcpu,
-                    mem: &machine.mem.clone(),
-                };
-                machine.after_exit(&mut digester)?;
+                machine.after_exit(vcpu)?;
+                machine.stats.vmm_ns += exited.elapsed().as_nanos() as u64;
             }
             Flow::Stop(stop) => {
                 let fault = match stop {
@@ -149,7 +150,10 @@ pub fn fault_report(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> FaultReport {
     let mut code = [0u8; 15];
     let readable = (0..=code.len())
         .rev()
-        .find(|n| mem.read_slice(&mut code[..*n], GuestAddress(report.rip)).is_ok())
+        .find(|n| {
+            mem.read_slice(&mut code[..*n], GuestAddress(report.rip))
+                .is_ok()
+        })
         .unwrap_or(0);
     report.decode(&code[..readable]);
     report

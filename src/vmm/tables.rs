@@ -103,9 +103,8 @@ fn tss() -> Vec<u8> {
 
 /// The ports whose 32-bit access ring 3 may make, as the bitmap grants them.
 pub fn port_allowed(tss: &[u8], port: u16, width: u16) -> bool {
-    (port as usize..port as usize + width as usize).all(|b| {
-        b / 8 < IOPB_BYTES as usize && tss[104 + b / 8] & (1 << (b % 8)) == 0
-    })
+    (port as usize..port as usize + width as usize)
+        .all(|b| b / 8 < IOPB_BYTES as usize && tss[104 + b / 8] & (1 << (b % 8)) == 0)
 }
 
 fn idt() -> Vec<u8> {
@@ -158,8 +157,8 @@ fn stubs() -> Vec<u8> {
         0x52, // push rdx
         0x8b, 0x44, 0x24, 0x10, // mov eax, [rsp+16]   (the vector)
         0x66, 0xba, port[0], port[1], // mov dx, PORT_FAULT
-        0xef, // out dx, eax
-        0xf4, // hlt (never reached: the VMM stops at the out)
+        0xef,    // out dx, eax
+        0xf4,    // hlt (never reached: the VMM stops at the out)
         0xeb, 0xfd, // jmp back to hlt
     ]);
     page.resize(PAGE_4K as usize, 0xcc);
@@ -206,7 +205,10 @@ fn page_tables(mem_size: u64) -> Blob {
         abi::PD_ADDR + mmio * 8,
         (mmio * PAGE_2M) | PRESENT | WRITABLE | USER | HUGE,
     );
-    Blob { addr: base, bytes: pt }
+    Blob {
+        addr: base,
+        bytes: pt,
+    }
 }
 
 #[cfg(test)]
@@ -270,10 +272,12 @@ mod tests {
         assert!(!port_allowed(&tss, abi::PORT_FAULT, 4));
         assert!(!port_allowed(&tss, 0x3f8, 1));
         assert!(!port_allowed(&tss, 0x80, 1));
-        let open = (0..=u16::MAX)
-            .filter(|p| port_allowed(&tss, *p, 1))
-            .count();
-        assert_eq!(open, abi::GUEST_PORTS.len() + 3, "ports plus the bytes of the last 32-bit one");
+        let open = (0..=u16::MAX).filter(|p| port_allowed(&tss, *p, 1)).count();
+        assert_eq!(
+            open,
+            abi::GUEST_PORTS.len() + 3,
+            "ports plus the bytes of the last 32-bit one"
+        );
         assert_eq!(*tss.last().unwrap(), 0xff, "trailing byte of the bitmap");
     }
 
@@ -286,7 +290,10 @@ mod tests {
             let push_vec = if with_code { 0 } else { 2 };
             assert_eq!(with_code, s[0] != 0x6a, "vector {v}");
             assert_eq!(s[push_vec], 0x68);
-            assert_eq!(u32::from_le_bytes(s[push_vec + 1..push_vec + 5].try_into().unwrap()), v as u32);
+            assert_eq!(
+                u32::from_le_bytes(s[push_vec + 1..push_vec + 5].try_into().unwrap()),
+                v as u32
+            );
             let jmp = push_vec + 5;
             assert_eq!(s[jmp], 0xe9);
             let rel = i32::from_le_bytes(s[jmp + 1..jmp + 5].try_into().unwrap()) as i64;

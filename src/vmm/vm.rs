@@ -14,9 +14,7 @@ use super::tables;
 /// Why a VM could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error(
-        "/dev/kvm does not exist: this host has no KVM (load kvm_intel, kvm_amd or kvm_pvm)"
-    )]
+    #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel, kvm_amd or kvm_pvm)")]
     KvmMissing,
     #[error("no permission to open /dev/kvm: run as root or join the group that owns it")]
     KvmDenied,
@@ -42,7 +40,9 @@ pub enum VmError {
     },
     #[error("kernel image")]
     Elf(#[from] ElfError),
-    #[error("kernel image leaves no room for a heap: it ends at {end:#x}, the stack starts at {stack:#x}")]
+    #[error(
+        "kernel image leaves no room for a heap: it ends at {end:#x}, the stack starts at {stack:#x}"
+    )]
     NoHeap { end: u64, stack: u64 },
     #[error("writing guest memory at {0:#x}")]
     Memory(u64),
@@ -167,9 +167,9 @@ impl Vm {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), cfg.mem_size as usize)])
             .map_err(|source| VmError::Alloc {
-                mib: cfg.mem_size >> 20,
-                source,
-            })?;
+            mib: cfg.mem_size >> 20,
+            source,
+        })?;
         let host = mem
             .get_host_address(GuestAddress(0))
             .map_err(|_| VmError::Memory(0))?;
