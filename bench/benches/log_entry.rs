@@ -28,6 +28,7 @@ fn cases() -> [(&'static str, Entry<'static>); 3] {
                 flags: 1,
                 events: 0b101,
                 now_ns: 123_456_789,
+                deadline_ns: 0,
             },
         ),
         ("netrx_1500", Entry::NetRx { frame: &FRAME }),

@@ -242,6 +242,7 @@ fn decode_payload(kind: EntryKind, p: &[u8]) -> Result<Entry<'_>, &'static str> 
                 flags: u32_at(p, 0),
                 events: u32_at(p, 4),
                 now_ns: u64_at(p, 8),
+                deadline_ns: u64_at(p, 16),
             }
         }
         EntryKind::NetRx => Entry::NetRx { frame: p },
@@ -304,6 +305,7 @@ fn decode_payload(kind: EntryKind, p: &[u8]) -> Result<Entry<'_>, &'static str> 
                 status: u32_at(p, 4) as i32,
             }
         }
+        EntryKind::Boot => Entry::Boot { config: p },
     })
 }
 

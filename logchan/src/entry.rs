@@ -48,6 +48,7 @@ pub enum EntryKind {
     Digest = 6,
     KeepAlive = 7,
     End = 8,
+    Boot = 9,
 }
 
 impl EntryKind {
@@ -64,6 +65,7 @@ impl EntryKind {
             6 => Self::Digest,
             7 => Self::KeepAlive,
             8 => Self::End,
+            9 => Self::Boot,
             _ => return None,
         })
     }
@@ -142,11 +144,14 @@ impl EndReason {
 /// entry points into the buffer it was decoded from: no copy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry<'a> {
-    /// The result of one guest sync call.
+    /// The result of one guest sync call, with the guest's own arguments
+    /// (flags, deadline) so a replay that computes different ones is caught
+    /// at this exit.
     Sync {
         flags: u32,
         events: u32,
         now_ns: u64,
+        deadline_ns: u64,
     },
     /// A received frame delivered into guest memory at this exit.
     NetRx { frame: &'a [u8] },
@@ -171,6 +176,9 @@ pub enum Entry<'a> {
     KeepAlive,
     /// The recording ended.
     End { reason: EndReason, status: i32 },
+    /// What the guest booted with, as the VMM encodes it (exit index 0,
+    /// before any other entry): a replayer builds the identical VM from it.
+    Boot { config: &'a [u8] },
 }
 
 impl Entry<'_> {
@@ -184,6 +192,7 @@ impl Entry<'_> {
             Entry::Digest { .. } => EntryKind::Digest,
             Entry::KeepAlive => EntryKind::KeepAlive,
             Entry::End { .. } => EntryKind::End,
+            Entry::Boot { .. } => EntryKind::Boot,
         }
     }
 
@@ -198,6 +207,7 @@ impl Entry<'_> {
             Entry::Digest { .. } => DIGEST_LEN,
             Entry::KeepAlive => 0,
             Entry::End { .. } => END_LEN,
+            Entry::Boot { config } => config.len(),
         }
     }
 
@@ -217,7 +227,7 @@ impl Entry<'_> {
 }
 
 // Fixed payload sizes (see docs/log-format.md for the field offsets).
-pub(crate) const SYNC_LEN: usize = 16;
+pub(crate) const SYNC_LEN: usize = 24;
 pub(crate) const BLK_FIXED_LEN: usize = 4;
 pub(crate) const MMIO_FIXED_LEN: usize = 8;
 pub(crate) const OUTPUT_LEN: usize = 16;
@@ -314,10 +324,12 @@ fn write_payload(p: &mut [u8], entry: &Entry<'_>) {
             flags,
             events,
             now_ns,
+            deadline_ns,
         } => {
             p[0..4].copy_from_slice(&flags.to_le_bytes());
             p[4..8].copy_from_slice(&events.to_le_bytes());
             p[8..16].copy_from_slice(&now_ns.to_le_bytes());
+            p[16..24].copy_from_slice(&deadline_ns.to_le_bytes());
         }
         Entry::NetRx { frame } => p.copy_from_slice(frame),
         Entry::BlkDone { id, status, data } => {
@@ -353,5 +365,6 @@ fn write_payload(p: &mut [u8], entry: &Entry<'_>) {
             p[0..4].copy_from_slice(&(reason as u32).to_le_bytes());
             p[4..8].copy_from_slice(&status.to_le_bytes());
         }
+        Entry::Boot { config } => p.copy_from_slice(config),
     }
 }

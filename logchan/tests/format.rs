@@ -44,8 +44,9 @@ fn sizes_match_the_documented_table() {
                 flags: 0,
                 events: 0,
                 now_ns: 0,
+                deadline_ns: 0,
             },
-            48,
+            56,
         ),
         (Entry::NetRx { frame: &frame }, 1536),
         (
@@ -263,8 +264,8 @@ fn well_checksummed_nonsense_is_corrupt() {
         Corruption::UnknownKind { kind: 0 }
     );
     assert_eq!(
-        reason(&forge(9, 0, 0, &[])),
-        Corruption::UnknownKind { kind: 9 }
+        reason(&forge(10, 0, 0, &[])),
+        Corruption::UnknownKind { kind: 10 }
     );
     assert_eq!(
         reason(&forge(7, 6, 0, &[])),
@@ -472,6 +473,7 @@ fn kinds_have_their_documented_numbers() {
         (EntryKind::Digest, 6),
         (EntryKind::KeepAlive, 7),
         (EntryKind::End, 8),
+        (EntryKind::Boot, 9),
     ] {
         assert_eq!(k as u16, n);
         assert_eq!(EntryKind::from_u16(n), Some(k));

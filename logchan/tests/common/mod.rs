@@ -42,6 +42,10 @@ pub fn samples() -> Vec<Entry<'static>> {
             flags: 3,
             events: 0x8000_0001,
             now_ns: 123_456_789_012,
+            deadline_ns: 123_456_799_012,
+        },
+        Entry::Boot {
+            config: b"mem=256 cmdline=workload=kv",
         },
         Entry::NetRx { frame: &FRAME },
         Entry::NetRx { frame: &[] },
@@ -145,6 +149,7 @@ pub fn random_entry<'a>(rng: &mut Rng, pool: &'a [u8], max_blob: usize) -> Entry
             flags: rng.next_u64() as u32,
             events: rng.next_u64() as u32,
             now_ns: rng.next_u64(),
+            deadline_ns: rng.next_u64(),
         },
         1 => Entry::NetRx { frame: blob(rng) },
         2 => Entry::BlkDone {
