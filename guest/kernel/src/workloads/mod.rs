@@ -1,0 +1,6 @@
+//! The non-service workloads: CPU, disk and idle exercises for the VMM's
+//! record/replay and FT tests.
+
+pub mod compute;
+pub mod disk;
+pub mod idle;

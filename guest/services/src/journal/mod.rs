@@ -1,0 +1,13 @@
+//! The durable log of the key-value store: format, recovery, writer.
+//! `docs/guest-services.md` describes the format in prose.
+
+pub mod format;
+pub mod recovery;
+pub mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use format::{Layout, SECTOR, Superblock};
+pub use recovery::{Recovery, RecoveryReport, SUPERBLOCK_READ_SECTORS, Start, Tail};
+pub use writer::{Completion, DiskWrite, Journal, JournalError, JournalStats};
