@@ -21,6 +21,11 @@ pub struct Cli {
 pub enum Command {
     /// Boot one VM (no fault tolerance).
     Run(RunArgs),
+    /// Run one VM and record every non-deterministic input to a log file.
+    Record(RecordArgs),
+    /// Re-execute a recorded VM from its log: inputs from the log, outputs
+    /// suppressed, every observable state compared with the recording.
+    Replay(ReplayArgs),
 }
 
 /// Options every command that boots a VM shares.
@@ -76,4 +81,58 @@ pub struct VmArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub vm: VmArgs,
+}
+
+/// How the recorder writes digests.
+#[derive(Args, Debug, Clone)]
+pub struct DigestArgs {
+    /// A state digest (registers, output hash) every this many sync exits.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub digest_every: u64,
+    /// Also hash all of guest memory in every N-th digest (0: only at the end).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub mem_digest_every: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// The log file to write.
+    #[arg(long, value_name = "FILE")]
+    pub log: PathBuf,
+    /// Log only a hash of each disk read, not its data: the replay reads the
+    /// disk itself (less log bandwidth; replay with --backup-reads).
+    #[arg(long)]
+    pub backup_reads: bool,
+    #[command(flatten)]
+    pub digest: DigestArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// The log to replay.
+    #[arg(long, value_name = "FILE")]
+    pub log: PathBuf,
+    /// Guest kernel; must be the one recorded. Default: the built-in guest.
+    #[arg(long, value_name = "ELF")]
+    pub kernel: Option<PathBuf>,
+    /// Execute disk reads (and writes) on this image instead of taking read
+    /// data from the log; it must be a copy of the disk as it was when the
+    /// recording began. Required for logs recorded with --backup-reads.
+    #[arg(long)]
+    pub backup_reads: bool,
+    /// The disk image for --backup-reads.
+    #[arg(long, value_name = "PATH")]
+    pub disk: Option<PathBuf>,
+    /// Write the guest console here instead of standard output.
+    #[arg(long, value_name = "PATH")]
+    pub console: Option<PathBuf>,
+    /// CPU to pin the vCPU thread to.
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// Test only: add 1 ms to the time the sync call at this exit returns,
+    /// to show that the divergence is caught.
+    #[arg(long, value_name = "EXIT", hide = true)]
+    pub perturb_time_at: Option<u64>,
 }

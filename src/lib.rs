@@ -11,4 +11,5 @@ pub mod devices;
 pub mod launch;
 pub mod machine;
 pub mod replay;
+pub mod spec;
 pub mod vmm;

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => commands::run(args),
+        Command::Record(args) => commands::record(args),
+        Command::Replay(args) => commands::replay(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -51,7 +51,9 @@ fn ring_hop(c: &mut Criterion) {
     let mut g = c.benchmark_group("vcpu_io_ring_round_trip");
     g.measurement_time(Duration::from_secs(3));
     for len in [64usize, 1514] {
-        g.bench_function(format!("frame_{len}B"), |b| b.iter_custom(|iters| round_trips(iters, len)));
+        g.bench_function(format!("frame_{len}B"), |b| {
+            b.iter_custom(|iters| round_trips(iters, len))
+        });
     }
     g.finish();
 }

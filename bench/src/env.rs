@@ -26,7 +26,9 @@ impl Machine {
     pub fn measure() -> anyhow::Result<Machine> {
         let probe = match probe_path() {
             Some(p) => {
-                let out = Command::new(&p).output().with_context(|| format!("running {}", p.display()))?;
+                let out = Command::new(&p)
+                    .output()
+                    .with_context(|| format!("running {}", p.display()))?;
                 Some(String::from_utf8_lossy(&out.stdout).to_string())
             }
             None => None,

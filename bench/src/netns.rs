@@ -23,7 +23,9 @@ impl Net {
         if !status.success() {
             bail!("scripts/net {how} {name} failed");
         }
-        Ok(Net { name: name.to_string() })
+        Ok(Net {
+            name: name.to_string(),
+        })
     }
 
     pub fn ns(&self, which: &str) -> String {
@@ -44,6 +46,8 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/net")).args(["down", &self.name]).status();
+        let _ = Command::new(repo().join("scripts/net"))
+            .args(["down", &self.name])
+            .status();
     }
 }

@@ -36,16 +36,40 @@ pub fn parse_csv(out: &str) -> Vec<Result> {
 }
 
 /// Runs redis-benchmark (`cmd` already names the program and namespace).
-fn run_benchmark(mut cmd: Command, host: &str, port: u16, n: u64, c: u32, pipeline: u32) -> anyhow::Result<Vec<Result>> {
-    cmd.args(["-h", host, "-p", &port.to_string(), "-n", &n.to_string(), "-c", &c.to_string()])
-        .args(["-P", &pipeline.to_string(), "-t", "set,get", "--csv"]);
-    let out = cmd.output().context("running redis-benchmark (apt-get install redis-tools)")?;
+fn run_benchmark(
+    mut cmd: Command,
+    host: &str,
+    port: u16,
+    n: u64,
+    c: u32,
+    pipeline: u32,
+) -> anyhow::Result<Vec<Result>> {
+    cmd.args([
+        "-h",
+        host,
+        "-p",
+        &port.to_string(),
+        "-n",
+        &n.to_string(),
+        "-c",
+        &c.to_string(),
+    ])
+    .args(["-P", &pipeline.to_string(), "-t", "set,get", "--csv"]);
+    let out = cmd
+        .output()
+        .context("running redis-benchmark (apt-get install redis-tools)")?;
     if !out.status.success() {
-        bail!("redis-benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "redis-benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let rows = parse_csv(&String::from_utf8_lossy(&out.stdout));
     if rows.len() != 2 {
-        bail!("unexpected redis-benchmark output: {}", String::from_utf8_lossy(&out.stdout));
+        bail!(
+            "unexpected redis-benchmark output: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Ok(rows)
 }
@@ -60,17 +84,28 @@ impl Server {
     fn start(port: u16, always: bool) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null());
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null());
         if always {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         }
-        let child = cmd.spawn().context("starting redis-server (apt-get install redis-server)")?;
+        let child = cmd
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let ping = Command::new("redis-cli").args(["-p", &port.to_string(), "ping"]).output()?;
+            let ping = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "ping"])
+                .output()?;
             if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
                 break;
             }
@@ -95,17 +130,27 @@ fn guest_run(n: u64, c: u32, pipeline: u32) -> anyhow::Result<(Vec<Result>, Stat
     let net = Net::single("bench")?;
     let dir = tempfile::tempdir()?;
     let mut cmd = net.cmd("h", &vm::lockstep_bin().display().to_string());
-    cmd.args(["run", "--tap", &net.tap(), "--disk"]).arg(dir.path().join("disk.img"));
+    cmd.args(["run", "--tap", &net.tap(), "--disk"])
+        .arg(dir.path().join("disk.img"));
     let mut vmm = Vmm::spawn(cmd)?;
     vmm.wait_for("kv: serving RESP", Duration::from_secs(30))?;
-    let rows = run_benchmark(net.cmd("c", "redis-benchmark"), "10.77.0.2", 6379, n, c, pipeline)?;
+    let rows = run_benchmark(
+        net.cmd("c", "redis-benchmark"),
+        "10.77.0.2",
+        6379,
+        n,
+        c,
+        pipeline,
+    )?;
     let stats = vmm.stop()?;
     Ok((rows, stats))
 }
 
 pub fn compare(machine: &Machine, n: u64, c: u32) -> anyhow::Result<()> {
     println!("## redis-benchmark: guest under `lockstep run` vs stock redis-server\n");
-    println!("`redis-benchmark -n {n} -c {c} -t set,get [-P 16]`; the stock servers on loopback, the guest through its tap from a client namespace.\n");
+    println!(
+        "`redis-benchmark -n {n} -c {c} -t set,get [-P 16]`; the stock servers on loopback, the guest through its tap from a client namespace.\n"
+    );
     let mut table = Table::new(&[
         "test",
         "redis default",
@@ -119,11 +164,25 @@ pub fn compare(machine: &Machine, n: u64, c: u32) -> anyhow::Result<()> {
     for pipeline in [1, 16] {
         let default = {
             let _s = Server::start(7101, false)?;
-            run_benchmark(Command::new("redis-benchmark"), "127.0.0.1", 7101, n, c, pipeline)?
+            run_benchmark(
+                Command::new("redis-benchmark"),
+                "127.0.0.1",
+                7101,
+                n,
+                c,
+                pipeline,
+            )?
         };
         let always = {
             let _s = Server::start(7102, true)?;
-            run_benchmark(Command::new("redis-benchmark"), "127.0.0.1", 7102, n, c, pipeline)?
+            run_benchmark(
+                Command::new("redis-benchmark"),
+                "127.0.0.1",
+                7102,
+                n,
+                c,
+                pipeline,
+            )?
         };
         let (ours, stats) = guest_run(n, c, pipeline)?;
         let requests = 2 * n;
@@ -138,7 +197,11 @@ pub fn compare(machine: &Machine, n: u64, c: u32) -> anyhow::Result<()> {
         );
         for i in 0..2 {
             let (d, a, o) = (&default[i], &always[i], &ours[i]);
-            let name = if pipeline > 1 { format!("{} -P {pipeline}", o.test) } else { o.test.clone() };
+            let name = if pipeline > 1 {
+                format!("{} -P {pipeline}", o.test)
+            } else {
+                o.test.clone()
+            };
             let cell = |r: &Result| format!("{:.0} (p99 {:.2} ms)", r.rps, r.p99_ms);
             table.row(vec![
                 name,

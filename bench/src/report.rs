@@ -29,7 +29,11 @@ impl Table {
 
 /// `a / b` as a ratio with two decimals.
 pub fn ratio(a: f64, b: f64) -> String {
-    if b <= 0.0 { "n/a".into() } else { format!("{:.2}", a / b) }
+    if b <= 0.0 {
+        "n/a".into()
+    } else {
+        format!("{:.2}", a / b)
+    }
 }
 
 #[cfg(test)]

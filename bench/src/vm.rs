@@ -28,7 +28,9 @@ pub struct Vmm {
 
 impl Vmm {
     pub fn spawn(mut cmd: Command) -> anyhow::Result<Vmm> {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
         let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
         let log = Arc::new(Mutex::new(String::new()));
         let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
@@ -57,7 +59,10 @@ impl Vmm {
         let deadline = Instant::now() + timeout;
         while !self.log().contains(needle) {
             if let Some(status) = self.child.try_wait()? {
-                bail!("lockstep exited ({status}) before {needle:?}:\n{}", self.log());
+                bail!(
+                    "lockstep exited ({status}) before {needle:?}:\n{}",
+                    self.log()
+                );
             }
             if Instant::now() > deadline {
                 bail!("no {needle:?} within {timeout:?}:\n{}", self.log());
@@ -136,7 +141,15 @@ pub fn asm_guest(dir: &Path, src: &str) -> anyhow::Result<PathBuf> {
     let elf = dir.join("g.elf");
     std::fs::write(&s, src)?;
     for (prog, args) in [
-        ("as", vec!["--64".into(), "-o".into(), o.display().to_string(), s.display().to_string()]),
+        (
+            "as",
+            vec![
+                "--64".into(),
+                "-o".into(),
+                o.display().to_string(),
+                s.display().to_string(),
+            ],
+        ),
         (
             "ld",
             vec![
@@ -151,7 +164,10 @@ pub fn asm_guest(dir: &Path, src: &str) -> anyhow::Result<PathBuf> {
             ],
         ),
     ] {
-        let st = Command::new(prog).args(&args).status().with_context(|| format!("running {prog}"))?;
+        let st = Command::new(prog)
+            .args(&args)
+            .status()
+            .with_context(|| format!("running {prog}"))?;
         if !st.success() {
             bail!("{prog} failed");
         }
@@ -178,7 +194,10 @@ pub fn exit_cost_us(n: u64) -> anyhow::Result<f64> {
             .output()
             .context("running lockstep (build it first: cargo build --release)")?;
         if !out.status.success() {
-            bail!("exit-cost guest failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "exit-cost guest failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(started.elapsed())
     };

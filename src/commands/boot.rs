@@ -9,62 +9,22 @@ use anyhow::Context;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-use blkio::{BlkConfig, BlkDevice, DiskEngine, DiskImage, DiskOpenOptions};
-use netio::{NetDevice, Tap, TapEngine};
+use blkio::{DiskEngine, DiskImage, DiskOpenOptions};
+use netio::{Tap, TapEngine};
 
 use crate::cli::VmArgs;
 use crate::dataplane::io_thread::{self, IoChannels, IoThreadError, TAG_DISK, TAG_TAP};
 use crate::dataplane::shared::VmShared;
-use crate::devices::virtio::Devices;
 use crate::launch;
-use crate::vmm::vm::{Vm, VmConfig};
+use crate::spec::GuestSpec;
 
 /// Reads posted on the tap at any time.
 const TAP_RX_DEPTH: usize = 64;
 
-/// The guest configuration that must be identical on every VM that replays
-/// this one: what the guest can observe at boot.
-#[derive(Clone, Debug)]
-pub struct GuestSpec {
-    pub kernel: Vec<u8>,
-    pub mem_size: u64,
-    pub cmdline: String,
-    pub seed: u64,
-    pub mac: Option<[u8; 6]>,
-    pub disk_sectors: u64,
-    pub disk_read_only: bool,
-}
-
-/// The disk serial the guest sees.
-pub const DISK_SERIAL: &[u8; 20] = b"lockstep-disk\0\0\0\0\0\0\0";
-
-impl GuestSpec {
-    pub fn devices(&self) -> Devices {
-        let net = self.mac.map(NetDevice::new);
-        let blk = BlkDevice::new(BlkConfig {
-            capacity_sectors: self.disk_sectors,
-            read_only: self.disk_read_only,
-            serial: *DISK_SERIAL,
-        });
-        Devices::new(net, Some(blk))
-    }
-
-    pub fn build_vm(&self) -> anyhow::Result<Vm> {
-        Vm::new(&VmConfig {
-            mem_size: self.mem_size,
-            kernel: &self.kernel,
-            cmdline: self.cmdline.clone(),
-            seed: self.seed,
-            net: self.mac.is_some(),
-            blk: true,
-        })
-        .context("building the VM")
-    }
-}
-
 /// A VM ready to run, with its I/O thread started.
 pub struct Booted {
     pub spec: GuestSpec,
+    pub kernel: Vec<u8>,
     pub vm_fd: VmFd,
     pub vcpu: VcpuFd,
     pub mem: GuestMemoryMmap,
@@ -103,7 +63,6 @@ pub fn boot(args: &VmArgs) -> anyhow::Result<Booted> {
         None => None,
     };
     let spec = GuestSpec {
-        kernel,
         mem_size: args.mem << 20,
         cmdline,
         seed,
@@ -111,7 +70,7 @@ pub fn boot(args: &VmArgs) -> anyhow::Result<Booted> {
         disk_sectors: image.capacity_sectors(),
         disk_read_only: image.read_only(),
     };
-    let vm = spec.build_vm()?;
+    let vm = spec.build_vm(&kernel)?;
     let disk = DiskEngine::new(image, TAG_DISK);
     let tap = match tap {
         Some(t) => {
@@ -124,6 +83,7 @@ pub fn boot(args: &VmArgs) -> anyhow::Result<Booted> {
         .context("starting the I/O thread")?;
     Ok(Booted {
         spec,
+        kernel,
         vm_fd: vm.fd,
         vcpu: vm.vcpu,
         mem: vm.mem,

@@ -13,13 +13,35 @@ use crate::dataplane::live::LiveIo;
 use crate::launch;
 use crate::machine::{ExitStats, Machine, RunEndKind, Stop};
 use crate::replay::recorder::Recorder;
+use crate::spec::GuestSpec;
 use crate::vmm::runner::{self, RunEnd};
+
+/// How long the I/O thread gets to finish submitted writes at the end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a live run differs between `run`, `record` and `primary`.
 #[derive(Default)]
 pub struct LiveOptions {
-    /// Builds the recorder once the guest's configuration is known.
-    pub recorder: Option<Box<dyn FnOnce(&boot::GuestSpec) -> anyhow::Result<Recorder> + Send>>,
+    /// Builds the recorder and where its log goes, once the guest's
+    /// configuration and kernel are known.
+    pub log: Option<Box<MakeLog>>,
+}
+
+/// Builds a recorder for a guest (configuration, kernel bytes).
+pub type MakeLog = dyn FnOnce(&GuestSpec, &[u8]) -> anyhow::Result<(Recorder, LogTarget)> + Send;
+
+/// Where a recording goes.
+pub enum LogTarget {
+    File(logchan::FileSink),
+}
+
+impl LogTarget {
+    /// Waits until everything is written; returns the bytes of the stream.
+    fn finish(self) -> anyhow::Result<u64> {
+        match self {
+            LogTarget::File(sink) => Ok(sink.finish().context("writing the log")?.bytes),
+        }
+    }
 }
 
 /// What the vCPU thread hands back.
@@ -47,6 +69,7 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
     let signals = launch::block_stop_signals()?;
     let Booted {
         spec,
+        kernel,
         vm_fd: _vm_fd,
         mut vcpu,
         mem,
@@ -56,9 +79,12 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
         vcpu_cpu,
         disk_direct,
     } = boot::boot(args)?;
-    let recorder = match opts.recorder {
-        Some(make) => Some(make(&spec)?),
-        None => None,
+    let (recorder, target) = match opts.log {
+        Some(make) => {
+            let (r, t) = make(&spec, &kernel)?;
+            (Some(r), Some(t))
+        }
+        None => (None, None),
     };
     let console = launch::console_for(args.console.as_deref())?;
     announce(args, &spec, disk_direct);
@@ -109,10 +135,26 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
         ch.waker.wake();
     }
     drop(io);
-    match io_thread.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("I/O thread: {e}"),
-        Err(_) => tracing::error!("the I/O thread panicked"),
+    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+    while !io_thread.is_finished() && Instant::now() < drain_deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if io_thread.is_finished() {
+        match io_thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("I/O thread: {e}"),
+            Err(_) => tracing::error!("the I/O thread panicked"),
+        }
+    } else {
+        tracing::error!("disk writes did not complete within {DRAIN_TIMEOUT:?}; exiting without them");
+    }
+    if let Some(target) = target {
+        let bytes = target.finish()?;
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        tracing::info!(
+            "log: {bytes} bytes in {secs:.1} s ({:.3} Mbit/s)",
+            bytes as f64 * 8.0 / secs / 1e6
+        );
     }
     let end = end?;
     let (line, code) = launch::describe_end(&end);
@@ -125,7 +167,7 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
 }
 
 /// Tells the operator where the guest is and how to reach it.
-fn announce(args: &VmArgs, spec: &boot::GuestSpec, disk_direct: bool) {
+fn announce(args: &VmArgs, spec: &GuestSpec, disk_direct: bool) {
     let ip = args.guest_ip.split('/').next().unwrap_or(&args.guest_ip);
     tracing::info!(
         "disk {} ({} MiB, {}{})",

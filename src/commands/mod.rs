@@ -2,6 +2,10 @@
 
 mod boot;
 mod live;
+mod record;
+mod replay;
 mod run;
 
+pub use record::record;
+pub use replay::replay;
 pub use run::run;

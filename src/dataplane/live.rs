@@ -32,6 +32,10 @@ pub struct LiveIo {
     pub devices: Devices,
     pub io: Option<IoChannels>,
     pub recorder: Option<Recorder>,
+    /// Hold each output until a backup has acknowledged the log up to it
+    /// (the output rule). Without a backup (run, record) outputs leave at
+    /// once: their tag is 0.
+    pub output_rule: bool,
     rx_backlog: VecDeque<Vec<u8>>,
     outputs: Outputs,
     /// Frames dropped because the guest had no RX buffers for too long.
@@ -46,6 +50,7 @@ impl LiveIo {
             devices,
             io,
             recorder: None,
+            output_rule: false,
             rx_backlog: VecDeque::new(),
             outputs: Outputs::default(),
             rx_dropped: 0,
@@ -60,7 +65,7 @@ impl LiveIo {
             let seq = match self.recorder.as_mut() {
                 Some(r) => r.output_frame(exit_index, &frame)?,
                 None => 0,
-            };
+            } * self.output_rule as u64;
             if let Some(io) = self.io.as_mut() {
                 if !io.send(ToIo::Tx { frame, seq }) {
                     return Err("the I/O thread is gone".into());
@@ -72,7 +77,7 @@ impl LiveIo {
             let seq = match self.recorder.as_mut() {
                 Some(r) => r.output_request(exit_index, &req)?,
                 None => 0,
-            };
+            } * self.output_rule as u64;
             match self.io.as_mut() {
                 Some(io) => {
                     if !io.send(ToIo::Disk { req, seq }) {
@@ -165,7 +170,7 @@ impl SyncIo for LiveIo {
             events |= abi::EV_STOP;
         }
         if let Some(r) = self.recorder.as_mut() {
-            r.sync(req.exit_index, req.flags, events, now_ns)?;
+            r.sync(req.exit_index, req.flags, req.deadline_ns, events, now_ns)?;
         }
         Ok(SyncOutcome {
             events,

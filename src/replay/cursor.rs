@@ -66,6 +66,7 @@ pub enum Logged {
         flags: u32,
         events: u32,
         now_ns: u64,
+        deadline_ns: u64,
     },
     NetRx(Vec<u8>),
     BlkDone(Completion),
@@ -88,6 +89,7 @@ pub enum Logged {
         reason: EndReason,
         status: i32,
     },
+    Boot(Vec<u8>),
 }
 
 /// One logged entry with its place in the stream.
@@ -106,7 +108,9 @@ impl LoggedEntry {
                 flags,
                 events,
                 now_ns,
+                deadline_ns,
             } => Logged::Sync {
+                deadline_ns,
                 flags,
                 events,
                 now_ns,
@@ -133,6 +137,7 @@ impl LoggedEntry {
             },
             Entry::KeepAlive => Logged::KeepAlive,
             Entry::End { reason, status } => Logged::End { reason, status },
+            Entry::Boot { config } => Logged::Boot(config.to_vec()),
         };
         LoggedEntry {
             seq: rec.header.seq,
@@ -257,5 +262,13 @@ impl LogCursor {
     /// Consumes the entry `peek` returned.
     pub fn pop(&mut self) -> Option<LoggedEntry> {
         self.queue.pop_front()
+    }
+
+    /// The stream's first entry, if it is the guest's boot configuration.
+    pub fn pop_boot(&mut self) -> Option<Logged> {
+        match self.peek() {
+            Ok(e) if matches!(e.entry, Logged::Boot(_)) => self.pop().map(|e| e.entry),
+            _ => None,
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! primary, the replayer on a backup or in `lockstep replay`, and the state
 //! digests both compare.
 
+pub mod backup_disk;
 pub mod cursor;
 pub mod digest;
 pub mod recorder;

@@ -102,11 +102,27 @@ impl Recorder {
             .map_err(log_err)
     }
 
+    /// The guest configuration, first in the stream (exit index 0).
+    pub fn boot(&mut self, config: &[u8]) -> Result<(), SyncError> {
+        self.log
+            .append(0, ExitKind::None, &Entry::Boot { config })
+            .map(drop)
+            .map_err(log_err)?;
+        self.log.publish().map_err(log_err)
+    }
+
+    /// A disk completion. Read data goes into the log, or, when the
+    /// replayer reads the shared disk itself, only its 8-byte hash so the
+    /// replayer can tell when its read returns what the primary read.
     pub fn disk_done(&mut self, exit: u64, c: &Completion) -> Result<(), SyncError> {
-        let data = if self.log_read_data {
-            c.data_bytes()
-        } else {
-            &[]
+        let hash;
+        let data = match (&c.data, self.log_read_data) {
+            (_, true) => c.data_bytes(),
+            (Some(d), false) => {
+                hash = logchan::content_hash(d.as_slice()).to_le_bytes();
+                &hash[..]
+            }
+            (None, false) => &[],
         };
         let entry = Entry::BlkDone {
             id: c.id,
@@ -124,10 +140,12 @@ impl Recorder {
         &mut self,
         exit: u64,
         flags: u32,
+        deadline_ns: u64,
         events: u32,
         now_ns: u64,
     ) -> Result<(), SyncError> {
         let entry = Entry::Sync {
+            deadline_ns,
             flags,
             events,
             now_ns,

@@ -4,28 +4,21 @@
 //! replay can observe is compared with the log; the first mismatch stops it
 //! with a report of where and what.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
-use blkio::{AlignedBuf, Completion, RequestOp};
+use blkio::RequestOp;
 use lockstep_guest_abi as abi;
 use logchan::{ExitKind, OutputKind, RunningHash};
 
+use super::backup_disk::BackupDisk;
 use super::cursor::{LogCursor, LogEnd, Logged, LoggedEntry};
 use super::digest::{Digester, REG_NAMES};
 use crate::devices::virtio::{Devices, Outputs};
-use crate::machine::{SyncError, SyncIo, SyncOutcome, SyncRequest};
+use crate::machine::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
 
 /// Event bits the device models determine (the others come from the host).
 const DEVICE_EVENTS: u32 = abi::EV_NET_RX | abi::EV_NET_TX | abi::EV_BLK;
-
-/// How long a backup-executed read is retried until it returns what the
-/// primary read (its data may still be on its way to the shared disk).
-const READ_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// The replay and the log disagree.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +42,6 @@ pub enum ReplayStop {
         reason: logchan::EndReason,
         status: i32,
     },
-    #[error("backup read of sector {sector} failed")]
-    Read {
-        sector: u64,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Counters for the replay report.
@@ -68,7 +55,6 @@ pub struct ReplayStats {
     pub digests_checked: u64,
     pub mem_hashes_checked: u64,
     pub backup_reads: u64,
-    pub read_retries: u64,
 }
 
 /// A test-only perturbation: adds `delta_ns` to the time returned at the
@@ -85,9 +71,8 @@ pub struct ReplayIo {
     pub cursor: LogCursor,
     outputs: RunningHash,
     taken: Outputs,
-    /// The shared image, when the replay executes disk reads itself.
-    image: Option<File>,
-    reads: HashMap<u16, (u64, u32)>,
+    /// The disk, when the replay executes disk reads itself.
+    pub disk: Option<BackupDisk>,
     pub stats: ReplayStats,
     pub perturb: Option<Perturb>,
     /// The last time value handed to the guest (a backup going live
@@ -106,15 +91,14 @@ fn diverged(exit_index: u64, seq: u64, what: String) -> SyncError {
 }
 
 impl ReplayIo {
-    /// `image`: the shared disk, if reads are executed by the replay.
-    pub fn new(devices: Devices, cursor: LogCursor, image: Option<File>) -> Self {
+    /// `disk`: set when the replay executes disk reads itself.
+    pub fn new(devices: Devices, cursor: LogCursor, disk: Option<BackupDisk>) -> Self {
         ReplayIo {
             devices,
             cursor,
             outputs: RunningHash::new(),
             taken: Outputs::default(),
-            image,
-            reads: HashMap::new(),
+            disk,
             stats: ReplayStats::default(),
             perturb: None,
             last_now_ns: 0,
@@ -183,37 +167,6 @@ impl ReplayIo {
                     bytes.len()
                 ),
             )),
-        }
-    }
-
-    /// Reads what the primary read, from the shared image, retrying until
-    /// the bytes hash to what the primary logged.
-    fn backup_read(&mut self, id: u16, want_hash: &[u8]) -> Result<Completion, SyncError> {
-        let Some((sector, len)) = self.reads.remove(&id) else {
-            return Ok(Completion::error(id, blkio::STATUS_IOERR));
-        };
-        let Some(image) = self.image.as_ref() else {
-            return Err("the log carries no read data and no disk was given (--disk)".into());
-        };
-        let want = u64::from_le_bytes(want_hash.try_into().unwrap_or_default());
-        let deadline = Instant::now() + READ_RETRY_FOR;
-        let mut buf = AlignedBuf::zeroed(len as usize);
-        loop {
-            self.stats.backup_reads += 1;
-            image
-                .read_exact_at(buf.as_mut_slice(), sector * blkio::SECTOR_SIZE)
-                .map_err(|source| Box::new(ReplayStop::Read { sector, source }) as SyncError)?;
-            if logchan::content_hash(buf.as_slice()) == want {
-                return Ok(Completion::read(id, buf));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "backup read of sector {sector} (+{len} bytes) never matched the primary's data"
-                )
-                .into());
-            }
-            self.stats.read_retries += 1;
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -307,11 +260,16 @@ impl SyncIo for ReplayIo {
         }
         for r in &taken.requests {
             match &r.op {
-                RequestOp::Write { data, .. } => {
-                    self.check_output(exit, OutputKind::DiskWrite, data.as_slice())?
+                RequestOp::Write { sector, data } => {
+                    self.check_output(exit, OutputKind::DiskWrite, data.as_slice())?;
+                    if let Some(disk) = self.disk.as_mut() {
+                        disk.write_issued(*sector, data.as_slice()).map_err(|e| Box::new(e) as SyncError)?;
+                    }
                 }
                 RequestOp::Read { sector, len } => {
-                    self.reads.insert(r.id, (*sector, *len));
+                    if let Some(disk) = self.disk.as_mut() {
+                        disk.read_issued(r.id, *sector, *len).map_err(|e| Box::new(e) as SyncError)?;
+                    }
                 }
                 RequestOp::Flush => {}
             }
@@ -356,15 +314,29 @@ impl SyncIo for ReplayIo {
                 }
                 Logged::BlkDone(c) => {
                     self.stats.disk_completions += 1;
-                    let c = match &c.data {
-                        Some(d) if d.len() == 8 && c.status == blkio::STATUS_OK => {
-                            let hash = d.as_slice().to_vec();
-                            self.backup_read(c.id, &hash)?
+                    let c = match (self.disk.as_mut(), &c.data) {
+                        (Some(disk), Some(logged)) if c.status == blkio::STATUS_OK => {
+                            // The log has the primary's data, or only its hash.
+                            let want = match <[u8; 8]>::try_from(logged.as_slice()) {
+                                Ok(h) => u64::from_le_bytes(h),
+                                Err(_) => logchan::content_hash(logged.as_slice()),
+                            };
+                            self.stats.backup_reads += 1;
+                            match disk.complete_read(c.id, want).map_err(|e| Box::new(e) as SyncError)? {
+                                Some(ours) => ours,
+                                None => c,
+                            }
                         }
-                        _ => {
-                            self.reads.remove(&c.id);
+                        (Some(disk), _) => {
+                            disk.forget(c.id);
                             c
                         }
+                        (None, Some(logged)) if logged.len() == 8 => {
+                            return Err(
+                                "this log carries only hashes of disk reads: replay it with --backup-reads --disk IMAGE".into(),
+                            );
+                        }
+                        (None, _) => c,
                     };
                     if let Err(e) = self.devices.complete_disk(mem, &c) {
                         return Err(diverged(
@@ -378,14 +350,15 @@ impl SyncIo for ReplayIo {
                     flags,
                     events: logged,
                     now_ns,
+                    deadline_ns,
                 } => {
-                    if flags != req.flags {
+                    if flags != req.flags || deadline_ns != req.deadline_ns {
                         return Err(diverged(
                             exit,
                             entry.seq,
                             format!(
-                                "the guest's sync flags are {:#x}, the log has {flags:#x}",
-                                req.flags
+                                "the guest's sync call has flags {:#x} and deadline {}, the log has flags {flags:#x} and deadline {deadline_ns}",
+                                req.flags, req.deadline_ns
                             ),
                         ));
                     }
@@ -439,5 +412,33 @@ impl SyncIo for ReplayIo {
 
     fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
         self.devices.mmio_write(mem, addr, data)
+    }
+
+    fn after_sync_exit(&mut self, exit_index: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+        self.check_digest(exit_index, digester)
+    }
+
+    /// The guest stopped: the recording's final digest (with the memory
+    /// hash) and its End entry must be next, and must agree.
+    fn finish(&mut self, exit_index: u64, end: &RunEndKind, digester: &mut dyn Digester) -> Result<(), SyncError> {
+        self.check_digest(exit_index, digester)?;
+        let seq = self.cursor.peek().map(|e| e.seq).unwrap_or(0);
+        match self.take_end() {
+            Some((at, logchan::EndReason::GuestExit, status))
+                if at == exit_index && *end == RunEndKind::GuestExit(status as u32) =>
+            {
+                Ok(())
+            }
+            Some((at, reason, status)) => Err(diverged(
+                exit_index,
+                seq,
+                format!("the replay ended with {end:?}; the recording ended at exit {at} with {reason:?} (status {status})"),
+            )),
+            None => Err(diverged(
+                exit_index,
+                seq,
+                format!("the replay ended with {end:?}, but the log goes on"),
+            )),
+        }
     }
 }

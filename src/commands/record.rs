@@ -1,0 +1,39 @@
+//! `lockstep record`: a live VM whose inputs go to a log file.
+
+use anyhow::Context;
+
+use logchan::{FileSink, LogConfig, StreamHeader};
+
+use crate::cli::RecordArgs;
+use crate::commands::live::{LiveOptions, LogTarget, run_live};
+use crate::replay::recorder::{DigestPolicy, Recorder};
+
+/// Log buffers: room for bursts of received frames while the writer
+/// catches up; a full set stalls the vCPU (the paper's full-buffer rule).
+pub fn log_config() -> LogConfig {
+    LogConfig::new(64, 1 << 20)
+}
+
+pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
+    let path = args.log.clone();
+    let backup_reads = args.backup_reads;
+    let policy = DigestPolicy {
+        every_syncs: args.digest.digest_every,
+        mem_every_digests: args.digest.mem_digest_every,
+    };
+    let opts = LiveOptions {
+        log: Some(Box::new(move |spec, kernel| {
+            let flags = if backup_reads { 0 } else { logchan::header::flags::READ_DATA_LOGGED };
+            let header = StreamHeader::new(spec.identity(kernel), flags, 0);
+            let (producer, consumer) = logchan::log_buffers_with(&log_config()).context("allocating log buffers")?;
+            let sink = FileSink::create(&path, &header, consumer).with_context(|| format!("creating log {}", path.display()))?;
+            let mut recorder = Recorder::new(producer, !backup_reads, policy);
+            recorder
+                .boot(&spec.encode())
+                .map_err(|e| anyhow::anyhow!(e).context("writing the boot entry"))?;
+            tracing::info!("recording to {}", path.display());
+            Ok((recorder, LogTarget::File(sink)))
+        })),
+    };
+    run_live(&args.vm, opts)
+}

@@ -1,0 +1,168 @@
+//! `lockstep replay`: re-execute a recording from its log alone.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use logchan::{DecodeError, LogFileReader};
+
+use crate::cli::ReplayArgs;
+use crate::dataplane::shared::VmShared;
+use crate::launch;
+use crate::machine::{Machine, MachineError, RunEndKind};
+use crate::replay::backup_disk::BackupDisk;
+use crate::replay::cursor::{FileChunks, LogCursor, Logged};
+use crate::replay::replayer::{Perturb, ReplayIo, ReplayStats, ReplayStop};
+use crate::spec::GuestSpec;
+use crate::vmm::runner::{self, RunError};
+
+/// Exit status when the replay diverged from the recording.
+pub const EXIT_DIVERGED: u8 = 5;
+/// Exit status when the log ended (truncated) before the recording did.
+pub const EXIT_LOG_ENDED: u8 = 6;
+
+/// Refuses a log with a corrupt entry before anything runs; returns a note
+/// if the log is cut short (the replay then stops where it ends).
+fn check_log(args: &ReplayArgs) -> anyhow::Result<Option<String>> {
+    let reader = LogFileReader::open(&args.log).with_context(|| format!("opening log {}", args.log.display()))?;
+    for entry in reader.entries() {
+        match entry {
+            Ok(_) => {}
+            Err(e @ DecodeError::Corrupt { .. }) => {
+                bail!("refusing to replay {}: {e}", args.log.display());
+            }
+            Err(e @ DecodeError::Incomplete { .. }) => return Ok(Some(e.to_string())),
+        }
+    }
+    Ok(None)
+}
+
+pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
+    let signals = launch::block_stop_signals()?;
+    let truncated = check_log(&args)?;
+    if let Some(note) = &truncated {
+        tracing::warn!("{note}: the replay will stop there");
+    }
+    let source = FileChunks::open(&args.log).with_context(|| format!("opening log {}", args.log.display()))?;
+    let mut cursor = LogCursor::new(Box::new(source)).context("reading the log header")?;
+    let header = *cursor.header();
+    let spec = match cursor.pop_boot() {
+        Some(Logged::Boot(config)) => GuestSpec::decode(&config).context("reading the log's boot entry")?,
+        _ => bail!("{} does not start with a boot entry", args.log.display()),
+    };
+    let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
+    header
+        .check_identity(&spec.identity(&kernel))
+        .context("this log cannot be replayed with this kernel")?;
+    let disk = match (&args.disk, args.backup_reads || !header.read_data_logged()) {
+        (Some(path), true) => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .with_context(|| format!("opening disk {}", path.display()))?;
+            Some(BackupDisk::new(file, true))
+        }
+        (None, true) => bail!(
+            "{}: replaying disk reads needs --disk IMAGE (a copy of the disk as it was when the recording began)",
+            if header.read_data_logged() { "--backup-reads" } else { "this log was recorded with --backup-reads" }
+        ),
+        (Some(_), false) => bail!("--disk is only used with --backup-reads"),
+        (None, false) => None,
+    };
+    let vm = spec.build_vm(&kernel)?;
+    let console = launch::console_for(args.console.as_deref())?;
+    let (vcpu_cpu, _) = launch::parse_cpus(args.cpus.as_deref())?;
+    let mut io = ReplayIo::new(spec.devices(), cursor, disk);
+    io.perturb = args.perturb_time_at.map(|at_exit| Perturb {
+        at_exit,
+        delta_ns: 1_000_000,
+    });
+    let crate::vmm::vm::Vm {
+        fd: _vm_fd,
+        mut vcpu,
+        mem,
+        ..
+    } = vm;
+    let shared = Arc::new(VmShared::default());
+    let vcpu_shared = shared.clone();
+    let started = Instant::now();
+    tracing::info!("replaying {} ({} MiB guest)", args.log.display(), spec.mem_size >> 20);
+    let handle = std::thread::Builder::new()
+        .name("vcpu".into())
+        .spawn(move || {
+            launch::pin_current_thread(vcpu_cpu);
+            let _ = vcpu_shared.vcpu_thread.set(std::thread::current());
+            let mut machine = Machine::new(mem, console, io);
+            let end = runner::run(&mut vcpu, &mut machine, &mut launch::ForceCheck(vcpu_shared));
+            let finish = match &end {
+                Ok(end) => {
+                    let kind = match end.stop {
+                        crate::machine::Stop::GuestExit(s) => RunEndKind::GuestExit(s),
+                        crate::machine::Stop::Forced => RunEndKind::HostStop,
+                        _ => RunEndKind::Error,
+                    };
+                    machine.finish(&kind, &vcpu)
+                }
+                Err(_) => Ok(()),
+            };
+            (end, finish, machine.exit_index, machine.io.stats.clone(), machine.io.output_hash(), machine.console.hash)
+        })
+        .context("spawning the vCPU thread")?;
+    let pthread = handle.as_pthread_t();
+    launch::wait_for_end(&shared, &signals, Duration::from_secs(1), pthread, || handle.is_finished());
+    let (end, finish, exits, stats, output_hash, console_hash) =
+        handle.join().map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?;
+    let elapsed = started.elapsed();
+    let summary = |s: &ReplayStats| {
+        format!(
+            "{exits} exits, {} entries, {} sync calls, {} frames, {} disk completions, {} outputs and {} digests ({} with memory) checked, {} backup reads; output hash {output_hash:#018x}, console hash {console_hash:#018x}; {:.2?}",
+            s.entries, s.syncs, s.frames, s.disk_completions, s.outputs_checked, s.digests_checked, s.mem_hashes_checked, s.backup_reads, elapsed
+        )
+    };
+    // A replay's outcome is in the stop reason of the sync call that ended it.
+    let stop = match &end {
+        Err(RunError::Machine(MachineError::Sync { source, .. })) => source.downcast_ref::<ReplayStop>(),
+        _ => None,
+    };
+    match (stop, &end, finish) {
+        (Some(ReplayStop::Recorded { exit_index, reason, .. }), _, _) => {
+            tracing::info!(
+                "replay matched the recording up to its end at exit {exit_index} ({reason:?}): {}",
+                summary(&stats)
+            );
+            Ok(0)
+        }
+        (Some(ReplayStop::Diverged(d)), _, _) => {
+            eprintln!("lockstep: {d}");
+            tracing::info!("{}", summary(&stats));
+            Ok(EXIT_DIVERGED)
+        }
+        (Some(ReplayStop::LogEnded { exit_index, end }), _, _) => {
+            eprintln!(
+                "lockstep: the replay applied every whole entry and stopped at exit {exit_index}: {end}{}",
+                truncated.map(|t| format!(" ({t})")).unwrap_or_default()
+            );
+            tracing::info!("{}", summary(&stats));
+            Ok(EXIT_LOG_ENDED)
+        }
+        (None, Ok(run_end), Ok(())) => {
+            let (line, code) = launch::describe_end(run_end);
+            tracing::info!("replay matched the recording: {line}; {}", summary(&stats));
+            Ok(code)
+        }
+        (None, Ok(_), Err(e)) => {
+            let d = e.downcast_ref::<ReplayStop>().map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+            eprintln!("lockstep: {d}");
+            tracing::info!("{}", summary(&stats));
+            Ok(EXIT_DIVERGED)
+        }
+        (None, Err(_), _) => {
+            tracing::info!("{}", summary(&stats));
+            end.map(drop).context("replaying the VM")?;
+            Ok(1)
+        }
+    }
+}
