@@ -53,7 +53,8 @@ impl GuestSpec {
         let mut out = Vec::with_capacity(FIXED_LEN + self.cmdline.len());
         out.extend_from_slice(&ENCODING_VERSION.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
-        let flags = if self.mac.is_some() { FLAG_NET } else { 0 } | if self.disk_read_only { FLAG_DISK_RO } else { 0 };
+        let flags = if self.mac.is_some() { FLAG_NET } else { 0 }
+            | if self.disk_read_only { FLAG_DISK_RO } else { 0 };
         out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&self.mem_size.to_le_bytes());
         out.extend_from_slice(&self.seed.to_le_bytes());
@@ -147,17 +148,32 @@ mod tests {
         };
         let bytes = spec.encode();
         assert_eq!(GuestSpec::decode(&bytes).unwrap(), spec);
-        let no_net = GuestSpec { mac: None, ..spec.clone() };
+        let no_net = GuestSpec {
+            mac: None,
+            ..spec.clone()
+        };
         assert_eq!(GuestSpec::decode(&no_net.encode()).unwrap(), no_net);
-        assert!(matches!(GuestSpec::decode(&bytes[..10]), Err(SpecError::Short(10))));
+        assert!(matches!(
+            GuestSpec::decode(&bytes[..10]),
+            Err(SpecError::Short(10))
+        ));
         let mut v2 = bytes.clone();
         v2[0] = 2;
         assert!(matches!(GuestSpec::decode(&v2), Err(SpecError::Version(2))));
         let mut cut = bytes.clone();
         cut.pop();
         assert!(matches!(GuestSpec::decode(&cut), Err(SpecError::Cmdline)));
-        let other = GuestSpec { seed: 1, ..spec.clone() };
-        assert_ne!(spec.identity(b"k").boot_hash, other.identity(b"k").boot_hash);
-        assert_ne!(spec.identity(b"k").kernel_hash, spec.identity(b"j").kernel_hash);
+        let other = GuestSpec {
+            seed: 1,
+            ..spec.clone()
+        };
+        assert_ne!(
+            spec.identity(b"k").boot_hash,
+            other.identity(b"k").boot_hash
+        );
+        assert_ne!(
+            spec.identity(b"k").kernel_hash,
+            spec.identity(b"j").kernel_hash
+        );
     }
 }

@@ -146,7 +146,9 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
             Err(_) => tracing::error!("the I/O thread panicked"),
         }
     } else {
-        tracing::error!("disk writes did not complete within {DRAIN_TIMEOUT:?}; exiting without them");
+        tracing::error!(
+            "disk writes did not complete within {DRAIN_TIMEOUT:?}; exiting without them"
+        );
     }
     if let Some(target) = target {
         let bytes = target.finish()?;
@@ -159,7 +161,10 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
     let end = end?;
     let (line, code) = launch::describe_end(&end);
     tracing::info!("{line}");
-    tracing::info!("{}", launch::stats_line(&stats, end.exits, started.elapsed()));
+    tracing::info!(
+        "{}",
+        launch::stats_line(&stats, end.exits, started.elapsed())
+    );
     if code != 0 {
         eprintln!("lockstep: {line}");
     }

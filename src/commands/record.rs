@@ -23,10 +23,16 @@ pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
     };
     let opts = LiveOptions {
         log: Some(Box::new(move |spec, kernel| {
-            let flags = if backup_reads { 0 } else { logchan::header::flags::READ_DATA_LOGGED };
+            let flags = if backup_reads {
+                0
+            } else {
+                logchan::header::flags::READ_DATA_LOGGED
+            };
             let header = StreamHeader::new(spec.identity(kernel), flags, 0);
-            let (producer, consumer) = logchan::log_buffers_with(&log_config()).context("allocating log buffers")?;
-            let sink = FileSink::create(&path, &header, consumer).with_context(|| format!("creating log {}", path.display()))?;
+            let (producer, consumer) =
+                logchan::log_buffers_with(&log_config()).context("allocating log buffers")?;
+            let sink = FileSink::create(&path, &header, consumer)
+                .with_context(|| format!("creating log {}", path.display()))?;
             let mut recorder = Recorder::new(producer, !backup_reads, policy);
             recorder
                 .boot(&spec.encode())

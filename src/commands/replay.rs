@@ -26,7 +26,8 @@ pub const EXIT_LOG_ENDED: u8 = 6;
 /// Refuses a log with a corrupt entry before anything runs; returns a note
 /// if the log is cut short (the replay then stops where it ends).
 fn check_log(args: &ReplayArgs) -> anyhow::Result<Option<String>> {
-    let reader = LogFileReader::open(&args.log).with_context(|| format!("opening log {}", args.log.display()))?;
+    let reader = LogFileReader::open(&args.log)
+        .with_context(|| format!("opening log {}", args.log.display()))?;
     for entry in reader.entries() {
         match entry {
             Ok(_) => {}
@@ -45,11 +46,14 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     if let Some(note) = &truncated {
         tracing::warn!("{note}: the replay will stop there");
     }
-    let source = FileChunks::open(&args.log).with_context(|| format!("opening log {}", args.log.display()))?;
+    let source = FileChunks::open(&args.log)
+        .with_context(|| format!("opening log {}", args.log.display()))?;
     let mut cursor = LogCursor::new(Box::new(source)).context("reading the log header")?;
     let header = *cursor.header();
     let spec = match cursor.pop_boot() {
-        Some(Logged::Boot(config)) => GuestSpec::decode(&config).context("reading the log's boot entry")?,
+        Some(Logged::Boot(config)) => {
+            GuestSpec::decode(&config).context("reading the log's boot entry")?
+        }
         _ => bail!("{} does not start with a boot entry", args.log.display()),
     };
     let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
@@ -67,7 +71,11 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         }
         (None, true) => bail!(
             "{}: replaying disk reads needs --disk IMAGE (a copy of the disk as it was when the recording began)",
-            if header.read_data_logged() { "--backup-reads" } else { "this log was recorded with --backup-reads" }
+            if header.read_data_logged() {
+                "--backup-reads"
+            } else {
+                "this log was recorded with --backup-reads"
+            }
         ),
         (Some(_), false) => bail!("--disk is only used with --backup-reads"),
         (None, false) => None,
@@ -89,14 +97,22 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let shared = Arc::new(VmShared::default());
     let vcpu_shared = shared.clone();
     let started = Instant::now();
-    tracing::info!("replaying {} ({} MiB guest)", args.log.display(), spec.mem_size >> 20);
+    tracing::info!(
+        "replaying {} ({} MiB guest)",
+        args.log.display(),
+        spec.mem_size >> 20
+    );
     let handle = std::thread::Builder::new()
         .name("vcpu".into())
         .spawn(move || {
             launch::pin_current_thread(vcpu_cpu);
             let _ = vcpu_shared.vcpu_thread.set(std::thread::current());
             let mut machine = Machine::new(mem, console, io);
-            let end = runner::run(&mut vcpu, &mut machine, &mut launch::ForceCheck(vcpu_shared));
+            let end = runner::run(
+                &mut vcpu,
+                &mut machine,
+                &mut launch::ForceCheck(vcpu_shared),
+            );
             let finish = match &end {
                 Ok(end) => {
                     let kind = match end.stop {
@@ -108,27 +124,53 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
                 }
                 Err(_) => Ok(()),
             };
-            (end, finish, machine.exit_index, machine.io.stats.clone(), machine.io.output_hash(), machine.console.hash)
+            (
+                end,
+                finish,
+                machine.exit_index,
+                machine.io.stats.clone(),
+                machine.io.output_hash(),
+                machine.console.hash,
+            )
         })
         .context("spawning the vCPU thread")?;
     let pthread = handle.as_pthread_t();
-    launch::wait_for_end(&shared, &signals, Duration::from_secs(1), pthread, || handle.is_finished());
-    let (end, finish, exits, stats, output_hash, console_hash) =
-        handle.join().map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?;
+    launch::wait_for_end(&shared, &signals, Duration::from_secs(1), pthread, || {
+        handle.is_finished()
+    });
+    let (end, finish, exits, stats, output_hash, console_hash) = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?;
     let elapsed = started.elapsed();
     let summary = |s: &ReplayStats| {
         format!(
             "{exits} exits, {} entries, {} sync calls, {} frames, {} disk completions, {} outputs and {} digests ({} with memory) checked, {} backup reads; output hash {output_hash:#018x}, console hash {console_hash:#018x}; {:.2?}",
-            s.entries, s.syncs, s.frames, s.disk_completions, s.outputs_checked, s.digests_checked, s.mem_hashes_checked, s.backup_reads, elapsed
+            s.entries,
+            s.syncs,
+            s.frames,
+            s.disk_completions,
+            s.outputs_checked,
+            s.digests_checked,
+            s.mem_hashes_checked,
+            s.backup_reads,
+            elapsed
         )
     };
     // A replay's outcome is in the stop reason of the sync call that ended it.
     let stop = match &end {
-        Err(RunError::Machine(MachineError::Sync { source, .. })) => source.downcast_ref::<ReplayStop>(),
+        Err(RunError::Machine(MachineError::Sync { source, .. })) => {
+            source.downcast_ref::<ReplayStop>()
+        }
         _ => None,
     };
     match (stop, &end, finish) {
-        (Some(ReplayStop::Recorded { exit_index, reason, .. }), _, _) => {
+        (
+            Some(ReplayStop::Recorded {
+                exit_index, reason, ..
+            }),
+            _,
+            _,
+        ) => {
             tracing::info!(
                 "replay matched the recording up to its end at exit {exit_index} ({reason:?}): {}",
                 summary(&stats)
@@ -154,7 +196,10 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
             Ok(code)
         }
         (None, Ok(_), Err(e)) => {
-            let d = e.downcast_ref::<ReplayStop>().map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+            let d = e
+                .downcast_ref::<ReplayStop>()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
             eprintln!("lockstep: {d}");
             tracing::info!("{}", summary(&stats));
             Ok(EXIT_DIVERGED)

@@ -129,7 +129,10 @@ impl<S: SyncIo> Machine<S> {
         if !std::mem::take(&mut self.last_was_sync) {
             return Ok(());
         }
-        let mut digester = VmDigester { regs, mem: &self.mem };
+        let mut digester = VmDigester {
+            regs,
+            mem: &self.mem,
+        };
         self.io
             .after_sync_exit(self.exit_index, &mut digester)
             .map_err(|source| MachineError::Sync {
@@ -243,7 +246,10 @@ impl<S: SyncIo> Machine<S> {
 
     /// The run is over: lets the I/O side close its log.
     pub fn finish(&mut self, end: &RunEndKind, regs: &dyn RegsSource) -> Result<(), SyncError> {
-        let mut digester = VmDigester { regs, mem: &self.mem };
+        let mut digester = VmDigester {
+            regs,
+            mem: &self.mem,
+        };
         self.io.finish(self.exit_index, end, &mut digester)
     }
 }

@@ -28,7 +28,9 @@ pub enum BackupReadError {
         #[source]
         source: std::io::Error,
     },
-    #[error("backup read of sector {sector} (+{len} bytes) never returned what the primary read ({tries} tries in {RETRY_FOR:?})")]
+    #[error(
+        "backup read of sector {sector} (+{len} bytes) never returned what the primary read ({tries} tries in {RETRY_FOR:?})"
+    )]
     NeverMatched { sector: u64, len: usize, tries: u64 },
 }
 
@@ -92,7 +94,11 @@ impl BackupDisk {
 
     /// The primary's read `id` completed with data hashing to `want`: the
     /// completion with our data, re-read until it matches.
-    pub fn complete_read(&mut self, id: u16, want: u64) -> Result<Option<Completion>, BackupReadError> {
+    pub fn complete_read(
+        &mut self,
+        id: u16,
+        want: u64,
+    ) -> Result<Option<Completion>, BackupReadError> {
         let Some((sector, mut buf)) = self.reads.remove(&id) else {
             return Ok(None);
         };

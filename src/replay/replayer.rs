@@ -4,7 +4,6 @@
 //! replay can observe is compared with the log; the first mismatch stops it
 //! with a report of where and what.
 
-
 use vm_memory::GuestMemoryMmap;
 
 use blkio::RequestOp;
@@ -263,12 +262,14 @@ impl SyncIo for ReplayIo {
                 RequestOp::Write { sector, data } => {
                     self.check_output(exit, OutputKind::DiskWrite, data.as_slice())?;
                     if let Some(disk) = self.disk.as_mut() {
-                        disk.write_issued(*sector, data.as_slice()).map_err(|e| Box::new(e) as SyncError)?;
+                        disk.write_issued(*sector, data.as_slice())
+                            .map_err(|e| Box::new(e) as SyncError)?;
                     }
                 }
                 RequestOp::Read { sector, len } => {
                     if let Some(disk) = self.disk.as_mut() {
-                        disk.read_issued(r.id, *sector, *len).map_err(|e| Box::new(e) as SyncError)?;
+                        disk.read_issued(r.id, *sector, *len)
+                            .map_err(|e| Box::new(e) as SyncError)?;
                     }
                 }
                 RequestOp::Flush => {}
@@ -322,7 +323,10 @@ impl SyncIo for ReplayIo {
                                 Err(_) => logchan::content_hash(logged.as_slice()),
                             };
                             self.stats.backup_reads += 1;
-                            match disk.complete_read(c.id, want).map_err(|e| Box::new(e) as SyncError)? {
+                            match disk
+                                .complete_read(c.id, want)
+                                .map_err(|e| Box::new(e) as SyncError)?
+                            {
                                 Some(ours) => ours,
                                 None => c,
                             }
@@ -414,13 +418,22 @@ impl SyncIo for ReplayIo {
         self.devices.mmio_write(mem, addr, data)
     }
 
-    fn after_sync_exit(&mut self, exit_index: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+    fn after_sync_exit(
+        &mut self,
+        exit_index: u64,
+        digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         self.check_digest(exit_index, digester)
     }
 
     /// The guest stopped: the recording's final digest (with the memory
     /// hash) and its End entry must be next, and must agree.
-    fn finish(&mut self, exit_index: u64, end: &RunEndKind, digester: &mut dyn Digester) -> Result<(), SyncError> {
+    fn finish(
+        &mut self,
+        exit_index: u64,
+        end: &RunEndKind,
+        digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         self.check_digest(exit_index, digester)?;
         let seq = self.cursor.peek().map(|e| e.seq).unwrap_or(0);
         match self.take_end() {
@@ -432,7 +445,9 @@ impl SyncIo for ReplayIo {
             Some((at, reason, status)) => Err(diverged(
                 exit_index,
                 seq,
-                format!("the replay ended with {end:?}; the recording ended at exit {at} with {reason:?} (status {status})"),
+                format!(
+                    "the replay ended with {end:?}; the recording ended at exit {at} with {reason:?} (status {status})"
+                ),
             )),
             None => Err(diverged(
                 exit_index,

@@ -8,7 +8,9 @@
 //! | `iters` | compute: millions of steps | `100` |
 //! | `ops` | disk: operations | `1000` |
 //! | `inflight` | disk: operations in flight (1..=4) | `4` |
+//! | `race` | disk: rounds of two racing writes to one block first | `0` |
 //! | `duration_ms` | idle: how long | `1000` |
+//! | `tick_ms` | idle: wake-up period | `10` |
 
 use lockstep_guest_abi::BootParams;
 use smoltcp::wire::{IpCidr, Ipv4Address};
@@ -43,7 +45,9 @@ pub struct Settings {
     pub iters_millions: u64,
     pub ops: u64,
     pub inflight: usize,
+    pub race: u64,
     pub duration_ms: u64,
+    pub tick_ms: u64,
 }
 
 fn parse_u64(s: &[u8]) -> Option<u64> {
@@ -106,7 +110,9 @@ pub fn parse(bp: &BootParams) -> Result<Settings, &'static str> {
         iters_millions: num("iters", 100)?,
         ops: num("ops", 1000)?,
         inflight: num("inflight", 4)?.clamp(1, 4) as usize,
+        race: num("race", 0)?,
         duration_ms: num("duration_ms", 1000)?,
+        tick_ms: num("tick_ms", 10)?,
     })
 }
 
