@@ -111,6 +111,23 @@ pub fn pin_current_thread(cpu: Option<usize>) {
     }
 }
 
+/// Keeps the calling thread, and every thread it spawns from now on, off
+/// the vCPU's CPU: log writers, senders and the like must not preempt the
+/// vCPU (the vCPU thread pins itself afterwards).
+pub fn avoid_cpu(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut set = nix::sched::CpuSet::new();
+    for c in (0..online).filter(|c| *c != cpu) {
+        let _ = set.set(c);
+    }
+    if online > 1 {
+        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+            tracing::warn!("cannot keep helper threads off CPU {cpu}: {e}");
+        }
+    }
+}
+
 /// Where the console goes.
 pub fn console_for(path: Option<&Path>) -> anyhow::Result<Console> {
     let out: Box<dyn Write + Send> = match path {

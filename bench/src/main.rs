@@ -4,11 +4,13 @@
 //! beside them.
 //!
 //!   lockstep-bench redis    guest KV service vs stock redis-server
+//!   lockstep-bench record   recording overhead, log bandwidth, replay speed
 //!
 //! Run it through `scripts/bench`, which builds everything first.
 
 mod env;
 mod netns;
+mod record;
 mod redis;
 mod report;
 mod vm;
@@ -35,6 +37,8 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         clients: u32,
     },
+    /// Recording overhead, log bandwidth and replay speed per workload.
+    Record,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +47,6 @@ fn main() -> anyhow::Result<()> {
     print!("{}", machine.report());
     match cli.command {
         Cmd::Redis { requests, clients } => redis::compare(&machine, requests, clients),
+        Cmd::Record => record::compare(),
     }
 }

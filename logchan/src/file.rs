@@ -23,7 +23,7 @@ const MAX_BATCH_SEGMENTS: usize = 64;
 /// Bytes gathered into one `writev`.
 const MAX_BATCH_BYTES: usize = 4 << 20;
 /// How long the sink waits for a segment before re-checking for the end.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Error)]
 pub enum SinkError {

@@ -148,7 +148,7 @@ impl LogProducer {
         c.segments
             .store(c.segments.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.pub_entries = self.entries;
-        if self.shared.to_consumer.notify() {
+        if self.shared.wake_consumer && self.shared.to_consumer.notify() {
             Counters::bump(&c.wakeups, 1);
         }
         Ok(())

@@ -42,6 +42,7 @@ pub fn boot(args: &VmArgs) -> anyhow::Result<Booted> {
     let mac = launch::parse_mac(&args.mac)?;
     let seed = args.seed.unwrap_or_else(launch::random_seed);
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
+    launch::avoid_cpu(vcpu_cpu);
 
     let image = DiskImage::open(
         &args.disk,

@@ -11,7 +11,12 @@ use crate::replay::recorder::{DigestPolicy, Recorder};
 /// Log buffers: room for bursts of received frames while the writer
 /// catches up; a full set stalls the vCPU (the paper's full-buffer rule).
 pub fn log_config() -> LogConfig {
-    LogConfig::new(64, 1 << 20)
+    LogConfig {
+        // The file writer polls every few ms: it needs no wake-up, and the
+        // vCPU thread never pays one.
+        wake_consumer: false,
+        ..LogConfig::new(64, 1 << 20)
+    }
 }
 
 pub fn record(args: RecordArgs) -> anyhow::Result<u8> {

@@ -83,6 +83,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let vm = spec.build_vm(&kernel)?;
     let console = launch::console_for(args.console.as_deref())?;
     let (vcpu_cpu, _) = launch::parse_cpus(args.cpus.as_deref())?;
+    launch::avoid_cpu(vcpu_cpu);
     let mut io = ReplayIo::new(spec.devices(), cursor, disk);
     io.perturb = args.perturb_time_at.map(|at_exit| Perturb {
         at_exit,

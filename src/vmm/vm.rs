@@ -173,6 +173,13 @@ impl Vm {
         let host = mem
             .get_host_address(GuestAddress(0))
             .map_err(|_| VmError::Memory(0))?;
+        // Transparent huge pages: fewer TLB misses for the guest, and a
+        // read of untouched RAM (a memory digest) maps the huge zero page
+        // instead of faulting in every 4 KiB page. Advice only.
+        // SAFETY: madvise on the mapping `mem` owns; it changes no contents.
+        unsafe {
+            libc::madvise(host.cast(), cfg.mem_size as usize, libc::MADV_HUGEPAGE);
+        }
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
