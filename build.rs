@@ -43,7 +43,10 @@ fn main() {
         .env("CARGO_TARGET_DIR", kernel.join("target"));
     // The outer build's flags are for the host; the guest brings its own.
     for (key, _) in env::vars() {
-        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key == "RUSTFLAGS" || key == "RUSTC_WRAPPER" {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key == "RUSTFLAGS"
+            || key == "RUSTC_WRAPPER"
+        {
             cmd.env_remove(key);
         }
     }

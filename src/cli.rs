@@ -26,6 +26,20 @@ pub enum Command {
     /// Re-execute a recorded VM from its log: inputs from the log, outputs
     /// suppressed, every observable state compared with the recording.
     Replay(ReplayArgs),
+    /// Show a running lockstep VMM's role, log positions, lag and bandwidth.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The VMM's status address (its --status option), e.g. 10.99.0.1:7010.
+    pub addr: String,
+    /// Print JSON instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Print again every this many milliseconds until interrupted.
+    #[arg(long, value_name = "MS")]
+    pub watch: Option<u64>,
 }
 
 /// Options every command that boots a VM shares.

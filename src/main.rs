@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run(args),
         Command::Record(args) => commands::record(args),
         Command::Replay(args) => commands::replay(args),
+        Command::Status(args) => commands::status(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,1 @@
+//! Placeholder: the arbiter (file: and etcd://) is being written.

@@ -1,0 +1,1 @@
+//! Placeholder: the status and metrics endpoint is being written.
