@@ -64,12 +64,59 @@ pub struct Perturb {
     pub delta_ns: u64,
 }
 
+/// How many recent frames a replaying backup keeps for go-live.
+const RECENT_FRAMES: usize = 512;
+
+/// The frames a backup took most recently, with the seq of their `Output`
+/// entries: at go-live it sends again those the dead primary may not have
+/// sent (duplicates are harmless; TCP drops them).
+#[derive(Default)]
+pub struct RecentFrames {
+    frames: std::collections::VecDeque<(u64, std::time::Instant, Vec<u8>)>,
+}
+
+impl RecentFrames {
+    fn push(&mut self, seq: u64, frame: Vec<u8>) {
+        if self.frames.len() == RECENT_FRAMES {
+            self.frames.pop_front();
+        }
+        self.frames.push_back((seq, std::time::Instant::now(), frame));
+    }
+
+    /// Frames the primary cannot have sent (tag above the last ack the
+    /// backup sent) or may not have sent yet (taken within `window`).
+    pub fn unsent(&self, last_ack_sent: u64, window: std::time::Duration) -> Vec<Vec<u8>> {
+        self.frames
+            .iter()
+            .filter(|(seq, at, _)| *seq > last_ack_sent || at.elapsed() < window)
+            .map(|(_, _, f)| f.clone())
+            .collect()
+    }
+}
+
+/// What a backup going live takes over from its replay.
+pub struct LiveParts {
+    pub devices: Devices,
+    pub last_now_ns: u64,
+    /// Outputs of the exit the log ended in, not yet sent by anyone.
+    pub current: Outputs,
+    pub recent: RecentFrames,
+    /// Disk requests whose completions never reached the log: reissued.
+    pub inflight: Vec<blkio::Request>,
+}
+
 /// Serves sync calls from a log.
 pub struct ReplayIo {
     pub devices: Devices,
     pub cursor: LogCursor,
     outputs: RunningHash,
+    /// Outputs of the exit being replayed not yet matched in the log.
     taken: Outputs,
+    /// Frames replayed lately, with their output-rule tags.
+    recent: RecentFrames,
+    /// Disk requests taken whose completions the log has not had yet, in
+    /// the order the guest issued them.
+    inflight: Vec<blkio::Request>,
     /// The disk, when the replay executes disk reads itself.
     pub disk: Option<BackupDisk>,
     pub stats: ReplayStats,
@@ -97,6 +144,8 @@ impl ReplayIo {
             cursor,
             outputs: RunningHash::new(),
             taken: Outputs::default(),
+            recent: RecentFrames::default(),
+            inflight: Vec::new(),
             disk,
             stats: ReplayStats::default(),
             perturb: None,
@@ -107,6 +156,39 @@ impl ReplayIo {
 
     pub fn output_hash(&self) -> u64 {
         self.outputs.value()
+    }
+
+    /// A disk request the guest issued: checked against the log (writes),
+    /// executed on the backup's disk if it reads for itself.
+    fn replay_request(&mut self, exit: u64, r: &blkio::Request) -> Result<(), SyncError> {
+        match &r.op {
+            RequestOp::Write { sector, data } => {
+                self.check_output(exit, OutputKind::DiskWrite, data.as_slice())?;
+                if let Some(disk) = self.disk.as_mut() {
+                    disk.write_issued(*sector, data.as_slice())
+                        .map_err(|e| Box::new(e) as SyncError)?;
+                }
+            }
+            RequestOp::Read { sector, len } => {
+                if let Some(disk) = self.disk.as_mut() {
+                    disk.read_issued(r.id, *sector, *len)
+                        .map_err(|e| Box::new(e) as SyncError)?;
+                }
+            }
+            RequestOp::Flush => {}
+        }
+        Ok(())
+    }
+
+    /// Hands the replay's state to a backup going live.
+    pub fn into_live_parts(self) -> LiveParts {
+        LiveParts {
+            devices: self.devices,
+            last_now_ns: self.last_now_ns,
+            current: self.taken,
+            recent: self.recent,
+            inflight: self.inflight,
+        }
     }
 
     /// The next entry, which must belong to `exit`; `None` if the log has
@@ -135,12 +217,16 @@ impl ReplayIo {
         Ok(self.cursor.pop())
     }
 
-    fn check_output(&mut self, exit: u64, what: OutputKind, bytes: &[u8]) -> Result<(), SyncError> {
-        let hash = self.outputs.push_output(bytes);
+    /// Compares an output with the next log entry; returns the entry's seq
+    /// (the output's tag under the output rule).
+    fn check_output(&mut self, exit: u64, what: OutputKind, bytes: &[u8]) -> Result<u64, SyncError> {
+        let hash = logchan::output_hash(bytes);
         let entry = self.next_for(exit)?;
+        self.outputs.push(hash);
         self.stats.outputs_checked += 1;
         match entry {
             Some(LoggedEntry {
+                seq,
                 entry:
                     Logged::Output {
                         what: w,
@@ -148,7 +234,7 @@ impl ReplayIo {
                         hash: h,
                     },
                 ..
-            }) if w == what && len as usize == bytes.len() && h == hash => Ok(()),
+            }) if w == what && len as usize == bytes.len() && h == hash => Ok(seq),
             Some(e) => Err(diverged(
                 exit,
                 e.seq,
@@ -252,32 +338,27 @@ impl SyncIo for ReplayIo {
         let exit = req.exit_index;
         self.stats.syncs += 1;
         let mut events = self.devices.take_outputs(mem, &mut self.taken);
-        // Outputs in the recorder's order: frames, then disk writes.
-        let mut taken = std::mem::take(&mut self.taken);
-        for frame in &taken.frames {
-            self.check_output(exit, OutputKind::NetFrame, frame)?;
-        }
-        for r in &taken.requests {
-            match &r.op {
-                RequestOp::Write { sector, data } => {
-                    self.check_output(exit, OutputKind::DiskWrite, data.as_slice())?;
-                    if let Some(disk) = self.disk.as_mut() {
-                        disk.write_issued(*sector, data.as_slice())
-                            .map_err(|e| Box::new(e) as SyncError)?;
-                    }
+        // Outputs in the recorder's order: frames, then disk writes. Each
+        // stays in `taken` until the log has matched it, so a backup going
+        // live at a log that ends mid-exit still has the rest to send.
+        while !self.taken.frames.is_empty() {
+            let frame = self.taken.frames.remove(0);
+            match self.check_output(exit, OutputKind::NetFrame, &frame) {
+                Ok(seq) => self.recent.push(seq, frame),
+                Err(e) => {
+                    self.taken.frames.insert(0, frame);
+                    return Err(e);
                 }
-                RequestOp::Read { sector, len } => {
-                    if let Some(disk) = self.disk.as_mut() {
-                        disk.read_issued(r.id, *sector, *len)
-                            .map_err(|e| Box::new(e) as SyncError)?;
-                    }
-                }
-                RequestOp::Flush => {}
             }
         }
-        taken.frames.clear();
-        taken.requests.clear();
-        self.taken = taken;
+        while !self.taken.requests.is_empty() {
+            let r = self.taken.requests.remove(0);
+            if let Err(e) = self.replay_request(exit, &r) {
+                self.taken.requests.insert(0, r);
+                return Err(e);
+            }
+            self.inflight.push(r);
+        }
         loop {
             let Some(entry) = self.next_for(exit)? else {
                 let seq = self.cursor.peek().map(|e| e.seq).unwrap_or(0);
@@ -315,6 +396,7 @@ impl SyncIo for ReplayIo {
                 }
                 Logged::BlkDone(c) => {
                     self.stats.disk_completions += 1;
+                    self.inflight.retain(|r| r.id != c.id);
                     let c = match (self.disk.as_mut(), &c.data) {
                         (Some(disk), Some(logged)) if c.status == blkio::STATUS_OK => {
                             // The log has the primary's data, or only its hash.
