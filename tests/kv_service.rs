@@ -375,3 +375,47 @@ fn hostile_clients_get_errors_and_everyone_else_keeps_being_served() {
     });
     assert!(vm.redis(&["get", "alive"]).parse::<u64>().unwrap_or(0) >= 8);
 }
+
+#[test]
+fn hostile_clients_together_cannot_exhaust_the_guests_memory() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = KvVm::start("km", &[]);
+    in_netns(&vm.net.ns("c"), || {
+        use std::io::Write;
+        // Each starts an MSET of four 1 MiB values and never finishes it:
+        // ~3 MiB held per connection, far past a quarter of a 128 MiB
+        // guest's heap for 24 of them.
+        let value = vec![b'x'; 1 << 20];
+        let mut hogs = Vec::new();
+        for _ in 0..24 {
+            let mut s = std::net::TcpStream::connect(addr()).expect("connect");
+            s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+            let mut req = b"*9\r\n$4\r\nMSET\r\n".to_vec();
+            for k in 0..3 {
+                req.extend_from_slice(format!("$2\r\nk{k}\r\n$1048576\r\n").as_bytes());
+                req.extend_from_slice(&value);
+                req.extend_from_slice(b"\r\n");
+            }
+            let _ = s.write_all(&req);
+            hogs.push(s);
+        }
+        let mut good = Client::connect(&addr()).expect("connect");
+        let reply = good.call(&[b"SET", b"still", b"alive"]).expect("the guest still serves");
+        assert_eq!(reply, Reply::Simple("OK".into()));
+        // Some of the hogs were told why they were closed.
+        let told = hogs
+            .iter_mut()
+            .filter_map(|s| {
+                use std::io::Read;
+                s.set_read_timeout(Some(Duration::from_millis(200))).ok();
+                let mut buf = [0u8; 128];
+                let n = s.read(&mut buf).ok()?;
+                String::from_utf8_lossy(&buf[..n]).contains("buffer limit").then_some(())
+            })
+            .count();
+        assert!(told > 0, "no connection was closed for the memory budget");
+    });
+    assert_eq!(vm.redis(&["get", "still"]), "alive");
+}

@@ -184,6 +184,25 @@ impl RespSession {
         }
     }
 
+    /// Memory this connection holds: unparsed input, the partial request
+    /// and replies not yet sent.
+    pub fn memory(&self) -> usize {
+        self.input.len() + self.parser.buffered() + self.out.pending()
+    }
+
+    /// Drops the connection's buffers and closes it with Redis's error for
+    /// a client over its buffer limit (the guest's memory is shared by all
+    /// connections; one may not take it all).
+    pub fn evict(&mut self) {
+        // Unsent replies go too: the client never saw them, so nothing it
+        // was told is lost, and the memory is what must be freed.
+        self.input = InBuf::default();
+        self.parser = RespParser::new();
+        self.out = OutQueue::default();
+        reply::error(self.out.buf_mut(), b"ERR client buffer limit exceeded: closing the connection");
+        self.closing = true;
+    }
+
     /// Executes buffered commands (at most a per-turn budget).
     pub fn process(&mut self, e: &mut Engine) -> Progress {
         let mut p = Progress::default();
@@ -288,6 +307,19 @@ impl HttpSession {
         if !self.closing {
             self.input.push(data);
         }
+    }
+
+    /// Memory this connection holds: unparsed input and unsent replies.
+    pub fn memory(&self) -> usize {
+        self.input.len() + self.out.pending()
+    }
+
+    /// Drops the connection's buffers and closes it with 503.
+    pub fn evict(&mut self) {
+        self.input = InBuf::default();
+        self.out = OutQueue::default();
+        router::text(self.out.buf_mut(), 503, "connection buffers over the server's limit", false);
+        self.closing = true;
     }
 
     /// Serves buffered requests (at most a per-turn budget).
@@ -606,5 +638,21 @@ mod session_tests {
                 h.consume(n);
             }
         }
+    }
+
+    #[test]
+    fn eviction_frees_a_connections_memory_and_says_why() {
+        let mut e = durable_engine();
+        let mut s = RespSession::new(&mut e, Vec::new(), Vec::new());
+        let mut req = b"*3\r\n$4\r\nMSET\r\n$1\r\nk\r\n$100000\r\n".to_vec();
+        req.extend(core::iter::repeat_n(b'x', 60_000));
+        s.push_input(&req);
+        s.process(&mut e);
+        assert!(s.memory() >= 60_000, "the partial request is accounted: {}", s.memory());
+        s.evict();
+        let out = s.sendable(e.durable()).to_vec();
+        assert!(out.starts_with(b"-ERR client buffer limit exceeded"), "{:?}", core::str::from_utf8(&out));
+        assert!(s.memory() < 100);
+        assert_eq!(s.input_room(), 0, "an evicted connection takes no more input");
     }
 }

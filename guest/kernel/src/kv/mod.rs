@@ -37,6 +37,8 @@ fn instant(now_ns: u64) -> Instant {
 /// Share of the heap the live data may take: the store's own overhead, a
 /// compaction snapshot and the connections need the rest.
 const MEMORY_SHARE: u64 = 4;
+/// Share of the heap all connections' buffers together may take.
+const CONNECTION_SHARE: u64 = 4;
 
 /// Runs the service until the host asks the guest to stop.
 pub fn run(
@@ -73,7 +75,7 @@ pub fn run(
         let _ = iface.routes_mut().add_default_ipv4_route(gw);
     }
     let mut sockets = SocketSet::new(vec![]);
-    let mut server = server::Server::new(&mut sockets);
+    let mut server = server::Server::new(&mut sockets, (heap_bytes / CONNECTION_SHARE) as usize);
     say!(
         "kv: serving RESP on {}:{} and HTTP on :{}",
         s.ip,

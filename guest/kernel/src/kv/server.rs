@@ -63,6 +63,18 @@ impl Session {
             Session::Http(s) => s.push_input(d),
         }
     }
+    fn memory(&self) -> usize {
+        match self {
+            Session::Resp(s) => s.memory(),
+            Session::Http(s) => s.memory(),
+        }
+    }
+    fn evict(&mut self) {
+        match self {
+            Session::Resp(s) => s.evict(),
+            Session::Http(s) => s.evict(),
+        }
+    }
     fn process(&mut self, e: &mut Engine) -> Progress {
         match self {
             Session::Resp(s) => s.process(e),
@@ -118,6 +130,13 @@ pub struct Server {
     draining: Vec<(SocketHandle, usize)>,
     resp_clients: usize,
     http_clients: usize,
+    /// Memory all connections together may hold (buffered requests and
+    /// unsent replies); past it the biggest is closed. Each connection's
+    /// own limits are generous (a 4 MiB request), so hostile clients could
+    /// otherwise exhaust the guest's heap together.
+    memory_budget: usize,
+    /// Connections closed for the budget.
+    pub evicted: u64,
 }
 
 fn port(p: Proto) -> u16 {
@@ -143,14 +162,17 @@ fn listener(sockets: &mut SocketSet<'static>, p: Proto) -> SocketHandle {
 }
 
 impl Server {
-    /// Opens the listening sockets.
-    pub fn new(sockets: &mut SocketSet<'static>) -> Self {
+    /// Opens the listening sockets; the connections may hold at most
+    /// `memory_budget` bytes together.
+    pub fn new(sockets: &mut SocketSet<'static>, memory_budget: usize) -> Self {
         let mut s = Server {
             listeners: Vec::new(),
             conns: Vec::new(),
             draining: Vec::new(),
             resp_clients: 0,
             http_clients: 0,
+            memory_budget,
+            evicted: 0,
         };
         s.top_up(sockets);
         s
@@ -308,6 +330,7 @@ impl Server {
             }
             i += 1;
         }
+        self.enforce_budget();
         self.reap(sockets);
         if accepting {
             self.top_up(sockets);
@@ -315,6 +338,24 @@ impl Server {
         e.stats.connected_clients = self.resp_clients as u64;
         e.stats.http_clients = self.http_clients as u64;
         turn
+    }
+
+    /// Closes the connections holding the most memory until all together
+    /// fit the budget again.
+    fn enforce_budget(&mut self) {
+        let mut total: usize = self.conns.iter().map(|c| c.session.memory()).sum();
+        while total > self.memory_budget {
+            let Some(biggest) = self.conns.iter_mut().max_by_key(|c| c.session.memory()) else {
+                break;
+            };
+            let freed = biggest.session.memory();
+            biggest.session.evict();
+            self.evicted += 1;
+            total = total.saturating_sub(freed);
+            if freed == 0 {
+                break;
+            }
+        }
     }
 
     /// Discards what closed connections still receive (a client blocked

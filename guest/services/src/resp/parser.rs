@@ -85,6 +85,11 @@ impl RespParser {
         Self::default()
     }
 
+    /// Bytes of a partial request the parser holds (its arguments so far).
+    pub fn buffered(&self) -> usize {
+        self.request_bytes
+    }
+
     /// Whether the parser is between requests.
     pub fn idle(&self) -> bool {
         matches!(self.state, State::Start)
