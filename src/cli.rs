@@ -26,8 +26,85 @@ pub enum Command {
     /// Re-execute a recorded VM from its log: inputs from the log, outputs
     /// suppressed, every observable state compared with the recording.
     Replay(ReplayArgs),
+    /// Run the primary of a fault-tolerant pair: serve clients, stream the
+    /// log to the backup, release each output once the backup has the log
+    /// up to it.
+    Primary(PrimaryArgs),
+    /// Run the backup of a fault-tolerant pair: replay the primary's log in
+    /// lockstep and take over when the primary's host dies.
+    Backup(BackupArgs),
     /// Show a running lockstep VMM's role, log positions, lag and bandwidth.
     Status(StatusArgs),
+}
+
+/// Options both sides of an FT pair take.
+#[derive(Args, Debug, Clone)]
+pub struct FtArgs {
+    /// The arbiter both sides reach: file:PATH (a file on storage both
+    /// hosts share) or etcd://HOST:PORT/KEY.
+    #[arg(long, value_name = "URI", default_value = "file:/var/lib/lockstep/arbiter")]
+    pub arbiter: String,
+    /// This side's name in the arbiter and in reports (default: host name
+    /// and role).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// UDP port for heartbeats, on both hosts (default: the logging
+    /// channel's port).
+    #[arg(long, value_name = "PORT")]
+    pub heartbeat_port: Option<u16>,
+    /// Heartbeat period.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// The peer is declared dead after this long without a heartbeat or
+    /// log traffic.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub failure_timeout_ms: u64,
+    /// Serve `lockstep status` (and /metrics) here.
+    #[arg(long, value_name = "ADDR")]
+    pub status: Option<String>,
+    /// Also serve Prometheus metrics here.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PrimaryArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// The backup's logging-channel address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub backup: String,
+    /// How long to keep trying to reach the backup at start.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub connect_timeout: u64,
+    #[command(flatten)]
+    pub ft: FtArgs,
+    #[command(flatten)]
+    pub digest: DigestArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Where to accept the primary's logging channel.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// The disk image the primary uses (shared storage).
+    #[arg(long, value_name = "PATH")]
+    pub disk: PathBuf,
+    /// The tap this host gives the guest when it goes live.
+    #[arg(long, value_name = "NAME")]
+    pub tap: Option<String>,
+    /// Guest kernel; must be the primary's. Default: the built-in guest.
+    #[arg(long, value_name = "ELF")]
+    pub kernel: Option<PathBuf>,
+    /// Write the guest console here instead of standard output.
+    #[arg(long, value_name = "PATH")]
+    pub console: Option<PathBuf>,
+    /// CPUs for the vCPU thread and the I/O thread.
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    #[command(flatten)]
+    pub ft: FtArgs,
 }
 
 #[derive(Args, Debug)]

@@ -157,11 +157,35 @@ pub fn wait_for_end(
     signals: &SigSet,
     stop_timeout: Duration,
     vcpu_thread: libc::pthread_t,
-    mut done: impl FnMut() -> bool,
+    done: impl FnMut() -> bool,
 ) {
+    supervise(shared, signals, stop_timeout, vcpu_thread, done, || None);
+}
+
+/// [`wait_for_end`], also asking `tick` every few milliseconds whether the
+/// VM must be stopped now (an FT side that lost the arbiter); returns the
+/// exit status and reason `tick` gave.
+pub fn supervise(
+    shared: &VmShared,
+    signals: &SigSet,
+    stop_timeout: Duration,
+    vcpu_thread: libc::pthread_t,
+    mut done: impl FnMut() -> bool,
+    mut tick: impl FnMut() -> Option<crate::ft::supervisor::Verdict>,
+) -> Option<(u8, String)> {
     let mut stop_asked: Option<Instant> = None;
+    let mut verdict = None;
     while !done() {
-        if let Some(sig) = timed_signal_wait(signals, Duration::from_millis(50)) {
+        if verdict.is_none() {
+            if let Some(crate::ft::supervisor::Verdict::Stop { code, why }) = tick() {
+                tracing::error!("{why}");
+                force(shared, vcpu_thread);
+                verdict = Some((code, why));
+            }
+        }
+        // Short: the I/O thread's failure verdicts are acted on within a
+        // few milliseconds (the failover budget).
+        if let Some(sig) = timed_signal_wait(signals, Duration::from_millis(2)) {
             if stop_asked.is_some() {
                 tracing::warn!("{sig:?} again: stopping the VM now");
                 force(shared, vcpu_thread);
@@ -178,6 +202,7 @@ pub fn wait_for_end(
             }
         }
     }
+    verdict
 }
 
 fn force(shared: &VmShared, vcpu_thread: libc::pthread_t) {

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         Command::Record(args) => commands::record(args),
         Command::Replay(args) => commands::replay(args),
         Command::Status(args) => commands::status(args),
+        Command::Primary(args) => commands::primary(args),
+        Command::Backup(args) => commands::backup(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

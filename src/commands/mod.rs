@@ -1,12 +1,16 @@
 //! One module per subcommand.
 
+mod backup;
 mod boot;
 mod live;
+mod primary;
 mod record;
 mod replay;
 mod run;
 mod status;
 
+pub use backup::backup;
+pub use primary::primary;
 pub use record::record;
 pub use replay::replay;
 pub use run::run;

@@ -37,6 +37,8 @@ pub enum ToIo {
     Acked(u64),
     /// Finish every submitted write, then exit.
     Drain,
+    /// A backup goes live: deliver received frames, let outputs out.
+    GoLive,
 }
 
 /// I/O thread → vCPU thread.
@@ -225,6 +227,7 @@ impl IoThread {
                         }
                     }
                     ToIo::Drain => draining = true,
+                    ToIo::GoLive => {}
                 }
             }
             if let Some(d) = self.disk.as_mut() {

@@ -14,6 +14,7 @@ use crate::devices::clock::VirtualClock;
 use crate::devices::virtio::{Devices, Outputs};
 use crate::machine::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
 use crate::replay::digest::Digester;
+use crate::ft::shared::FtShared;
 use crate::replay::recorder::Recorder;
 
 use super::io_thread::{FromIo, IoChannels, ToIo};
@@ -24,6 +25,9 @@ const WAIT_SPIN: Duration = Duration::from_micros(20);
 /// Frames kept for a guest that has no RX buffer posted; beyond this the
 /// oldest are dropped, as a NIC drops when its ring is full.
 const RX_BACKLOG_MAX: usize = 4096;
+
+/// How often an idle FT primary sends a keep-alive entry.
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(10);
 
 /// Serves sync calls from live devices.
 pub struct LiveIo {
@@ -40,6 +44,8 @@ pub struct LiveIo {
     outputs: Outputs,
     /// Frames dropped because the guest had no RX buffers for too long.
     pub rx_dropped: u64,
+    /// Set on an FT primary: the pair's shared state.
+    pub ft: Option<Arc<FtShared>>,
 }
 
 impl LiveIo {
@@ -54,7 +60,39 @@ impl LiveIo {
             rx_backlog: VecDeque::new(),
             outputs: Outputs::default(),
             rx_dropped: 0,
+            ft: None,
         }
+    }
+
+    /// Outputs to send at the next sync exit, before the guest's own (a
+    /// backup going live: frames the dead primary may not have sent, disk
+    /// requests whose completions it never logged).
+    pub fn queue_outputs(&mut self, frames: Vec<Vec<u8>>, requests: Vec<blkio::Request>) {
+        self.outputs.frames.splice(0..0, frames);
+        self.outputs.requests.splice(0..0, requests);
+    }
+
+    /// An FT primary whose backup is gone and who won the arbiter: stop
+    /// logging and let outputs go without waiting for acks.
+    fn check_alone(&mut self) {
+        if let Some(ft) = self.ft.as_ref() {
+            if self.recorder.is_some() && FtShared::flag(&ft.alone) {
+                tracing::info!("continuing without a backup: the output rule is off");
+                self.recorder = None;
+                self.output_rule = false;
+            }
+        }
+    }
+
+    /// An idle primary's heartbeat in the log.
+    fn keep_alive(&mut self, exit_index: u64) -> Result<(), SyncError> {
+        if let Some(r) = self.recorder.as_mut() {
+            r.keep_alive(exit_index)?;
+            if let Some(io) = self.io.as_ref() {
+                io.waker.wake();
+            }
+        }
+        Ok(())
     }
 
     /// Hands this exit's outputs to the I/O thread, each tagged with the
@@ -145,6 +183,7 @@ impl LiveIo {
 
 impl SyncIo for LiveIo {
     fn sync(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
+        self.check_alone();
         let mut events = self.devices.take_outputs(mem, &mut self.outputs);
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
@@ -152,11 +191,25 @@ impl SyncIo for LiveIo {
         if req.wait() && events == 0 && !self.shared.stop_requested() {
             let started = Instant::now();
             let host_deadline = started + self.clock.until(req.deadline_ns);
-            let shared = self.shared.clone();
-            let from_io = self.io.as_ref().map(|io| &io.from_io);
-            wait_until(host_deadline, WAIT_SPIN, || {
-                shared.stop_requested() || from_io.is_some_and(|c| !c.is_empty())
-            });
+            // An FT primary wakes now and then while the guest idles, so
+            // the backup keeps hearing from it (keep-alive entries).
+            let keepalive = self.ft.is_some() && self.recorder.is_some();
+            loop {
+                let until = if keepalive {
+                    host_deadline.min(Instant::now() + KEEPALIVE_EVERY)
+                } else {
+                    host_deadline
+                };
+                let shared = self.shared.clone();
+                let from_io = self.io.as_ref().map(|io| &io.from_io);
+                let ready = wait_until(until, WAIT_SPIN, || {
+                    shared.stop_requested() || from_io.is_some_and(|c| !c.is_empty())
+                });
+                if ready || Instant::now() >= host_deadline || !keepalive {
+                    break;
+                }
+                self.keep_alive(req.exit_index)?;
+            }
             waited_ns = started.elapsed().as_nanos() as u64;
             if self.input_ready() {
                 events |= self.apply_inputs(mem, req.exit_index)?;
@@ -193,7 +246,17 @@ impl SyncIo for LiveIo {
         digester: &mut dyn Digester,
     ) -> Result<(), SyncError> {
         match self.recorder.as_mut() {
-            Some(r) => r.after_sync_exit(exit_index, digester),
+            Some(r) => {
+                r.after_sync_exit(exit_index, digester)?;
+                // The log goes out at once: the backup's ack is what
+                // releases this exit's outputs.
+                if self.ft.is_some() {
+                    if let Some(io) = self.io.as_ref() {
+                        io.waker.wake();
+                    }
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }

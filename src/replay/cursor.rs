@@ -174,6 +174,7 @@ pub struct LogCursor {
     last_exit: u64,
     /// Bytes taken from the source so far.
     pub bytes: u64,
+    consumed: u64,
 }
 
 impl LogCursor {
@@ -189,6 +190,7 @@ impl LogCursor {
             last_seq: 0,
             last_exit: 0,
             bytes: 0,
+            consumed: 0,
         };
         while cursor.header.is_none() {
             if !cursor.fill()? {
@@ -261,7 +263,16 @@ impl LogCursor {
 
     /// Consumes the entry `peek` returned.
     pub fn pop(&mut self) -> Option<LoggedEntry> {
-        self.queue.pop_front()
+        let e = self.queue.pop_front();
+        if let Some(e) = &e {
+            self.consumed = e.seq;
+        }
+        e
+    }
+
+    /// Seq of the last entry consumed.
+    pub fn consumed_seq(&self) -> u64 {
+        self.consumed
     }
 
     /// The stream's first entry, if it is the guest's boot configuration.

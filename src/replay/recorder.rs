@@ -102,6 +102,15 @@ impl Recorder {
             .map_err(log_err)
     }
 
+    /// A keep-alive at the current exit (an idle primary), sent at once.
+    pub fn keep_alive(&mut self, exit: u64) -> Result<(), SyncError> {
+        self.log
+            .append(exit, ExitKind::SyncPort, &Entry::KeepAlive)
+            .map(drop)
+            .map_err(log_err)?;
+        self.log.publish().map_err(log_err)
+    }
+
     /// The guest configuration, first in the stream (exit index 0).
     pub fn boot(&mut self, config: &[u8]) -> Result<(), SyncError> {
         self.log

@@ -1,0 +1,168 @@
+//! The backup's side of the sync call: a replay of the primary's stream
+//! until the backup goes live, then the live devices. Going live happens at
+//! a sync exit, after every received entry has been applied (DESIGN.md §1):
+//! outputs become real, disk requests whose completions never reached the
+//! log are reissued, frames the primary may not have sent are sent again,
+//! and a gratuitous ARP moves the guest's address to this host.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::dataplane::io_thread::{IoChannels, ToIo};
+use crate::dataplane::live::LiveIo;
+use crate::dataplane::shared::VmShared;
+use crate::devices::clock::VirtualClock;
+use crate::machine::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
+use crate::replay::digest::Digester;
+use crate::replay::replayer::{ReplayIo, ReplayStop};
+
+use super::shared::FtShared;
+
+/// Frames taken this recently before go-live are sent again even if their
+/// tags were acknowledged (the primary may have died before sending them).
+const RESEND_WINDOW: Duration = Duration::from_millis(50);
+
+/// What the backup knows about the guest's address, for the gratuitous ARP.
+#[derive(Clone, Copy, Debug)]
+pub struct Announce {
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+}
+
+pub struct BackupIo {
+    replay: Option<ReplayIo>,
+    live: Option<LiveIo>,
+    shared: Arc<VmShared>,
+    ft: Arc<FtShared>,
+    io: Option<IoChannels>,
+    announce: Option<Announce>,
+}
+
+impl BackupIo {
+    pub fn new(
+        replay: ReplayIo,
+        shared: Arc<VmShared>,
+        ft: Arc<FtShared>,
+        io: IoChannels,
+        announce: Option<Announce>,
+    ) -> Self {
+        BackupIo {
+            replay: Some(replay),
+            live: None,
+            shared,
+            ft,
+            io: Some(io),
+            announce,
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    pub fn replay(&self) -> Option<&ReplayIo> {
+        self.replay.as_ref()
+    }
+
+    pub fn live(&self) -> Option<&LiveIo> {
+        self.live.as_ref()
+    }
+
+    /// Takes over at this sync exit; `req` is finished live.
+    fn go_live(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
+        let Some(replay) = self.replay.take() else {
+            return Err("go-live without a replay".into());
+        };
+        let last_ack = FtShared::load(&self.ft.ack_sent);
+        let parts = replay.into_live_parts();
+        let Some(mut io) = self.io.take() else {
+            return Err("go-live without the I/O thread".into());
+        };
+        // From here the I/O thread delivers received frames and lets
+        // outputs out; the guest's address moves to this host first.
+        io.send(ToIo::GoLive);
+        if let Some(a) = self.announce {
+            io.send(ToIo::Tx {
+                frame: netio::gratuitous_arp(a.mac, a.ip),
+                seq: 0,
+            });
+        }
+        let resend = parts.recent.unsent(last_ack, RESEND_WINDOW);
+        let reissued = parts.inflight.len();
+        tracing::info!(
+            exit = req.exit_index,
+            "going live: sending {} frames again, reissuing {reissued} disk requests",
+            resend.len() + parts.current.frames.len()
+        );
+        let mut live = LiveIo::new(self.shared.clone(), parts.devices, Some(io));
+        live.clock = VirtualClock::starting_at(parts.last_now_ns);
+        let mut frames = resend;
+        frames.extend(parts.current.frames);
+        let mut requests = parts.inflight;
+        requests.extend(parts.current.requests);
+        live.queue_outputs(frames, requests);
+        let live = self.live.insert(live);
+        live.sync(mem, req)
+    }
+}
+
+impl SyncIo for BackupIo {
+    fn sync(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
+        if let Some(live) = self.live.as_mut() {
+            return live.sync(mem, req);
+        }
+        let Some(replay) = self.replay.as_mut() else {
+            return Err("no replay".into());
+        };
+        match replay.sync(mem, req) {
+            Ok(outcome) => {
+                FtShared::raise(&self.ft.replayed_exit, req.exit_index);
+                FtShared::raise(&self.ft.replayed_seq, replay.cursor.consumed_seq());
+                Ok(outcome)
+            }
+            Err(e) => {
+                let ended = matches!(e.downcast_ref::<ReplayStop>(), Some(ReplayStop::LogEnded { .. }));
+                if ended && FtShared::flag(&self.ft.go_live) {
+                    self.go_live(mem, req)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn mmio_read(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> bool {
+        match (self.live.as_mut(), self.replay.as_mut()) {
+            (Some(l), _) => l.mmio_read(mem, addr, data),
+            (None, Some(r)) => r.mmio_read(mem, addr, data),
+            (None, None) => false,
+        }
+    }
+
+    fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
+        match (self.live.as_mut(), self.replay.as_mut()) {
+            (Some(l), _) => l.mmio_write(mem, addr, data),
+            (None, Some(r)) => r.mmio_write(mem, addr, data),
+            (None, None) => false,
+        }
+    }
+
+    fn after_sync_exit(&mut self, exit_index: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+        match (self.live.as_mut(), self.replay.as_mut()) {
+            (Some(l), _) => l.after_sync_exit(exit_index, digester),
+            (None, Some(r)) => r.after_sync_exit(exit_index, digester),
+            (None, None) => Ok(()),
+        }
+    }
+
+    fn finish(&mut self, exit_index: u64, end: &RunEndKind, digester: &mut dyn Digester) -> Result<(), SyncError> {
+        match (self.live.as_mut(), self.replay.as_mut()) {
+            (Some(l), _) => l.finish(exit_index, end, digester),
+            (None, Some(r)) => r.finish(exit_index, end, digester),
+            (None, None) => Ok(()),
+        }
+    }
+}

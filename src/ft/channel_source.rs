@@ -1,0 +1,61 @@
+//! The backup's log source: verified stream bytes the I/O thread received,
+//! handed to the replaying vCPU thread through an SPSC ring. The replay
+//! never runs past what has arrived: with nothing new it waits here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dataplane::shared::wait_until;
+use crate::replay::cursor::{ChunkSource, SourceError};
+
+use super::shared::FtShared;
+
+/// How long the waiting vCPU spins before it parks.
+const SPIN: Duration = Duration::from_micros(20);
+
+pub struct ChannelChunks {
+    /// The stream header, re-encoded, handed out first.
+    header: Option<Vec<u8>>,
+    rx: rtrb::Consumer<Vec<u8>>,
+    ft: Arc<FtShared>,
+}
+
+impl ChannelChunks {
+    pub fn new(header: [u8; logchan::STREAM_HEADER_LEN], rx: rtrb::Consumer<Vec<u8>>, ft: Arc<FtShared>) -> Self {
+        ChannelChunks {
+            header: Some(header.to_vec()),
+            rx,
+            ft,
+        }
+    }
+}
+
+impl ChunkSource for ChannelChunks {
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
+        if let Some(h) = self.header.take() {
+            return Ok(Some(h));
+        }
+        loop {
+            if let Ok(chunk) = self.rx.pop() {
+                return Ok(Some(chunk));
+            }
+            // Everything received has been taken: the stream ends here if
+            // the backup is going live or the primary ended the run.
+            if FtShared::flag(&self.ft.go_live) || FtShared::flag(&self.ft.stream_ended) {
+                return Ok(None);
+            }
+            if FtShared::flag(&self.ft.channel_broken) {
+                return Err(SourceError::Other(
+                    self.ft.note_text().unwrap_or_else(|| "the logging channel broke".into()),
+                ));
+            }
+            let (rx, ft) = (&self.rx, &self.ft);
+            wait_until(Instant::now() + Duration::from_millis(50), SPIN, || {
+                !rx.is_empty()
+                    || FtShared::flag(&ft.go_live)
+                    || FtShared::flag(&ft.stream_ended)
+                    || FtShared::flag(&ft.channel_broken)
+            });
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! What the threads of an FT VMM share beyond the dataplane: log positions
+//! for the output rule and acks, the peer's liveness, and the decisions the
+//! main thread takes after arbitration.
+
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::Thread;
+
+/// Shared by the vCPU thread, the I/O thread and the main thread.
+#[derive(Default)]
+pub struct FtShared {
+    /// Primary: the highest seq the backup has acknowledged receiving.
+    pub acked_seq: AtomicU64,
+    /// Backup: the last seq received and verified (what it acks).
+    pub received_seq: AtomicU64,
+    /// Backup: the last seq the replay has applied, and its exit index.
+    pub replayed_seq: AtomicU64,
+    pub replayed_exit: AtomicU64,
+    /// Backup: the highest `acked_seq` it has sent to the primary.
+    pub ack_sent: AtomicU64,
+    /// Primary: the backup's replay position from its last ack.
+    pub peer_replayed_exit: AtomicU64,
+    /// The I/O thread's verdict: the peer is gone (timeouts or a closed
+    /// channel).
+    pub peer_dead: AtomicBool,
+    /// Backup: the primary ended the stream on purpose (an `End` entry and
+    /// a clean close): replay to the end, no failover.
+    pub stream_ended: AtomicBool,
+    /// Backup: the channel failed in a way that rules out taking over
+    /// (a corrupt entry from a primary that is still alive).
+    pub channel_broken: AtomicBool,
+    /// Why the channel closed, for the operator.
+    pub channel_note: Mutex<Option<String>>,
+    /// Main thread, backup: the arbiter was won; consume what was received,
+    /// then go live.
+    pub go_live: AtomicBool,
+    /// Main thread, primary: the arbiter was won; continue without a
+    /// backup (outputs no longer wait for acks).
+    pub alone: AtomicBool,
+    /// The main thread, unparked when the I/O thread has news.
+    pub main_thread: OnceLock<Thread>,
+}
+
+impl FtShared {
+    pub fn load(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Acquire)
+    }
+
+    /// Raises `a` to `v` if `v` is higher.
+    pub fn raise(a: &AtomicU64, v: u64) {
+        a.fetch_max(v, Ordering::AcqRel);
+    }
+
+    pub fn flag(b: &AtomicBool) -> bool {
+        b.load(Ordering::Acquire)
+    }
+
+    pub fn set(&self, b: &AtomicBool) {
+        b.store(true, Ordering::Release);
+        self.wake_main();
+    }
+
+    /// Records why the channel closed (the first reason wins).
+    pub fn note(&self, why: impl Into<String>) {
+        if let Ok(mut n) = self.channel_note.lock() {
+            n.get_or_insert_with(|| why.into());
+        }
+        self.wake_main();
+    }
+
+    pub fn note_text(&self) -> Option<String> {
+        self.channel_note.lock().ok().and_then(|n| n.clone())
+    }
+
+    pub fn wake_main(&self) {
+        if let Some(t) = self.main_thread.get() {
+            t.unpark();
+        }
+    }
+}

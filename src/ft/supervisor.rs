@@ -1,0 +1,143 @@
+//! The main thread's part of an FT pair: when the I/O thread declares the
+//! peer dead, win the arbiter's test-and-set before anything changes
+//! (DESIGN.md §1, split brain) — then the backup goes live, or the primary
+//! continues alone; the loser stops with a clear message and status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::arbiter::{Arbiter, Claim};
+use super::shared::FtShared;
+use crate::dataplane::shared::VmShared;
+
+/// Exit status of a side that lost the arbiter: the other side serves.
+pub const EXIT_LOST_ARBITER: u8 = 7;
+/// Exit status of a backup whose logging channel broke while the primary
+/// lives on: it can no longer follow the primary.
+pub const EXIT_CHANNEL_BROKEN: u8 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Primary,
+    Backup,
+}
+
+/// What the main thread must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stop the VM now and exit with `code`.
+    Stop { code: u8, why: String },
+}
+
+pub struct Supervisor {
+    pub side: Side,
+    arbiter: Box<dyn Arbiter>,
+    pub epoch: u64,
+    name: String,
+    ft: Arc<FtShared>,
+    shared: Arc<VmShared>,
+    decided: bool,
+    last_arbiter_error: Option<Instant>,
+    /// When the peer was declared dead and when the arbiter answered.
+    pub failover: Option<(Instant, Instant)>,
+}
+
+impl Supervisor {
+    pub fn new(
+        side: Side,
+        arbiter: Box<dyn Arbiter>,
+        epoch: u64,
+        name: String,
+        ft: Arc<FtShared>,
+        shared: Arc<VmShared>,
+    ) -> Self {
+        Supervisor {
+            side,
+            arbiter,
+            epoch,
+            name,
+            ft,
+            shared,
+            decided: false,
+            last_arbiter_error: None,
+            failover: None,
+        }
+    }
+
+    /// Looks at what the I/O thread found; called from the main thread's
+    /// wait loop (it is unparked when something happens).
+    pub fn poll(&mut self) -> Option<Verdict> {
+        if self.decided {
+            return None;
+        }
+        let note = || self.ft.note_text().unwrap_or_default();
+        if self.side == Side::Backup && FtShared::flag(&self.ft.channel_broken) {
+            self.decided = true;
+            return Some(Verdict::Stop {
+                code: EXIT_CHANNEL_BROKEN,
+                why: format!(
+                    "the logging channel broke ({}) while the primary is still alive: this backup can no longer follow it and will not take over",
+                    note()
+                ),
+            });
+        }
+        if !FtShared::flag(&self.ft.peer_dead) || FtShared::flag(&self.ft.stream_ended) {
+            return None;
+        }
+        let dead_at = Instant::now();
+        let peer = match self.side {
+            Side::Primary => "backup",
+            Side::Backup => "primary",
+        };
+        match self.arbiter.claim(self.epoch, &self.name) {
+            Ok(Claim::Won) => {
+                self.decided = true;
+                self.failover = Some((dead_at, Instant::now()));
+                match self.side {
+                    Side::Backup => {
+                        tracing::warn!(
+                            "the primary is gone ({}); won the arbiter for epoch {}: going live",
+                            note(),
+                            self.epoch
+                        );
+                        self.ft.go_live.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    Side::Primary => {
+                        tracing::warn!(
+                            "the backup is gone ({}); won the arbiter for epoch {}: continuing alone",
+                            note(),
+                            self.epoch
+                        );
+                        self.ft.alone.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                }
+                self.shared.wake_vcpu();
+                None
+            }
+            Ok(Claim::Lost { winner }) => {
+                self.decided = true;
+                Some(Verdict::Stop {
+                    code: EXIT_LOST_ARBITER,
+                    why: format!(
+                        "the {peer} is unreachable ({}), but {winner} won the arbiter for epoch {}: it serves now; stopping",
+                        note(),
+                        self.epoch
+                    ),
+                })
+            }
+            Err(e) => {
+                // Without the arbiter this side may not act: keep trying.
+                if self
+                    .last_arbiter_error
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+                {
+                    tracing::error!(
+                        "the {peer} is unreachable and the arbiter cannot be reached ({e}); retrying"
+                    );
+                    self.last_arbiter_error = Some(Instant::now());
+                }
+                None
+            }
+        }
+    }
+}
