@@ -211,6 +211,11 @@ fn force(shared: &VmShared, vcpu_thread: libc::pthread_t) {
     runner::kick(vcpu_thread);
 }
 
+/// Waits up to `timeout` for one of `set`'s (blocked) signals.
+pub fn poll_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    timed_signal_wait(set, timeout)
+}
+
 fn timed_signal_wait(set: &SigSet, timeout: Duration) -> Option<Signal> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,

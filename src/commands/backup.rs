@@ -1,7 +1,203 @@
-//! `lockstep backup` (being written).
+//! `lockstep backup`: the following side of an FT pair. It waits for its
+//! primary, builds the identical VM from the stream's boot entry, replays
+//! in lockstep, and goes live when the primary dies and it wins the
+//! arbiter.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use blkio::{DiskEngine, DiskImage, DiskOpenOptions};
+use logchan::channel::{ReceiverEngine, ReceiverOptions};
+use netio::{Tap, TapEngine};
 
 use crate::cli::BackupArgs;
+use crate::commands::drive::{Served, VmParts, drain, drive};
+use crate::commands::live::report;
+use crate::commands::primary::{liveness, side_name};
+use crate::dataplane::io_thread::{self, IoChannels, TAG_DISK, TAG_TAP};
+use crate::dataplane::shared::VmShared;
+use crate::ft::arbiter;
+use crate::ft::backup_io::{Announce, BackupIo};
+use crate::ft::channel_source::ChannelChunks;
+use crate::ft::plane::{BackupPlane, FtPlane, TAG_LOG};
+use crate::ft::shared::FtShared;
+use crate::ft::supervisor::{Side, Supervisor};
+use crate::launch;
+use crate::machine::MachineError;
+use crate::replay::cursor::{LogCursor, Logged};
+use crate::replay::replayer::{ReplayIo, ReplayStop};
+use crate::spec::GuestSpec;
+use crate::vmm::runner::RunError;
 
-pub fn backup(_args: BackupArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("not yet implemented")
+/// How long the backup waits for the stream's boot entry once connected.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Served for BackupIo {
+    fn channels(&mut self) -> Option<&mut IoChannels> {
+        self.channels_mut()
+    }
+}
+
+/// The guest's IPv4 address from its command line (`ip=A.B.C.D/P`).
+fn guest_ip(spec: &GuestSpec) -> Option<std::net::Ipv4Addr> {
+    spec.cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ip="))
+        .and_then(|v| v.split('/').next())
+        .and_then(|a| a.parse().ok())
+}
+
+/// Accepts the primary's connection, or returns `None` on SIGINT/SIGTERM.
+fn accept(listener: &TcpListener, signals: &nix::sys::signal::SigSet) -> anyhow::Result<Option<(std::net::TcpStream, SocketAddr)>> {
+    listener.set_nonblocking(true).context("listening socket")?;
+    loop {
+        match listener.accept() {
+            Ok((s, peer)) => {
+                s.set_nonblocking(false).context("logging channel")?;
+                return Ok(Some((s, peer)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if launch::poll_signal(signals, Duration::from_millis(20)).is_some() {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e).context("accepting the primary's connection"),
+        }
+    }
+}
+
+pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
+    let signals = launch::block_stop_signals()?;
+    let name = side_name(&args.ft, "backup");
+    let live = liveness(&args.ft)?;
+    let arbiter = arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
+    let listen: SocketAddr = args
+        .listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {}", args.listen))?
+        .next()
+        .with_context(|| format!("--listen {}: no address", args.listen))?;
+    let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
+    launch::avoid_cpu(vcpu_cpu);
+    let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
+    let console = launch::console_for(args.console.as_deref())?;
+    let tap = match &args.tap {
+        Some(t) => Some(Tap::open(t).with_context(|| format!("opening tap {t}"))?),
+        None => None,
+    };
+    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    tracing::info!("backup {name}: waiting for the primary on {listen}");
+    let Some((stream, peer)) = accept(&listener, &signals)? else {
+        tracing::info!("stopped before a primary connected");
+        return Ok(0);
+    };
+    drop(listener);
+    tracing::info!("primary connected from {peer}");
+    let hb_port = args.ft.heartbeat_port.unwrap_or(listen.port());
+    let udp = UdpSocket::bind((listen.ip(), hb_port)).with_context(|| format!("binding the heartbeat port {}:{hb_port}", listen.ip()))?;
+
+    let ft = Arc::new(FtShared::default());
+    let _ = ft.main_thread.set(std::thread::current());
+    let shared = Arc::new(VmShared::default());
+    let (chunk_tx, chunk_rx) = rtrb::RingBuffer::new(4096);
+    let receiver = ReceiverEngine::new(stream, TAG_LOG, ReceiverOptions::default()).context("setting up the logging channel")?;
+    let plane = FtPlane::Backup(BackupPlane::new(
+        receiver,
+        udp,
+        SocketAddr::new(peer.ip(), hb_port),
+        live,
+        ft.clone(),
+        shared.clone(),
+        chunk_tx,
+    ));
+    let image = DiskImage::open(&args.disk, DiskOpenOptions::default())
+        .with_context(|| format!("opening the shared disk {}", args.disk.display()))?;
+    let disk_sectors = image.capacity_sectors();
+    let mut disk = DiskEngine::new(image, TAG_DISK);
+    disk.set_drop_outputs(true);
+    let tap = match tap {
+        Some(t) => {
+            let mut e = TapEngine::new(t, TAG_TAP, 64).context("setting up the tap engine")?;
+            e.set_drop_outputs(true);
+            Some(e)
+        }
+        None => None,
+    };
+    let (io, io_thread) = io_thread::spawn(Some(disk), tap, shared.clone(), io_cpu, Some(plane), false)
+        .context("starting the I/O thread")?;
+
+    // The stream header and the boot entry come first: they say which VM to
+    // build.
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while FtShared::load(&ft.received_seq) == 0 {
+        if Instant::now() > deadline || FtShared::flag(&ft.peer_dead) || ft.note_text().is_some() {
+            bail!(
+                "the primary sent no boot entry ({})",
+                ft.note_text().unwrap_or_else(|| format!("nothing within {BOOT_TIMEOUT:?}"))
+            );
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    let mut cursor = LogCursor::new(Box::new(ChannelChunks::new(chunk_rx, ft.clone()))).context("reading the stream header")?;
+    let header = *cursor.header();
+    let spec = match cursor.pop_boot() {
+        Some(Logged::Boot(config)) => GuestSpec::decode(&config).context("reading the boot entry")?,
+        _ => bail!("the primary's stream does not start with a boot entry"),
+    };
+    header
+        .check_identity(&spec.identity(&kernel))
+        .context("the primary runs another guest than this backup can")?;
+    if spec.disk_sectors != disk_sectors {
+        bail!(
+            "the primary's disk has {} sectors, {} has {disk_sectors}: not the same disk",
+            spec.disk_sectors,
+            args.disk.display()
+        );
+    }
+    let vm = spec.build_vm(&kernel)?;
+    let announce = match (spec.mac, guest_ip(&spec)) {
+        (Some(mac), Some(ip)) => Some(Announce { mac, ip }),
+        _ => None,
+    };
+    let replay = ReplayIo::new(spec.devices(), cursor, None);
+    let backup_io = BackupIo::new(replay, shared.clone(), ft.clone(), io, announce);
+    let mut supervisor = Supervisor::new(Side::Backup, arbiter, header.epoch, name.clone(), ft.clone());
+    tracing::info!("backup {name}: following the primary (epoch {}, {} MiB guest)", header.epoch, spec.mem_size >> 20);
+    let crate::vmm::vm::Vm {
+        fd: _vm_fd,
+        vcpu,
+        mem,
+        ..
+    } = vm;
+    let parts = VmParts {
+        vcpu,
+        mem,
+        cpu: vcpu_cpu,
+    };
+    let mut run = drive(parts, console, backup_io, shared, &signals, Duration::from_secs(5), Some(&mut supervisor))?;
+    let went_live = run.io.is_live();
+    drain(&mut run.io, io_thread);
+    // A replay that ends with the recording: the primary ended the run.
+    if let Err(e) = &run.end {
+        if let Some(RunError::Machine(MachineError::Sync { source, .. })) = e.downcast_ref::<RunError>() {
+            match source.downcast_ref::<ReplayStop>() {
+                Some(ReplayStop::Recorded { exit_index, reason, status }) => {
+                    tracing::info!("the primary ended the run at exit {exit_index} ({reason:?}, status {status}); so does the backup");
+                    return Ok(0);
+                }
+                Some(stop @ ReplayStop::Diverged(_)) => {
+                    eprintln!("lockstep: {stop}");
+                    return Ok(crate::commands::replay::EXIT_DIVERGED);
+                }
+                _ => {}
+            }
+        }
+    }
+    if !went_live && run.verdict.is_none() && run.end.is_ok() {
+        tracing::info!("the primary's guest stopped; so did the backup's replay");
+    }
+    report(run)
 }

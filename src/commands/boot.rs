@@ -15,14 +15,49 @@ use netio::{Tap, TapEngine};
 use crate::cli::VmArgs;
 use crate::dataplane::io_thread::{self, IoChannels, IoThreadError, TAG_DISK, TAG_TAP};
 use crate::dataplane::shared::VmShared;
+use crate::ft::plane::FtPlane;
 use crate::launch;
+use crate::replay::recorder::Recorder;
 use crate::spec::GuestSpec;
 
 /// Reads posted on the tap at any time.
 const TAP_RX_DEPTH: usize = 64;
 
+/// Builds the recorder for a guest (configuration, kernel) and says where
+/// its log goes; an FT primary also hands the I/O thread its channel.
+pub type MakeLog = dyn FnOnce(&GuestSpec, &[u8], &Arc<VmShared>) -> anyhow::Result<LogSetup> + Send;
+
+/// A recorder and where its log goes.
+pub struct LogSetup {
+    pub recorder: Recorder,
+    pub target: LogTarget,
+    /// The FT pair's channel and heartbeats, for the I/O thread.
+    pub plane: Option<FtPlane>,
+}
+
+/// Where a recording goes.
+pub enum LogTarget {
+    /// A file, written by a thread of its own.
+    File(logchan::FileSink),
+    /// The logging channel, sent by the I/O thread.
+    Channel,
+}
+
+impl LogTarget {
+    /// Waits until everything is written; returns the bytes of the stream
+    /// if known.
+    pub fn finish(self) -> anyhow::Result<Option<u64>> {
+        match self {
+            LogTarget::File(sink) => Ok(Some(sink.finish().context("writing the log")?.bytes)),
+            LogTarget::Channel => Ok(None),
+        }
+    }
+}
+
 /// A VM ready to run, with its I/O thread started.
 pub struct Booted {
+    pub recorder: Option<Recorder>,
+    pub target: Option<LogTarget>,
     pub spec: GuestSpec,
     pub kernel: Vec<u8>,
     pub vm_fd: VmFd,
@@ -36,7 +71,7 @@ pub struct Booted {
 }
 
 /// Opens everything `args` names and starts the I/O thread.
-pub fn boot(args: &VmArgs) -> anyhow::Result<Booted> {
+pub fn boot(args: &VmArgs, make_log: Option<Box<MakeLog>>) -> anyhow::Result<Booted> {
     let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
     let cmdline = launch::guest_cmdline(args)?;
     let mac = launch::parse_mac(&args.mac)?;
@@ -80,9 +115,18 @@ pub fn boot(args: &VmArgs) -> anyhow::Result<Booted> {
         None => None,
     };
     let shared = Arc::new(VmShared::default());
-    let (io, io_thread) = io_thread::spawn(Some(disk), tap, shared.clone(), io_cpu)
+    let (recorder, target, plane) = match make_log {
+        Some(make) => {
+            let setup = make(&spec, &kernel, &shared)?;
+            (Some(setup.recorder), Some(setup.target), setup.plane)
+        }
+        None => (None, None, None),
+    };
+    let (io, io_thread) = io_thread::spawn(Some(disk), tap, shared.clone(), io_cpu, plane, true)
         .context("starting the I/O thread")?;
     Ok(Booted {
+        recorder,
+        target,
         spec,
         kernel,
         vm_fd: vm.fd,

@@ -1,23 +1,23 @@
-//! Running a live VM to its end: the vCPU thread, the signal-driven stop,
-//! draining the I/O thread so every submitted write reaches the disk.
+//! A live VM (`run`, `record`, `primary`): boot, run, drain, report.
 
-use std::os::unix::thread::JoinHandleExt;
-use std::time::{Duration, Instant};
-
-use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cli::VmArgs;
-use crate::commands::boot::{self, Booted};
-use crate::dataplane::io_thread::ToIo;
+use crate::commands::boot::{self, Booted, MakeLog};
+use crate::commands::drive::{Driven, Served, VmParts, drain, drive};
+use crate::dataplane::io_thread::IoChannels;
 use crate::dataplane::live::LiveIo;
+use crate::ft::shared::FtShared;
+use crate::ft::supervisor::Supervisor;
 use crate::launch;
-use crate::machine::{ExitStats, Machine, RunEndKind, Stop};
-use crate::replay::recorder::Recorder;
 use crate::spec::GuestSpec;
-use crate::vmm::runner::{self, RunEnd};
 
-/// How long the I/O thread gets to finish submitted writes at the end.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+impl Served for LiveIo {
+    fn channels(&mut self) -> Option<&mut IoChannels> {
+        self.io.as_mut()
+    }
+}
 
 /// How a live run differs between `run`, `record` and `primary`.
 #[derive(Default)]
@@ -25,146 +25,73 @@ pub struct LiveOptions {
     /// Builds the recorder and where its log goes, once the guest's
     /// configuration and kernel are known.
     pub log: Option<Box<MakeLog>>,
-}
-
-/// Builds a recorder for a guest (configuration, kernel bytes).
-pub type MakeLog = dyn FnOnce(&GuestSpec, &[u8]) -> anyhow::Result<(Recorder, LogTarget)> + Send;
-
-/// Where a recording goes.
-pub enum LogTarget {
-    File(logchan::FileSink),
-}
-
-impl LogTarget {
-    /// Waits until everything is written; returns the bytes of the stream.
-    fn finish(self) -> anyhow::Result<u64> {
-        match self {
-            LogTarget::File(sink) => Ok(sink.finish().context("writing the log")?.bytes),
-        }
-    }
-}
-
-/// What the vCPU thread hands back.
-struct VcpuResult {
-    end: anyhow::Result<RunEnd>,
-    stats: ExitStats,
-    io: LiveIo,
-}
-
-/// The run's end as the log records it.
-pub fn end_kind(end: &anyhow::Result<RunEnd>) -> RunEndKind {
-    match end {
-        Ok(RunEnd {
-            stop: Stop::GuestExit(s),
-            ..
-        }) => RunEndKind::GuestExit(*s),
-        Ok(RunEnd {
-            stop: Stop::Forced, ..
-        }) => RunEndKind::HostStop,
-        _ => RunEndKind::Error,
-    }
+    /// An FT primary: its shared state and its supervisor.
+    pub ft: Option<(Arc<FtShared>, Supervisor)>,
 }
 
 pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
     let signals = launch::block_stop_signals()?;
     let Booted {
+        recorder,
+        target,
         spec,
-        kernel,
+        kernel: _kernel,
         vm_fd: _vm_fd,
-        mut vcpu,
+        vcpu,
         mem,
         shared,
         io,
         io_thread,
         vcpu_cpu,
         disk_direct,
-    } = boot::boot(args)?;
-    let (recorder, target) = match opts.log {
-        Some(make) => {
-            let (r, t) = make(&spec, &kernel)?;
-            (Some(r), Some(t))
-        }
+    } = boot::boot(args, opts.log)?;
+    let (ft, mut supervisor) = match opts.ft {
+        Some((ft, sup)) => (Some(ft), Some(sup)),
         None => (None, None),
     };
+    if let Some(ft) = &ft {
+        let _ = ft.main_thread.set(std::thread::current());
+    }
     let console = launch::console_for(args.console.as_deref())?;
     announce(args, &spec, disk_direct);
-
-    let started = Instant::now();
-    let vcpu_shared = shared.clone();
-    let devices = spec.devices();
-    let handle = std::thread::Builder::new()
-        .name("vcpu".into())
-        .spawn(move || {
-            launch::pin_current_thread(vcpu_cpu);
-            let _ = vcpu_shared.vcpu_thread.set(std::thread::current());
-            let mut live = LiveIo::new(vcpu_shared.clone(), devices, Some(io));
-            live.recorder = recorder;
-            let mut machine = Machine::new(mem, console, live);
-            let end = runner::run(
-                &mut vcpu,
-                &mut machine,
-                &mut launch::ForceCheck(vcpu_shared),
-            )
-            .context("running the VM");
-            let finish = machine.finish(&end_kind(&end), &vcpu);
-            let end = match (end, finish) {
-                (Ok(_), Err(e)) => Err(anyhow::anyhow!(e).context("finishing the log")),
-                (end, _) => end,
-            };
-            VcpuResult {
-                end,
-                stats: machine.stats,
-                io: machine.io,
-            }
-        })
-        .context("spawning the vCPU thread")?;
-    let pthread = handle.as_pthread_t();
-    launch::wait_for_end(
-        &shared,
+    let mut live = LiveIo::new(shared.clone(), spec.devices(), Some(io));
+    live.recorder = recorder;
+    live.output_rule = ft.is_some();
+    live.ft = ft;
+    let vm = VmParts {
+        vcpu,
+        mem,
+        cpu: vcpu_cpu,
+    };
+    let mut run = drive(
+        vm,
+        console,
+        live,
+        shared,
         &signals,
         Duration::from_secs(args.stop_timeout),
-        pthread,
-        || handle.is_finished(),
-    );
-    let VcpuResult { end, stats, mut io } = handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?;
-    // Every write the guest submitted reaches the disk before we exit.
-    if let Some(ch) = io.io.as_mut() {
-        ch.send(ToIo::Drain);
-        ch.waker.wake();
-    }
-    drop(io);
-    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
-    while !io_thread.is_finished() && Instant::now() < drain_deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if io_thread.is_finished() {
-        match io_thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("I/O thread: {e}"),
-            Err(_) => tracing::error!("the I/O thread panicked"),
-        }
-    } else {
-        tracing::error!(
-            "disk writes did not complete within {DRAIN_TIMEOUT:?}; exiting without them"
-        );
-    }
-    if let Some(target) = target {
-        let bytes = target.finish()?;
-        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        supervisor.as_mut(),
+    )?;
+    drain(&mut run.io, io_thread);
+    if let Some(Some(bytes)) = target.map(|t| t.finish()).transpose()? {
+        let secs = run.elapsed.as_secs_f64().max(1e-3);
         tracing::info!(
             "log: {bytes} bytes in {secs:.1} s ({:.3} Mbit/s)",
             bytes as f64 * 8.0 / secs / 1e6
         );
     }
-    let end = end?;
+    report(run)
+}
+
+/// Logs how the run ended; returns the exit status.
+pub fn report<S>(run: Driven<S>) -> anyhow::Result<u8> {
+    if let Some((code, _why)) = run.verdict {
+        return Ok(code);
+    }
+    let end = run.end?;
     let (line, code) = launch::describe_end(&end);
     tracing::info!("{line}");
-    tracing::info!(
-        "{}",
-        launch::stats_line(&stats, end.exits, started.elapsed())
-    );
+    tracing::info!("{}", launch::stats_line(&run.stats, end.exits, run.elapsed));
     if code != 0 {
         eprintln!("lockstep: {line}");
     }

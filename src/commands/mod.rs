@@ -2,6 +2,7 @@
 
 mod backup;
 mod boot;
+mod drive;
 mod live;
 mod primary;
 mod record;

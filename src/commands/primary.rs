@@ -1,7 +1,122 @@
-//! `lockstep primary` (being written).
+//! `lockstep primary`: the serving side of an FT pair.
 
-use crate::cli::PrimaryArgs;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub fn primary(_args: PrimaryArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("not yet implemented")
+use anyhow::{Context, bail};
+
+use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
+use logchan::{LogConfig, StreamHeader};
+
+use crate::cli::{FtArgs, PrimaryArgs};
+use crate::commands::boot::{LogSetup, LogTarget};
+use crate::commands::live::{LiveOptions, run_live};
+use crate::ft::arbiter;
+use crate::ft::plane::{FtPlane, Liveness, PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
+use crate::ft::shared::FtShared;
+use crate::ft::supervisor::{Side, Supervisor};
+use crate::replay::recorder::{DigestPolicy, Recorder};
+
+/// The name a side has in the arbiter and in reports.
+pub fn side_name(ft: &FtArgs, role: &str) -> String {
+    ft.name.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "host".into());
+        format!("{host}-{role}-{}", std::process::id())
+    })
+}
+
+pub fn liveness(ft: &FtArgs) -> anyhow::Result<Liveness> {
+    if ft.heartbeat_ms == 0 || ft.failure_timeout_ms <= ft.heartbeat_ms {
+        bail!(
+            "--failure-timeout-ms ({}) must be larger than --heartbeat-ms ({}), which must be positive",
+            ft.failure_timeout_ms,
+            ft.heartbeat_ms
+        );
+    }
+    Ok(Liveness {
+        period: Duration::from_millis(ft.heartbeat_ms),
+        timeout: Duration::from_millis(ft.failure_timeout_ms),
+    })
+}
+
+/// Connects to the backup, retrying while it is not up yet.
+fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    let mut said = false;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() < deadline => {
+                if !said {
+                    tracing::info!("waiting for the backup at {addr} ({e})");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot reach the backup at {addr} within {timeout:?}")),
+        }
+    }
+}
+
+pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
+    let name = side_name(&args.ft, "primary");
+    let live = liveness(&args.ft)?;
+    let arbiter = arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
+    let backup: SocketAddr = args
+        .backup
+        .to_socket_addrs()
+        .with_context(|| format!("--backup {}", args.backup))?
+        .next()
+        .with_context(|| format!("--backup {}: no address", args.backup))?;
+    let epoch = arbiter
+        .begin_next(&name)
+        .with_context(|| format!("starting a new pair run at the arbiter {}", arbiter.describe()))?;
+    let ft = Arc::new(FtShared::default());
+    let policy = DigestPolicy {
+        every_syncs: args.digest.digest_every,
+        mem_every_digests: args.digest.mem_digest_every,
+    };
+    let connect_timeout = Duration::from_secs(args.connect_timeout);
+    let hb_port = args.ft.heartbeat_port.unwrap_or(backup.port());
+    let plane_ft = ft.clone();
+    let log = Box::new(move |spec: &crate::spec::GuestSpec, kernel: &[u8], _shared: &Arc<_>| {
+        let stream = connect(backup, connect_timeout)?;
+        let local = stream.local_addr().context("local address of the logging channel")?;
+        let udp = UdpSocket::bind((local.ip(), hb_port))
+            .with_context(|| format!("binding the heartbeat port {}:{hb_port}", local.ip()))?;
+        let header = StreamHeader::new(spec.identity(kernel), logchan::header::flags::READ_DATA_LOGGED, epoch);
+        // The I/O thread sends what the vCPU thread publishes; the vCPU
+        // wakes it (it does that for outputs anyway), not the log buffers.
+        let config = LogConfig {
+            wake_consumer: false,
+            ..LogConfig::new(64, 1 << 20)
+        };
+        let (producer, consumer) = logchan::log_buffers_with(&config).context("allocating log buffers")?;
+        let sender = SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
+            .context("setting up the logging channel")?;
+        let heartbeat = HeartbeatEngine::new(udp, SocketAddr::new(backup.ip(), hb_port), Role::Primary, epoch, live.period, TAG_HEARTBEAT)
+            .context("setting up heartbeats")?;
+        let mut recorder = Recorder::new(producer, true, policy);
+        recorder
+            .boot(&spec.encode())
+            .map_err(|e| anyhow::anyhow!(e).context("sending the boot entry"))?;
+        tracing::info!("primary {name} of epoch {epoch}: logging to the backup at {backup}");
+        Ok(LogSetup {
+            recorder,
+            target: LogTarget::Channel,
+            plane: Some(FtPlane::Primary(PrimaryPlane::new(sender, heartbeat, live, plane_ft))),
+        })
+    });
+    let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, side_name(&args.ft, "primary"), ft.clone());
+    run_live(
+        &args.vm,
+        LiveOptions {
+            log: Some(log),
+            ft: Some((ft, supervisor)),
+        },
+    )
 }

@@ -5,7 +5,8 @@ use anyhow::Context;
 use logchan::{FileSink, LogConfig, StreamHeader};
 
 use crate::cli::RecordArgs;
-use crate::commands::live::{LiveOptions, LogTarget, run_live};
+use crate::commands::boot::{LogSetup, LogTarget};
+use crate::commands::live::{LiveOptions, run_live};
 use crate::replay::recorder::{DigestPolicy, Recorder};
 
 /// Log buffers: room for bursts of received frames while the writer
@@ -27,7 +28,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
         mem_every_digests: args.digest.mem_digest_every,
     };
     let opts = LiveOptions {
-        log: Some(Box::new(move |spec, kernel| {
+        log: Some(Box::new(move |spec, kernel, _shared| {
             let flags = if backup_reads {
                 0
             } else {
@@ -43,8 +44,13 @@ pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
                 .boot(&spec.encode())
                 .map_err(|e| anyhow::anyhow!(e).context("writing the boot entry"))?;
             tracing::info!("recording to {}", path.display());
-            Ok((recorder, LogTarget::File(sink)))
+            Ok(LogSetup {
+                recorder,
+                target: LogTarget::File(sink),
+                plane: None,
+            })
         })),
+        ft: None,
     };
     run_live(&args.vm, opts)
 }

@@ -14,6 +14,7 @@ use blkio::{Completion, DiskEngine, Request};
 use netio::TapEngine;
 
 use super::shared::VmShared;
+use crate::ft::plane::{Dataplane, FtPlane, TAG_HEARTBEAT, TAG_LOG};
 
 /// user_data tags (top byte) of the engines on the ring.
 pub const TAG_DISK: u8 = 1;
@@ -26,6 +27,8 @@ const RING_ENTRIES: u32 = 256;
 const CHANNEL_DEPTH: usize = 4096;
 /// How long the I/O thread polls with nothing to do before it sleeps.
 const IDLE_SPIN: Duration = Duration::from_micros(30);
+/// How long a stopping primary waits for its last log entries to leave.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// vCPU thread → I/O thread.
 pub enum ToIo {
@@ -125,6 +128,8 @@ pub enum IoThreadError {
     Setup(#[source] std::io::Error),
     #[error("io_uring_enter failed")]
     Enter(#[source] std::io::Error),
+    #[error("setting up the logging channel")]
+    Channel(#[source] logchan::channel::SetupError),
 }
 
 /// Starts the I/O thread with the engines it owns.
@@ -133,6 +138,8 @@ pub fn spawn(
     tap: Option<TapEngine>,
     shared: Arc<VmShared>,
     cpu: Option<usize>,
+    ft: Option<FtPlane>,
+    deliver_rx: bool,
 ) -> Result<(IoChannels, JoinHandle<Result<(), IoThreadError>>), IoThreadError> {
     let ring = IoUring::new(RING_ENTRIES).map_err(IoThreadError::Setup)?;
     let waker = Arc::new(IoWaker::new().map_err(IoThreadError::Setup)?);
@@ -150,6 +157,8 @@ pub fn spawn(
         stats: stats.clone(),
         shared,
         wake_buf: Box::new([0u8; 8]),
+        ft,
+        deliver_rx,
     };
     let handle = std::thread::Builder::new()
         .name("io".into())
@@ -182,12 +191,34 @@ struct IoThread {
     shared: Arc<VmShared>,
     /// Target of the pending eventfd read; boxed so its address is stable.
     wake_buf: Box<[u8; 8]>,
+    /// The FT pair's channel and heartbeats, if this VM is one side.
+    ft: Option<FtPlane>,
+    /// Whether received frames go to the guest (a backup: not until live).
+    deliver_rx: bool,
 }
 
 impl IoThread {
     fn run(mut self) -> Result<(), IoThreadError> {
         let wake_fd = self.waker.eventfd.as_raw_fd();
-        let (submitter, mut sq, mut cq) = self.ring.split();
+        let IoThread {
+            ring,
+            disk,
+            tap,
+            ft,
+            rx,
+            tx,
+            overflow,
+            waker,
+            stats,
+            shared,
+            wake_buf,
+            deliver_rx,
+        } = &mut self;
+        let (submitter, mut sq, mut cq) = ring.split();
+        if let Some(plane) = ft.as_mut() {
+            let mode = plane.attach(&submitter).map_err(IoThreadError::Channel)?;
+            tracing::info!("{mode}");
+        }
         let arm_wake = |sq: &mut io_uring::SubmissionQueue<'_>, buf: &mut [u8; 8]| {
             let read = opcode::Read::new(types::Fd(wake_fd), buf.as_mut_ptr(), 8)
                 .build()
@@ -196,55 +227,66 @@ impl IoThread {
             // outlives the ring; the fd is the waker's eventfd.
             unsafe { sq.push(&read).is_ok() }
         };
-        let mut wake_armed = arm_wake(&mut sq, &mut self.wake_buf);
-        let mut draining = false;
+        let mut wake_armed = arm_wake(&mut sq, wake_buf);
+        let mut draining: Option<Instant> = None;
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut busy = false;
-            while let Ok(msg) = self.rx.pop() {
+            let mut go_live = false;
+            while let Ok(msg) = rx.pop() {
                 busy = true;
                 match msg {
-                    ToIo::Disk { req, seq } => match self.disk.as_mut() {
+                    ToIo::Disk { req, seq } => match disk.as_mut() {
                         Some(d) => d.submit(req, seq, &mut sq),
-                        None => push_out(
-                            &mut self.tx,
-                            &mut self.overflow,
-                            FromIo::Disk(Completion::error(req.id, blkio::STATUS_IOERR)),
-                        ),
+                        None => push_out(tx, overflow, FromIo::Disk(Completion::error(req.id, blkio::STATUS_IOERR))),
                     },
                     ToIo::Tx { frame, seq } => {
-                        self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
-                        if let Some(t) = self.tap.as_mut() {
+                        stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+                        if let Some(t) = tap.as_mut() {
                             t.send(frame, seq, &mut sq);
                         }
                     }
                     ToIo::Acked(seq) => {
-                        if let Some(d) = self.disk.as_mut() {
+                        if let Some(d) = disk.as_mut() {
                             d.release(seq, &mut sq);
                         }
-                        if let Some(t) = self.tap.as_mut() {
+                        if let Some(t) = tap.as_mut() {
                             t.release(seq, &mut sq);
                         }
                     }
-                    ToIo::Drain => draining = true,
-                    ToIo::GoLive => {}
+                    ToIo::Drain => {
+                        draining.get_or_insert_with(Instant::now);
+                    }
+                    ToIo::GoLive => go_live = true,
                 }
             }
-            if let Some(d) = self.disk.as_mut() {
+            let now = Instant::now();
+            if let Some(plane) = ft.as_mut() {
+                let mut dp = Dataplane {
+                    disk: disk.as_mut(),
+                    tap: tap.as_mut(),
+                    deliver_rx,
+                };
+                if go_live {
+                    plane.go_live(&mut dp);
+                }
+                plane.tick(now, &mut sq, &mut dp);
+                plane.pump(&mut sq, now);
+                busy |= plane.busy();
+            }
+            if let Some(d) = disk.as_mut() {
                 d.pump(&mut sq);
             }
-            if let Some(t) = self.tap.as_mut() {
+            if let Some(t) = tap.as_mut() {
                 t.pump(&mut sq);
             }
             if !wake_armed {
-                wake_armed = arm_wake(&mut sq, &mut self.wake_buf);
+                wake_armed = arm_wake(&mut sq, wake_buf);
             }
             sq.sync();
             match submitter.submit() {
                 Ok(_) => {}
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
-                        || e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(IoThreadError::Enter(e)),
             }
             cq.sync();
@@ -254,50 +296,74 @@ impl IoThread {
                 let ud = cqe.user_data();
                 match (ud >> 56) as u8 {
                     TAG_DISK => {
-                        if let Some(d) = self.disk.as_mut() {
+                        if let Some(d) = disk.as_mut() {
                             d.on_cqe(ud, cqe.result(), &mut sq, &mut |c| {
-                                self.stats.disk_done.fetch_add(1, Ordering::Relaxed);
-                                push_out(&mut self.tx, &mut self.overflow, FromIo::Disk(c));
+                                stats.disk_done.fetch_add(1, Ordering::Relaxed);
+                                push_out(tx, overflow, FromIo::Disk(c));
                                 delivered = true;
                             });
                         }
                     }
                     TAG_TAP => {
-                        if let Some(t) = self.tap.as_mut() {
+                        if let Some(t) = tap.as_mut() {
+                            let deliver = *deliver_rx;
                             t.on_cqe(ud, cqe.result(), &mut sq, &mut |f| {
-                                self.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
-                                push_out(&mut self.tx, &mut self.overflow, FromIo::Rx(f));
-                                delivered = true;
+                                // A backup's guest hears only the log until
+                                // it goes live.
+                                if deliver {
+                                    stats.rx_frames.fetch_add(1, Ordering::Relaxed);
+                                    push_out(tx, overflow, FromIo::Rx(f));
+                                    delivered = true;
+                                }
                             });
                         }
                     }
                     TAG_WAKE => wake_armed = false,
+                    TAG_LOG | TAG_HEARTBEAT => {
+                        if let Some(plane) = ft.as_mut() {
+                            let mut dp = Dataplane {
+                                disk: disk.as_mut(),
+                                tap: tap.as_mut(),
+                                deliver_rx,
+                            };
+                            plane.on_cqe(&cqe, &mut sq, &mut dp);
+                        }
+                    }
                     other => tracing::warn!("completion with unknown tag {other:#x}"),
                 }
             }
-            while let Some(msg) = self.overflow.pop_front() {
-                match self.tx.push(msg) {
+            while let Some(msg) = overflow.pop_front() {
+                match tx.push(msg) {
                     Ok(()) => delivered = true,
                     Err(rtrb::PushError::Full(m)) => {
-                        self.overflow.push_front(m);
+                        overflow.push_front(m);
                         break;
                     }
                 }
             }
             if delivered {
-                self.shared.wake_vcpu();
+                shared.wake_vcpu();
             }
-            if let Some(t) = self.tap.as_ref() {
-                self.stats
-                    .gated
-                    .store(t.gated_len() as u64, Ordering::Relaxed);
+            if let Some(t) = tap.as_ref() {
+                stats.gated.store(t.gated_len() as u64, Ordering::Relaxed);
             }
-            if draining && self.rx.is_empty() && self.disk.as_ref().is_none_or(|d| d.is_idle()) {
-                return Ok(());
+            if let Some(since) = draining {
+                let disk_idle = disk.as_ref().is_none_or(|d| d.is_idle());
+                let log_flushed = ft.as_ref().is_none_or(|p| p.flushed());
+                let out_of_time = since.elapsed() > FLUSH_TIMEOUT;
+                if rx.is_empty() && ((disk_idle && log_flushed) || out_of_time) {
+                    if !log_flushed {
+                        tracing::warn!("the log's last entries did not leave within {FLUSH_TIMEOUT:?}");
+                    }
+                    if let Some(plane) = ft.as_mut() {
+                        plane.shutdown();
+                    }
+                    return Ok(());
+                }
             }
-            if self.rx.is_abandoned() && self.rx.is_empty() && !draining {
+            if rx.is_abandoned() && rx.is_empty() && draining.is_none() {
                 // The vCPU thread is gone without a drain: finish writes anyway.
-                draining = true;
+                draining = Some(Instant::now());
                 continue;
             }
             if busy {
@@ -309,20 +375,19 @@ impl IoThread {
                 std::hint::spin_loop();
                 continue;
             }
-            // Sleep in the kernel until a completion or the waker's eventfd.
-            self.waker.sleeping.store(true, Ordering::SeqCst);
+            // Sleep in the kernel until a completion (a heartbeat timer
+            // among them) or the waker's eventfd.
+            waker.sleeping.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            if self.rx.is_empty() && wake_armed {
+            if rx.is_empty() && wake_armed {
                 sq.sync();
                 match submitter.submit_and_wait(1) {
                     Ok(_) => {}
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::EINTR)
-                            || e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
                     Err(e) => return Err(IoThreadError::Enter(e)),
                 }
             }
-            self.waker.sleeping.store(false, Ordering::SeqCst);
+            waker.sleeping.store(false, Ordering::SeqCst);
             idle_since = None;
         }
     }

@@ -63,6 +63,14 @@ impl BackupIo {
         self.live.is_some()
     }
 
+    /// The I/O thread's rings, wherever they are now.
+    pub fn channels_mut(&mut self) -> Option<&mut IoChannels> {
+        match self.live.as_mut() {
+            Some(l) => l.io.as_mut(),
+            None => self.io.as_mut(),
+        }
+    }
+
     pub fn replay(&self) -> Option<&ReplayIo> {
         self.replay.as_ref()
     }

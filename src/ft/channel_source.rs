@@ -13,28 +13,21 @@ use super::shared::FtShared;
 /// How long the waiting vCPU spins before it parks.
 const SPIN: Duration = Duration::from_micros(20);
 
+/// The stream as the I/O thread hands it on: the header (re-encoded) as
+/// the first chunk, then runs of whole, verified entries.
 pub struct ChannelChunks {
-    /// The stream header, re-encoded, handed out first.
-    header: Option<Vec<u8>>,
     rx: rtrb::Consumer<Vec<u8>>,
     ft: Arc<FtShared>,
 }
 
 impl ChannelChunks {
-    pub fn new(header: [u8; logchan::STREAM_HEADER_LEN], rx: rtrb::Consumer<Vec<u8>>, ft: Arc<FtShared>) -> Self {
-        ChannelChunks {
-            header: Some(header.to_vec()),
-            rx,
-            ft,
-        }
+    pub fn new(rx: rtrb::Consumer<Vec<u8>>, ft: Arc<FtShared>) -> Self {
+        ChannelChunks { rx, ft }
     }
 }
 
 impl ChunkSource for ChannelChunks {
     fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
-        if let Some(h) = self.header.take() {
-            return Ok(Some(h));
-        }
         loop {
             if let Ok(chunk) = self.rx.pop() {
                 return Ok(Some(chunk));

@@ -35,7 +35,6 @@ pub struct Supervisor {
     pub epoch: u64,
     name: String,
     ft: Arc<FtShared>,
-    shared: Arc<VmShared>,
     decided: bool,
     last_arbiter_error: Option<Instant>,
     /// When the peer was declared dead and when the arbiter answered.
@@ -49,7 +48,6 @@ impl Supervisor {
         epoch: u64,
         name: String,
         ft: Arc<FtShared>,
-        shared: Arc<VmShared>,
     ) -> Self {
         Supervisor {
             side,
@@ -57,7 +55,6 @@ impl Supervisor {
             epoch,
             name,
             ft,
-            shared,
             decided: false,
             last_arbiter_error: None,
             failover: None,
@@ -66,7 +63,7 @@ impl Supervisor {
 
     /// Looks at what the I/O thread found; called from the main thread's
     /// wait loop (it is unparked when something happens).
-    pub fn poll(&mut self) -> Option<Verdict> {
+    pub fn poll(&mut self, shared: &VmShared) -> Option<Verdict> {
         if self.decided {
             return None;
         }
@@ -111,7 +108,7 @@ impl Supervisor {
                         self.ft.alone.store(true, std::sync::atomic::Ordering::Release);
                     }
                 }
-                self.shared.wake_vcpu();
+                shared.wake_vcpu();
                 None
             }
             Ok(Claim::Lost { winner }) => {

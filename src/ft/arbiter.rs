@@ -1,1 +1,0 @@
-//! Placeholder: the arbiter (file: and etcd://) is being written.
