@@ -1,7 +1,81 @@
-//! `lockstep status` (being written).
+//! `lockstep status ADDR`: one `GET /status` from a running VMM, printed as
+//! a human summary or (`--json`) as the JSON snapshot; `--watch MS` repeats
+//! until interrupted (Ctrl-C).
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 use crate::cli::StatusArgs;
+use crate::status::client::{FETCH_TIMEOUT, fetch};
+use crate::status::summary;
 
-pub fn status(_args: StatusArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("not yet implemented")
+pub fn status(args: StatusArgs) -> anyhow::Result<u8> {
+    let Some(period) = args.watch else {
+        let (json, snapshot) = fetch(&args.addr, FETCH_TIMEOUT)?;
+        let text = if args.json {
+            format!("{json}\n")
+        } else {
+            summary::render(&snapshot)
+        };
+        return Ok(match print(&text) {
+            Printed::Failed => 1,
+            Printed::Done | Printed::Closed => 0,
+        });
+    };
+    if period == 0 {
+        anyhow::bail!("--watch takes a period in milliseconds greater than 0");
+    }
+    // Redraw in place for a person at a terminal; append otherwise (one
+    // JSON document per line with --json, for scripts).
+    let redraw = !args.json && std::io::stdout().is_terminal();
+    loop {
+        let text = match fetch(&args.addr, FETCH_TIMEOUT) {
+            Ok((json, _)) if args.json => format!("{json}\n"),
+            Ok((_, snapshot)) => summary::render(&snapshot),
+            // Keep watching: the VMM may be restarting or failing over, and
+            // that is what the operator is watching for.
+            Err(e) => {
+                let mut msg = format!("lockstep: error: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                eprintln!("{msg}");
+                String::new()
+            }
+        };
+        let framed = if redraw {
+            format!("\x1b[H\x1b[2J{text}")
+        } else if args.json || text.is_empty() {
+            text
+        } else {
+            format!("{text}\n")
+        };
+        match print(&framed) {
+            Printed::Done => {}
+            Printed::Closed => return Ok(0),
+            Printed::Failed => return Ok(1),
+        }
+        std::thread::sleep(Duration::from_millis(period));
+    }
+}
+
+enum Printed {
+    Done,
+    /// The reader went away (`| head`): stop quietly.
+    Closed,
+    Failed,
+}
+
+fn print(text: &str) -> Printed {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Printed::Done,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Printed::Closed,
+        Err(e) => {
+            eprintln!("lockstep: error: cannot write to standard output: {e}");
+            Printed::Failed
+        }
+    }
 }

@@ -1,1 +1,17 @@
-//! Placeholder: the status and metrics endpoint is being written.
+//! What a running VMM shows operators and monitoring: [`StatusCounters`]
+//! that the VMM's threads update with relaxed atomics, a [`StatusServer`]
+//! that serves them as JSON (`GET /status`, [`StatusSnapshot`]) and as
+//! Prometheus text (`GET /metrics`), and the client half of
+//! `lockstep status`. Field and metric meanings: `docs/operations.md`.
+
+pub mod client;
+pub mod counters;
+pub mod metrics;
+pub mod rate;
+pub mod server;
+pub mod snapshot;
+pub mod summary;
+
+pub use counters::{Role, StatusCounters};
+pub use server::{ServerError, StatusServer};
+pub use snapshot::StatusSnapshot;

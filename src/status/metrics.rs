@@ -1,0 +1,219 @@
+//! `GET /metrics`: the snapshot in the Prometheus text exposition format
+//! (version 0.0.4): `# HELP` and `# TYPE` for every family, `lockstep_`
+//! prefix, base units (seconds, bytes), `_total` on counters.
+
+use std::fmt::{Display, Write};
+
+use super::counters::Role;
+use super::snapshot::StatusSnapshot;
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        let kind = match kind {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.0, "# HELP lockstep_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE lockstep_{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str("lockstep_");
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape_label(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn one(&mut self, name: &str, kind: Kind, help: &str, value: impl Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Renders every metric of `s`.
+pub fn render(s: &StatusSnapshot) -> String {
+    use Kind::{Counter, Gauge};
+    let mut o = Out(String::with_capacity(4096));
+    o.family("info", Gauge, "This VMM's name and peer; always 1.");
+    let peer = s.peer.as_deref().unwrap_or("");
+    o.sample("info", &[("name", &s.name), ("peer", peer)], 1);
+    o.family(
+        "role",
+        Gauge,
+        "1 for the role this VMM has now, 0 for the others.",
+    );
+    for role in Role::ALL {
+        let v = u8::from(role == s.role);
+        o.sample("role", &[("role", role.as_str())], v);
+    }
+    o.one(
+        "epoch",
+        Gauge,
+        "The FT pair run's epoch (0 outside FT).",
+        s.epoch,
+    );
+    o.one(
+        "uptime_seconds",
+        Gauge,
+        "Seconds since this VMM started.",
+        s.uptime_ms as f64 / 1e3,
+    );
+    o.one(
+        "log_seq",
+        Gauge,
+        "Last log sequence number appended (primary) or received (backup).",
+        s.log_seq,
+    );
+    o.one(
+        "log_sent_seq",
+        Gauge,
+        "Last log sequence number sent to the backup.",
+        s.sent_seq,
+    );
+    o.one(
+        "log_acked_seq",
+        Gauge,
+        "Last log sequence number the backup acknowledged (on the backup: the last it acked).",
+        s.acked_seq,
+    );
+    o.one(
+        "replayed_seq",
+        Gauge,
+        "Last log sequence number the backup replayed (on the primary: from the backup's acks).",
+        s.replayed_seq,
+    );
+    o.one(
+        "replayed_exit",
+        Gauge,
+        "Exit index the backup's replay has reached (on the primary: from the backup's acks).",
+        s.replayed_exit,
+    );
+    o.one(
+        "exit_index",
+        Gauge,
+        "This side's own exit index.",
+        s.exit_index,
+    );
+    o.one(
+        "log_bytes_total",
+        Counter,
+        "Log bytes sent (primary) or received (backup).",
+        s.log_bytes,
+    );
+    o.one(
+        "log_bandwidth_bytes_per_second",
+        Gauge,
+        "Log bytes per second over about the last second.",
+        s.log_bandwidth_bytes_per_s,
+    );
+    if let Some(lag) = s.lag_entries {
+        o.one(
+            "lag_entries",
+            Gauge,
+            "Log entries the backup's replay is behind.",
+            lag,
+        );
+    }
+    if let Some(lag) = s.lag_exits {
+        o.one(
+            "lag_exits",
+            Gauge,
+            "Exits the backup's replay is behind the primary.",
+            lag,
+        );
+    }
+    o.one(
+        "output_gate_frames",
+        Gauge,
+        "Network frames held until the backup acks their log entries.",
+        s.gate_frames,
+    );
+    o.one(
+        "output_gate_disk_writes",
+        Gauge,
+        "Disk writes held until the backup acks their log entries.",
+        s.gate_disk_writes,
+    );
+    if let Some(ms) = s.peer_silent_ms {
+        o.one(
+            "peer_silence_seconds",
+            Gauge,
+            "Seconds since the peer was last heard from.",
+            ms as f64 / 1e3,
+        );
+    }
+    o.one(
+        "heartbeats_sent_total",
+        Counter,
+        "Heartbeats sent to the peer.",
+        s.heartbeats_sent,
+    );
+    o.one(
+        "heartbeats_received_total",
+        Counter,
+        "Heartbeats received from the peer.",
+        s.heartbeats_received,
+    );
+    o.one(
+        "failovers_total",
+        Counter,
+        "Failovers this VMM took part in (went live or continued alone).",
+        s.failovers,
+    );
+    o.one(
+        "guest_exits_total",
+        Counter,
+        "VM exits the guest caused.",
+        s.guest_exits,
+    );
+    o.one(
+        "guest_sync_calls_total",
+        Counter,
+        "Sync calls the guest made.",
+        s.guest_sync_calls,
+    );
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

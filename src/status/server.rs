@@ -1,0 +1,353 @@
+//! The status endpoint: a small HTTP/1.1 server on its own thread.
+//! `GET /status` answers the JSON snapshot, `GET /metrics` the Prometheus
+//! text; anything else is 404. A VMM may run two (its `--status` and
+//! `--metrics` addresses); each serves both paths.
+//!
+//! The accept thread never reads from a client: every connection gets a
+//! short-lived thread with a bounded request size and one deadline for the
+//! whole exchange, and at most [`MAX_CONNECTIONS`] run at once (more are
+//! closed at once), so one slow or malicious client cannot stall the
+//! endpoint — and nothing here can slow the VMM, which only ever writes
+//! its atomics.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::counters::StatusCounters;
+use super::metrics;
+use super::rate::RateWindow;
+use super::snapshot::StatusSnapshot;
+
+/// Largest request head accepted; ours are a request line and a few headers.
+pub const MAX_REQUEST: usize = 8 << 10;
+/// One client's whole exchange must fit in this.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed without an answer.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How often the accept thread samples `log_bytes` (and checks for stop).
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot serve status on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the status thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A running status endpoint; stops (and closes its socket) on drop.
+pub struct StatusServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the connection threads share with the accept thread.
+struct Shared {
+    counters: Arc<StatusCounters>,
+    window: Mutex<RateWindow>,
+    active: AtomicUsize,
+}
+
+impl Shared {
+    fn sample(&self) -> f64 {
+        let bytes = StatusCounters::get(&self.counters.log_bytes);
+        // A poisoned lock means a connection thread panicked mid-push; the
+        // window is still a valid list of samples.
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        w.push(Instant::now(), bytes);
+        w.rate()
+    }
+
+    fn snapshot(&self) -> StatusSnapshot {
+        let rate = self.sample();
+        StatusSnapshot::take(&self.counters, rate)
+    }
+}
+
+impl StatusServer {
+    /// Binds `addr` (`HOST:PORT`; port 0 picks one, see
+    /// [`StatusServer::local_addr`]) and serves `counters` from a thread.
+    pub fn spawn(addr: &str, counters: Arc<StatusCounters>) -> Result<StatusServer, ServerError> {
+        let bind_err = |source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let local = listener.local_addr().map_err(bind_err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            counters,
+            window: Mutex::new(RateWindow::new()),
+            active: AtomicUsize::new(0),
+        });
+        let thread = std::thread::Builder::new()
+            .name("status-http".into())
+            .spawn({
+                let stop = stop.clone();
+                move || accept_loop(listener, shared, stop)
+            })
+            .map_err(ServerError::Spawn)?;
+        tracing::info!("status and metrics on http://{local}/status and /metrics");
+        Ok(StatusServer {
+            addr: local,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for StatusServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // Returns within one TICK; connection threads end on their own
+            // deadline.
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let timeout = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE);
+    while !stop.load(Ordering::Relaxed) {
+        shared.sample();
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::warn!("status endpoint: poll failed ({e}); stopping it");
+                return;
+            }
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => admit(stream, &shared),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // ECONNABORTED, EMFILE…: this client is lost, the endpoint
+                // is not. Back off a tick so EMFILE does not spin.
+                Err(e) => {
+                    tracing::debug!("status endpoint: accept failed: {e}");
+                    std::thread::sleep(TICK);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Hands a connection to its own thread, or closes it if too many run.
+fn admit(stream: TcpStream, shared: &Arc<Shared>) {
+    if shared.active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let worker = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("status-conn".into())
+        .stack_size(256 << 10)
+        .spawn(move || {
+            serve(stream, &worker);
+            worker.active.fetch_sub(1, Ordering::AcqRel);
+        });
+    if spawned.is_err() {
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One exchange; every failure just closes the connection.
+fn serve(mut stream: TcpStream, shared: &Shared) {
+    let deadline = Instant::now() + CLIENT_DEADLINE;
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
+    let answer = match read_head(&mut stream, deadline) {
+        Ok(head) => route(&head, shared),
+        Err(HeadError::TooLarge) => Answer::text(431, "request header too large\n"),
+        Err(HeadError::Closed) => return,
+    };
+    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+        return;
+    };
+    if stream
+        .set_write_timeout(Some(left.max(Duration::from_millis(1))))
+        .is_err()
+    {
+        return;
+    }
+    let _ = stream.write_all(&answer.encode());
+    let _ = stream.shutdown(Shutdown::Write);
+    if answer.status >= 400 {
+        linger(&mut stream, deadline);
+    }
+}
+
+/// After an error answer the client may still be sending (an oversized
+/// header): closing with unread input makes the kernel send a reset, which
+/// can destroy the answer before the client reads it. Read and drop what
+/// is left for a moment first.
+fn linger(stream: &mut TcpStream, deadline: Instant) {
+    let until = deadline.min(Instant::now() + Duration::from_millis(500));
+    let mut sink = [0u8; 4096];
+    let mut budget = 256usize << 10;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if left.is_zero() || budget == 0 || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => budget = budget.saturating_sub(n),
+        }
+    }
+}
+
+enum HeadError {
+    TooLarge,
+    /// Closed, timed out or failed before a full head arrived.
+    Closed,
+}
+
+/// Reads up to the blank line that ends the request head.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, HeadError> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err(HeadError::TooLarge);
+        }
+        // One deadline for the whole head: a client trickling a byte at a
+        // time cannot keep its thread for longer.
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(HeadError::Closed)?;
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|_| HeadError::Closed)?;
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Err(HeadError::Closed),
+        }
+    }
+}
+
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// HEAD: headers only.
+    head_only: bool,
+}
+
+impl Answer {
+    fn text(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.as_bytes().to_vec(),
+            head_only: false,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            431 => "Request Header Fields Too Large",
+            505 => "HTTP Version Not Supported",
+            _ => "Internal Server Error",
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        );
+        if self.status == 405 {
+            out.push_str("Allow: GET, HEAD\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if !self.head_only {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+/// Answers a request head (request line and headers, without the blank
+/// line).
+fn route(head: &[u8], shared: &Shared) -> Answer {
+    let Ok(head) = std::str::from_utf8(head) else {
+        return Answer::text(400, "request is not UTF-8\n");
+    };
+    let line = head.split("\r\n").next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Answer::text(400, "malformed request line\n");
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Answer::text(505, "only HTTP/1.x is served\n");
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Answer::text(405, "only GET and HEAD\n"),
+    };
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let mut answer = match path {
+        "/status" => match serde_json::to_vec(&shared.snapshot()) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                Answer {
+                    status: 200,
+                    content_type: "application/json",
+                    body,
+                    head_only,
+                }
+            }
+            Err(_) => Answer::text(500, "cannot encode the status\n"),
+        },
+        "/metrics" => Answer {
+            status: 200,
+            content_type: metrics::CONTENT_TYPE,
+            body: metrics::render(&shared.snapshot()).into_bytes(),
+            head_only,
+        },
+        _ => Answer::text(
+            404,
+            "not found: this endpoint serves /status and /metrics\n",
+        ),
+    };
+    answer.head_only = head_only;
+    answer
+}

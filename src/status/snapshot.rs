@@ -1,0 +1,106 @@
+//! `StatusSnapshot`: what `GET /status` returns (as JSON) and what the
+//! metrics and the human summary are made from — the counters at one moment
+//! plus the values derived from them.
+
+use serde::{Deserialize, Serialize};
+
+use super::counters::{Role, StatusCounters};
+
+/// Version of the JSON layout; raised when a field changes meaning or goes
+/// away (new fields may appear without it).
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub format: u32,
+    pub name: String,
+    pub peer: Option<String>,
+    pub role: Role,
+    pub epoch: u64,
+    pub uptime_ms: u64,
+    /// Primary: last seq appended; backup: last seq received.
+    pub log_seq: u64,
+    /// Primary: last seq sent.
+    pub sent_seq: u64,
+    /// Primary: last seq the backup acked; backup: last seq it acked.
+    pub acked_seq: u64,
+    /// Backup: last seq replayed and its exit; primary: as the backup's
+    /// latest ack reported them.
+    pub replayed_seq: u64,
+    pub replayed_exit: u64,
+    /// This side's own exit index.
+    pub exit_index: u64,
+    /// Log bytes sent (primary) or received (backup).
+    pub log_bytes: u64,
+    /// Log bytes per second over the server's last second or so.
+    pub log_bandwidth_bytes_per_s: f64,
+    /// Entries the backup is behind: sent − replayed on a primary with a
+    /// backup, received − replayed on a backup; absent otherwise.
+    pub lag_entries: Option<u64>,
+    /// Exits the backup is behind the primary: own exit − replayed exit on
+    /// a primary with a backup; absent otherwise.
+    pub lag_exits: Option<u64>,
+    /// Outputs held by the output gate.
+    pub gate_frames: u64,
+    pub gate_disk_writes: u64,
+    /// Milliseconds since the peer was last heard from; absent if never.
+    pub peer_silent_ms: Option<u64>,
+    pub heartbeats_sent: u64,
+    pub heartbeats_received: u64,
+    pub failovers: u64,
+    pub guest_exits: u64,
+    pub guest_sync_calls: u64,
+}
+
+impl StatusSnapshot {
+    /// Reads every counter once and derives the lag; `bandwidth` is the
+    /// server's windowed rate of `log_bytes`.
+    pub fn take(c: &StatusCounters, bandwidth: f64) -> StatusSnapshot {
+        let get = StatusCounters::get;
+        let role = c.role();
+        let (log_seq, sent_seq) = (get(&c.log_seq), get(&c.sent_seq));
+        let (replayed_seq, replayed_exit) = (get(&c.replayed_seq), get(&c.replayed_exit));
+        let exit_index = get(&c.exit_index);
+        let (lag_entries, lag_exits) = if role.is_primary_with_backup() {
+            (
+                Some(sent_seq.saturating_sub(replayed_seq)),
+                Some(exit_index.saturating_sub(replayed_exit)),
+            )
+        } else if role.is_backup() {
+            (Some(log_seq.saturating_sub(replayed_seq)), None)
+        } else {
+            (None, None)
+        };
+        StatusSnapshot {
+            format: SNAPSHOT_FORMAT,
+            name: c.name.get().cloned().unwrap_or_default(),
+            peer: c.peer.get().cloned(),
+            role,
+            epoch: get(&c.epoch),
+            uptime_ms: c.uptime_ms(),
+            log_seq,
+            sent_seq,
+            acked_seq: get(&c.acked_seq),
+            replayed_seq,
+            replayed_exit,
+            exit_index,
+            log_bytes: get(&c.log_bytes),
+            log_bandwidth_bytes_per_s: bandwidth,
+            lag_entries,
+            lag_exits,
+            gate_frames: get(&c.gate_frames),
+            gate_disk_writes: get(&c.gate_disk_writes),
+            peer_silent_ms: c.peer_silent_ms(),
+            heartbeats_sent: get(&c.heartbeats_sent),
+            heartbeats_received: get(&c.heartbeats_received),
+            failovers: get(&c.failovers),
+            guest_exits: get(&c.guest_exits),
+            guest_sync_calls: get(&c.guest_sync_calls),
+        }
+    }
+
+    /// Log bandwidth in Mbit/s, as people quote link speeds.
+    pub fn log_mbit_per_s(&self) -> f64 {
+        self.log_bandwidth_bytes_per_s * 8.0 / 1e6
+    }
+}

@@ -1,0 +1,121 @@
+//! The human summary `lockstep status` prints: a few aligned lines, what
+//! an operator checks first (role, epoch, how far the backup is behind,
+//! whether the peer is heard) at the top.
+
+use std::fmt::Write;
+
+use super::counters::Role;
+use super::snapshot::StatusSnapshot;
+
+pub fn render(s: &StatusSnapshot) -> String {
+    let mut o = String::new();
+    // Writing to a String cannot fail.
+    let name = if s.name.is_empty() {
+        "lockstep"
+    } else {
+        &s.name
+    };
+    let _ = writeln!(
+        o,
+        "{name}: {} (epoch {}), up {}",
+        s.role,
+        s.epoch,
+        duration(s.uptime_ms)
+    );
+    let peer = s.peer.as_deref().unwrap_or("-");
+    let heard = match s.peer_silent_ms {
+        Some(ms) => format!("heard {} ago", duration_fine(ms)),
+        None => "never heard".to_string(),
+    };
+    if matches!(s.role, Role::Standalone | Role::Recording) && s.peer.is_none() {
+        let _ = writeln!(o, "  peer       none");
+    } else {
+        let _ = writeln!(
+            o,
+            "  peer       {peer}, {heard}; heartbeats {} sent, {} received",
+            s.heartbeats_sent, s.heartbeats_received
+        );
+    }
+    if s.role.is_backup() {
+        let _ = writeln!(
+            o,
+            "  log        received {}, acked {}, replayed {} (exit {})",
+            s.log_seq, s.acked_seq, s.replayed_seq, s.replayed_exit
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "  log        appended {}, sent {}, acked {}, replayed {} (exit {})",
+            s.log_seq, s.sent_seq, s.acked_seq, s.replayed_seq, s.replayed_exit
+        );
+    }
+    let lag = match (s.lag_entries, s.lag_exits) {
+        (Some(e), Some(x)) => format!("{e} entries, {x} exits"),
+        (Some(e), None) => format!("{e} entries"),
+        _ => "-".to_string(),
+    };
+    let _ = writeln!(o, "  lag        {lag}");
+    let _ = writeln!(
+        o,
+        "  bandwidth  {:.1} Mbit/s ({} total)",
+        s.log_mbit_per_s(),
+        bytes(s.log_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "  gate       {} frames, {} disk writes held",
+        s.gate_frames, s.gate_disk_writes
+    );
+    let _ = writeln!(
+        o,
+        "  guest      exit {}, {} exits, {} sync calls; failovers {}",
+        s.exit_index, s.guest_exits, s.guest_sync_calls, s.failovers
+    );
+    o
+}
+
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn duration_fine(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{ms} ms")
+    } else {
+        duration(ms)
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(duration(59_999), "59s");
+        assert_eq!(duration(61_000), "1m01s");
+        assert_eq!(duration(3_723_000), "1h02m");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+    }
+}

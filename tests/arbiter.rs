@@ -1,0 +1,590 @@
+//! The arbiters against real storage: a temporary directory for `file:`,
+//! a real `etcd` process (Debian `etcd-server`) for `etcd://`. Races run
+//! between threads and between processes (this test binary re-executes
+//! itself as the racing children); every test is bounded in time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use lockstep::ft::arbiter::{
+    self, Arbiter, ArbiterError, Claim, EtcdArbiter, FileArbiter, URI_FORMS, http,
+};
+
+const CHILD_ENV: &str = "LOCKSTEP_ARBITER_CHILD";
+const READY: &str = "ARBITER-READY";
+const RESULT: &str = "ARBITER-RESULT:";
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("lockstep-arbiter-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+fn file_uri(dir: &Path) -> String {
+    format!("file:{}/arbiter", dir.display())
+}
+
+fn open(uri: &str) -> Box<dyn Arbiter> {
+    arbiter::parse(uri).unwrap_or_else(|e| panic!("parse {uri}: {e}"))
+}
+
+/// `threads` sides, each with its own arbiter instance, claim `epoch` at
+/// the same moment. Returns every answer, by side name.
+fn race_threads(uri: &str, epoch: u64, threads: usize) -> Vec<(String, Claim)> {
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let arbiter = open(uri);
+            std::thread::spawn(move || {
+                let who = format!("thread-{i}");
+                barrier.wait();
+                let claim = arbiter
+                    .claim(epoch, &who)
+                    .unwrap_or_else(|e| panic!("{who}: claim epoch {epoch}: {e}"));
+                (who, claim)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("racing thread panicked"))
+        .collect()
+}
+
+/// Exactly one winner; every loser names it.
+fn assert_one_winner(results: &[(String, Claim)]) {
+    let winners: Vec<&String> = results
+        .iter()
+        .filter(|(_, c)| *c == Claim::Won)
+        .map(|(w, _)| w)
+        .collect();
+    assert_eq!(winners.len(), 1, "winners: {winners:?} in {results:?}");
+    for (who, claim) in results {
+        if let Claim::Lost { winner } = claim {
+            assert_eq!(winner, winners[0], "{who} was told the wrong winner");
+        }
+    }
+}
+
+/// A racing child process: this test binary, running only `child_claim`.
+struct ChildSide {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl ChildSide {
+    fn spawn(uri: &str, epoch: u64, name: &str) -> ChildSide {
+        let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+            .args(["--exact", "child_claim", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, format!("{epoch} {name} {uri}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn racing child");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("child stdout"));
+        ChildSide {
+            name: name.to_string(),
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// What follows `marker` on the next line that has it (the test
+    /// harness prints its own text, also on the same line).
+    fn line_with(&mut self, marker: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).expect("read child");
+            assert!(n > 0, "child {} ended before {marker}", self.name);
+            if let Some(at) = line.find(marker) {
+                return line[at + marker.len()..].trim().to_string();
+            }
+        }
+    }
+}
+
+impl Drop for ChildSide {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test of its own: the body of a racing child process. Without the
+/// environment variable (a normal test run) it does nothing.
+#[test]
+fn child_claim() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(3, ' ');
+    let (Some(epoch), Some(name), Some(uri)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("bad {CHILD_ENV}={spec:?}");
+    };
+    let epoch: u64 = epoch.parse().expect("epoch");
+    let arbiter = open(uri);
+    println!("{READY}");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).expect("wait for go");
+    match arbiter.claim(epoch, name) {
+        Ok(Claim::Won) => println!("{RESULT} won"),
+        Ok(Claim::Lost { winner }) => println!("{RESULT} lost {winner}"),
+        Err(e) => println!("{RESULT} error {e}"),
+    }
+}
+
+/// `n` processes claim `epoch` together (released at once after all are
+/// ready).
+fn race_processes(uri: &str, epoch: u64, n: usize) -> Vec<(String, Claim)> {
+    let mut sides: Vec<ChildSide> = (0..n)
+        .map(|i| ChildSide::spawn(uri, epoch, &format!("proc-{i}")))
+        .collect();
+    for side in &mut sides {
+        side.line_with(READY);
+    }
+    for side in &mut sides {
+        let mut stdin = side.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("release child");
+    }
+    sides
+        .iter_mut()
+        .map(|side| {
+            let result = side.line_with(RESULT);
+            let claim = if result == "won" {
+                Claim::Won
+            } else if let Some(winner) = result.strip_prefix("lost ") {
+                Claim::Lost {
+                    winner: winner.to_string(),
+                }
+            } else {
+                panic!("{}: {result}", side.name);
+            };
+            (side.name.clone(), claim)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- file: --
+
+#[test]
+fn file_threads_race_for_each_epoch() {
+    let dir = tempdir();
+    let uri = file_uri(dir.path());
+    for epoch in 1..=20 {
+        assert_one_winner(&race_threads(&uri, epoch, 12));
+    }
+}
+
+#[test]
+fn file_processes_race_for_each_epoch() {
+    let dir = tempdir();
+    let uri = file_uri(dir.path());
+    for epoch in 1..=3 {
+        let results = race_processes(&uri, epoch, 6);
+        assert_one_winner(&results);
+        // The record names the winner for anyone asking later.
+        let late = open(&uri).claim(epoch, "latecomer").expect("late claim");
+        let winner = results.iter().find(|(_, c)| *c == Claim::Won).map(|r| &r.0);
+        assert_eq!(
+            Some(&late),
+            winner.map(|w| Claim::Lost { winner: w.clone() }).as_ref()
+        );
+    }
+}
+
+#[test]
+fn file_epochs_begin_and_supersede() {
+    let dir = tempdir();
+    let a = open(&file_uri(dir.path()));
+    assert_eq!(a.latest_epoch().expect("latest"), 0);
+    assert_eq!(a.begin_next("primary-a").expect("begin"), 1);
+    assert_eq!(a.latest_epoch().expect("latest"), 1);
+    // Begun, never claimed: the next run still gets a higher epoch.
+    assert_eq!(a.begin_next("primary-b").expect("begin"), 2);
+    assert_eq!(a.latest_epoch().expect("latest"), 2);
+    // Repeating one's own begin is fine; taking someone else's is not.
+    a.begin(2, "primary-b").expect("idempotent begin");
+    assert!(matches!(
+        a.begin(2, "primary-c"),
+        Err(ArbiterError::EpochTaken { epoch: 2, ref by }) if by == "primary-b"
+    ));
+    assert!(matches!(
+        a.begin(1, "primary-c"),
+        Err(ArbiterError::EpochTaken { .. })
+    ));
+    // A stale side of epoch 1 can no longer win: epoch 2 has begun.
+    match a.claim(1, "backup-a").expect("stale claim") {
+        Claim::Lost { winner } => assert!(winner.contains("primary-b"), "{winner}"),
+        Claim::Won => panic!("a stale epoch won"),
+    }
+    // primary-a's own begin of epoch 1 stands.
+    a.begin(1, "primary-a").expect("own begin");
+    // The current epoch is claimable, once.
+    assert_eq!(a.claim(2, "backup-b").expect("claim"), Claim::Won);
+    assert_eq!(a.claim(2, "backup-b").expect("retry"), Claim::Won);
+    assert_eq!(
+        a.claim(2, "primary-b").expect("claim"),
+        Claim::Lost {
+            winner: "backup-b".into()
+        }
+    );
+    // A claim counts as "anyone has claimed": a new run goes above it.
+    assert_eq!(a.claim(5, "x").expect("claim"), Claim::Won);
+    assert_eq!(a.latest_epoch().expect("latest"), 5);
+    assert!(matches!(
+        a.begin(4, "y"),
+        Err(ArbiterError::Stale {
+            epoch: 4,
+            latest: 5
+        })
+    ));
+}
+
+#[test]
+fn file_loser_waits_for_a_winner_mid_write() {
+    let dir = tempdir();
+    let uri = file_uri(dir.path());
+    let a = FileArbiter::new(&uri, &format!("{}/arbiter", dir.path().display())).expect("new");
+    let path = a.claim_path(3);
+    // A winner that has created its record but not yet written its name.
+    std::fs::File::create(&path).expect("create");
+    let writer = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            std::fs::write(&path, "slow-winner\n").expect("write");
+        }
+    });
+    let t = Instant::now();
+    assert_eq!(
+        a.claim(3, "me").expect("claim"),
+        Claim::Lost {
+            winner: "slow-winner".into()
+        }
+    );
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    writer.join().expect("writer");
+}
+
+#[test]
+fn file_missing_directory_is_an_error_and_is_not_created() {
+    let dir = tempdir();
+    let missing = dir.path().join("not-mounted");
+    let a = open(&format!("file:{}/arbiter", missing.display()));
+    let err = a.claim(1, "me").expect_err("claim without a directory");
+    assert!(matches!(err, ArbiterError::NoDirectory { .. }), "{err}");
+    assert!(err.to_string().contains("not-mounted"), "{err}");
+    assert!(a.latest_epoch().is_err());
+    assert!(!missing.exists(), "the arbiter created a local directory");
+    // PATH itself a directory: refused with a hint.
+    let err = open(&format!("file:{}", dir.path().display()))
+        .claim(1, "me")
+        .expect_err("PATH is a directory");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+// -------------------------------------------------------------- etcd:// --
+
+/// A real etcd on free loopback ports with its own data directory; killed
+/// on drop, also when the test fails.
+struct Etcd {
+    child: Child,
+    client: String,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Etcd {
+    /// Starts etcd; retries on fresh ports if one was taken meanwhile.
+    fn start() -> Etcd {
+        match Command::new("etcd").arg("--version").output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!("`etcd --version` failed: {o:?}"),
+            Err(e) => panic!(
+                "the etcd binary is missing ({e}): install the Debian package etcd-server (scripts/test installs it)"
+            ),
+        }
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Etcd::try_start() {
+                Ok(etcd) => return etcd,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("etcd did not start:\n{}", failures.join("\n----\n"));
+    }
+
+    fn try_start() -> Result<Etcd, String> {
+        let dir = tempdir();
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client = format!("127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        // Unique, so the health check can tell this etcd from another
+        // test's that might hold the port.
+        let name = format!("lockstep-test-{}-{client_port}", std::process::id());
+        let log = dir.path().join("etcd.log");
+        let log_file = std::fs::File::create(&log).expect("etcd log");
+        let mut cmd = Command::new("etcd");
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes one async-signal-safe system call. It makes the kernel kill
+        // etcd if this test process dies without running `Drop` (SIGKILL,
+        // a timeout), so no etcd outlives its test.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd
+            .arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls=http://{client}"))
+            .arg(format!("--advertise-client-urls=http://{client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={name}={peer}"))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start etcd");
+        let mut etcd = Etcd {
+            child,
+            client,
+            _dir: dir,
+            log,
+        };
+        etcd.wait_healthy(&name, Duration::from_secs(30))?;
+        Ok(etcd)
+    }
+
+    /// Waits until this etcd (by member name) answers and is healthy.
+    fn wait_healthy(&mut self, name: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "etcd exited ({status}) before it was healthy:\n{}",
+                    self.log_text()
+                ));
+            }
+            let ask = |method, path, body: Option<(&str, &[u8])>| {
+                http::request(&self.client, method, path, body, Duration::from_millis(500))
+                    .ok()
+                    .filter(|r| r.status == 200)
+                    .map(|r| r.body_text())
+            };
+            let healthy = ask("GET", "/health", None).is_some_and(|b| b.contains("\"true\""));
+            if healthy {
+                let members = ask(
+                    "POST",
+                    "/v3/cluster/member/list",
+                    Some(("application/json", b"{}")),
+                );
+                if members.is_some_and(|b| b.contains(&format!("\"{name}\""))) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "etcd not healthy within {timeout:?}:\n{}",
+                    self.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn uri(&self, key: &str) -> String {
+        format!("etcd://{}/{key}", self.client)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn etcd_threads_and_processes_race() {
+    let etcd = Etcd::start();
+    let uri = etcd.uri("lockstep/race");
+    for epoch in 1..=10 {
+        assert_one_winner(&race_threads(&uri, epoch, 8));
+    }
+    for epoch in 11..=12 {
+        assert_one_winner(&race_processes(&uri, epoch, 5));
+    }
+    assert_eq!(open(&uri).latest_epoch().expect("latest"), 12);
+    // Another KEY is another arbiter.
+    assert_eq!(
+        open(&etcd.uri("lockstep/other"))
+            .latest_epoch()
+            .expect("latest"),
+        0
+    );
+}
+
+#[test]
+fn etcd_epochs_begin_and_supersede() {
+    let etcd = Etcd::start();
+    let a = open(&etcd.uri("vm1"));
+    assert_eq!(a.latest_epoch().expect("latest"), 0);
+    assert_eq!(a.begin_next("primary-a").expect("begin"), 1);
+    assert_eq!(a.begin_next("primary-b").expect("begin"), 2);
+    assert_eq!(a.latest_epoch().expect("latest"), 2);
+    a.begin(2, "primary-b").expect("idempotent begin");
+    assert!(matches!(
+        a.begin(2, "primary-c"),
+        Err(ArbiterError::EpochTaken { epoch: 2, ref by }) if by == "primary-b"
+    ));
+    a.begin(3, "late").expect("begin 3");
+    assert!(matches!(
+        a.begin(1, "stale"),
+        Err(ArbiterError::EpochTaken { .. })
+    ));
+    assert_eq!(a.latest_epoch().expect("latest"), 3);
+    match a.claim(2, "backup-b").expect("stale claim") {
+        Claim::Lost { winner } => assert!(winner.contains("late"), "{winner}"),
+        Claim::Won => panic!("a stale epoch won"),
+    }
+    assert_eq!(a.claim(3, "backup-c").expect("claim"), Claim::Won);
+    assert_eq!(a.claim(3, "backup-c").expect("retry"), Claim::Won);
+    assert_eq!(
+        a.claim(3, "primary-c").expect("claim"),
+        Claim::Lost {
+            winner: "backup-c".into()
+        }
+    );
+    assert_eq!(a.claim(7, "x").expect("claim"), Claim::Won);
+    assert_eq!(a.latest_epoch().expect("latest"), 7);
+    assert!(matches!(
+        a.begin(6, "y"),
+        Err(ArbiterError::Stale {
+            epoch: 6,
+            latest: 7
+        })
+    ));
+    // A second endpoint that is down does not matter while the first
+    // answers, and the order does not matter either.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let both = open(&format!("etcd://{dead},{}/vm1", etcd.client));
+    assert_eq!(both.latest_epoch().expect("latest via second endpoint"), 7);
+}
+
+#[test]
+fn etcd_unreachable_means_no_win() {
+    let etcd = Etcd::start();
+    let uri = etcd.uri("vm2");
+    let a = open(&uri);
+    assert_eq!(a.begin_next("p").expect("begin"), 1);
+    drop(etcd);
+    let t = Instant::now();
+    let err = a.claim(1, "b").expect_err("claim with etcd gone");
+    assert!(
+        matches!(err, ArbiterError::Unreachable { .. }),
+        "{err}: {:?}",
+        std::error::Error::source(&err)
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // Something that accepts but never answers: a timeout, not a hang.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let rest = format!("{addr}/vm3");
+    let slow = EtcdArbiter::new(&format!("etcd://{rest}"), &rest)
+        .expect("uri")
+        .with_timeout(Duration::from_millis(300));
+    let t = Instant::now();
+    let err = slow
+        .claim(1, "b")
+        .expect_err("claim against a silent server");
+    assert!(matches!(err, ArbiterError::Unreachable { .. }), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+// ------------------------------------------------------------ URIs etc. --
+
+#[test]
+fn bad_uris_are_refused_with_the_grammar() {
+    for uri in [
+        "",
+        "/var/lib/lockstep/arbiter",
+        "nfs:/x",
+        "file:",
+        "file:/var/lib/lockstep/",
+        "file://otherhost/var/x",
+        "etcd://",
+        "etcd://127.0.0.1:2379",
+        "etcd://127.0.0.1:2379/",
+        "etcd://127.0.0.1/key",
+        "etcd://127.0.0.1:notaport/key",
+        "etcd://127.0.0.1:0/key",
+        "etcd://:2379/key",
+        "etcd://user:pw@127.0.0.1:2379/key",
+        "etcd://127.0.0.1:2379/key?x=1",
+    ] {
+        match arbiter::parse(uri) {
+            Ok(a) => panic!("{uri:?} was accepted as {}", a.describe()),
+            Err(e) => {
+                assert!(matches!(e, ArbiterError::BadUri { .. }), "{uri:?}: {e}");
+                assert!(e.to_string().contains(URI_FORMS), "{uri:?}: {e}");
+            }
+        }
+    }
+    for uri in [
+        "file:/var/lib/lockstep/arbiter",
+        "file:///var/lib/lockstep/arbiter",
+        "file:relative/arbiter",
+        "etcd://127.0.0.1:2379/lockstep/vm1",
+        "etcd://etcd-1:2379,etcd-2:2379,[::1]:2379/vm1",
+    ] {
+        let a = arbiter::parse(uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+        assert_eq!(a.describe(), uri);
+    }
+}
+
+#[test]
+fn bad_names_and_epoch_zero_are_refused() {
+    let dir = tempdir();
+    let a = open(&file_uri(dir.path()));
+    for who in ["", "two\nlines", &"x".repeat(256)] {
+        assert!(
+            matches!(a.claim(1, who), Err(ArbiterError::BadName { .. })),
+            "{who:?}"
+        );
+    }
+    assert!(matches!(a.claim(0, "me"), Err(ArbiterError::EpochZero)));
+    assert!(matches!(a.begin(0, "me"), Err(ArbiterError::EpochZero)));
+    // Nothing was recorded by the refused calls.
+    assert_eq!(a.latest_epoch().expect("latest"), 0);
+}
