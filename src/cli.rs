@@ -1,6 +1,6 @@
 //! The command line.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -52,6 +52,10 @@ pub struct FtArgs {
     /// channel's port).
     #[arg(long, value_name = "PORT")]
     pub heartbeat_port: Option<u16>,
+    /// Primary only: where to send heartbeats, if not to the backup's host
+    /// (a logging channel through a proxy or NAT).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub heartbeat_peer: Option<SocketAddr>,
     /// Heartbeat period.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub heartbeat_ms: u64,
@@ -59,11 +63,16 @@ pub struct FtArgs {
     /// log traffic.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub failure_timeout_ms: u64,
-    /// Serve `lockstep status` (and /metrics) here.
-    #[arg(long, value_name = "ADDR")]
+}
+
+/// Where a VMM reports on itself.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MonitorArgs {
+    /// Serve `lockstep status` (GET /status, and /metrics) here.
+    #[arg(long, value_name = "ADDR:PORT")]
     pub status: Option<String>,
-    /// Also serve Prometheus metrics here.
-    #[arg(long, value_name = "ADDR")]
+    /// Also serve Prometheus metrics (GET /metrics) here.
+    #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
 }
 
@@ -105,6 +114,8 @@ pub struct BackupArgs {
     pub cpus: Option<String>,
     #[command(flatten)]
     pub ft: FtArgs,
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +177,8 @@ pub struct VmArgs {
     /// Seconds the guest gets to stop after SIGINT/SIGTERM before it is stopped hard.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub stop_timeout: u64,
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }
 
 #[derive(Args, Debug)]

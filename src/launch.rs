@@ -292,3 +292,19 @@ pub fn stats_line(s: &crate::machine::ExitStats, exits: u64, wall: Duration) -> 
         ms(s.wait_ns)
     )
 }
+
+/// Starts the status and metrics endpoints the options ask for; they serve
+/// as long as the returned servers live.
+pub fn serve_status(
+    monitor: &crate::cli::MonitorArgs,
+    counters: &std::sync::Arc<crate::status::StatusCounters>,
+) -> anyhow::Result<Vec<crate::status::StatusServer>> {
+    let mut servers = Vec::new();
+    for addr in [&monitor.status, &monitor.metrics].into_iter().flatten() {
+        servers.push(
+            crate::status::StatusServer::spawn(addr, counters.clone())
+                .with_context(|| format!("serving status on {addr}"))?,
+        );
+    }
+    Ok(servers)
+}

@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -165,21 +164,17 @@ fn outputs_wait_for_the_backup_and_the_guest_does_not() {
         failure_timeout_ms: 60_000,
         ..FtOptions::default()
     };
-    let mut pair = FtPair::start("or", opts);
+    let pair = FtPair::start("or", opts);
     assert_eq!(pair.redis(&["set", "before", "1"]), "OK");
     let exits = |pair: &FtPair| pair.status("primary").and_then(|s| s["exit_index"].as_u64()).unwrap_or(0);
+    // Connected before the freeze (a SYN-ACK is an output too).
+    let mut stream = in_netns(&pair.net.ns("c"), || TcpStream::connect(addr()).expect("connect"));
     pair.backup.signal(libc::SIGSTOP);
-    let reply = in_netns(&pair.net.ns("c"), || {
-        let mut s = TcpStream::connect(addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_millis(1500))).ok();
-        s.write_all(b"PING\r\n").expect("send");
-        let mut buf = [0u8; 64];
-        let held = s.read(&mut buf);
-        (s, held.map(|n| n > 0).unwrap_or(false))
-    });
-    let (stream, answered) = reply;
+    stream.set_read_timeout(Some(Duration::from_millis(1500))).ok();
+    stream.write_all(b"PING\r\n").expect("send");
     let before = exits(&pair);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut buf = [0u8; 64];
+    let answered = stream.read(&mut buf).map(|n| n > 0).unwrap_or(false);
     let after = exits(&pair);
     let gate = pair.status("primary").map(|s| s["gate_frames"].as_u64().unwrap_or(0)).unwrap_or(0);
     pair.backup.signal(libc::SIGCONT);
@@ -187,7 +182,6 @@ fn outputs_wait_for_the_backup_and_the_guest_does_not() {
     assert!(after > before, "the guest kept running (exit index {before} → {after})");
     assert!(gate > 0, "outputs were held at the gate");
     // Thawed: the held reply flows.
-    let mut stream = stream;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).expect("the held reply arrives");
@@ -257,8 +251,9 @@ fn a_primary_that_loses_its_backup_continues_alone() {
 
 /// Forwards TCP from `listen` to `to`, flipping one byte after `flip_at`
 /// bytes of the primary → backup direction.
-fn corrupting_proxy(listen: TcpListener, to: String, flip_at: usize) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+fn corrupting_proxy(ns: String, listen: String, to: String, flip_at: usize) -> std::thread::JoinHandle<()> {
+    spawn_in_netns(ns, move || {
+        let listen = TcpListener::bind(&listen).expect("proxy listen");
         let Ok((mut from, _)) = listen.accept() else { return };
         let Ok(mut dst) = TcpStream::connect(&to) else { return };
         let (mut from2, mut dst2) = (from.try_clone().expect("clone"), dst.try_clone().expect("clone"));
@@ -292,24 +287,46 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
     if !kvm_available() {
         return;
     }
-    let net_probe = FtOptions {
-        primary_extra: vec!["--backup".into()],
-        ..FtOptions::default()
-    };
-    drop(net_probe);
-    // The proxy sits on host B in front of the backup's port.
+    // A proxy on host A between the primary and the backup flips one bit
+    // of the stream after 300 KB.
+    let net = Net::ft("cp");
+    let _proxy = corrupting_proxy(net.ns("a"), format!("{PRIMARY_LOG}:7100"), format!("{BACKUP_LOG}:{LOG_PORT}"), 300_000);
     let opts = FtOptions {
-        heartbeat_ms: 10,
-        failure_timeout_ms: 200,
+        backup_target: Some(format!("{PRIMARY_LOG}:7100")),
+        // Heartbeats go straight between the hosts' port 7000, around the proxy.
+        primary_extra: vec![
+            "--heartbeat-port".into(),
+            LOG_PORT.to_string(),
+            "--heartbeat-peer".into(),
+            format!("{BACKUP_LOG}:{LOG_PORT}"),
+        ],
         ..FtOptions::default()
     };
-    let pair_net = Net::ft("cp");
-    let proxy = in_netns(&pair_net.ns("b"), || TcpListener::bind(format!("{BACKUP_LOG}:7100")).expect("proxy listen"));
-    let _proxy = corrupting_proxy(proxy, format!("{BACKUP_LOG}:{LOG_PORT}"), 200_000);
-    drop(pair_net);
-    let _ = opts;
-    // Started by hand: the primary talks to the proxy.
-    // (FtPair::start connects it to the backup directly.)
+    let mut pair = FtPair::launch(net, opts);
+    let writers = Writers::start(&pair, 2);
+    let status = pair.backup.wait_exit(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let (acked, errors) = writers.finish();
+    let log = pair.backup.log();
+    assert_eq!(status.code(), Some(8), "the backup stops: its primary lives on\n{log}");
+    let corrupt_seq: u64 = log
+        .lines()
+        .find(|l| l.contains("corrupt"))
+        .and_then(|l| l.split("seq ").nth(1))
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the backup names the corrupt entry:\n{log}"));
+    let replayed: u64 = log
+        .lines()
+        .find(|l| l.contains("replayed up to seq"))
+        .and_then(|l| l.split("replayed up to seq ").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the backup reports how far it replayed:\n{log}"));
+    assert!(replayed < corrupt_seq, "replayed seq {replayed} must stay below the corrupt seq {corrupt_seq}");
+    pair.primary.wait_for_line("continuing alone", Duration::from_secs(10));
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    assert!(lost_writes(&pair, &acked).is_empty());
 }
 
 #[test]
@@ -317,5 +334,20 @@ fn etcd_arbitrates_a_failover() {
     if !kvm_available() {
         return;
     }
-    let _ = Command::new("true");
+    let net = Net::ft("et");
+    let etcd = common::etcd::Etcd::start_in(&net.ns("c"), "10.77.0.1");
+    let opts = FtOptions {
+        arbiter: Some(format!("etcd://{}/lockstep-test", etcd.client_addr())),
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::launch(net, opts);
+    let writers = Writers::start(&pair, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    let (acked, errors) = writers.finish();
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    assert!(lost_writes(&pair, &acked).is_empty());
+    assert!(pair.backup.log().contains("won the arbiter"), "{}", pair.backup.log());
 }

@@ -30,6 +30,7 @@ use crate::machine::MachineError;
 use crate::replay::cursor::{LogCursor, Logged};
 use crate::replay::replayer::{ReplayIo, ReplayStop};
 use crate::spec::GuestSpec;
+use crate::status::Role;
 use crate::vmm::runner::RunError;
 
 /// How long the backup waits for the stream's boot entry once connected.
@@ -102,6 +103,10 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     let ft = Arc::new(FtShared::default());
     let _ = ft.main_thread.set(std::thread::current());
     let shared = Arc::new(VmShared::default());
+    shared.status.set_role(Role::Backup);
+    let _ = shared.status.name.set(name.clone());
+    let _ = shared.status.peer.set(peer.to_string());
+    let _status = launch::serve_status(&args.monitor, &shared.status)?;
     let (chunk_tx, chunk_rx) = rtrb::RingBuffer::new(4096);
     let receiver = ReceiverEngine::new(stream, TAG_LOG, ReceiverOptions::default()).context("setting up the logging channel")?;
     let plane = FtPlane::Backup(BackupPlane::new(
@@ -141,7 +146,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
         }
         std::thread::park_timeout(Duration::from_millis(10));
     }
-    let mut cursor = LogCursor::new(Box::new(ChannelChunks::new(chunk_rx, ft.clone()))).context("reading the stream header")?;
+    let mut cursor = LogCursor::new(Box::new(ChannelChunks::new(chunk_rx, ft.clone(), shared.clone()))).context("reading the stream header")?;
     let header = *cursor.header();
     let spec = match cursor.pop_boot() {
         Some(Logged::Boot(config)) => GuestSpec::decode(&config).context("reading the boot entry")?,
@@ -179,6 +184,14 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     };
     let mut run = drive(parts, console, backup_io, shared, &signals, Duration::from_secs(5), Some(&mut supervisor))?;
     let went_live = run.io.is_live();
+    run.io.shared().status.set_role(Role::Stopped);
+    tracing::info!(
+        "received up to seq {}, replayed up to seq {} (exit {}){}",
+        FtShared::load(&ft.received_seq),
+        FtShared::load(&ft.replayed_seq),
+        FtShared::load(&ft.replayed_exit),
+        if went_live { "; then live" } else { "" }
+    );
     drain(&mut run.io, io_thread);
     // A replay that ends with the recording: the primary ended the run.
     if let Err(e) = &run.end {

@@ -41,7 +41,6 @@ pub struct Driven<S> {
     pub end: anyhow::Result<RunEnd>,
     pub stats: ExitStats,
     pub io: S,
-    pub exit_index: u64,
     /// The supervisor stopped the VM with this status and reason.
     pub verdict: Option<(u8, String)>,
     pub elapsed: Duration,
@@ -92,7 +91,7 @@ pub fn drive<S: Served>(
                 (Ok(_), Err(e)) => Err(anyhow::anyhow!(e).context("finishing the run")),
                 (end, _) => end,
             };
-            (end, machine.stats, machine.exit_index, machine.io)
+            (end, machine.stats, machine.io)
         })
         .context("spawning the vCPU thread")?;
     let pthread = handle.as_pthread_t();
@@ -104,14 +103,13 @@ pub fn drive<S: Served>(
         || handle.is_finished(),
         || supervisor.as_deref_mut().and_then(|s| s.poll(&shared)),
     );
-    let (end, stats, exit_index, io) = handle
+    let (end, stats, io) = handle
         .join()
         .map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?;
     Ok(Driven {
         end,
         stats,
         io,
-        exit_index,
         verdict,
         elapsed: started.elapsed(),
     })

@@ -12,6 +12,7 @@ use crate::ft::shared::FtShared;
 use crate::ft::supervisor::Supervisor;
 use crate::launch;
 use crate::spec::GuestSpec;
+use crate::status::Role;
 
 impl Served for LiveIo {
     fn channels(&mut self) -> Option<&mut IoChannels> {
@@ -20,13 +21,14 @@ impl Served for LiveIo {
 }
 
 /// How a live run differs between `run`, `record` and `primary`.
-#[derive(Default)]
 pub struct LiveOptions {
     /// Builds the recorder and where its log goes, once the guest's
     /// configuration and kernel are known.
     pub log: Option<Box<MakeLog>>,
     /// An FT primary: its shared state and its supervisor.
     pub ft: Option<(Arc<FtShared>, Supervisor)>,
+    /// What `lockstep status` calls this VMM.
+    pub role: Role,
 }
 
 pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
@@ -54,6 +56,8 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
     }
     let console = launch::console_for(args.console.as_deref())?;
     announce(args, &spec, disk_direct);
+    shared.status.set_role(opts.role);
+    let _status = launch::serve_status(&args.monitor, &shared.status)?;
     let mut live = LiveIo::new(shared.clone(), spec.devices(), Some(io));
     live.recorder = recorder;
     live.output_rule = ft.is_some();
@@ -73,6 +77,7 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
         supervisor.as_mut(),
     )?;
     drain(&mut run.io, io_thread);
+    run.io.shared.status.set_role(Role::Stopped);
     if let Some(Some(bytes)) = target.map(|t| t.finish()).transpose()? {
         let secs = run.elapsed.as_secs_f64().max(1e-3);
         tracing::info!(

@@ -17,6 +17,7 @@ use crate::ft::plane::{FtPlane, Liveness, PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use crate::ft::shared::FtShared;
 use crate::ft::supervisor::{Side, Supervisor};
 use crate::replay::recorder::{DigestPolicy, Recorder};
+use crate::status::StatusCounters;
 
 /// The name a side has in the arbiter and in reports.
 pub fn side_name(ft: &FtArgs, role: &str) -> String {
@@ -82,8 +83,12 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
     };
     let connect_timeout = Duration::from_secs(args.connect_timeout);
     let hb_port = args.ft.heartbeat_port.unwrap_or(backup.port());
+    let hb_peer = args.ft.heartbeat_peer.unwrap_or(SocketAddr::new(backup.ip(), hb_port));
     let plane_ft = ft.clone();
-    let log = Box::new(move |spec: &crate::spec::GuestSpec, kernel: &[u8], _shared: &Arc<_>| {
+    let log = Box::new(move |spec: &crate::spec::GuestSpec, kernel: &[u8], shared: &Arc<crate::dataplane::shared::VmShared>| {
+        StatusCounters::set(&shared.status.epoch, epoch);
+        let _ = shared.status.name.set(name.clone());
+        let _ = shared.status.peer.set(backup.to_string());
         let stream = connect(backup, connect_timeout)?;
         let local = stream.local_addr().context("local address of the logging channel")?;
         let udp = UdpSocket::bind((local.ip(), hb_port))
@@ -98,7 +103,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
         let (producer, consumer) = logchan::log_buffers_with(&config).context("allocating log buffers")?;
         let sender = SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
             .context("setting up the logging channel")?;
-        let heartbeat = HeartbeatEngine::new(udp, SocketAddr::new(backup.ip(), hb_port), Role::Primary, epoch, live.period, TAG_HEARTBEAT)
+        let heartbeat = HeartbeatEngine::new(udp, hb_peer, Role::Primary, epoch, live.period, TAG_HEARTBEAT)
             .context("setting up heartbeats")?;
         let mut recorder = Recorder::new(producer, true, policy);
         recorder
@@ -108,7 +113,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
         Ok(LogSetup {
             recorder,
             target: LogTarget::Channel,
-            plane: Some(FtPlane::Primary(PrimaryPlane::new(sender, heartbeat, live, plane_ft))),
+            plane: Some(FtPlane::Primary(PrimaryPlane::new(sender, heartbeat, live, plane_ft, shared.status.clone()))),
         })
     });
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, side_name(&args.ft, "primary"), ft.clone());
@@ -117,6 +122,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
         LiveOptions {
             log: Some(log),
             ft: Some((ft, supervisor)),
+            role: crate::status::Role::Primary,
         },
     )
 }

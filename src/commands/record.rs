@@ -51,6 +51,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
             })
         })),
         ft: None,
+        role: crate::status::Role::Recording,
     };
     run_live(&args.vm, opts)
 }

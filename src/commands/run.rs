@@ -4,5 +4,12 @@ use crate::cli::RunArgs;
 use crate::commands::live::{LiveOptions, run_live};
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    run_live(&args.vm, LiveOptions::default())
+    run_live(
+        &args.vm,
+        LiveOptions {
+            log: None,
+            ft: None,
+            role: crate::status::Role::Standalone,
+        },
+    )
 }

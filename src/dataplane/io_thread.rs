@@ -14,6 +14,7 @@ use blkio::{Completion, DiskEngine, Request};
 use netio::TapEngine;
 
 use super::shared::VmShared;
+use crate::status::StatusCounters;
 use crate::ft::plane::{Dataplane, FtPlane, TAG_HEARTBEAT, TAG_LOG};
 
 /// user_data tags (top byte) of the engines on the ring.
@@ -346,6 +347,10 @@ impl IoThread {
             }
             if let Some(t) = tap.as_ref() {
                 stats.gated.store(t.gated_len() as u64, Ordering::Relaxed);
+                StatusCounters::set(&shared.status.gate_frames, t.gated_len() as u64);
+            }
+            if let Some(d) = disk.as_ref() {
+                StatusCounters::set(&shared.status.gate_disk_writes, d.held_writes() as u64);
             }
             if let Some(since) = draining {
                 let disk_idle = disk.as_ref().is_none_or(|d| d.is_idle());

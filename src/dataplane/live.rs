@@ -15,6 +15,7 @@ use crate::devices::virtio::{Devices, Outputs};
 use crate::machine::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
 use crate::replay::digest::Digester;
 use crate::ft::shared::FtShared;
+use crate::status::StatusCounters;
 use crate::replay::recorder::Recorder;
 
 use super::io_thread::{FromIo, IoChannels, ToIo};
@@ -184,6 +185,10 @@ impl LiveIo {
 impl SyncIo for LiveIo {
     fn sync(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
         self.check_alone();
+        let status = &self.shared.status;
+        StatusCounters::set(&status.exit_index, req.exit_index);
+        StatusCounters::set(&status.guest_exits, req.exit_index);
+        StatusCounters::add(&status.guest_sync_calls, 1);
         let mut events = self.devices.take_outputs(mem, &mut self.outputs);
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
@@ -203,7 +208,9 @@ impl SyncIo for LiveIo {
                 let shared = self.shared.clone();
                 let from_io = self.io.as_ref().map(|io| &io.from_io);
                 let ready = wait_until(until, WAIT_SPIN, || {
-                    shared.stop_requested() || from_io.is_some_and(|c| !c.is_empty())
+                    shared.stop_requested()
+                        || shared.force_stop.load(std::sync::atomic::Ordering::Acquire)
+                        || from_io.is_some_and(|c| !c.is_empty())
                 });
                 if ready || Instant::now() >= host_deadline || !keepalive {
                     break;
@@ -248,6 +255,7 @@ impl SyncIo for LiveIo {
         match self.recorder.as_mut() {
             Some(r) => {
                 r.after_sync_exit(exit_index, digester)?;
+                StatusCounters::set(&self.shared.status.log_seq, r.seq());
                 // The log goes out at once: the backup's ack is what
                 // releases this exit's outputs.
                 if self.ft.is_some() {

@@ -1,10 +1,12 @@
 //! State the VMM's threads share: a few atomics and the handles needed to
 //! wake each other (DESIGN.md §3: threads share nothing else).
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
+
+use crate::status::StatusCounters;
 
 /// Shared between the vCPU thread, the I/O thread and the main thread.
 #[derive(Default)]
@@ -15,8 +17,8 @@ pub struct VmShared {
     pub force_stop: AtomicBool,
     /// The vCPU thread, for unparking it when an input arrives.
     pub vcpu_thread: OnceLock<Thread>,
-    /// Exits so far (for `status`).
-    pub exit_index: AtomicU64,
+    /// What `lockstep status` and the metrics endpoint show.
+    pub status: Arc<StatusCounters>,
 }
 
 impl VmShared {

@@ -20,6 +20,7 @@ use crate::replay::digest::Digester;
 use crate::replay::replayer::{ReplayIo, ReplayStop};
 
 use super::shared::FtShared;
+use crate::status::{Role, StatusCounters};
 
 /// Frames taken this recently before go-live are sent again even if their
 /// tags were acknowledged (the primary may have died before sending them).
@@ -61,6 +62,10 @@ impl BackupIo {
 
     pub fn is_live(&self) -> bool {
         self.live.is_some()
+    }
+
+    pub fn shared(&self) -> &Arc<VmShared> {
+        &self.shared
     }
 
     /// The I/O thread's rings, wherever they are now.
@@ -112,6 +117,7 @@ impl BackupIo {
         let mut requests = parts.inflight;
         requests.extend(parts.current.requests);
         live.queue_outputs(frames, requests);
+        self.shared.status.set_role(Role::PrimaryAlone);
         let live = self.live.insert(live);
         live.sync(mem, req)
     }
@@ -127,8 +133,15 @@ impl SyncIo for BackupIo {
         };
         match replay.sync(mem, req) {
             Ok(outcome) => {
+                let seq = replay.cursor.consumed_seq();
                 FtShared::raise(&self.ft.replayed_exit, req.exit_index);
-                FtShared::raise(&self.ft.replayed_seq, replay.cursor.consumed_seq());
+                FtShared::raise(&self.ft.replayed_seq, seq);
+                let status = &self.shared.status;
+                StatusCounters::set(&status.exit_index, req.exit_index);
+                StatusCounters::set(&status.guest_exits, req.exit_index);
+                StatusCounters::add(&status.guest_sync_calls, 1);
+                StatusCounters::set(&status.replayed_seq, seq);
+                StatusCounters::set(&status.replayed_exit, req.exit_index);
                 Ok(outcome)
             }
             Err(e) => {

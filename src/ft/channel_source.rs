@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::shared::wait_until;
+use crate::dataplane::shared::{VmShared, wait_until};
 use crate::replay::cursor::{ChunkSource, SourceError};
 
 use super::shared::FtShared;
@@ -18,11 +18,12 @@ const SPIN: Duration = Duration::from_micros(20);
 pub struct ChannelChunks {
     rx: rtrb::Consumer<Vec<u8>>,
     ft: Arc<FtShared>,
+    shared: Arc<VmShared>,
 }
 
 impl ChannelChunks {
-    pub fn new(rx: rtrb::Consumer<Vec<u8>>, ft: Arc<FtShared>) -> Self {
-        ChannelChunks { rx, ft }
+    pub fn new(rx: rtrb::Consumer<Vec<u8>>, ft: Arc<FtShared>, shared: Arc<VmShared>) -> Self {
+        ChannelChunks { rx, ft, shared }
     }
 }
 
@@ -37,14 +38,18 @@ impl ChunkSource for ChannelChunks {
             if FtShared::flag(&self.ft.go_live) || FtShared::flag(&self.ft.stream_ended) {
                 return Ok(None);
             }
+            if self.shared.force_stop.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(SourceError::Other("the VMM is stopping".into()));
+            }
             if FtShared::flag(&self.ft.channel_broken) {
                 return Err(SourceError::Other(
                     self.ft.note_text().unwrap_or_else(|| "the logging channel broke".into()),
                 ));
             }
-            let (rx, ft) = (&self.rx, &self.ft);
+            let (rx, ft, shared) = (&self.rx, &self.ft, &self.shared);
             wait_until(Instant::now() + Duration::from_millis(50), SPIN, || {
                 !rx.is_empty()
+                    || shared.force_stop.load(std::sync::atomic::Ordering::Acquire)
                     || FtShared::flag(&ft.go_live)
                     || FtShared::flag(&ft.stream_ended)
                     || FtShared::flag(&ft.channel_broken)

@@ -18,6 +18,7 @@ use logchan::{EntryKind, StreamHeader};
 use netio::TapEngine;
 
 use super::shared::FtShared;
+use crate::status::StatusCounters;
 use crate::dataplane::shared::VmShared;
 
 /// user_data tags of the FT engines (the disk and tap use 1 and 2).
@@ -50,6 +51,7 @@ pub struct PrimaryPlane {
     heartbeat: HeartbeatEngine,
     detector: FailureDetector,
     ft: Arc<FtShared>,
+    status: Arc<StatusCounters>,
     /// The output gate is open for good (the primary continues alone).
     gate_open: bool,
 }
@@ -60,12 +62,14 @@ impl PrimaryPlane {
         heartbeat: HeartbeatEngine,
         live: Liveness,
         ft: Arc<FtShared>,
+        status: Arc<StatusCounters>,
     ) -> Self {
         PrimaryPlane {
             sender,
             heartbeat,
             detector: FailureDetector::new(live.timeout, Instant::now()),
             ft,
+            status,
             gate_open: false,
         }
     }
@@ -81,6 +85,7 @@ pub struct BackupPlane {
     detector: FailureDetector,
     ft: Arc<FtShared>,
     shared: Arc<VmShared>,
+    status: Arc<StatusCounters>,
     chunks: rtrb::Producer<Vec<u8>>,
     /// Chunks the ring had no room for yet.
     overflow: VecDeque<Vec<u8>>,
@@ -110,6 +115,7 @@ impl BackupPlane {
             live,
             detector: FailureDetector::new(live.timeout, Instant::now()),
             ft,
+            status: shared.status.clone(),
             shared,
             chunks,
             overflow: VecDeque::new(),
@@ -211,10 +217,10 @@ impl FtPlane {
                 if tag == TAG_HEARTBEAT {
                     if p.heartbeat.on_cqe(cqe, sq).is_some() {
                         p.detector.heard(now);
+                        p.status.heard_from_peer_at(now);
                     }
                     return;
                 }
-                let ft = p.ft.clone();
                 let mut acked = None;
                 let mut closed = None;
                 p.sender.on_cqe(cqe, sq, &mut |ev| match ev {
@@ -223,14 +229,18 @@ impl FtPlane {
                         replayed_exit,
                         ..
                     } => {
-                        FtShared::raise(&ft.peer_replayed_exit, replayed_exit);
+                        let _ = replayed_exit;
                         acked = Some(acked_seq);
                     }
                     SenderEvent::Closed { reason } => closed = Some(reason),
                 });
                 if let Some(seq) = acked {
                     p.detector.heard(now);
-                    FtShared::raise(&p.ft.acked_seq, seq);
+                    p.status.heard_from_peer_at(now);
+                    let st = p.sender.stats();
+                    StatusCounters::set(&p.status.acked_seq, seq);
+                    StatusCounters::set(&p.status.replayed_seq, st.replayed_seq);
+                    StatusCounters::set(&p.status.replayed_exit, st.replayed_exit);
                     release(dp, seq, sq);
                 }
                 if let Some(reason) = closed {
@@ -245,6 +255,7 @@ impl FtPlane {
                     if let Some(h) = b.heartbeat.as_mut() {
                         if h.on_cqe(cqe, sq).is_some() {
                             b.detector.heard(now);
+                            b.status.heard_from_peer_at(now);
                         }
                     }
                     return;
@@ -255,6 +266,7 @@ impl FtPlane {
                     match ev {
                         ReceiverEvent::Header(h) => {
                             b.detector.heard(now);
+                            StatusCounters::set(&b.status.epoch, h.epoch);
                             start_heartbeat(b, &h);
                             b.hand_on(h.encode().to_vec());
                         }
@@ -291,6 +303,7 @@ impl FtPlane {
 
     /// Failure detection and the main thread's decisions.
     pub fn tick(&mut self, now: Instant, sq: &mut squeue::SubmissionQueue<'_>, dp: &mut Dataplane<'_>) {
+        self.report();
         match self {
             FtPlane::Primary(p) => {
                 if !p.gate_open && FtShared::flag(&p.ft.alone) {
@@ -320,6 +333,31 @@ impl FtPlane {
                         b.ft.set(&b.ft.channel_broken);
                         b.shared.wake_vcpu();
                     }
+                }
+            }
+        }
+    }
+
+    /// Copies the engines' counters to the status endpoint's.
+    fn report(&self) {
+        match self {
+            FtPlane::Primary(p) => {
+                let st = p.sender.stats();
+                StatusCounters::set(&p.status.sent_seq, st.entries_sent);
+                StatusCounters::set(&p.status.log_bytes, st.bytes_sent);
+                let hb = p.heartbeat.stats();
+                StatusCounters::set(&p.status.heartbeats_sent, hb.sent);
+                StatusCounters::set(&p.status.heartbeats_received, hb.received);
+            }
+            FtPlane::Backup(b) => {
+                let st = b.receiver.stats();
+                StatusCounters::set(&b.status.log_seq, b.receiver.received_seq());
+                StatusCounters::set(&b.status.acked_seq, st.last_ack.acked_seq);
+                StatusCounters::set(&b.status.log_bytes, st.bytes_received);
+                if let Some(h) = b.heartbeat.as_ref() {
+                    let hb = h.stats();
+                    StatusCounters::set(&b.status.heartbeats_sent, hb.sent);
+                    StatusCounters::set(&b.status.heartbeats_received, hb.received);
                 }
             }
         }

@@ -10,8 +10,6 @@ use std::thread::Thread;
 /// Shared by the vCPU thread, the I/O thread and the main thread.
 #[derive(Default)]
 pub struct FtShared {
-    /// Primary: the highest seq the backup has acknowledged receiving.
-    pub acked_seq: AtomicU64,
     /// Backup: the last seq received and verified (what it acks).
     pub received_seq: AtomicU64,
     /// Backup: the last seq the replay has applied, and its exit index.
@@ -19,8 +17,6 @@ pub struct FtShared {
     pub replayed_exit: AtomicU64,
     /// Backup: the highest `acked_seq` it has sent to the primary.
     pub ack_sent: AtomicU64,
-    /// Primary: the backup's replay position from its last ack.
-    pub peer_replayed_exit: AtomicU64,
     /// The I/O thread's verdict: the peer is gone (timeouts or a closed
     /// channel).
     pub peer_dead: AtomicBool,

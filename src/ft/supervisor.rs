@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::arbiter::{Arbiter, Claim};
 use super::shared::FtShared;
 use crate::dataplane::shared::VmShared;
+use crate::status::{Role, StatusCounters};
 
 /// Exit status of a side that lost the arbiter: the other side serves.
 pub const EXIT_LOST_ARBITER: u8 = 7;
@@ -82,6 +83,7 @@ impl Supervisor {
             return None;
         }
         let dead_at = Instant::now();
+        StatusCounters::set(&shared.status.epoch, self.epoch);
         let peer = match self.side {
             Side::Primary => "backup",
             Side::Backup => "primary",
@@ -92,6 +94,7 @@ impl Supervisor {
                 self.failover = Some((dead_at, Instant::now()));
                 match self.side {
                     Side::Backup => {
+                        shared.status.set_role(Role::GoingLive);
                         tracing::warn!(
                             "the primary is gone ({}); won the arbiter for epoch {}: going live",
                             note(),
@@ -100,6 +103,7 @@ impl Supervisor {
                         self.ft.go_live.store(true, std::sync::atomic::Ordering::Release);
                     }
                     Side::Primary => {
+                        shared.status.set_role(Role::PrimaryAlone);
                         tracing::warn!(
                             "the backup is gone ({}); won the arbiter for epoch {}: continuing alone",
                             note(),
@@ -108,6 +112,7 @@ impl Supervisor {
                         self.ft.alone.store(true, std::sync::atomic::Ordering::Release);
                     }
                 }
+                StatusCounters::add(&shared.status.failovers, 1);
                 shared.wake_vcpu();
                 None
             }

@@ -24,6 +24,8 @@ pub struct FtOptions {
     pub primary_extra: Vec<String>,
     pub backup_extra: Vec<String>,
     pub mem_mib: u64,
+    /// What the primary's --backup names (default: the backup itself).
+    pub backup_target: Option<String>,
 }
 
 impl Default for FtOptions {
@@ -35,6 +37,7 @@ impl Default for FtOptions {
             primary_extra: Vec::new(),
             backup_extra: Vec::new(),
             mem_mib: 128,
+            backup_target: None,
         }
     }
 }
@@ -77,7 +80,12 @@ impl FtPair {
     /// Starts a backup on B and a primary on A and waits until the backup
     /// follows the primary and the guest serves.
     pub fn start(prefix: &str, opts: FtOptions) -> FtPair {
-        let net = Net::ft(prefix);
+        Self::launch(Net::ft(prefix), opts)
+    }
+
+    /// [`start`](Self::start) on namespaces made beforehand (to start
+    /// something else in them first).
+    pub fn launch(net: Net, opts: FtOptions) -> FtPair {
         let dir = tempdir();
         std::fs::create_dir_all(dir.path().join("shared")).expect("shared dir");
         let mut pair = FtPair {
@@ -96,8 +104,9 @@ impl FtPair {
             .args(&pair.opts.backup_extra);
         pair.backup = Vmm::spawn(b);
         pair.backup.wait_for_line("waiting for the primary", Duration::from_secs(20));
+        let target = pair.opts.backup_target.clone().unwrap_or_else(|| format!("{BACKUP_LOG}:{LOG_PORT}"));
         let mut p = pair.net.cmd("a", lockstep());
-        p.args(["primary", "--backup", &format!("{BACKUP_LOG}:{LOG_PORT}"), "--tap", &pair.net.tap(), "--cpus", "0,1"])
+        p.args(["primary", "--backup", &target, "--tap", &pair.net.tap(), "--cpus", "0,1"])
             .args(["--mem", &pair.opts.mem_mib.to_string(), "--disk"])
             .arg(pair.disk())
             .arg("--console")

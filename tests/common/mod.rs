@@ -2,6 +2,8 @@
 //! real processes, all cleaned up on drop (also when a test fails).
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod ft;
 pub mod resp;
 
 use std::io::{BufRead, BufReader};
@@ -329,3 +331,12 @@ impl KvVm {
 }
 
 pub const GUEST_IP: &str = "10.77.0.2";
+
+/// Spawns a thread that joins network namespace `ns` and runs `f`.
+pub fn spawn_in_netns<T: Send + 'static>(ns: String, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
