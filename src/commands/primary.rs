@@ -96,9 +96,11 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
         let header = StreamHeader::new(spec.identity(kernel), logchan::header::flags::READ_DATA_LOGGED, epoch);
         // The I/O thread sends what the vCPU thread publishes; the vCPU
         // wakes it (it does that for outputs anyway), not the log buffers.
+        // 16 MiB of log buffers: room for bursts, and quick to register
+        // (registration pins every page).
         let config = LogConfig {
             wake_consumer: false,
-            ..LogConfig::new(64, 1 << 20)
+            ..LogConfig::new(16, 1 << 20)
         };
         let (producer, consumer) = logchan::log_buffers_with(&config).context("allocating log buffers")?;
         let sender = SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())

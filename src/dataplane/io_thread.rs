@@ -271,7 +271,6 @@ impl IoThread {
                 if go_live {
                     plane.go_live(&mut dp);
                 }
-                plane.tick(now, &mut sq, &mut dp);
                 plane.pump(&mut sq, now);
                 busy |= plane.busy();
             }
@@ -344,6 +343,16 @@ impl IoThread {
             }
             if delivered {
                 shared.wake_vcpu();
+            }
+            // After the completions: a peer whose news just arrived is not
+            // declared dead on stale evidence.
+            if let Some(plane) = ft.as_mut() {
+                let mut dp = Dataplane {
+                    disk: disk.as_mut(),
+                    tap: tap.as_mut(),
+                    deliver_rx,
+                };
+                plane.tick(Instant::now(), &mut sq, &mut dp);
             }
             if let Some(t) = tap.as_ref() {
                 stats.gated.store(t.gated_len() as u64, Ordering::Relaxed);

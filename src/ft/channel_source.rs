@@ -41,18 +41,12 @@ impl ChunkSource for ChannelChunks {
             if self.shared.force_stop.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(SourceError::Other("the VMM is stopping".into()));
             }
-            if FtShared::flag(&self.ft.channel_broken) {
-                return Err(SourceError::Other(
-                    self.ft.note_text().unwrap_or_else(|| "the logging channel broke".into()),
-                ));
-            }
             let (rx, ft, shared) = (&self.rx, &self.ft, &self.shared);
             wait_until(Instant::now() + Duration::from_millis(50), SPIN, || {
                 !rx.is_empty()
                     || shared.force_stop.load(std::sync::atomic::Ordering::Acquire)
                     || FtShared::flag(&ft.go_live)
                     || FtShared::flag(&ft.stream_ended)
-                    || FtShared::flag(&ft.channel_broken)
             });
         }
     }

@@ -25,6 +25,20 @@ use crate::dataplane::shared::VmShared;
 pub const TAG_LOG: u8 = 3;
 pub const TAG_HEARTBEAT: u8 = 4;
 
+/// A peer never heard from yet (still starting) gets this long before it
+/// counts as dead; once heard from, the failure timeout applies.
+const STARTUP_GRACE: Duration = Duration::from_secs(10);
+
+/// Dead by the detector's timeout, or silent since the start for longer
+/// than the start-up grace.
+fn peer_dead(d: &FailureDetector, now: Instant) -> bool {
+    if d.ever_heard() {
+        d.is_dead(now)
+    } else {
+        d.silent_for(now) > STARTUP_GRACE
+    }
+}
+
 /// Heartbeat timing and failure detection.
 #[derive(Clone, Copy, Debug)]
 pub struct Liveness {
@@ -306,12 +320,14 @@ impl FtPlane {
         self.report();
         match self {
             FtPlane::Primary(p) => {
+                // Alone: every held output may go. Heartbeats go on: a
+                // backup whose channel broke must see that its primary
+                // lives (and stop instead of taking over).
                 if !p.gate_open && FtShared::flag(&p.ft.alone) {
                     p.gate_open = true;
                     release(dp, u64::MAX, sq);
-                    p.heartbeat.stop_sending();
                 }
-                if !p.gate_open && !FtShared::flag(&p.ft.peer_dead) && p.detector.is_dead(now) {
+                if !p.gate_open && !FtShared::flag(&p.ft.peer_dead) && peer_dead(&p.detector, now) {
                     p.ft.note(format!("no heartbeat or ack for {:?}", p.detector.silent_for(now)));
                     p.ft.set(&p.ft.peer_dead);
                 }
@@ -320,7 +336,7 @@ impl FtPlane {
                 if b.went_live || FtShared::flag(&b.ft.stream_ended) {
                     return;
                 }
-                let dead = b.detector.is_dead(now);
+                let dead = peer_dead(&b.detector, now);
                 if dead && !FtShared::flag(&b.ft.peer_dead) {
                     b.ft.note(format!("no heartbeat or log traffic for {:?}", b.detector.silent_for(now)));
                     b.ft.set(&b.ft.peer_dead);

@@ -114,8 +114,17 @@ impl FtPair {
             .args(pair.ft_args("primary", PRIMARY_LOG))
             .args(&pair.opts.primary_extra);
         pair.primary = Vmm::spawn(p);
-        pair.wait_console("primary", "kv: serving RESP", Duration::from_secs(30));
-        pair.backup.wait_for_line("following the primary", Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(pair.console("primary").contains("kv: serving RESP") && pair.backup.log().contains("following the primary")) {
+            assert!(
+                Instant::now() < deadline,
+                "the pair did not come up within 30 s\nprimary:\n{}\nprimary console:\n{}\nbackup:\n{}",
+                pair.primary.log(),
+                pair.console("primary"),
+                pair.backup.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         pair
     }
 
