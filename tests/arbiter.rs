@@ -5,26 +5,22 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use lockstep::ft::arbiter::{
-    self, Arbiter, ArbiterError, Claim, EtcdArbiter, FileArbiter, URI_FORMS, http,
+    self, Arbiter, ArbiterError, Claim, EtcdArbiter, FileArbiter, URI_FORMS,
 };
+
+mod common;
 
 const CHILD_ENV: &str = "LOCKSTEP_ARBITER_CHILD";
 const READY: &str = "ARBITER-READY";
 const RESULT: &str = "ARBITER-RESULT:";
 
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("lockstep-arbiter-")
-        .tempdir()
-        .expect("tempdir")
-}
+use common::tempdir;
 
 fn file_uri(dir: &Path) -> String {
     format!("file:{}/arbiter", dir.display())
@@ -298,141 +294,7 @@ fn file_missing_directory_is_an_error_and_is_not_created() {
 
 // -------------------------------------------------------------- etcd:// --
 
-/// A real etcd on free loopback ports with its own data directory; killed
-/// on drop, also when the test fails.
-struct Etcd {
-    child: Child,
-    client: String,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-impl Etcd {
-    /// Starts etcd; retries on fresh ports if one was taken meanwhile.
-    fn start() -> Etcd {
-        match Command::new("etcd").arg("--version").output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!("`etcd --version` failed: {o:?}"),
-            Err(e) => panic!(
-                "the etcd binary is missing ({e}): install the Debian package etcd-server (scripts/test installs it)"
-            ),
-        }
-        let mut failures = Vec::new();
-        for _ in 0..3 {
-            match Etcd::try_start() {
-                Ok(etcd) => return etcd,
-                Err(why) => failures.push(why),
-            }
-        }
-        panic!("etcd did not start:\n{}", failures.join("\n----\n"));
-    }
-
-    fn try_start() -> Result<Etcd, String> {
-        let dir = tempdir();
-        let (client_port, peer_port) = (free_port(), free_port());
-        let client = format!("127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        // Unique, so the health check can tell this etcd from another
-        // test's that might hold the port.
-        let name = format!("lockstep-test-{}-{client_port}", std::process::id());
-        let log = dir.path().join("etcd.log");
-        let log_file = std::fs::File::create(&log).expect("etcd log");
-        let mut cmd = Command::new("etcd");
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes one async-signal-safe system call. It makes the kernel kill
-        // etcd if this test process dies without running `Drop` (SIGKILL,
-        // a timeout), so no etcd outlives its test.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let child = cmd
-            .arg(format!("--name={name}"))
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls=http://{client}"))
-            .arg(format!("--advertise-client-urls=http://{client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster={name}={peer}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start etcd");
-        let mut etcd = Etcd {
-            child,
-            client,
-            _dir: dir,
-            log,
-        };
-        etcd.wait_healthy(&name, Duration::from_secs(30))?;
-        Ok(etcd)
-    }
-
-    /// Waits until this etcd (by member name) answers and is healthy.
-    fn wait_healthy(&mut self, name: &str, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "etcd exited ({status}) before it was healthy:\n{}",
-                    self.log_text()
-                ));
-            }
-            let ask = |method, path, body: Option<(&str, &[u8])>| {
-                http::request(&self.client, method, path, body, Duration::from_millis(500))
-                    .ok()
-                    .filter(|r| r.status == 200)
-                    .map(|r| r.body_text())
-            };
-            let healthy = ask("GET", "/health", None).is_some_and(|b| b.contains("\"true\""));
-            if healthy {
-                let members = ask(
-                    "POST",
-                    "/v3/cluster/member/list",
-                    Some(("application/json", b"{}")),
-                );
-                if members.is_some_and(|b| b.contains(&format!("\"{name}\""))) {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "etcd not healthy within {timeout:?}:\n{}",
-                    self.log_text()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn uri(&self, key: &str) -> String {
-        format!("etcd://{}/{key}", self.client)
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::etcd::Etcd;
 
 #[test]
 fn etcd_threads_and_processes_race() {
@@ -496,8 +358,8 @@ fn etcd_epochs_begin_and_supersede() {
     ));
     // A second endpoint that is down does not matter while the first
     // answers, and the order does not matter either.
-    let dead = format!("127.0.0.1:{}", free_port());
-    let both = open(&format!("etcd://{dead},{}/vm1", etcd.client));
+    let dead = format!("127.0.0.1:{}", common::etcd::free_port());
+    let both = open(&format!("etcd://{dead},{}/vm1", etcd.client_addr()));
     assert_eq!(both.latest_epoch().expect("latest via second endpoint"), 7);
 }
 

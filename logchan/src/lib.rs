@@ -9,10 +9,13 @@
 //! * [`file`]: writing a log file on a thread, reading one for replay.
 //! * [`stream`]: decoding a stream that arrives in arbitrary chunks.
 //! * [`hash`]: the hashes both sides compute for divergence checks.
+//! * [`channel`]: the logging channel on io_uring — the primary's sender,
+//!   the backup's receiver, acks, UDP heartbeats and failure detection.
 //!
 //! The byte layout and its rules are in `docs/log-format.md`.
 
 pub mod buffers;
+pub mod channel;
 pub mod consumer;
 pub mod decode;
 pub mod entry;
@@ -24,6 +27,11 @@ pub mod stream;
 mod wait;
 
 pub use buffers::{BufferError, LogConfig, LogStats, log_buffers, log_buffers_with};
+pub use channel::{
+    Ack, ChannelError, FailureDetector, Heartbeat, HeartbeatConfig, HeartbeatEngine,
+    ReceiverEngine, ReceiverEvent, ReceiverOptions, RecvMode, Registration, Role, SendMode,
+    SenderEngine, SenderEvent, SenderOptions,
+};
 pub use consumer::{LogConsumer, ReleaseError, Segment};
 pub use decode::{Corruption, DecodeError, StreamState, decode, entry_need};
 pub use entry::{

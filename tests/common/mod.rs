@@ -4,7 +4,8 @@
 
 pub mod etcd;
 pub mod ft;
-pub mod resp;
+#[allow(unused_imports)]
+pub use lockstep_bench::resp;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

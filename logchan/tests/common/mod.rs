@@ -2,6 +2,8 @@
 //! and a reference encoder for whole streams.
 #![allow(dead_code)]
 
+pub mod chan;
+
 use logchan::{
     EndReason, Entry, ExitKind, GuestIdentity, OutputKind, StreamHeader, encode_into, encoded_len,
 };

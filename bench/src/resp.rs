@@ -1,6 +1,5 @@
-//! A minimal RESP2 client for tests that must know exactly which writes the
-//! guest acknowledged.
-#![allow(dead_code)]
+//! A minimal RESP2 client for clients that must know exactly which writes
+//! the server acknowledged.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,0 +1,80 @@
+//! The logging channel: the primary's log stream to the backup over TCP,
+//! the backup's acks coming back on the same connection, and UDP heartbeats
+//! in both directions — as io_uring **engines** that run on the VMM's I/O
+//! thread, on the ring it shares with the disk and tap engines.
+//!
+//! * [`SenderEngine`] (primary): sends the stream header once, then every
+//!   published [`crate::Segment`] in order, straight from the log buffers
+//!   (`IORING_OP_SEND_ZC` from registered buffers where the kernel has it),
+//!   and reports the backup's acks.
+//! * [`ReceiverEngine`] (backup): receives into registered buffers, verifies
+//!   every entry with a [`crate::StreamDecoder`], hands whole verified
+//!   entries on and acks what it has received.
+//! * [`HeartbeatEngine`]: one UDP datagram every period, both ways.
+//! * [`FailureDetector`]: "heard from the peer at t" from heartbeats and
+//!   channel traffic; declares the peer dead after a timeout.
+//! * [`Ack`] and [`Heartbeat`]: the two 40-byte wire messages (versioned,
+//!   crc32c-checked); `docs/log-format.md` has the layout.
+//!
+//! Every engine follows the pattern of `blkio::DiskEngine` and
+//! `netio::TapEngine`: the caller owns the ring; the engine pushes SQEs in
+//! `pump` and handles its own CQEs in `on_cqe`; `user_data` carries the
+//! engine's tag in the top byte (the I/O thread dispatches on it), a kind in
+//! the next byte and an id below. Engines never block and never sleep; the
+//! buffers an SQE points at stay owned by the engine until that SQE's last
+//! CQE (for `SEND_ZC`: its notification) has been handled, and an engine
+//! dropped with operations in flight leaks those buffers rather than free
+//! memory the kernel may still touch.
+
+pub mod ack;
+pub mod detector;
+pub mod error;
+mod fixed;
+pub mod heartbeat;
+pub mod heartbeat_engine;
+mod outbox;
+pub mod receiver;
+pub mod sender;
+mod sender_types;
+
+/// The io_uring crate the engines are built against, for callers (benches,
+/// tools) that drive them without depending on it themselves.
+pub use io_uring;
+
+pub use ack::{ACK_LEN, ACK_MAGIC, ACK_VERSION, Ack, AckError};
+pub use detector::{FailureDetector, HeartbeatConfig};
+pub use error::{ChannelError, SetupError};
+pub use fixed::Registration;
+pub use heartbeat::{
+    HEARTBEAT_LEN, HEARTBEAT_MAGIC, HEARTBEAT_VERSION, Heartbeat, HeartbeatError, Role,
+};
+pub use heartbeat_engine::{HeartbeatEngine, HeartbeatStats};
+pub use receiver::{ReceiverEngine, ReceiverEvent, ReceiverOptions, ReceiverStats, RecvMode};
+pub use sender::{SendMode, SenderEngine, SenderEvent, SenderOptions, SenderStats};
+
+/// The engine tag in the top byte of an io_uring `user_data`.
+pub fn user_data_tag(user_data: u64) -> u8 {
+    (user_data >> 56) as u8
+}
+
+/// Bits of `user_data` below the tag and kind bytes.
+const ID_MASK: u64 = (1 << 48) - 1;
+
+/// `tag` (top byte) | `kind` (next byte) | `id` (low 48 bits).
+pub(crate) fn user_data(tag: u8, kind: u8, id: u64) -> u64 {
+    (u64::from(tag) << 56) | (u64::from(kind) << 48) | (id & ID_MASK)
+}
+
+pub(crate) fn user_data_kind(user_data: u64) -> u8 {
+    (user_data >> 48) as u8
+}
+
+pub(crate) fn user_data_id(user_data: u64) -> u64 {
+    user_data & ID_MASK
+}
+
+/// Errors a socket operation may return without anything being wrong:
+/// retry the same operation.
+pub(crate) fn is_transient(errno: i32) -> bool {
+    matches!(errno, libc::EAGAIN | libc::EINTR)
+}

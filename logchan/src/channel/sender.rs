@@ -1,0 +1,654 @@
+//! [`SenderEngine`]: the primary's end of the logging channel, on the I/O
+//! thread's io_uring.
+//!
+//! It sends the stream header once, then every published segment in order,
+//! as it is, from the log buffers: no copy in user space, and with
+//! `IORING_OP_SEND_ZC` from registered buffers none in the kernel either
+//! (where the NIC can do it; loopback always copies). A segment goes back
+//! to the producer only when the kernel is done with its bytes: after its
+//! send completed and, for `SEND_ZC`, after the notification CQE.
+//!
+//! **One send in flight.** io_uring does not order independent SQEs on one
+//! socket (a send that meets a full socket buffer is retried from poll,
+//! and a later one may overtake it), and a short send followed by an
+//! already queued one would interleave bytes. So exactly one send is in the
+//! ring at a time; under load it covers every contiguous published byte of
+//! a buffer (segments of one buffer are adjacent), up to `max_send`, so
+//! throughput does not depend on how finely the producer publishes.
+//! `SEND_ZC` notifications may lag: the next send does not wait for them.
+//!
+//! **Zero copy only where it is one.** Each notification reports whether
+//! the kernel had to copy after all (`IORING_SEND_ZC_REPORT_USAGE`). On
+//! loopback or veth into another namespace it always does, and then
+//! SEND_ZC is slower than a plain send; an automatically chosen zero-copy
+//! mode therefore switches to plain sends after a run of copied
+//! notifications (logged). A forced mode is kept.
+//!
+//! One receive stays armed for acks (they may arrive split or batched).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use io_uring::{Probe, Submitter, cqueue, opcode, squeue, types};
+
+use super::ack::{ACK_LEN, Ack};
+use super::error::{ChannelError, SetupError};
+use super::fixed::{self, Registration};
+use super::outbox::Outbox;
+pub use super::sender_types::{SendMode, SenderEvent, SenderOptions, SenderStats};
+use super::{is_transient, user_data, user_data_id, user_data_kind, user_data_tag};
+use crate::buffers::LogStats;
+use crate::consumer::LogConsumer;
+use crate::header::{STREAM_HEADER_LEN, StreamHeader};
+
+const KIND_SEND: u8 = 1;
+const KIND_ACK: u8 = 2;
+/// Receive buffer for acks: room for a hundred batched acks.
+const ACK_BUF_LEN: usize = 4096;
+/// `IORING_SEND_ZC_REPORT_USAGE`: the notification says whether the kernel
+/// had to copy after all.
+const ZC_REPORT_USAGE: u16 = 1 << 3;
+/// `IORING_NOTIF_USAGE_ZC_COPIED`, in the notification's result.
+const ZC_COPIED: u32 = 1 << 31;
+/// Consecutive notifications saying "copied" after which an automatically
+/// chosen zero-copy mode gives way to plain sends: the path copies anyway
+/// (loopback, veth into another namespace, a NIC without scatter-gather or
+/// checksum offload), and then SEND_ZC only adds page pinning and a second
+/// CQE per send (measured on loopback: about half the throughput of plain
+/// sends). A forced mode never changes.
+const ZC_COPIED_SWITCH: u64 = 64;
+/// `MSG_WAITALL` makes the kernel finish a short send itself (one CQE per
+/// send under pressure); `MSG_NOSIGNAL`: a reset connection is an error
+/// code, not a SIGPIPE.
+const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+
+#[derive(Debug)]
+struct SendOp {
+    id: u64,
+    /// Stream offset of its first byte, and how many it asked to send.
+    start: u64,
+    len: u32,
+    zc: bool,
+    completed: bool,
+    notif_pending: bool,
+    /// The notification came (the kernel posts it after the completion;
+    /// not relying on that order costs one flag).
+    notified: bool,
+}
+
+/// The primary's logging-channel engine (see the module docs).
+pub struct SenderEngine {
+    stream: TcpStream,
+    tag: u8,
+    opts: SenderOptions,
+    /// Encoded stream header; read by the kernel while its send is in
+    /// flight.
+    header: Box<[u8]>,
+    outbox: ManuallyDrop<Outbox>,
+    mode: Option<SendMode>,
+    /// How the log buffers are registered (`None`: not registered).
+    registered: Option<Registration>,
+    /// Table slot of log buffer 0.
+    buf_base: u16,
+    /// Send operations not yet retired, in submission order.
+    ops: VecDeque<SendOp>,
+    next_id: u64,
+    /// A send SQE is in the ring and its first CQE has not arrived.
+    sending: bool,
+    /// Stream bytes the socket has accepted.
+    sent_pos: u64,
+    /// Highest seq whose bytes were put into a send SQE: no ack may exceed it.
+    submitted_seq: u64,
+    ack_buf: Box<[u8]>,
+    /// Bytes of a partial ack at the front of `ack_buf`.
+    ack_have: usize,
+    ack_armed: bool,
+    acked: Ack,
+    closed: bool,
+    /// Notifications in a row that said the kernel copied.
+    zc_copied_run: u64,
+    /// `zc_flags` of SEND_ZC: usage reports, until a kernel refuses them
+    /// (6.0 and 6.1 have SEND_ZC but not `IORING_SEND_ZC_REPORT_USAGE`).
+    zc_flags: u16,
+    stats: SenderStats,
+}
+
+impl fmt::Debug for SenderEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SenderEngine")
+            .field("tag", &self.tag)
+            .field("mode", &self.mode)
+            .field("sent_pos", &self.sent_pos)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SenderEngine {
+    /// An engine on a connected stream. `header` is sent first, exactly
+    /// once; its `first_seq` must be the consumer's first seq. CQEs carry
+    /// `tag` in the top byte of `user_data`. Nothing happens until
+    /// [`Self::attach`].
+    ///
+    /// The socket is switched to blocking mode with `TCP_NODELAY`: io_uring
+    /// then waits for socket space itself (internal poll) instead of
+    /// completing with `EAGAIN`; no thread ever blocks on it.
+    pub fn new(
+        stream: TcpStream,
+        consumer: LogConsumer,
+        header: StreamHeader,
+        tag: u8,
+        opts: SenderOptions,
+    ) -> Result<SenderEngine, SetupError> {
+        let sock = |source| SetupError::Socket {
+            what: "logging channel",
+            source,
+        };
+        stream.set_nodelay(true).map_err(sock)?;
+        stream.set_nonblocking(false).map_err(sock)?;
+        if opts.max_send == 0 {
+            return Err(SetupError::Config {
+                what: "max_send",
+                why: "must be at least 1 byte",
+            });
+        }
+        let before_first = header.first_seq.saturating_sub(1);
+        Ok(SenderEngine {
+            stream,
+            tag,
+            opts: SenderOptions {
+                max_send: opts.max_send.min(u32::MAX as usize),
+                ..opts
+            },
+            header: header.encode().to_vec().into_boxed_slice(),
+            outbox: ManuallyDrop::new(Outbox::new(consumer)),
+            mode: None,
+            registered: None,
+            buf_base: 0,
+            ops: VecDeque::new(),
+            next_id: 0,
+            sending: false,
+            sent_pos: 0,
+            submitted_seq: before_first,
+            ack_buf: vec![0u8; ACK_BUF_LEN].into_boxed_slice(),
+            ack_have: 0,
+            ack_armed: false,
+            acked: Ack {
+                acked_seq: before_first,
+                replayed_seq: before_first,
+                replayed_exit: 0,
+            },
+            closed: false,
+            zc_copied_run: 0,
+            zc_flags: ZC_REPORT_USAGE,
+            stats: SenderStats::default(),
+        })
+    }
+
+    /// Picks the send mode (probing the ring's opcodes) and, for
+    /// [`SendMode::ZeroCopyFixed`], registers the log buffers as `how`
+    /// says. Call once, on the thread that owns the ring, before the first
+    /// `pump`. Without a forced mode, a failed registration falls back to
+    /// [`SendMode::ZeroCopy`] (logged); a missing `SEND_ZC` to
+    /// [`SendMode::Copy`].
+    pub fn attach(
+        &mut self,
+        submitter: &Submitter<'_>,
+        how: Registration,
+    ) -> Result<SendMode, SetupError> {
+        if self.mode.is_some() {
+            return Err(SetupError::AlreadyAttached);
+        }
+        let mut probe = Probe::new();
+        submitter
+            .register_probe(&mut probe)
+            .map_err(SetupError::Probe)?;
+        let zc = probe.is_supported(opcode::SendZc::CODE);
+        if !probe.is_supported(opcode::Send::CODE) || !probe.is_supported(opcode::Recv::CODE) {
+            return Err(SetupError::Unsupported {
+                mode: "the logging channel",
+                opcode: "IORING_OP_SEND/RECV",
+            });
+        }
+        let no_zc = SetupError::Unsupported {
+            mode: "zero-copy send",
+            opcode: "IORING_OP_SEND_ZC",
+        };
+        let mode = match self.opts.mode {
+            Some(SendMode::Copy) => SendMode::Copy,
+            Some(SendMode::ZeroCopy) if zc => SendMode::ZeroCopy,
+            Some(SendMode::ZeroCopyFixed) if zc => {
+                if how == Registration::None {
+                    return Err(SetupError::Config {
+                        what: "registration",
+                        why: "SEND_ZC from registered buffers needs a buffer table",
+                    });
+                }
+                self.register(submitter, how)?;
+                SendMode::ZeroCopyFixed
+            }
+            Some(_) => return Err(no_zc),
+            None if zc && how != Registration::None => match self.register(submitter, how) {
+                Ok(()) => SendMode::ZeroCopyFixed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "log buffers not registered: SEND_ZC without them");
+                    SendMode::ZeroCopy
+                }
+            },
+            None if zc => SendMode::ZeroCopy,
+            None => SendMode::Copy,
+        };
+        self.mode = Some(mode);
+        self.stats.mode = Some(mode);
+        tracing::info!(mode = %mode, "logging channel sender attached");
+        Ok(mode)
+    }
+
+    fn register(&mut self, submitter: &Submitter<'_>, how: Registration) -> Result<(), SetupError> {
+        // SAFETY: the iovecs describe the log buffers, one mapping owned by
+        // the consumer's shared state. The outbox owns the consumer, and the
+        // engine keeps it alive until `detach` unregisters the buffers: a
+        // drop without `detach` leaks it (see `Drop`). The kernel reads the
+        // buffers only for this engine's sends, of published bytes the
+        // producer does not write until they are released.
+        let base = unsafe { fixed::register(submitter, self.outbox.iovecs(), how) }?;
+        self.buf_base = base.unwrap_or(0);
+        self.registered = Some(how);
+        Ok(())
+    }
+
+    /// Unregisters the log buffers (nothing may be in flight: see
+    /// [`Self::ops_in_flight`]). After this the engine can be dropped
+    /// without leaking them. The engine sends nothing more.
+    pub fn detach(&mut self, submitter: &Submitter<'_>) -> Result<(), SetupError> {
+        let in_flight = self.ops_in_flight();
+        if in_flight > 0 {
+            return Err(SetupError::Busy { in_flight });
+        }
+        if let Some(how) = self.registered {
+            fixed::unregister(submitter, self.outbox.iovecs().len(), how)?;
+            self.registered = None;
+        }
+        self.closed = true;
+        Ok(())
+    }
+
+    pub fn tag(&self) -> u8 {
+        self.tag
+    }
+
+    /// The send mode now (`None` before `attach`). An automatically chosen
+    /// zero-copy mode becomes [`SendMode::Copy`] once the kernel reports
+    /// that it copies every send anyway, or if the socket refuses SEND_ZC.
+    pub fn mode(&self) -> Option<SendMode> {
+        self.mode
+    }
+
+    pub fn stats(&self) -> SenderStats {
+        SenderStats {
+            segments_in_flight: self.outbox.held() as u64,
+            ..self.stats
+        }
+    }
+
+    /// The producer/consumer counters of the log buffers (stalls, …).
+    pub fn log_stats(&self) -> LogStats {
+        self.outbox.consumer().stats()
+    }
+
+    /// The newest valid ack (initially `first_seq - 1` everywhere).
+    pub fn acked(&self) -> Ack {
+        self.acked
+    }
+
+    /// Whether stream bytes taken from the log are not yet accepted by the
+    /// socket (call after `pump`, which takes what was published). While
+    /// true the I/O thread should not go to sleep for long: a send is in
+    /// the ring and its CQE will come, but the link is busy.
+    pub fn has_unsent(&self) -> bool {
+        !self.closed && self.mode.is_some() && self.sent_pos < self.outbox.take_pos()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The producer has finished, and every entry was sent and released.
+    pub fn is_drained(&self) -> bool {
+        self.outbox.consumer().is_finished()
+            && self.outbox.held() == 0
+            && self.ops.is_empty()
+            && self.sent_pos >= STREAM_HEADER_LEN as u64
+    }
+
+    /// Operations whose CQEs are still to come (sends, notifications, the
+    /// ack receive). Drop or `detach` the engine only when this is 0, or
+    /// its buffers are leaked.
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len() + usize::from(self.ack_armed)
+    }
+
+    /// Ends the connection locally: the socket is shut down (so the
+    /// operations in flight complete soon), nothing more is sent, and no
+    /// `Closed` event is reported.
+    pub fn shutdown(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            // An error here only means the socket is already dead.
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Takes newly published segments and keeps one send and one ack
+    /// receive in the ring, as far as the submission queue has room.
+    pub fn pump(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        let Some(mode) = self.mode else { return };
+        if self.closed {
+            return;
+        }
+        self.outbox.take_published();
+        self.arm_ack(sq);
+        self.send_next(mode, sq);
+    }
+
+    fn arm_ack(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        if self.ack_armed {
+            return;
+        }
+        let fd = types::Fd(self.stream.as_raw_fd());
+        let room = self.ack_buf.len() - self.ack_have;
+        let ptr = self.ack_buf[self.ack_have..].as_mut_ptr();
+        let e = opcode::Recv::new(fd, ptr, room as u32)
+            .build()
+            .user_data(user_data(self.tag, KIND_ACK, 0));
+        // SAFETY: `ack_buf` is owned by the engine and not touched until
+        // this receive's CQE has been handled (`ack_armed` stays true until
+        // then; `Drop` leaks it if armed). The fd lives as long as `self`.
+        if unsafe { sq.push(&e) }.is_ok() {
+            self.ack_armed = true;
+        }
+    }
+
+    fn send_next(&mut self, mode: SendMode, sq: &mut squeue::SubmissionQueue<'_>) {
+        if self.sending {
+            return;
+        }
+        let fd = types::Fd(self.stream.as_raw_fd());
+        let header_len = STREAM_HEADER_LEN as u64;
+        let id = self.next_id;
+        let ud = user_data(self.tag, KIND_SEND, id);
+        let (entry, len, zc, last_seq) = if self.sent_pos < header_len {
+            // The header goes first, as a plain send from `self.header`.
+            let rest = &self.header[self.sent_pos as usize..];
+            let e = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(SEND_FLAGS);
+            (e.build(), rest.len() as u32, false, None)
+        } else {
+            let Some(r) = self.outbox.next_range(self.sent_pos, self.opts.max_send) else {
+                return;
+            };
+            let e = match mode {
+                SendMode::Copy => opcode::Send::new(fd, r.ptr, r.len)
+                    .flags(SEND_FLAGS)
+                    .build(),
+                SendMode::ZeroCopy => opcode::SendZc::new(fd, r.ptr, r.len)
+                    .flags(SEND_FLAGS)
+                    .zc_flags(self.zc_flags)
+                    .build(),
+                SendMode::ZeroCopyFixed => opcode::SendZc::new(fd, r.ptr, r.len)
+                    .buf_index(Some(self.buf_base + r.buffer_index))
+                    .flags(SEND_FLAGS)
+                    .zc_flags(self.zc_flags)
+                    .build(),
+            };
+            (e, r.len, mode.is_zero_copy(), Some(r.last_seq))
+        };
+        let e = entry.user_data(ud);
+        // SAFETY: the bytes are either `self.header` (owned, never written
+        // after `new`) or published log bytes held in the outbox, which
+        // releases them to the producer only after this send's CQE and, for
+        // SEND_ZC, its notification (`retire`). For the fixed variant they
+        // lie inside registered buffer `buf_base + buffer_index`. `Drop`
+        // leaks all of it while operations are in flight.
+        if unsafe { sq.push(&e) }.is_err() {
+            return;
+        }
+        self.next_id += 1;
+        self.sending = true;
+        self.ops.push_back(SendOp {
+            id,
+            start: self.sent_pos,
+            len,
+            zc,
+            completed: false,
+            notif_pending: false,
+            notified: false,
+        });
+        if let Some(s) = last_seq {
+            self.submitted_seq = self.submitted_seq.max(s);
+        }
+    }
+
+    /// Handles a CQE whose `user_data` carries this engine's tag (the whole
+    /// CQE: `SEND_ZC` needs its flags), reports through `out`, then pumps.
+    pub fn on_cqe(
+        &mut self,
+        cqe: &cqueue::Entry,
+        sq: &mut squeue::SubmissionQueue<'_>,
+        out: &mut impl FnMut(SenderEvent),
+    ) {
+        let ud = cqe.user_data();
+        if user_data_tag(ud) != self.tag {
+            tracing::error!(ud, "logging channel sender: CQE with a foreign tag");
+            return;
+        }
+        match user_data_kind(ud) {
+            KIND_SEND => self.on_send(user_data_id(ud), cqe.result(), cqe.flags(), out),
+            KIND_ACK => self.on_ack(cqe.result(), out),
+            _ => tracing::error!(ud, "logging channel sender: CQE of an unknown kind"),
+        }
+        self.pump(sq);
+    }
+
+    fn on_send(&mut self, id: u64, res: i32, flags: u32, out: &mut impl FnMut(SenderEvent)) {
+        let Some(op) = self.ops.iter_mut().find(|o| o.id == id) else {
+            tracing::error!(id, "logging channel sender: CQE for a send not in flight");
+            return;
+        };
+        if cqueue::notif(flags) {
+            // The kernel no longer reads this send's bytes.
+            op.notif_pending = false;
+            op.notified = true;
+            self.stats.zc_notifications += 1;
+            if res as u32 & ZC_COPIED != 0 {
+                self.stats.zc_copied += 1;
+                self.zc_copied_run += 1;
+            } else {
+                self.zc_copied_run = 0;
+            }
+            if self.zc_copied_run >= ZC_COPIED_SWITCH
+                && self.opts.mode.is_none()
+                && self.mode.is_some_and(|m| m.is_zero_copy())
+            {
+                tracing::info!(
+                    copied = self.zc_copied_run,
+                    "SEND_ZC copies on this path anyway: the logging channel switches to plain sends"
+                );
+                self.mode = Some(SendMode::Copy);
+                self.stats.mode = self.mode;
+            }
+            self.retire();
+            return;
+        }
+        op.completed = true;
+        op.notif_pending = op.zc && cqueue::more(flags) && !op.notified;
+        let (len, zc) = (op.len, op.zc);
+        self.sending = false;
+        if res < 0 {
+            let errno = -res;
+            if self.closed || is_transient(errno) {
+                // Nothing was sent; `pump` sends the same bytes again.
+            } else if zc
+                && errno == libc::EINVAL
+                && self.zc_flags != 0
+                && self.stats.zc_notifications == 0
+            {
+                // An older kernel without usage reports: SEND_ZC without
+                // them (and without the automatic switch to plain sends).
+                tracing::info!("SEND_ZC usage reports refused: zero-copy sends without them");
+                self.zc_flags = 0;
+            } else if zc
+                && self.opts.mode.is_none()
+                && self.stats.zc_notifications == 0
+                && matches!(errno, libc::EOPNOTSUPP | libc::EINVAL)
+            {
+                // The probe said SEND_ZC exists but this socket refuses it.
+                tracing::warn!(
+                    errno,
+                    "SEND_ZC refused on the logging channel: falling back to plain sends"
+                );
+                self.mode = Some(SendMode::Copy);
+                self.stats.mode = self.mode;
+            } else {
+                self.close(ChannelError::socket("send", errno), out);
+            }
+        } else if res == 0 {
+            // A stream send of a non-empty buffer never legitimately sends
+            // nothing; retrying could spin forever.
+            self.close(ChannelError::socket("send (no progress)", libc::EIO), out);
+        } else {
+            let n = (res as u32).min(len);
+            self.stats.send_ops += 1;
+            if n < len {
+                self.stats.partial_sends += 1;
+            }
+            self.sent_pos += u64::from(n);
+            self.stats.bytes_sent += u64::from(n);
+            let (segs, entries) = self.outbox.mark_sent(self.sent_pos);
+            self.stats.segments_sent += segs;
+            self.stats.entries_sent += entries;
+        }
+        self.retire();
+    }
+
+    /// Retires finished operations from the front and releases every
+    /// segment the kernel is done with.
+    fn retire(&mut self) {
+        while self
+            .ops
+            .front()
+            .is_some_and(|o| o.completed && !o.notif_pending)
+        {
+            self.ops.pop_front();
+        }
+        // No operation still in flight touches a byte before `frontier`.
+        let frontier = self.ops.front().map_or(self.sent_pos, |o| o.start);
+        self.outbox.release_before(frontier.min(self.sent_pos));
+    }
+
+    fn on_ack(&mut self, res: i32, out: &mut impl FnMut(SenderEvent)) {
+        self.ack_armed = false;
+        if self.closed {
+            return;
+        }
+        if res < 0 {
+            let errno = -res;
+            if !is_transient(errno) {
+                self.close(ChannelError::socket("receive", errno), out);
+            }
+            return;
+        }
+        if res == 0 {
+            self.close(ChannelError::PeerClosed, out);
+            return;
+        }
+        self.ack_have = (self.ack_have + res as usize).min(self.ack_buf.len());
+        let mut off = 0;
+        let mut newest = None;
+        let mut bad = None;
+        while self.ack_have - off >= ACK_LEN {
+            let mut raw = [0u8; ACK_LEN];
+            raw.copy_from_slice(&self.ack_buf[off..off + ACK_LEN]);
+            off += ACK_LEN;
+            let checked = Ack::decode(&raw).and_then(|a| {
+                a.check(self.acked.acked_seq, self.submitted_seq)
+                    .map(|()| a)
+            });
+            match checked {
+                Ok(a) => {
+                    self.acked = a;
+                    self.stats.acks_received += 1;
+                    newest = Some(a);
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            }
+        }
+        // Keep a partial ack for the next receive.
+        self.ack_buf.copy_within(off..self.ack_have, 0);
+        self.ack_have -= off;
+        // Good acks before a bad one in the same receive still count: they
+        // were verified, and the output rule may release outputs for them.
+        if let Some(a) = newest {
+            self.stats.last_ack = Some(Instant::now());
+            self.stats.acked_seq = a.acked_seq;
+            self.stats.replayed_seq = a.replayed_seq;
+            self.stats.replayed_exit = a.replayed_exit;
+            out(SenderEvent::Acked {
+                acked_seq: a.acked_seq,
+                replayed_seq: a.replayed_seq,
+                replayed_exit: a.replayed_exit,
+            });
+        }
+        if let Some(e) = bad {
+            self.close(ChannelError::BadAck(e), out);
+        }
+    }
+
+    fn close(&mut self, reason: ChannelError, out: &mut impl FnMut(SenderEvent)) {
+        if self.closed {
+            return;
+        }
+        tracing::warn!(error = %reason, sent = self.sent_pos, acked = self.acked.acked_seq, "logging channel closed");
+        self.closed = true;
+        // Ends the operations still in the ring quickly, and tells the
+        // peer; an error only means the socket is already dead.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        out(SenderEvent::Closed { reason });
+    }
+}
+
+impl Drop for SenderEngine {
+    fn drop(&mut self) {
+        let in_flight = self.ops_in_flight();
+        if in_flight == 0 && self.registered.is_none() {
+            // SAFETY: dropped exactly once, here; nothing uses the outbox
+            // after this (we are in `drop`), and no operation reads it.
+            unsafe { ManuallyDrop::drop(&mut self.outbox) };
+            return;
+        }
+        // The kernel may still read the header, the log buffers or write
+        // the ack buffer (or the buffers are still registered): keep all of
+        // it alive for the rest of the process.
+        std::mem::forget(std::mem::take(&mut self.header));
+        std::mem::forget(std::mem::take(&mut self.ack_buf));
+        // SAFETY: taken exactly once, here, and never used again.
+        let outbox = unsafe { ManuallyDrop::take(&mut self.outbox) };
+        outbox.into_leaked();
+        if in_flight > 0 {
+            tracing::warn!(
+                in_flight,
+                "logging channel sender dropped with operations in flight; its buffers are leaked"
+            );
+        } else {
+            tracing::debug!(
+                "logging channel sender dropped without detach; log buffers stay registered and are leaked"
+            );
+        }
+    }
+}
