@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::ft::*;
-use common::resp::{Client, Reply};
+use lockstep_bench::kvclient;
 use common::*;
 
 fn addr() -> String {
@@ -24,77 +24,27 @@ fn addr() -> String {
 /// connections across a failover (the guest's TCP state moves with it).
 struct Writers {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(Vec<String>, Vec<String>)>>,
+    thread: std::thread::JoinHandle<kvclient::WriterReport>,
 }
 
 impl Writers {
     fn start(pair: &FtPair, n: usize) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
-        let ns = pair.net.ns("c");
-        let threads = (0..n)
-            .map(|w| {
-                let (ns, stop) = (ns.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    in_netns(&ns, || {
-                        let (mut acked, mut errors) = (Vec::new(), Vec::new());
-                        let mut c = match Client::connect(&addr()) {
-                            Ok(c) => c,
-                            Err(e) => return (acked, vec![format!("connect: {e}")]),
-                        };
-                        let mut i = 0u64;
-                        while !stop.load(Ordering::Relaxed) {
-                            let key = format!("w{w}:{i}");
-                            match c.call(&[b"SET", key.as_bytes(), format!("v{i}").as_bytes()]) {
-                                Ok(Reply::Simple(s)) if s == "OK" => acked.push(key),
-                                Ok(other) => errors.push(format!("{key}: {other:?}")),
-                                Err(e) => {
-                                    errors.push(format!("{key}: {e}"));
-                                    break;
-                                }
-                            }
-                            i += 1;
-                        }
-                        (acked, errors)
-                    })
-                })
-            })
-            .collect();
-        Writers { stop, threads }
+        let flag = stop.clone();
+        let thread = spawn_in_netns(pair.net.ns("c"), move || kvclient::write(&addr(), n, flag));
+        Writers { stop, thread }
     }
 
     fn finish(self) -> (Vec<String>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut acked = Vec::new();
-        let mut errors = Vec::new();
-        for t in self.threads {
-            let (a, e) = t.join().expect("writer");
-            acked.extend(a);
-            errors.extend(e);
-        }
-        (acked, errors)
+        let r = self.thread.join().expect("writers");
+        (r.acked, r.errors)
     }
 }
 
 /// Reads every acknowledged key back; returns the ones missing or wrong.
 fn lost_writes(pair: &FtPair, acked: &[String]) -> Vec<String> {
-    in_netns(&pair.net.ns("c"), || {
-        let mut c = Client::connect(&addr()).expect("connect to the serving side");
-        let mut lost = Vec::new();
-        for chunk in acked.chunks(500) {
-            let mut args: Vec<&[u8]> = vec![b"MGET"];
-            args.extend(chunk.iter().map(|k| k.as_bytes()));
-            let Ok(Reply::Array(Some(values))) = c.call(&args) else {
-                panic!("MGET failed")
-            };
-            for (k, v) in chunk.iter().zip(values) {
-                let want = format!("v{}", k.rsplit(':').next().unwrap_or(""));
-                if v != Reply::Bulk(Some(want.into_bytes())) {
-                    lost.push(k.clone());
-                }
-            }
-        }
-        lost
-    })
+    in_netns(&pair.net.ns("c"), || kvclient::check(&addr(), acked).expect("read back"))
 }
 
 /// A small deterministic generator for kill times (printed, so a failing

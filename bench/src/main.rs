@@ -17,6 +17,7 @@ mod vm;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lockstep_bench::kvclient;
 
 #[derive(Parser)]
 #[command(name = "lockstep-bench", about = "lockstep's benchmark harness")]
@@ -39,14 +40,74 @@ enum Cmd {
     },
     /// Recording overhead, log bandwidth and replay speed per workload.
     Record,
+    /// A client for failover runs: SETs unique keys for a while and records
+    /// every acknowledged one (and the longest pause between acks).
+    KvWriter {
+        #[arg(long, default_value = "10.77.0.2:6379")]
+        addr: String,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Where to write the acknowledged keys.
+        #[arg(long)]
+        acked: std::path::PathBuf,
+    },
+    /// Reads every acknowledged key back; exit status 1 if any is lost.
+    KvCheck {
+        #[arg(long, default_value = "10.77.0.2:6379")]
+        addr: String,
+        #[arg(long)]
+        acked: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match &cli.command {
+        Cmd::KvWriter {
+            addr,
+            connections,
+            seconds,
+            acked,
+        } => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let timer = stop.clone();
+            let seconds = *seconds;
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+                timer.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let r = kvclient::write(addr, *connections, stop);
+            kvclient::save(acked, &r.acked)?;
+            println!(
+                "acknowledged writes: {}; errors: {}; longest pause between acknowledgements: {:.0} ms (from {:.2} s)",
+                r.acked.len(),
+                r.errors.len(),
+                r.longest_gap.as_secs_f64() * 1e3,
+                r.gap_at.as_secs_f64()
+            );
+            for e in r.errors.iter().take(5) {
+                println!("  error: {e}");
+            }
+            return Ok(());
+        }
+        Cmd::KvCheck { addr, acked } => {
+            let keys = kvclient::load(acked)?;
+            let lost = kvclient::check(addr, &keys)?;
+            println!("acknowledged writes lost: {} of {}", lost.len(), keys.len());
+            for k in lost.iter().take(5) {
+                println!("  lost: {k}");
+            }
+            std::process::exit(if lost.is_empty() { 0 } else { 1 });
+        }
+        _ => {}
+    }
     let machine = env::Machine::measure().context("measuring the host")?;
     print!("{}", machine.report());
     match cli.command {
         Cmd::Redis { requests, clients } => redis::compare(&machine, requests, clients),
         Cmd::Record => record::compare(),
+        Cmd::KvWriter { .. } | Cmd::KvCheck { .. } => Ok(()),
     }
 }
