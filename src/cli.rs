@@ -42,7 +42,11 @@ pub enum Command {
 pub struct FtArgs {
     /// The arbiter both sides reach: file:PATH (a file on storage both
     /// hosts share) or etcd://HOST:PORT/KEY.
-    #[arg(long, value_name = "URI", default_value = "file:/var/lib/lockstep/arbiter")]
+    #[arg(
+        long,
+        value_name = "URI",
+        default_value = "file:/var/lib/lockstep/arbiter"
+    )]
     pub arbiter: String,
     /// This side's name in the arbiter and in reports (default: host name
     /// and role).

@@ -104,10 +104,10 @@ pub fn parse_cpus(list: Option<&str>) -> anyhow::Result<(Option<usize>, Option<u
 pub fn pin_current_thread(cpu: Option<usize>) {
     let Some(cpu) = cpu else { return };
     let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-            tracing::warn!("cannot pin thread to CPU {cpu}: {e}");
-        }
+    if set.set(cpu).is_ok()
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    {
+        tracing::warn!("cannot pin thread to CPU {cpu}: {e}");
     }
 }
 
@@ -121,10 +121,10 @@ pub fn avoid_cpu(cpu: Option<usize>) {
     for c in (0..online).filter(|c| *c != cpu) {
         let _ = set.set(c);
     }
-    if online > 1 {
-        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-            tracing::warn!("cannot keep helper threads off CPU {cpu}: {e}");
-        }
+    if online > 1
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    {
+        tracing::warn!("cannot keep helper threads off CPU {cpu}: {e}");
     }
 }
 
@@ -176,12 +176,12 @@ pub fn supervise(
     let mut stop_asked: Option<Instant> = None;
     let mut verdict = None;
     while !done() {
-        if verdict.is_none() {
-            if let Some(crate::ft::supervisor::Verdict::Stop { code, why }) = tick() {
-                tracing::error!("{why}");
-                force(shared, vcpu_thread);
-                verdict = Some((code, why));
-            }
+        if verdict.is_none()
+            && let Some(crate::ft::supervisor::Verdict::Stop { code, why }) = tick()
+        {
+            tracing::error!("{why}");
+            force(shared, vcpu_thread);
+            verdict = Some((code, why));
         }
         // Short: the I/O thread's failure verdicts are acted on within a
         // few milliseconds (the failover budget).
@@ -195,11 +195,12 @@ pub fn supervise(
                 shared.request_stop();
             }
         }
-        if let Some(t) = stop_asked {
-            if t.elapsed() > stop_timeout && !shared.force_stop.load(Ordering::Acquire) {
-                tracing::warn!("the guest did not stop within {stop_timeout:?}: stopping it");
-                force(shared, vcpu_thread);
-            }
+        if let Some(t) = stop_asked
+            && t.elapsed() > stop_timeout
+            && !shared.force_stop.load(Ordering::Acquire)
+        {
+            tracing::warn!("the guest did not stop within {stop_timeout:?}: stopping it");
+            force(shared, vcpu_thread);
         }
     }
     verdict

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::ft::*;
-use lockstep_bench::kvclient;
 use common::*;
+use lockstep_bench::kvclient;
 
 fn addr() -> String {
     format!("{GUEST_IP}:6379")
@@ -44,7 +44,9 @@ impl Writers {
 
 /// Reads every acknowledged key back; returns the ones missing or wrong.
 fn lost_writes(pair: &FtPair, acked: &[String]) -> Vec<String> {
-    in_netns(&pair.net.ns("c"), || kvclient::check(&addr(), acked).expect("read back"))
+    in_netns(&pair.net.ns("c"), || {
+        kvclient::check(&addr(), acked).expect("read back")
+    })
 }
 
 /// A small deterministic generator for kill times (printed, so a failing
@@ -66,7 +68,10 @@ fn failover_under_load_loses_no_acknowledged_write() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::process::id() as u64 | 1);
     eprintln!("kill times from seed {seed}");
-    let trials: usize = std::env::var("LOCKSTEP_FT_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let trials: usize = std::env::var("LOCKSTEP_FT_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     for trial in 0..trials {
         let mut pair = FtPair::start("fo", FtOptions::default());
         let writers = Writers::start(&pair, 3);
@@ -84,8 +89,15 @@ fn failover_under_load_loses_no_acknowledged_write() {
         });
         std::thread::sleep(Duration::from_millis(200));
         let (acked, errors) = writers.finish();
-        assert!(errors.is_empty(), "trial {trial}: clients saw errors: {:?}", &errors[..errors.len().min(5)]);
-        assert!(!acked.is_empty(), "trial {trial}: no write was acknowledged");
+        assert!(
+            errors.is_empty(),
+            "trial {trial}: clients saw errors: {:?}",
+            &errors[..errors.len().min(5)]
+        );
+        assert!(
+            !acked.is_empty(),
+            "trial {trial}: no write was acknowledged"
+        );
         let lost = lost_writes(&pair, &acked);
         assert!(
             lost.is_empty(),
@@ -116,20 +128,37 @@ fn outputs_wait_for_the_backup_and_the_guest_does_not() {
     };
     let pair = FtPair::start("or", opts);
     assert_eq!(pair.redis(&["set", "before", "1"]), "OK");
-    let exits = |pair: &FtPair| pair.status("primary").and_then(|s| s["exit_index"].as_u64()).unwrap_or(0);
+    let exits = |pair: &FtPair| {
+        pair.status("primary")
+            .and_then(|s| s["exit_index"].as_u64())
+            .unwrap_or(0)
+    };
     // Connected before the freeze (a SYN-ACK is an output too).
-    let mut stream = in_netns(&pair.net.ns("c"), || TcpStream::connect(addr()).expect("connect"));
+    let mut stream = in_netns(&pair.net.ns("c"), || {
+        TcpStream::connect(addr()).expect("connect")
+    });
     pair.backup.signal(libc::SIGSTOP);
-    stream.set_read_timeout(Some(Duration::from_millis(1500))).ok();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .ok();
     stream.write_all(b"PING\r\n").expect("send");
     let before = exits(&pair);
     let mut buf = [0u8; 64];
     let answered = stream.read(&mut buf).map(|n| n > 0).unwrap_or(false);
     let after = exits(&pair);
-    let gate = pair.status("primary").map(|s| s["gate_frames"].as_u64().unwrap_or(0)).unwrap_or(0);
+    let gate = pair
+        .status("primary")
+        .map(|s| s["gate_frames"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
     pair.backup.signal(libc::SIGCONT);
-    assert!(!answered, "a reply left the primary while the backup was frozen");
-    assert!(after > before, "the guest kept running (exit index {before} → {after})");
+    assert!(
+        !answered,
+        "a reply left the primary while the backup was frozen"
+    );
+    assert!(
+        after > before,
+        "the guest kept running (exit index {before} → {after})"
+    );
     assert!(gate > 0, "outputs were held at the gate");
     // Thawed: the held reply flows.
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
@@ -149,7 +178,11 @@ fn a_partition_leaves_exactly_one_side_serving() {
     let writers = Writers::start(&pair, 2);
     std::thread::sleep(Duration::from_millis(300));
     // Cut the link between A and B; both still reach the shared storage.
-    run_ok(pair.net.cmd("a", "ip").args(["link", "set", &format!("{}-ab", pair.net.name), "down"]));
+    run_ok(
+        pair.net
+            .cmd("a", "ip")
+            .args(["link", "set", &format!("{}-ab", pair.net.name), "down"]),
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     let (mut p_done, mut b_done) = (None, None);
     while Instant::now() < deadline && p_done.is_none() && b_done.is_none() {
@@ -163,12 +196,24 @@ fn a_partition_leaves_exactly_one_side_serving() {
     let (acked, _errors) = writers.finish();
     match (p_done, b_done) {
         (Some(s), None) => {
-            assert_eq!(s.code(), Some(7), "the primary lost the arbiter:\n{}", pair.primary.log());
-            pair.backup.wait_for_line("going live", Duration::from_secs(10));
+            assert_eq!(
+                s.code(),
+                Some(7),
+                "the primary lost the arbiter:\n{}",
+                pair.primary.log()
+            );
+            pair.backup
+                .wait_for_line("going live", Duration::from_secs(10));
         }
         (None, Some(s)) => {
-            assert_eq!(s.code(), Some(7), "the backup lost the arbiter:\n{}", pair.backup.log());
-            pair.primary.wait_for_line("continuing alone", Duration::from_secs(10));
+            assert_eq!(
+                s.code(),
+                Some(7),
+                "the backup lost the arbiter:\n{}",
+                pair.backup.log()
+            );
+            pair.primary
+                .wait_for_line("continuing alone", Duration::from_secs(10));
         }
         other => panic!(
             "exactly one side must stop, got {other:?}\nprimary:\n{}\nbackup:\n{}",
@@ -190,23 +235,39 @@ fn a_primary_that_loses_its_backup_continues_alone() {
     let writers = Writers::start(&pair, 2);
     std::thread::sleep(Duration::from_millis(300));
     pair.backup.signal(libc::SIGKILL);
-    pair.primary.wait_for_line("continuing alone", Duration::from_secs(10));
+    pair.primary
+        .wait_for_line("continuing alone", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     let (acked, errors) = writers.finish();
     assert!(errors.is_empty(), "clients saw errors: {errors:?}");
     assert!(lost_writes(&pair, &acked).is_empty());
-    let role = pair.status("primary").map(|s| s["role"].to_string()).unwrap_or_default();
+    let role = pair
+        .status("primary")
+        .map(|s| s["role"].to_string())
+        .unwrap_or_default();
     assert!(role.to_lowercase().contains("alone"), "role {role}");
 }
 
 /// Forwards TCP from `listen` to `to`, flipping one byte after `flip_at`
 /// bytes of the primary → backup direction.
-fn corrupting_proxy(ns: String, listen: String, to: String, flip_at: usize) -> std::thread::JoinHandle<()> {
+fn corrupting_proxy(
+    ns: String,
+    listen: String,
+    to: String,
+    flip_at: usize,
+) -> std::thread::JoinHandle<()> {
     spawn_in_netns(ns, move || {
         let listen = TcpListener::bind(&listen).expect("proxy listen");
-        let Ok((mut from, _)) = listen.accept() else { return };
-        let Ok(mut dst) = TcpStream::connect(&to) else { return };
-        let (mut from2, mut dst2) = (from.try_clone().expect("clone"), dst.try_clone().expect("clone"));
+        let Ok((mut from, _)) = listen.accept() else {
+            return;
+        };
+        let Ok(mut dst) = TcpStream::connect(&to) else {
+            return;
+        };
+        let (mut from2, mut dst2) = (
+            from.try_clone().expect("clone"),
+            dst.try_clone().expect("clone"),
+        );
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = dst2.read(&mut buf) {
@@ -240,7 +301,12 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
     // A proxy on host A between the primary and the backup flips one bit
     // of the stream after 300 KB.
     let net = Net::ft("cp");
-    let _proxy = corrupting_proxy(net.ns("a"), format!("{PRIMARY_LOG}:7100"), format!("{BACKUP_LOG}:{LOG_PORT}"), 300_000);
+    let _proxy = corrupting_proxy(
+        net.ns("a"),
+        format!("{PRIMARY_LOG}:7100"),
+        format!("{BACKUP_LOG}:{LOG_PORT}"),
+        300_000,
+    );
     let opts = FtOptions {
         backup_target: Some(format!("{PRIMARY_LOG}:7100")),
         // Heartbeats go straight between the hosts' port 7000, around the proxy.
@@ -258,7 +324,11 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
     std::thread::sleep(Duration::from_millis(300));
     let (acked, errors) = writers.finish();
     let log = pair.backup.log();
-    assert_eq!(status.code(), Some(8), "the backup stops: its primary lives on\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(8),
+        "the backup stops: its primary lives on\n{log}"
+    );
     let corrupt_seq: u64 = log
         .lines()
         .find(|l| l.contains("corrupt"))
@@ -273,8 +343,12 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
         .and_then(|t| t.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the backup reports how far it replayed:\n{log}"));
-    assert!(replayed < corrupt_seq, "replayed seq {replayed} must stay below the corrupt seq {corrupt_seq}");
-    pair.primary.wait_for_line("continuing alone", Duration::from_secs(10));
+    assert!(
+        replayed < corrupt_seq,
+        "replayed seq {replayed} must stay below the corrupt seq {corrupt_seq}"
+    );
+    pair.primary
+        .wait_for_line("continuing alone", Duration::from_secs(10));
     assert!(errors.is_empty(), "clients saw errors: {errors:?}");
     assert!(lost_writes(&pair, &acked).is_empty());
 }
@@ -299,5 +373,9 @@ fn etcd_arbitrates_a_failover() {
     let (acked, errors) = writers.finish();
     assert!(errors.is_empty(), "clients saw errors: {errors:?}");
     assert!(lost_writes(&pair, &acked).is_empty());
-    assert!(pair.backup.log().contains("won the arbiter"), "{}", pair.backup.log());
+    assert!(
+        pair.backup.log().contains("won the arbiter"),
+        "{}",
+        pair.backup.log()
+    );
 }

@@ -402,7 +402,9 @@ fn hostile_clients_together_cannot_exhaust_the_guests_memory() {
             hogs.push(s);
         }
         let mut good = Client::connect(&addr()).expect("connect");
-        let reply = good.call(&[b"SET", b"still", b"alive"]).expect("the guest still serves");
+        let reply = good
+            .call(&[b"SET", b"still", b"alive"])
+            .expect("the guest still serves");
         assert_eq!(reply, Reply::Simple("OK".into()));
         // Some of the hogs were told why they were closed.
         let told = hogs
@@ -412,7 +414,9 @@ fn hostile_clients_together_cannot_exhaust_the_guests_memory() {
                 s.set_read_timeout(Some(Duration::from_millis(200))).ok();
                 let mut buf = [0u8; 128];
                 let n = s.read(&mut buf).ok()?;
-                String::from_utf8_lossy(&buf[..n]).contains("buffer limit").then_some(())
+                String::from_utf8_lossy(&buf[..n])
+                    .contains("buffer limit")
+                    .then_some(())
             })
             .count();
         assert!(told > 0, "no connection was closed for the memory budget");

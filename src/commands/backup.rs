@@ -52,7 +52,10 @@ fn guest_ip(spec: &GuestSpec) -> Option<std::net::Ipv4Addr> {
 }
 
 /// Accepts the primary's connection, or returns `None` on SIGINT/SIGTERM.
-fn accept(listener: &TcpListener, signals: &nix::sys::signal::SigSet) -> anyhow::Result<Option<(std::net::TcpStream, SocketAddr)>> {
+fn accept(
+    listener: &TcpListener,
+    signals: &nix::sys::signal::SigSet,
+) -> anyhow::Result<Option<(std::net::TcpStream, SocketAddr)>> {
     listener.set_nonblocking(true).context("listening socket")?;
     loop {
         match listener.accept() {
@@ -74,7 +77,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     let signals = launch::block_stop_signals()?;
     let name = side_name(&args.ft, "backup");
     let live = liveness(&args.ft)?;
-    let arbiter = arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
+    let arbiter =
+        arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
     let listen: SocketAddr = args
         .listen
         .to_socket_addrs()
@@ -98,7 +102,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     drop(listener);
     tracing::info!("primary connected from {peer}");
     let hb_port = args.ft.heartbeat_port.unwrap_or(listen.port());
-    let udp = UdpSocket::bind((listen.ip(), hb_port)).with_context(|| format!("binding the heartbeat port {}:{hb_port}", listen.ip()))?;
+    let udp = UdpSocket::bind((listen.ip(), hb_port))
+        .with_context(|| format!("binding the heartbeat port {}:{hb_port}", listen.ip()))?;
 
     let ft = Arc::new(FtShared::default());
     let _ = ft.main_thread.set(std::thread::current());
@@ -108,7 +113,8 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     let _ = shared.status.peer.set(peer.to_string());
     let _status = launch::serve_status(&args.monitor, &shared.status)?;
     let (chunk_tx, chunk_rx) = rtrb::RingBuffer::new(4096);
-    let receiver = ReceiverEngine::new(stream, TAG_LOG, ReceiverOptions::default()).context("setting up the logging channel")?;
+    let receiver = ReceiverEngine::new(stream, TAG_LOG, ReceiverOptions::default())
+        .context("setting up the logging channel")?;
     let plane = FtPlane::Backup(BackupPlane::new(
         receiver,
         udp,
@@ -131,8 +137,9 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
-    let (io, io_thread) = io_thread::spawn(Some(disk), tap, shared.clone(), io_cpu, Some(plane), false)
-        .context("starting the I/O thread")?;
+    let (io, io_thread) =
+        io_thread::spawn(Some(disk), tap, shared.clone(), io_cpu, Some(plane), false)
+            .context("starting the I/O thread")?;
 
     // The stream header and the boot entry come first: they say which VM to
     // build.
@@ -141,15 +148,23 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
         if Instant::now() > deadline || FtShared::flag(&ft.peer_dead) || ft.note_text().is_some() {
             bail!(
                 "the primary sent no boot entry ({})",
-                ft.note_text().unwrap_or_else(|| format!("nothing within {BOOT_TIMEOUT:?}"))
+                ft.note_text()
+                    .unwrap_or_else(|| format!("nothing within {BOOT_TIMEOUT:?}"))
             );
         }
         std::thread::park_timeout(Duration::from_millis(10));
     }
-    let mut cursor = LogCursor::new(Box::new(ChannelChunks::new(chunk_rx, ft.clone(), shared.clone()))).context("reading the stream header")?;
+    let mut cursor = LogCursor::new(Box::new(ChannelChunks::new(
+        chunk_rx,
+        ft.clone(),
+        shared.clone(),
+    )))
+    .context("reading the stream header")?;
     let header = *cursor.header();
     let spec = match cursor.pop_boot() {
-        Some(Logged::Boot(config)) => GuestSpec::decode(&config).context("reading the boot entry")?,
+        Some(Logged::Boot(config)) => {
+            GuestSpec::decode(&config).context("reading the boot entry")?
+        }
         _ => bail!("the primary's stream does not start with a boot entry"),
     };
     header
@@ -169,8 +184,18 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     };
     let replay = ReplayIo::new(spec.devices(), cursor, None);
     let backup_io = BackupIo::new(replay, shared.clone(), ft.clone(), io, announce);
-    let mut supervisor = Supervisor::new(Side::Backup, arbiter, header.epoch, name.clone(), ft.clone());
-    tracing::info!("backup {name}: following the primary (epoch {}, {} MiB guest)", header.epoch, spec.mem_size >> 20);
+    let mut supervisor = Supervisor::new(
+        Side::Backup,
+        arbiter,
+        header.epoch,
+        name.clone(),
+        ft.clone(),
+    );
+    tracing::info!(
+        "backup {name}: following the primary (epoch {}, {} MiB guest)",
+        header.epoch,
+        spec.mem_size >> 20
+    );
     let crate::vmm::vm::Vm {
         fd: _vm_fd,
         vcpu,
@@ -182,7 +207,15 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
         mem,
         cpu: vcpu_cpu,
     };
-    let mut run = drive(parts, console, backup_io, shared, &signals, Duration::from_secs(5), Some(&mut supervisor))?;
+    let mut run = drive(
+        parts,
+        console,
+        backup_io,
+        shared,
+        &signals,
+        Duration::from_secs(5),
+        Some(&mut supervisor),
+    )?;
     let went_live = run.io.is_live();
     run.io.shared().status.set_role(Role::Stopped);
     tracing::info!(
@@ -194,19 +227,26 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     );
     drain(&mut run.io, io_thread);
     // A replay that ends with the recording: the primary ended the run.
-    if let Err(e) = &run.end {
-        if let Some(RunError::Machine(MachineError::Sync { source, .. })) = e.downcast_ref::<RunError>() {
-            match source.downcast_ref::<ReplayStop>() {
-                Some(ReplayStop::Recorded { exit_index, reason, status }) => {
-                    tracing::info!("the primary ended the run at exit {exit_index} ({reason:?}, status {status}); so does the backup");
-                    return Ok(0);
-                }
-                Some(stop @ ReplayStop::Diverged(_)) => {
-                    eprintln!("lockstep: {stop}");
-                    return Ok(crate::commands::replay::EXIT_DIVERGED);
-                }
-                _ => {}
+    if let Err(e) = &run.end
+        && let Some(RunError::Machine(MachineError::Sync { source, .. })) =
+            e.downcast_ref::<RunError>()
+    {
+        match source.downcast_ref::<ReplayStop>() {
+            Some(ReplayStop::Recorded {
+                exit_index,
+                reason,
+                status,
+            }) => {
+                tracing::info!(
+                    "the primary ended the run at exit {exit_index} ({reason:?}, status {status}); so does the backup"
+                );
+                return Ok(0);
             }
+            Some(stop @ ReplayStop::Diverged(_)) => {
+                eprintln!("lockstep: {stop}");
+                return Ok(crate::commands::replay::EXIT_DIVERGED);
+            }
+            _ => {}
         }
     }
     if !went_live && run.verdict.is_none() && run.end.is_ok() {

@@ -81,8 +81,12 @@ pub fn drive<S: Served>(
             launch::pin_current_thread(cpu);
             let _ = vcpu_shared.vcpu_thread.set(std::thread::current());
             let mut machine = Machine::new(mem, console, io);
-            let end = runner::run(&mut vcpu, &mut machine, &mut launch::ForceCheck(vcpu_shared))
-                .context("running the VM");
+            let end = runner::run(
+                &mut vcpu,
+                &mut machine,
+                &mut launch::ForceCheck(vcpu_shared),
+            )
+            .context("running the VM");
             let finish = match &end {
                 Ok(_) => machine.finish(&end_kind(&end), &vcpu),
                 Err(_) => Ok(()),
@@ -127,7 +131,9 @@ pub fn drain<S: Served>(io: &mut S, io_thread: JoinHandle<Result<(), IoThreadErr
         std::thread::sleep(Duration::from_millis(5));
     }
     if !io_thread.is_finished() {
-        tracing::error!("disk writes did not complete within {DRAIN_TIMEOUT:?}; exiting without them");
+        tracing::error!(
+            "disk writes did not complete within {DRAIN_TIMEOUT:?}; exiting without them"
+        );
         return;
     }
     match io_thread.join() {

@@ -109,7 +109,7 @@ fn announce(args: &VmArgs, spec: &GuestSpec, disk_direct: bool) {
     tracing::info!(
         "disk {} ({} MiB, {}{})",
         args.disk.display(),
-        spec.disk_sectors * 512 >> 20,
+        (spec.disk_sectors * 512) >> 20,
         if disk_direct {
             "O_DIRECT|O_DSYNC"
         } else {

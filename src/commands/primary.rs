@@ -58,7 +58,11 @@ fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot reach the backup at {addr} within {timeout:?}")),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot reach the backup at {addr} within {timeout:?}")
+                });
+            }
         }
     }
 }
@@ -66,16 +70,20 @@ fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
 pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
     let name = side_name(&args.ft, "primary");
     let live = liveness(&args.ft)?;
-    let arbiter = arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
+    let arbiter =
+        arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
     let backup: SocketAddr = args
         .backup
         .to_socket_addrs()
         .with_context(|| format!("--backup {}", args.backup))?
         .next()
         .with_context(|| format!("--backup {}: no address", args.backup))?;
-    let epoch = arbiter
-        .begin_next(&name)
-        .with_context(|| format!("starting a new pair run at the arbiter {}", arbiter.describe()))?;
+    let epoch = arbiter.begin_next(&name).with_context(|| {
+        format!(
+            "starting a new pair run at the arbiter {}",
+            arbiter.describe()
+        )
+    })?;
     let ft = Arc::new(FtShared::default());
     let policy = DigestPolicy {
         every_syncs: args.digest.digest_every,
@@ -83,42 +91,76 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
     };
     let connect_timeout = Duration::from_secs(args.connect_timeout);
     let hb_port = args.ft.heartbeat_port.unwrap_or(backup.port());
-    let hb_peer = args.ft.heartbeat_peer.unwrap_or(SocketAddr::new(backup.ip(), hb_port));
+    let hb_peer = args
+        .ft
+        .heartbeat_peer
+        .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
     let plane_ft = ft.clone();
-    let log = Box::new(move |spec: &crate::spec::GuestSpec, kernel: &[u8], shared: &Arc<crate::dataplane::shared::VmShared>| {
-        StatusCounters::set(&shared.status.epoch, epoch);
-        let _ = shared.status.name.set(name.clone());
-        let _ = shared.status.peer.set(backup.to_string());
-        let stream = connect(backup, connect_timeout)?;
-        let local = stream.local_addr().context("local address of the logging channel")?;
-        let udp = UdpSocket::bind((local.ip(), hb_port))
-            .with_context(|| format!("binding the heartbeat port {}:{hb_port}", local.ip()))?;
-        let header = StreamHeader::new(spec.identity(kernel), logchan::header::flags::READ_DATA_LOGGED, epoch);
-        // The I/O thread sends what the vCPU thread publishes; the vCPU
-        // wakes it (it does that for outputs anyway), not the log buffers.
-        // 16 MiB of log buffers: room for bursts, and quick to register
-        // (registration pins every page).
-        let config = LogConfig {
-            wake_consumer: false,
-            ..LogConfig::new(16, 1 << 20)
-        };
-        let (producer, consumer) = logchan::log_buffers_with(&config).context("allocating log buffers")?;
-        let sender = SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
-            .context("setting up the logging channel")?;
-        let heartbeat = HeartbeatEngine::new(udp, hb_peer, Role::Primary, epoch, live.period, TAG_HEARTBEAT)
+    let log = Box::new(
+        move |spec: &crate::spec::GuestSpec,
+              kernel: &[u8],
+              shared: &Arc<crate::dataplane::shared::VmShared>| {
+            StatusCounters::set(&shared.status.epoch, epoch);
+            let _ = shared.status.name.set(name.clone());
+            let _ = shared.status.peer.set(backup.to_string());
+            let stream = connect(backup, connect_timeout)?;
+            let local = stream
+                .local_addr()
+                .context("local address of the logging channel")?;
+            let udp = UdpSocket::bind((local.ip(), hb_port))
+                .with_context(|| format!("binding the heartbeat port {}:{hb_port}", local.ip()))?;
+            let header = StreamHeader::new(
+                spec.identity(kernel),
+                logchan::header::flags::READ_DATA_LOGGED,
+                epoch,
+            );
+            // The I/O thread sends what the vCPU thread publishes; the vCPU
+            // wakes it (it does that for outputs anyway), not the log buffers.
+            // 16 MiB of log buffers: room for bursts, and quick to register
+            // (registration pins every page).
+            let config = LogConfig {
+                wake_consumer: false,
+                ..LogConfig::new(16, 1 << 20)
+            };
+            let (producer, consumer) =
+                logchan::log_buffers_with(&config).context("allocating log buffers")?;
+            let sender =
+                SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
+                    .context("setting up the logging channel")?;
+            let heartbeat = HeartbeatEngine::new(
+                udp,
+                hb_peer,
+                Role::Primary,
+                epoch,
+                live.period,
+                TAG_HEARTBEAT,
+            )
             .context("setting up heartbeats")?;
-        let mut recorder = Recorder::new(producer, true, policy);
-        recorder
-            .boot(&spec.encode())
-            .map_err(|e| anyhow::anyhow!(e).context("sending the boot entry"))?;
-        tracing::info!("primary {name} of epoch {epoch}: logging to the backup at {backup}");
-        Ok(LogSetup {
-            recorder,
-            target: LogTarget::Channel,
-            plane: Some(FtPlane::Primary(PrimaryPlane::new(sender, heartbeat, live, plane_ft, shared.status.clone()))),
-        })
-    });
-    let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, side_name(&args.ft, "primary"), ft.clone());
+            let mut recorder = Recorder::new(producer, true, policy);
+            recorder
+                .boot(&spec.encode())
+                .map_err(|e| anyhow::anyhow!(e).context("sending the boot entry"))?;
+            tracing::info!("primary {name} of epoch {epoch}: logging to the backup at {backup}");
+            Ok(LogSetup {
+                recorder,
+                target: LogTarget::Channel,
+                plane: Some(FtPlane::Primary(PrimaryPlane::new(
+                    sender,
+                    heartbeat,
+                    live,
+                    plane_ft,
+                    shared.status.clone(),
+                ))),
+            })
+        },
+    );
+    let supervisor = Supervisor::new(
+        Side::Primary,
+        arbiter,
+        epoch,
+        side_name(&args.ft, "primary"),
+        ft.clone(),
+    );
     run_live(
         &args.vm,
         LiveOptions {

@@ -14,8 +14,8 @@ use blkio::{Completion, DiskEngine, Request};
 use netio::TapEngine;
 
 use super::shared::VmShared;
-use crate::status::StatusCounters;
 use crate::ft::plane::{Dataplane, FtPlane, TAG_HEARTBEAT, TAG_LOG};
+use crate::status::StatusCounters;
 
 /// user_data tags (top byte) of the engines on the ring.
 pub const TAG_DISK: u8 = 1;
@@ -238,11 +238,25 @@ impl IoThread {
                 busy = true;
                 match msg {
                     ToIo::Disk { req, seq } => match disk.as_mut() {
-                        Some(d) => d.submit(req, seq, &mut sq),
-                        None => push_out(tx, overflow, FromIo::Disk(Completion::error(req.id, blkio::STATUS_IOERR))),
+                        Some(d) => {
+                            if matches!(req.op, blkio::RequestOp::Write { .. })
+                                && let Some(p) = ft.as_mut()
+                            {
+                                p.output_held(seq);
+                            }
+                            d.submit(req, seq, &mut sq)
+                        }
+                        None => push_out(
+                            tx,
+                            overflow,
+                            FromIo::Disk(Completion::error(req.id, blkio::STATUS_IOERR)),
+                        ),
                     },
                     ToIo::Tx { frame, seq } => {
                         stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+                        if let Some(p) = ft.as_mut() {
+                            p.output_held(seq);
+                        }
                         if let Some(t) = tap.as_mut() {
                             t.send(frame, seq, &mut sq);
                         }
@@ -286,7 +300,9 @@ impl IoThread {
             sq.sync();
             match submitter.submit() {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        || e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(IoThreadError::Enter(e)),
             }
             cq.sync();
@@ -367,7 +383,9 @@ impl IoThread {
                 let out_of_time = since.elapsed() > FLUSH_TIMEOUT;
                 if rx.is_empty() && ((disk_idle && log_flushed) || out_of_time) {
                     if !log_flushed {
-                        tracing::warn!("the log's last entries did not leave within {FLUSH_TIMEOUT:?}");
+                        tracing::warn!(
+                            "the log's last entries did not leave within {FLUSH_TIMEOUT:?}"
+                        );
                     }
                     if let Some(plane) = ft.as_mut() {
                         plane.shutdown();
@@ -397,7 +415,9 @@ impl IoThread {
                 sq.sync();
                 match submitter.submit_and_wait(1) {
                     Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EINTR)
+                            || e.raw_os_error() == Some(libc::EBUSY) => {}
                     Err(e) => return Err(IoThreadError::Enter(e)),
                 }
             }

@@ -12,11 +12,11 @@ use lockstep_guest_abi as abi;
 
 use crate::devices::clock::VirtualClock;
 use crate::devices::virtio::{Devices, Outputs};
+use crate::ft::shared::FtShared;
 use crate::machine::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
 use crate::replay::digest::Digester;
-use crate::ft::shared::FtShared;
-use crate::status::StatusCounters;
 use crate::replay::recorder::Recorder;
+use crate::status::StatusCounters;
 
 use super::io_thread::{FromIo, IoChannels, ToIo};
 use super::shared::{VmShared, wait_until};
@@ -76,12 +76,13 @@ impl LiveIo {
     /// An FT primary whose backup is gone and who won the arbiter: stop
     /// logging and let outputs go without waiting for acks.
     fn check_alone(&mut self) {
-        if let Some(ft) = self.ft.as_ref() {
-            if self.recorder.is_some() && FtShared::flag(&ft.alone) {
-                tracing::info!("continuing without a backup: the output rule is off");
-                self.recorder = None;
-                self.output_rule = false;
-            }
+        if let Some(ft) = self.ft.as_ref()
+            && self.recorder.is_some()
+            && FtShared::flag(&ft.alone)
+        {
+            tracing::info!("continuing without a backup: the output rule is off");
+            self.recorder = None;
+            self.output_rule = false;
         }
     }
 
@@ -127,10 +128,8 @@ impl LiveIo {
                 None => return Err("a disk request without a disk".into()),
             }
         }
-        if sent {
-            if let Some(io) = self.io.as_ref() {
-                io.waker.wake();
-            }
+        if sent && let Some(io) = self.io.as_ref() {
+            io.waker.wake();
         }
         Ok(())
     }
@@ -258,10 +257,10 @@ impl SyncIo for LiveIo {
                 StatusCounters::set(&self.shared.status.log_seq, r.seq());
                 // The log goes out at once: the backup's ack is what
                 // releases this exit's outputs.
-                if self.ft.is_some() {
-                    if let Some(io) = self.io.as_ref() {
-                        io.waker.wake();
-                    }
+                if self.ft.is_some()
+                    && let Some(io) = self.io.as_ref()
+                {
+                    io.waker.wake();
                 }
                 Ok(())
             }

@@ -165,15 +165,15 @@ impl Devices {
     /// Event bits for used entries published by deliveries/completions.
     pub fn input_events(&mut self) -> u32 {
         let mut events = 0;
-        if let Some(net) = self.net.as_mut() {
-            if net.device.take_rx_event() {
-                events |= abi::EV_NET_RX;
-            }
+        if let Some(net) = self.net.as_mut()
+            && net.device.take_rx_event()
+        {
+            events |= abi::EV_NET_RX;
         }
-        if let Some(blk) = self.blk.as_mut() {
-            if blk.device.take_used_event() {
-                events |= abi::EV_BLK;
-            }
+        if let Some(blk) = self.blk.as_mut()
+            && blk.device.take_used_event()
+        {
+            events |= abi::EV_BLK;
         }
         events
     }

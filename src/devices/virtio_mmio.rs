@@ -170,7 +170,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             0x064 => {} // nothing to acknowledge
             0x070 => self.write_status(mem, value),
             0x080 | 0x084 | 0x090 | 0x094 | 0x0a0 | 0x0a4 if setup => {
-                let (low, high) = if offset % 8 == 0 {
+                let (low, high) = if offset.is_multiple_of(8) {
                     (Some(value), None)
                 } else {
                     (None, Some(value))

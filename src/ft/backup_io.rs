@@ -85,7 +85,11 @@ impl BackupIo {
     }
 
     /// Takes over at this sync exit; `req` is finished live.
-    fn go_live(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
+    fn go_live(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        req: &SyncRequest,
+    ) -> Result<SyncOutcome, SyncError> {
         let Some(replay) = self.replay.take() else {
             return Err("go-live without a replay".into());
         };
@@ -145,7 +149,10 @@ impl SyncIo for BackupIo {
                 Ok(outcome)
             }
             Err(e) => {
-                let ended = matches!(e.downcast_ref::<ReplayStop>(), Some(ReplayStop::LogEnded { .. }));
+                let ended = matches!(
+                    e.downcast_ref::<ReplayStop>(),
+                    Some(ReplayStop::LogEnded { .. })
+                );
                 if ended && FtShared::flag(&self.ft.go_live) {
                     self.go_live(mem, req)
                 } else {
@@ -171,7 +178,11 @@ impl SyncIo for BackupIo {
         }
     }
 
-    fn after_sync_exit(&mut self, exit_index: u64, digester: &mut dyn Digester) -> Result<(), SyncError> {
+    fn after_sync_exit(
+        &mut self,
+        exit_index: u64,
+        digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         match (self.live.as_mut(), self.replay.as_mut()) {
             (Some(l), _) => l.after_sync_exit(exit_index, digester),
             (None, Some(r)) => r.after_sync_exit(exit_index, digester),
@@ -179,7 +190,12 @@ impl SyncIo for BackupIo {
         }
     }
 
-    fn finish(&mut self, exit_index: u64, end: &RunEndKind, digester: &mut dyn Digester) -> Result<(), SyncError> {
+    fn finish(
+        &mut self,
+        exit_index: u64,
+        end: &RunEndKind,
+        digester: &mut dyn Digester,
+    ) -> Result<(), SyncError> {
         match (self.live.as_mut(), self.replay.as_mut()) {
             (Some(l), _) => l.finish(exit_index, end, digester),
             (None, Some(r)) => r.finish(exit_index, end, digester),

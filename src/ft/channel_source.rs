@@ -38,7 +38,11 @@ impl ChunkSource for ChannelChunks {
             if FtShared::flag(&self.ft.go_live) || FtShared::flag(&self.ft.stream_ended) {
                 return Ok(None);
             }
-            if self.shared.force_stop.load(std::sync::atomic::Ordering::Acquire) {
+            if self
+                .shared
+                .force_stop
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 return Err(SourceError::Other("the VMM is stopping".into()));
             }
             let (rx, ft, shared) = (&self.rx, &self.ft, &self.shared);

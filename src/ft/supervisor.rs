@@ -100,7 +100,9 @@ impl Supervisor {
                             note(),
                             self.epoch
                         );
-                        self.ft.go_live.store(true, std::sync::atomic::Ordering::Release);
+                        self.ft
+                            .go_live
+                            .store(true, std::sync::atomic::Ordering::Release);
                     }
                     Side::Primary => {
                         shared.status.set_role(Role::PrimaryAlone);
@@ -109,7 +111,9 @@ impl Supervisor {
                             note(),
                             self.epoch
                         );
-                        self.ft.alone.store(true, std::sync::atomic::Ordering::Release);
+                        self.ft
+                            .alone
+                            .store(true, std::sync::atomic::Ordering::Release);
                     }
                 }
                 StatusCounters::add(&shared.status.failovers, 1);

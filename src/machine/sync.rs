@@ -79,7 +79,7 @@ pub enum RunEndKind {
 /// Reads and checks the guest's sync block.
 pub fn read_block(mem: &GuestMemoryMmap, addr: u64) -> Result<SyncBlock, GuestError> {
     let size = abi::SYNC_BLOCK_SIZE as u64;
-    if addr % 16 != 0 || addr / 4096 != (addr + size - 1) / 4096 {
+    if !addr.is_multiple_of(16) || addr / 4096 != (addr + size - 1) / 4096 {
         return Err(GuestError::BadSyncBlock(addr));
     }
     let mut raw = [0u8; abi::SYNC_BLOCK_SIZE];

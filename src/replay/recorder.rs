@@ -173,10 +173,10 @@ impl Recorder {
         digester: &mut dyn Digester,
     ) -> Result<(), SyncError> {
         self.syncs += 1;
-        if self.policy.every_syncs > 0 && self.syncs % self.policy.every_syncs == 0 {
+        if self.policy.every_syncs > 0 && self.syncs.is_multiple_of(self.policy.every_syncs) {
             self.digests += 1;
             let with_mem = self.policy.mem_every_digests > 0
-                && self.digests % self.policy.mem_every_digests == 0;
+                && self.digests.is_multiple_of(self.policy.mem_every_digests);
             self.digest(exit, digester, with_mem)?;
         }
         self.log.publish().map_err(log_err)

@@ -80,7 +80,8 @@ impl RecentFrames {
         if self.frames.len() == RECENT_FRAMES {
             self.frames.pop_front();
         }
-        self.frames.push_back((seq, std::time::Instant::now(), frame));
+        self.frames
+            .push_back((seq, std::time::Instant::now(), frame));
     }
 
     /// Frames the primary cannot have sent (tag above the last ack the
@@ -219,7 +220,12 @@ impl ReplayIo {
 
     /// Compares an output with the next log entry; returns the entry's seq
     /// (the output's tag under the output rule).
-    fn check_output(&mut self, exit: u64, what: OutputKind, bytes: &[u8]) -> Result<u64, SyncError> {
+    fn check_output(
+        &mut self,
+        exit: u64,
+        what: OutputKind,
+        bytes: &[u8],
+    ) -> Result<u64, SyncError> {
         let hash = logchan::output_hash(bytes);
         let entry = self.next_for(exit)?;
         self.outputs.push(hash);
@@ -319,15 +325,13 @@ impl ReplayIo {
             entry: Logged::End { .. },
             ..
         }) = self.cursor.peek()
-        {
-            if let Some(LoggedEntry {
+            && let Some(LoggedEntry {
                 exit_index,
                 entry: Logged::End { reason, status },
                 ..
             }) = self.cursor.pop()
-            {
-                self.recorded_end = Some((exit_index, reason, status));
-            }
+        {
+            self.recorded_end = Some((exit_index, reason, status));
         }
         self.recorded_end
     }

@@ -94,7 +94,7 @@ pub fn parse(image: &[u8], mem_size: u64, reserved_top: u64) -> Result<KernelIma
         }
         let start = ph.p_paddr(endian);
         let mem_len = ph.p_memsz(endian);
-        let end = start.checked_add(mem_len).unwrap_or(u64::MAX);
+        let end = start.saturating_add(mem_len);
         if start < low || end > high || ph.p_filesz(endian) > mem_len {
             return Err(ElfError::SegmentOutOfRange {
                 index,

@@ -91,7 +91,7 @@ pub struct Vm {
 
 /// Checks a memory size against the ABI's bounds.
 pub fn check_mem_size(mem_size: u64) -> Result<(), VmError> {
-    let ok = mem_size % (2 << 20) == 0 && (abi::MIN_MEM..=abi::MAX_MEM).contains(&mem_size);
+    let ok = mem_size.is_multiple_of(2 << 20) && (abi::MIN_MEM..=abi::MAX_MEM).contains(&mem_size);
     if ok {
         Ok(())
     } else {

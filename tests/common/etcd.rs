@@ -30,11 +30,15 @@ pub fn free_port() -> u16 {
 
 /// `GET /health` answered with `"health":"true"`.
 fn healthy(client: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&client.parse().expect("addr"), Duration::from_millis(500)) else {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&client.parse().expect("addr"), Duration::from_millis(500))
+    else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {client}\r\n\r\n").as_bytes()).is_err() {
+    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {client}\r\n\r\n").as_bytes())
+        .is_err()
+    {
         return false;
     }
     let mut body = String::new();
@@ -57,7 +61,9 @@ impl Etcd {
         match Command::new("etcd").arg("--version").output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => panic!("`etcd --version` failed: {o:?}"),
-            Err(e) => panic!("the etcd binary is missing ({e}): install the Debian package etcd-server (scripts/test installs it)"),
+            Err(e) => panic!(
+                "the etcd binary is missing ({e}): install the Debian package etcd-server (scripts/test installs it)"
+            ),
         }
         let dir = tempdir();
         let client = format!("{ip}:{client_port}");
@@ -112,7 +118,10 @@ impl Etcd {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("etcd exited ({status}) before it was healthy:\n{}", self.log_text());
+                panic!(
+                    "etcd exited ({status}) before it was healthy:\n{}",
+                    self.log_text()
+                );
             }
             let client = self.client.clone();
             let ok = match &self.ns {
@@ -122,7 +131,11 @@ impl Etcd {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "etcd not healthy within {timeout:?}:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy within {timeout:?}:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -96,26 +96,50 @@ impl FtPair {
             opts,
         };
         let mut b = pair.net.cmd("b", lockstep());
-        b.args(["backup", "--listen", &format!("{BACKUP_LOG}:{LOG_PORT}"), "--tap", &pair.net.tap(), "--cpus", "1,0", "--disk"])
-            .arg(pair.disk())
-            .arg("--console")
-            .arg(pair.dir.path().join("backup.console"))
-            .args(pair.ft_args("backup", BACKUP_LOG))
-            .args(&pair.opts.backup_extra);
+        b.args([
+            "backup",
+            "--listen",
+            &format!("{BACKUP_LOG}:{LOG_PORT}"),
+            "--tap",
+            &pair.net.tap(),
+            "--cpus",
+            "1,0",
+            "--disk",
+        ])
+        .arg(pair.disk())
+        .arg("--console")
+        .arg(pair.dir.path().join("backup.console"))
+        .args(pair.ft_args("backup", BACKUP_LOG))
+        .args(&pair.opts.backup_extra);
         pair.backup = Vmm::spawn(b);
-        pair.backup.wait_for_line("waiting for the primary", Duration::from_secs(20));
-        let target = pair.opts.backup_target.clone().unwrap_or_else(|| format!("{BACKUP_LOG}:{LOG_PORT}"));
+        pair.backup
+            .wait_for_line("waiting for the primary", Duration::from_secs(20));
+        let target = pair
+            .opts
+            .backup_target
+            .clone()
+            .unwrap_or_else(|| format!("{BACKUP_LOG}:{LOG_PORT}"));
         let mut p = pair.net.cmd("a", lockstep());
-        p.args(["primary", "--backup", &target, "--tap", &pair.net.tap(), "--cpus", "0,1"])
-            .args(["--mem", &pair.opts.mem_mib.to_string(), "--disk"])
-            .arg(pair.disk())
-            .arg("--console")
-            .arg(pair.dir.path().join("primary.console"))
-            .args(pair.ft_args("primary", PRIMARY_LOG))
-            .args(&pair.opts.primary_extra);
+        p.args([
+            "primary",
+            "--backup",
+            &target,
+            "--tap",
+            &pair.net.tap(),
+            "--cpus",
+            "0,1",
+        ])
+        .args(["--mem", &pair.opts.mem_mib.to_string(), "--disk"])
+        .arg(pair.disk())
+        .arg("--console")
+        .arg(pair.dir.path().join("primary.console"))
+        .args(pair.ft_args("primary", PRIMARY_LOG))
+        .args(&pair.opts.primary_extra);
         pair.primary = Vmm::spawn(p);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(pair.console("primary").contains("kv: serving RESP") && pair.backup.log().contains("following the primary")) {
+        while !(pair.console("primary").contains("kv: serving RESP")
+            && pair.backup.log().contains("following the primary"))
+        {
             assert!(
                 Instant::now() < deadline,
                 "the pair did not come up within 30 s\nprimary:\n{}\nprimary console:\n{}\nbackup:\n{}",
@@ -133,12 +157,20 @@ impl FtPair {
     }
 
     pub fn wait_console(&self, side: &str, needle: &str, timeout: Duration) {
-        wait_for(timeout, &format!("{side} console to show {needle:?}"), || self.console(side).contains(needle));
+        wait_for(
+            timeout,
+            &format!("{side} console to show {needle:?}"),
+            || self.console(side).contains(needle),
+        );
     }
 
     /// A client program in the client namespace.
     pub fn client(&self, program: &str, args: &[&str]) -> Output {
-        self.net.cmd("c", program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"))
+        self.net
+            .cmd("c", program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"))
     }
 
     pub fn redis(&self, args: &[&str]) -> String {
@@ -150,7 +182,11 @@ impl FtPair {
 
     /// `lockstep status --json` of one side, parsed.
     pub fn status(&self, side: &str) -> Option<serde_json::Value> {
-        let (ns, ip) = if side == "primary" { ("a", PRIMARY_LOG) } else { ("b", BACKUP_LOG) };
+        let (ns, ip) = if side == "primary" {
+            ("a", PRIMARY_LOG)
+        } else {
+            ("b", BACKUP_LOG)
+        };
         let out = self
             .net
             .cmd(ns, lockstep())

@@ -334,7 +334,10 @@ impl KvVm {
 pub const GUEST_IP: &str = "10.77.0.2";
 
 /// Spawns a thread that joins network namespace `ns` and runs `f`.
-pub fn spawn_in_netns<T: Send + 'static>(ns: String, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
         let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");

@@ -238,7 +238,7 @@ pub const STACK_SIZE: u64 = 1 << 20;
 const _: () = assert!(core::mem::size_of::<SyncBlock>() == SYNC_BLOCK_SIZE);
 const _: () = assert!(core::mem::size_of::<ConsoleWrite>() == 16);
 const _: () = assert!(core::mem::size_of::<BootParams>() == 80 + CMDLINE_MAX);
-const _: () = assert!(TSS_ADDR + 104 + 8192 + 1 <= STUBS_ADDR);
+const _: () = assert!(TSS_ADDR + 104 + 8192 < STUBS_ADDR);
 
 #[cfg(test)]
 mod tests {

@@ -161,6 +161,8 @@ fn main(bp: *const BootParams) -> ! {
         ),
         Workload::Compute => workloads::compute::run(settings.iters_millions),
         Workload::Disk => workloads::disk::run(&settings, bp.seed, disk, first.now_ns),
-        Workload::Idle => workloads::idle::run(settings.duration_ms, settings.tick_ms, first.now_ns),
+        Workload::Idle => {
+            workloads::idle::run(settings.duration_ms, settings.tick_ms, first.now_ns)
+        }
     }
 }

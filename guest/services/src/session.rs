@@ -199,7 +199,10 @@ impl RespSession {
         self.input = InBuf::default();
         self.parser = RespParser::new();
         self.out = OutQueue::default();
-        reply::error(self.out.buf_mut(), b"ERR client buffer limit exceeded: closing the connection");
+        reply::error(
+            self.out.buf_mut(),
+            b"ERR client buffer limit exceeded: closing the connection",
+        );
         self.closing = true;
     }
 
@@ -318,7 +321,12 @@ impl HttpSession {
     pub fn evict(&mut self) {
         self.input = InBuf::default();
         self.out = OutQueue::default();
-        router::text(self.out.buf_mut(), 503, "connection buffers over the server's limit", false);
+        router::text(
+            self.out.buf_mut(),
+            503,
+            "connection buffers over the server's limit",
+            false,
+        );
         self.closing = true;
     }
 
@@ -648,11 +656,23 @@ mod session_tests {
         req.extend(core::iter::repeat_n(b'x', 60_000));
         s.push_input(&req);
         s.process(&mut e);
-        assert!(s.memory() >= 60_000, "the partial request is accounted: {}", s.memory());
+        assert!(
+            s.memory() >= 60_000,
+            "the partial request is accounted: {}",
+            s.memory()
+        );
         s.evict();
         let out = s.sendable(e.durable()).to_vec();
-        assert!(out.starts_with(b"-ERR client buffer limit exceeded"), "{:?}", core::str::from_utf8(&out));
+        assert!(
+            out.starts_with(b"-ERR client buffer limit exceeded"),
+            "{:?}",
+            core::str::from_utf8(&out)
+        );
         assert!(s.memory() < 100);
-        assert_eq!(s.input_room(), 0, "an evicted connection takes no more input");
+        assert_eq!(
+            s.input_room(),
+            0,
+            "an evicted connection takes no more input"
+        );
     }
 }

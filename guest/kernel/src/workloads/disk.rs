@@ -114,7 +114,10 @@ pub fn run(s: &Settings, seed: u64, disk: Option<Disk>, start: u64) -> ! {
         }
     }
     if s.race > 0 {
-        say!("disk: {races} of {} racing write pairs read back as the later write", s.race);
+        say!(
+            "disk: {races} of {} racing write pairs read back as the later write",
+            s.race
+        );
     }
     loop {
         while !stopping && submitted < s.ops && disk.jobs() < s.inflight {
