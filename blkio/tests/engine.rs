@@ -235,8 +235,9 @@ fn drop_outputs_completes_writes_without_the_disk() {
     let (submitter, mut sq, mut cq) = ring.split();
     let dir = tempfile::tempdir().expect("tempdir");
     let img = image(dir.path());
+    // An aligned buffer: the image may be open with O_DIRECT.
     img.file()
-        .write_all_at(&[0x77; 512], 0)
+        .write_all_at(blkio::AlignedBuf::from_slice(&[0x77; 512]).as_slice(), 0)
         .expect("seed image");
     let mut e = DiskEngine::new(img, TAG);
     e.set_drop_outputs(true);
