@@ -12,6 +12,10 @@ use super::shared::FtShared;
 
 /// How long the waiting vCPU spins before it parks.
 const SPIN: Duration = Duration::from_micros(20);
+/// How often a starved replay looks for new log data. The I/O thread does
+/// not wake it (that would cost the I/O thread a cross-CPU wake-up per
+/// chunk); a backup only has to keep up, not to be early.
+const POLL: Duration = Duration::from_millis(1);
 
 /// The stream as the I/O thread hands it on: the header (re-encoded) as
 /// the first chunk, then runs of whole, verified entries.
@@ -46,7 +50,7 @@ impl ChunkSource for ChannelChunks {
                 return Err(SourceError::Other("the VMM is stopping".into()));
             }
             let (rx, ft, shared) = (&self.rx, &self.ft, &self.shared);
-            wait_until(Instant::now() + Duration::from_millis(50), SPIN, || {
+            wait_until(Instant::now() + POLL, SPIN, || {
                 !rx.is_empty()
                     || shared.force_stop.load(std::sync::atomic::Ordering::Acquire)
                     || FtShared::flag(&ft.go_live)
