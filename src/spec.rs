@@ -98,6 +98,15 @@ impl GuestSpec {
         })
     }
 
+    /// The guest's IPv4 address from its command line (`ip=A.B.C.D/P`).
+    pub fn guest_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ip="))
+            .and_then(|v| v.split('/').next())
+            .and_then(|a| a.parse().ok())
+    }
+
     /// The identity a log of this guest carries in its header.
     pub fn identity(&self, kernel: &[u8]) -> GuestIdentity {
         GuestIdentity {

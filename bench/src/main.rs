@@ -9,6 +9,7 @@
 //! Run it through `scripts/bench`, which builds everything first.
 
 mod env;
+mod ft;
 mod netns;
 mod record;
 mod redis;
@@ -40,6 +41,14 @@ enum Cmd {
     },
     /// Recording overhead, log bandwidth and replay speed per workload.
     Record,
+    /// The FT pair against one VM: throughput, output-rule latency,
+    /// logging bandwidth, failover times.
+    Ft {
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 5)]
+        failovers: usize,
+    },
     /// A client for failover runs: SETs unique keys for a while and records
     /// every acknowledged one (and the longest pause between acks).
     KvWriter {
@@ -108,6 +117,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Redis { requests, clients } => redis::compare(&machine, requests, clients),
         Cmd::Record => record::compare(),
+        Cmd::Ft { requests, failovers } => ft::compare(requests, failovers),
         Cmd::KvWriter { .. } | Cmd::KvCheck { .. } => Ok(()),
     }
 }

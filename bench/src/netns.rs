@@ -15,6 +15,12 @@ impl Net {
         Self::up(name, "up")
     }
 
+    /// Two VM hosts (`NAME-a`, `NAME-b`) joined by a logging link, and a
+    /// client LAN (`NAME-c`): `scripts/net ft-up`.
+    pub fn ft(name: &str) -> anyhow::Result<Net> {
+        Self::up(name, "ft-up")
+    }
+
     fn up(name: &str, how: &str) -> anyhow::Result<Net> {
         let status = Command::new(repo().join("scripts/net"))
             .args([how, name])

@@ -72,6 +72,27 @@ impl Vmm {
         Ok(())
     }
 
+    /// SIGKILL: the host dies.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// SIGTERM, wait for the exit; returns everything it printed.
+    pub fn stop_log(mut self) -> anyhow::Result<String> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("lockstep did not stop:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(self.log())
+    }
+
     /// SIGTERM, wait for the exit, return the statistics it printed.
     pub fn stop(mut self) -> anyhow::Result<Stats> {
         // SAFETY: kill(2) on our own child.

@@ -175,12 +175,32 @@ fn ioctl_socket(name: &str) -> Result<std::os::fd::OwnedFd, TapError> {
     })
 }
 
+/// How long "in use" is retried (see [`Tap::open`]).
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Tap {
     /// Opens (attaches to) the tap `name`, creating a non-persistent one if
     /// no interface has that name, in the calling thread's network
     /// namespace. The descriptor is non-blocking. Brings the link up if it
     /// is down.
+    ///
+    /// A tap whose previous user has just exited may still be attached for
+    /// a moment: the kernel tears a dead process's io_uring down in the
+    /// background, and the ring keeps its files until then. "In use" is
+    /// therefore retried for up to a second before it is reported.
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        let deadline = std::time::Instant::now() + BUSY_RETRY;
+        loop {
+            match Self::open_once(name) {
+                Err(TapError::Busy(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(name: &str) -> Result<Tap, TapError> {
         validate_name(name)?;
         let existed = nix::net::if_::if_nametoindex(name).is_ok();
         let file = OpenOptions::new()

@@ -42,15 +42,6 @@ impl Served for BackupIo {
     }
 }
 
-/// The guest's IPv4 address from its command line (`ip=A.B.C.D/P`).
-fn guest_ip(spec: &GuestSpec) -> Option<std::net::Ipv4Addr> {
-    spec.cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ip="))
-        .and_then(|v| v.split('/').next())
-        .and_then(|a| a.parse().ok())
-}
-
 /// Accepts the primary's connection, or returns `None` on SIGINT/SIGTERM.
 fn accept(
     listener: &TcpListener,
@@ -178,7 +169,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
         );
     }
     let vm = spec.build_vm(&kernel)?;
-    let announce = match (spec.mac, guest_ip(&spec)) {
+    let announce = match (spec.mac, spec.guest_ip()) {
         (Some(mac), Some(ip)) => Some(Announce { mac, ip }),
         _ => None,
     };

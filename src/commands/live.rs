@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::cli::VmArgs;
 use crate::commands::boot::{self, Booted, MakeLog};
 use crate::commands::drive::{Driven, Served, VmParts, drain, drive};
-use crate::dataplane::io_thread::IoChannels;
+use crate::dataplane::io_thread::{IoChannels, ToIo};
 use crate::dataplane::live::LiveIo;
 use crate::ft::shared::FtShared;
 use crate::ft::supervisor::Supervisor;
@@ -58,6 +58,15 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
     announce(args, &spec, disk_direct);
     shared.status.set_role(opts.role);
     let _status = launch::serve_status(&args.monitor, &shared.status)?;
+    let mut io = io;
+    // Tell the LAN where the guest is now: a VM that starts on another host
+    // than last time (a restarted pair) is found at once.
+    if let (Some(mac), Some(ip)) = (spec.mac, spec.guest_ip()) {
+        io.send(ToIo::Tx {
+            frame: netio::gratuitous_arp(mac, ip),
+            seq: 0,
+        });
+    }
     let mut live = LiveIo::new(shared.clone(), spec.devices(), Some(io));
     live.recorder = recorder;
     live.output_rule = ft.is_some();

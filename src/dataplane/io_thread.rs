@@ -233,7 +233,6 @@ impl IoThread {
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut busy = false;
-            let mut go_live = false;
             while let Ok(msg) = rx.pop() {
                 busy = true;
                 match msg {
@@ -272,19 +271,22 @@ impl IoThread {
                     ToIo::Drain => {
                         draining.get_or_insert_with(Instant::now);
                     }
-                    ToIo::GoLive => go_live = true,
+                    ToIo::GoLive => {
+                        // At once, in order: the frames queued behind it (the
+                        // gratuitous ARP, frames to send again) must leave.
+                        if let Some(plane) = ft.as_mut() {
+                            let mut dp = Dataplane {
+                                disk: disk.as_mut(),
+                                tap: tap.as_mut(),
+                                deliver_rx,
+                            };
+                            plane.go_live(&mut dp);
+                        }
+                    }
                 }
             }
             let now = Instant::now();
             if let Some(plane) = ft.as_mut() {
-                let mut dp = Dataplane {
-                    disk: disk.as_mut(),
-                    tap: tap.as_mut(),
-                    deliver_rx,
-                };
-                if go_live {
-                    plane.go_live(&mut dp);
-                }
                 plane.pump(&mut sq, now);
                 busy |= plane.busy();
             }
