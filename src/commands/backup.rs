@@ -26,12 +26,10 @@ use crate::ft::plane::{BackupPlane, FtPlane, TAG_LOG};
 use crate::ft::shared::FtShared;
 use crate::ft::supervisor::{Side, Supervisor};
 use crate::launch;
-use crate::machine::MachineError;
 use crate::replay::cursor::{LogCursor, Logged};
-use crate::replay::replayer::{ReplayIo, ReplayStop};
+use crate::replay::replayer::{ReplayIo, ReplayStop, replay_stop};
 use crate::spec::GuestSpec;
 use crate::status::Role;
-use crate::vmm::runner::RunError;
 
 /// How long the backup waits for the stream's boot entry once connected.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,27 +216,22 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     );
     drain(&mut run.io, io_thread);
     // A replay that ends with the recording: the primary ended the run.
-    if let Err(e) = &run.end
-        && let Some(RunError::Machine(MachineError::Sync { source, .. })) =
-            e.downcast_ref::<RunError>()
-    {
-        match source.downcast_ref::<ReplayStop>() {
-            Some(ReplayStop::Recorded {
-                exit_index,
-                reason,
-                status,
-            }) => {
-                tracing::info!(
-                    "the primary ended the run at exit {exit_index} ({reason:?}, status {status}); so does the backup"
-                );
-                return Ok(0);
-            }
-            Some(stop @ ReplayStop::Diverged(_)) => {
-                eprintln!("lockstep: {stop}");
-                return Ok(crate::commands::replay::EXIT_DIVERGED);
-            }
-            _ => {}
+    match replay_stop(&run.end) {
+        Some(ReplayStop::Recorded {
+            exit_index,
+            reason,
+            status,
+        }) => {
+            tracing::info!(
+                "the primary ended the run at exit {exit_index} ({reason:?}, status {status}); so does the backup"
+            );
+            return Ok(0);
         }
+        Some(stop @ ReplayStop::Diverged(_)) => {
+            eprintln!("lockstep: {stop}");
+            return Ok(crate::commands::replay::EXIT_DIVERGED);
+        }
+        _ => {}
     }
     if !went_live && run.verdict.is_none() && run.end.is_ok() {
         tracing::info!("the primary's guest stopped; so did the backup's replay");

@@ -19,7 +19,7 @@ use crate::devices::console::Console;
 use crate::ft::supervisor::Supervisor;
 use crate::launch;
 use crate::machine::{ExitStats, Machine, RunEndKind, Stop, SyncIo};
-use crate::vmm::runner::{self, RunEnd};
+use crate::vmm::runner::{self, RunEnd, RunError};
 
 /// How long the I/O thread gets to finish submitted writes at the end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +44,9 @@ pub struct Driven<S> {
     /// The supervisor stopped the VM with this status and reason.
     pub verdict: Option<(u8, String)>,
     pub elapsed: Duration,
+    /// Guest-caused exits, counted even when the run ended in an error.
+    pub exits: u64,
+    pub console_hash: u64,
 }
 
 /// The run's end as the log records it.
@@ -92,10 +95,19 @@ pub fn drive<S: Served>(
                 Err(_) => Ok(()),
             };
             let end = match (end, finish) {
-                (Ok(_), Err(e)) => Err(anyhow::anyhow!(e).context("finishing the run")),
+                (Ok(_), Err(e)) => {
+                    Err(anyhow::Error::new(RunError::Machine(e)).context("finishing the run"))
+                }
                 (end, _) => end,
             };
-            (end, machine.stats, machine.io)
+            let console_hash = machine.console.hash;
+            (
+                end,
+                machine.stats,
+                machine.exit_index,
+                console_hash,
+                machine.io,
+            )
         })
         .context("spawning the vCPU thread")?;
     let pthread = handle.as_pthread_t();
@@ -107,7 +119,7 @@ pub fn drive<S: Served>(
         || handle.is_finished(),
         || supervisor.as_deref_mut().and_then(|s| s.poll(&shared)),
     );
-    let (end, stats, io) = handle
+    let (end, stats, exits, console_hash, io) = handle
         .join()
         .map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?;
     Ok(Driven {
@@ -116,6 +128,8 @@ pub fn drive<S: Served>(
         io,
         verdict,
         elapsed: started.elapsed(),
+        exits,
+        console_hash,
     })
 }
 

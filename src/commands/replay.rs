@@ -1,22 +1,21 @@
 //! `lockstep replay`: re-execute a recording from its log alone.
 
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use logchan::{DecodeError, LogFileReader};
 
 use crate::cli::ReplayArgs;
+use crate::commands::drive::{Served, VmParts, drive};
+use crate::dataplane::io_thread::IoChannels;
 use crate::dataplane::shared::VmShared;
 use crate::launch;
-use crate::machine::{Machine, MachineError, RunEndKind};
 use crate::replay::backup_disk::BackupDisk;
 use crate::replay::cursor::{FileChunks, LogCursor, Logged};
-use crate::replay::replayer::{Perturb, ReplayIo, ReplayStats, ReplayStop};
+use crate::replay::replayer::{Perturb, ReplayIo, ReplayStats, ReplayStop, replay_stop};
 use crate::spec::GuestSpec;
-use crate::vmm::runner::{self, RunError};
 
 /// Exit status when the replay diverged from the recording.
 pub const EXIT_DIVERGED: u8 = 5;
@@ -91,58 +90,29 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     });
     let crate::vmm::vm::Vm {
         fd: _vm_fd,
-        mut vcpu,
+        vcpu,
         mem,
         ..
     } = vm;
-    let shared = Arc::new(VmShared::default());
-    let vcpu_shared = shared.clone();
-    let started = Instant::now();
     tracing::info!(
         "replaying {} ({} MiB guest)",
         args.log.display(),
         spec.mem_size >> 20
     );
-    let handle = std::thread::Builder::new()
-        .name("vcpu".into())
-        .spawn(move || {
-            launch::pin_current_thread(vcpu_cpu);
-            let _ = vcpu_shared.vcpu_thread.set(std::thread::current());
-            let mut machine = Machine::new(mem, console, io);
-            let end = runner::run(
-                &mut vcpu,
-                &mut machine,
-                &mut launch::ForceCheck(vcpu_shared),
-            );
-            let finish = match &end {
-                Ok(end) => {
-                    let kind = match end.stop {
-                        crate::machine::Stop::GuestExit(s) => RunEndKind::GuestExit(s),
-                        crate::machine::Stop::Forced => RunEndKind::HostStop,
-                        _ => RunEndKind::Error,
-                    };
-                    machine.finish(&kind, &vcpu)
-                }
-                Err(_) => Ok(()),
-            };
-            (
-                end,
-                finish,
-                machine.exit_index,
-                machine.io.stats.clone(),
-                machine.io.output_hash(),
-                machine.console.hash,
-            )
-        })
-        .context("spawning the vCPU thread")?;
-    let pthread = handle.as_pthread_t();
-    launch::wait_for_end(&shared, &signals, Duration::from_secs(1), pthread, || {
-        handle.is_finished()
-    });
-    let (end, finish, exits, stats, output_hash, console_hash) = handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?;
-    let elapsed = started.elapsed();
+    let run = drive(
+        VmParts {
+            vcpu,
+            mem,
+            cpu: vcpu_cpu,
+        },
+        console,
+        io,
+        Arc::new(VmShared::default()),
+        &signals,
+        Duration::from_secs(1),
+        None,
+    )?;
+    let (exits, output_hash, console_hash) = (run.exits, run.io.output_hash(), run.console_hash);
     let summary = |s: &ReplayStats| {
         format!(
             "{exits} exits, {} entries, {} sync calls, {} frames, {} disk completions, {} outputs and {} digests ({} with memory) checked, {} backup reads; output hash {output_hash:#018x}, console hash {console_hash:#018x}; {:.2?}",
@@ -154,61 +124,52 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
             s.digests_checked,
             s.mem_hashes_checked,
             s.backup_reads,
-            elapsed
+            run.elapsed
         )
     };
-    // A replay's outcome is in the stop reason of the sync call that ended it.
-    let stop = match &end {
-        Err(RunError::Machine(MachineError::Sync { source, .. })) => {
-            source.downcast_ref::<ReplayStop>()
-        }
-        _ => None,
-    };
-    match (stop, &end, finish) {
+    let stats = summary(&run.io.stats);
+    // A replay's outcome is in the stop reason of the sync call (or the end
+    // check) that ended it.
+    match (replay_stop(&run.end), &run.end) {
         (
             Some(ReplayStop::Recorded {
                 exit_index, reason, ..
             }),
             _,
-            _,
         ) => {
             tracing::info!(
-                "replay matched the recording up to its end at exit {exit_index} ({reason:?}): {}",
-                summary(&stats)
+                "replay matched the recording up to its end at exit {exit_index} ({reason:?}): {stats}"
             );
             Ok(0)
         }
-        (Some(ReplayStop::Diverged(d)), _, _) => {
+        (Some(ReplayStop::Diverged(d)), _) => {
             eprintln!("lockstep: {d}");
-            tracing::info!("{}", summary(&stats));
+            tracing::info!("{stats}");
             Ok(EXIT_DIVERGED)
         }
-        (Some(ReplayStop::LogEnded { exit_index, end }), _, _) => {
+        (Some(ReplayStop::LogEnded { exit_index, end }), _) => {
             eprintln!(
                 "lockstep: the replay applied every whole entry and stopped at exit {exit_index}: {end}{}",
                 truncated.map(|t| format!(" ({t})")).unwrap_or_default()
             );
-            tracing::info!("{}", summary(&stats));
+            tracing::info!("{stats}");
             Ok(EXIT_LOG_ENDED)
         }
-        (None, Ok(run_end), Ok(())) => {
+        (None, Ok(run_end)) => {
             let (line, code) = launch::describe_end(run_end);
-            tracing::info!("replay matched the recording: {line}; {}", summary(&stats));
+            tracing::info!("replay matched the recording: {line}; {stats}");
             Ok(code)
         }
-        (None, Ok(_), Err(e)) => {
-            let d = e
-                .downcast_ref::<ReplayStop>()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| e.to_string());
-            eprintln!("lockstep: {d}");
-            tracing::info!("{}", summary(&stats));
-            Ok(EXIT_DIVERGED)
-        }
-        (None, Err(_), _) => {
-            tracing::info!("{}", summary(&stats));
-            end.map(drop).context("replaying the VM")?;
+        (None, Err(_)) => {
+            tracing::info!("{stats}");
+            run.end.map(drop).context("replaying the VM")?;
             Ok(1)
         }
+    }
+}
+
+impl Served for ReplayIo {
+    fn channels(&mut self) -> Option<&mut IoChannels> {
+        None
     }
 }

@@ -15,7 +15,7 @@ use lockstep_guest_abi as abi;
 use crate::devices::GuestError;
 use crate::devices::console::Console;
 use crate::replay::digest::{RegsSource, VmDigester};
-use crate::vmm::exit::{ExitKind, VmExit};
+use crate::vmm::exit::VmExit;
 
 pub use sync::{RunEndKind, SyncError, SyncIo, SyncOutcome, SyncRequest};
 
@@ -71,6 +71,23 @@ pub enum MachineError {
         #[source]
         source: SyncError,
     },
+    #[error("checking the run's end at exit {exit_index} failed")]
+    Finish {
+        exit_index: u64,
+        #[source]
+        source: SyncError,
+    },
+}
+
+impl MachineError {
+    /// The error of the side serving sync calls, if that is what ended the
+    /// run (a replay's stop reason travels this way).
+    pub fn io_error(&self) -> Option<&SyncError> {
+        match self {
+            MachineError::Sync { source, .. } | MachineError::Finish { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// Counters the runner and `lockstep status` report.
@@ -149,14 +166,13 @@ impl<S: SyncIo> Machine<S> {
             return Ok(Flow::Continue);
         }
         self.exit_index += 1;
-        let kind = exit.kind();
         let guest = |exit_index, source| MachineError::Guest { exit_index, source };
         match exit {
             VmExit::IoOut { port, data } => match port {
                 abi::PORT_SYNC => {
                     let arg = u32_arg("sync call", data).map_err(|e| guest(self.exit_index, e))?;
                     self.stats.sync += 1;
-                    self.sync(arg, kind)
+                    self.sync(arg)
                 }
                 abi::PORT_CONSOLE => {
                     self.stats.console += 1;
@@ -211,7 +227,7 @@ impl<S: SyncIo> Machine<S> {
         }
     }
 
-    fn sync(&mut self, arg: u32, kind: ExitKind) -> Result<Flow, MachineError> {
+    fn sync(&mut self, arg: u32) -> Result<Flow, MachineError> {
         let addr = arg as u64;
         let block = sync::read_block(&self.mem, addr).map_err(|source| MachineError::Guest {
             exit_index: self.exit_index,
@@ -219,7 +235,6 @@ impl<S: SyncIo> Machine<S> {
         })?;
         let request = SyncRequest {
             exit_index: self.exit_index,
-            kind,
             flags: block.flags,
             deadline_ns: block.deadline_ns,
         };
@@ -245,12 +260,17 @@ impl<S: SyncIo> Machine<S> {
     }
 
     /// The run is over: lets the I/O side close its log.
-    pub fn finish(&mut self, end: &RunEndKind, regs: &dyn RegsSource) -> Result<(), SyncError> {
+    pub fn finish(&mut self, end: &RunEndKind, regs: &dyn RegsSource) -> Result<(), MachineError> {
         let mut digester = VmDigester {
             regs,
             mem: &self.mem,
         };
-        self.io.finish(self.exit_index, end, &mut digester)
+        self.io
+            .finish(self.exit_index, end, &mut digester)
+            .map_err(|source| MachineError::Finish {
+                exit_index: self.exit_index,
+                source,
+            })
     }
 }
 

@@ -8,13 +8,11 @@ use lockstep_guest_abi::{self as abi, SyncBlock};
 
 use crate::devices::GuestError;
 use crate::replay::digest::Digester;
-use crate::vmm::exit::ExitKind;
 
 /// What the guest asked for in one sync call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncRequest {
     pub exit_index: u64,
-    pub kind: ExitKind,
     pub flags: u32,
     pub deadline_ns: u64,
 }

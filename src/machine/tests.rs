@@ -84,8 +84,8 @@ fn a_sync_exit_fills_the_block_and_counts_one_exit() {
     assert_eq!(m.exit_index, 1);
     let req = m.io.asked[0];
     assert_eq!(
-        (req.exit_index, req.kind, req.flags, req.deadline_ns),
-        (1, ExitKind::Sync, abi::SYNC_WAIT, 5_000)
+        (req.exit_index, req.flags, req.deadline_ns),
+        (1, abi::SYNC_WAIT, 5_000)
     );
     let mut events = [0u8; 4];
     m.mem

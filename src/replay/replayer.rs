@@ -129,6 +129,18 @@ pub struct ReplayIo {
     pub recorded_end: Option<(u64, logchan::EndReason, i32)>,
 }
 
+/// Why a replay stopped, if its log (not the VMM or the guest) ended it.
+pub fn replay_stop(end: &anyhow::Result<crate::vmm::runner::RunEnd>) -> Option<&ReplayStop> {
+    match end
+        .as_ref()
+        .err()?
+        .downcast_ref::<crate::vmm::runner::RunError>()?
+    {
+        crate::vmm::runner::RunError::Machine(m) => m.io_error()?.downcast_ref::<ReplayStop>(),
+        _ => None,
+    }
+}
+
 fn diverged(exit_index: u64, seq: u64, what: String) -> SyncError {
     Box::new(ReplayStop::Diverged(Divergence {
         exit_index,

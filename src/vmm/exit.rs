@@ -34,36 +34,11 @@ pub enum VmExit<'a> {
     Other(String),
 }
 
-/// The kind of an exit, as recorded in the log (stable numbers).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u16)]
-pub enum ExitKind {
-    None = 0,
-    Sync = 1,
-    PioOut = 2,
-    PioIn = 3,
-    MmioRead = 4,
-    MmioWrite = 5,
-    Other = 6,
-}
-
 impl VmExit<'_> {
     /// Whether the guest caused this exit, i.e. whether it advances the exit
     /// index (the replayable instruction point).
     pub fn is_guest_caused(&self) -> bool {
         !matches!(self, VmExit::Interrupted)
-    }
-
-    pub fn kind(&self) -> ExitKind {
-        match self {
-            VmExit::IoOut { port, .. } if *port == lockstep_guest_abi::PORT_SYNC => ExitKind::Sync,
-            VmExit::IoOut { .. } => ExitKind::PioOut,
-            VmExit::IoIn { .. } => ExitKind::PioIn,
-            VmExit::MmioRead { .. } => ExitKind::MmioRead,
-            VmExit::MmioWrite { .. } => ExitKind::MmioWrite,
-            VmExit::Interrupted => ExitKind::None,
-            _ => ExitKind::Other,
-        }
     }
 }
 
