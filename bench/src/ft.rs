@@ -17,7 +17,12 @@ use crate::vm::{self, Vmm};
 const GUEST: &str = "10.77.0.2";
 
 /// Starts a backup on B and a primary on A; returns (primary, backup).
-fn start_pair(net: &Net, dir: &Path, heartbeat_ms: u64, timeout_ms: u64) -> anyhow::Result<(Vmm, Vmm)> {
+fn start_pair(
+    net: &Net,
+    dir: &Path,
+    heartbeat_ms: u64,
+    timeout_ms: u64,
+) -> anyhow::Result<(Vmm, Vmm)> {
     let bin = vm::lockstep_bin().display().to_string();
     let ft = |name: &str| {
         vec![
@@ -32,23 +37,48 @@ fn start_pair(net: &Net, dir: &Path, heartbeat_ms: u64, timeout_ms: u64) -> anyh
         ]
     };
     let mut b = net.cmd("b", &bin);
-    b.args(["backup", "--listen", "10.99.0.2:7000", "--tap", &net.tap(), "--cpus", "1,0", "--status", "10.99.0.2:7010", "--disk"])
-        .arg(dir.join("disk.img"))
-        .arg("--console")
-        .arg(dir.join("backup.console"))
-        .args(ft("backup"));
+    b.args([
+        "backup",
+        "--listen",
+        "10.99.0.2:7000",
+        "--tap",
+        &net.tap(),
+        "--cpus",
+        "1,0",
+        "--status",
+        "10.99.0.2:7010",
+        "--disk",
+    ])
+    .arg(dir.join("disk.img"))
+    .arg("--console")
+    .arg(dir.join("backup.console"))
+    .args(ft("backup"));
     let mut backup = Vmm::spawn(b)?;
     backup.wait_for("waiting for the primary", Duration::from_secs(20))?;
     let mut p = net.cmd("a", &bin);
-    p.args(["primary", "--backup", "10.99.0.2:7000", "--tap", &net.tap(), "--cpus", "0,1", "--status", "10.99.0.1:7010", "--disk"])
-        .arg(dir.join("disk.img"))
-        .arg("--console")
-        .arg(dir.join("primary.console"))
-        .args(ft("primary"));
+    p.args([
+        "primary",
+        "--backup",
+        "10.99.0.2:7000",
+        "--tap",
+        &net.tap(),
+        "--cpus",
+        "0,1",
+        "--status",
+        "10.99.0.1:7010",
+        "--disk",
+    ])
+    .arg(dir.join("disk.img"))
+    .arg("--console")
+    .arg(dir.join("primary.console"))
+    .args(ft("primary"));
     let primary = Vmm::spawn(p)?;
     backup.wait_for("following the primary", Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(dir.join("primary.console")).unwrap_or_default().contains("kv: serving") {
+    while !std::fs::read_to_string(dir.join("primary.console"))
+        .unwrap_or_default()
+        .contains("kv: serving")
+    {
         if Instant::now() > deadline {
             bail!("the primary's guest did not come up:\n{}", primary.log());
         }
@@ -60,7 +90,19 @@ fn start_pair(net: &Net, dir: &Path, heartbeat_ms: u64, timeout_ms: u64) -> anyh
 fn benchmark(net: &Net, pipeline: u32, n: u64) -> anyhow::Result<Vec<BenchResult>> {
     let out = net
         .cmd("c", "redis-benchmark")
-        .args(["-h", GUEST, "-n", &n.to_string(), "-c", "50", "-P", &pipeline.to_string(), "-t", "set,get", "--csv"])
+        .args([
+            "-h",
+            GUEST,
+            "-n",
+            &n.to_string(),
+            "-c",
+            "50",
+            "-P",
+            &pipeline.to_string(),
+            "-t",
+            "set,get",
+            "--csv",
+        ])
         .output()
         .context("redis-benchmark")?;
     let rows = parse_csv(&String::from_utf8_lossy(&out.stdout));
@@ -93,13 +135,22 @@ fn output_rule_line(log: &str) -> Option<String> {
 fn logged_at_ms(log: &str, needle: &str) -> Option<u128> {
     let line = log.lines().find(|l| l.contains(needle))?;
     let clean: String = line.chars().filter(|c| !c.is_control()).collect();
-    let stamp = clean.split_whitespace().next()?.trim_start_matches("[2m").trim_end_matches("[0m");
-    let out = Command::new("date").args(["-d", stamp, "+%s%3N"]).output().ok()?;
+    let stamp = clean
+        .split_whitespace()
+        .next()?
+        .trim_start_matches("[2m")
+        .trim_end_matches("[0m");
+    let out = Command::new("date")
+        .args(["-d", stamp, "+%s%3N"])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 fn now_ms() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
@@ -107,7 +158,9 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
     let net = Net::ft("bft")?;
     let dir = tempfile::tempdir()?;
     let bin = vm::lockstep_bin().display().to_string();
-    println!("`redis-benchmark -n {n} -c 50 -t set,get [-P 16]` from the client LAN; one VM on host A, then the pair (primary on A, backup on B); three rounds alternately, medians.\n");
+    println!(
+        "`redis-benchmark -n {n} -c 50 -t set,get [-P 16]` from the client LAN; one VM on host A, then the pair (primary on A, backup on B); three rounds alternately, medians.\n"
+    );
 
     // One VM on host A and the pair, alternately, three rounds; medians.
     let mut single: Vec<Vec<Vec<BenchResult>>> = Vec::new();
@@ -120,7 +173,12 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
             .arg(dir.path().join(format!("single{round}.img")));
         let mut vmm = Vmm::spawn(cmd)?;
         vmm.wait_for("kv: serving", Duration::from_secs(30))?;
-        single.push([1, 16].iter().map(|p| benchmark(&net, *p, n)).collect::<anyhow::Result<_>>()?);
+        single.push(
+            [1, 16]
+                .iter()
+                .map(|p| benchmark(&net, *p, n))
+                .collect::<anyhow::Result<_>>()?,
+        );
         vmm.stop()?;
 
         let round_dir = dir.path().join(format!("pair{round}"));
@@ -128,10 +186,19 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
         let (primary, backup) = start_pair(&net, &round_dir, 100, 1000)?;
         let before = status(&net, "a", "10.99.0.1:7010");
         let started = Instant::now();
-        pair.push([1, 16].iter().map(|p| benchmark(&net, *p, n)).collect::<anyhow::Result<_>>()?);
+        pair.push(
+            [1, 16]
+                .iter()
+                .map(|p| benchmark(&net, *p, n))
+                .collect::<anyhow::Result<_>>()?,
+        );
         let secs = started.elapsed().as_secs_f64();
         let after = status(&net, "a", "10.99.0.1:7010");
-        let log_bytes = |s: &Option<serde_json::Value>| s.as_ref().and_then(|v| v["log_bytes"].as_u64()).unwrap_or(0);
+        let log_bytes = |s: &Option<serde_json::Value>| {
+            s.as_ref()
+                .and_then(|v| v["log_bytes"].as_u64())
+                .unwrap_or(0)
+        };
         bandwidth.push((log_bytes(&after) - log_bytes(&before)) as f64 * 8.0 / secs / 1e6);
         let primary_log = primary.stop_log()?;
         drop(backup);
@@ -145,13 +212,26 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
     };
     let mbit = median(bandwidth);
 
-    let mut t = Table::new(&["test", "lockstep run", "FT pair", "FT ÷ run", "p99 run", "p99 FT"]);
+    let mut t = Table::new(&[
+        "test",
+        "lockstep run",
+        "FT pair",
+        "FT ÷ run",
+        "p99 run",
+        "p99 FT",
+    ]);
     for (i, p) in [1, 16].iter().enumerate() {
         for j in 0..2 {
-            let pick = |runs: &Vec<Vec<Vec<BenchResult>>>, f: fn(&BenchResult) -> f64| median(runs.iter().map(|r| f(&r[i][j])).collect());
+            let pick = |runs: &Vec<Vec<Vec<BenchResult>>>, f: fn(&BenchResult) -> f64| {
+                median(runs.iter().map(|r| f(&r[i][j])).collect())
+            };
             let (s_rps, f_rps) = (pick(&single, |r| r.rps), pick(&pair, |r| r.rps));
             let test = &single[0][i][j].test;
-            let name = if *p > 1 { format!("{test} -P {p}") } else { test.clone() };
+            let name = if *p > 1 {
+                format!("{test} -P {p}")
+            } else {
+                test.clone()
+            };
             t.row(vec![
                 name,
                 format!("{s_rps:.0}"),
@@ -163,7 +243,9 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
         }
     }
     print!("{}", t.markdown());
-    println!("\nlogging bandwidth during the benchmark: {mbit:.1} Mbit/s (paper, Table 1: 1.5–18 Mbit/s)");
+    println!(
+        "\nlogging bandwidth during the benchmark: {mbit:.1} Mbit/s (paper, Table 1: 1.5–18 Mbit/s)"
+    );
     println!("output rule during the benchmark: {rule}\n");
     drop(net);
     failover_times(dir.path(), failovers)
@@ -185,7 +267,14 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
         let acked = run_dir.join("acked.txt");
         let writer = net
             .cmd("c", &tools.display().to_string())
-            .args(["kv-writer", "--connections", "4", "--seconds", "3", "--acked"])
+            .args([
+                "kv-writer",
+                "--connections",
+                "4",
+                "--seconds",
+                "3",
+                "--acked",
+            ])
             .arg(&acked)
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -222,10 +311,28 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
     }
     let stat = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() { "n/a".to_string() } else { format!("median {:.0} ms, max {:.0} ms", v[v.len() / 2], v[v.len() - 1]) }
+        if v.is_empty() {
+            "n/a".to_string()
+        } else {
+            format!(
+                "median {:.0} ms, max {:.0} ms",
+                v[v.len() / 2],
+                v[v.len() - 1]
+            )
+        }
     };
-    let mut t = Table::new(&["failovers", "kill → backup live", "client-visible outage", "runs that lost an acknowledged write"]);
-    t.row(vec![runs.to_string(), stat(&mut live_ms), stat(&mut outage_ms), lost.to_string()]);
+    let mut t = Table::new(&[
+        "failovers",
+        "kill → backup live",
+        "client-visible outage",
+        "runs that lost an acknowledged write",
+    ]);
+    t.row(vec![
+        runs.to_string(),
+        stat(&mut live_ms),
+        stat(&mut outage_ms),
+        lost.to_string(),
+    ]);
     print!("{}", t.markdown());
     println!(
         "\nHeartbeat every 10 ms, peer declared dead after 50 ms of silence. Outage: the longest pause between two \

@@ -112,7 +112,9 @@ pub fn check(addr: &str, acked: &[String]) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn save(path: &Path, keys: &[String]) -> anyhow::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("{}", path.display()))?);
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("{}", path.display()))?,
+    );
     for k in keys {
         writeln!(f, "{k}")?;
     }

@@ -1,6 +1,9 @@
 //! The benchmark harness's reusable pieces: a RESP client that knows
 //! exactly which writes the server acknowledged (used by the harness, the
-//! demo's client and the integration tests).
+//! demo's client and the integration tests), and the drivers of the
+//! logging channel's engines against raw TCP (used by the `log_channel`
+//! bench on loopback and by `lockstep-bench channel` across namespaces).
 
+pub mod channel;
 pub mod kvclient;
 pub mod resp;

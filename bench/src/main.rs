@@ -5,11 +5,13 @@
 //!
 //!   lockstep-bench redis    guest KV service vs stock redis-server
 //!   lockstep-bench record   recording overhead, log bandwidth, replay speed
+//!   lockstep-bench channel  logging channel vs raw TCP on the logging link
 //!
 //! Run it through `scripts/bench`, which builds everything first.
 
 mod env;
 mod ft;
+mod link;
 mod netns;
 mod record;
 mod redis;
@@ -48,6 +50,14 @@ enum Cmd {
         requests: u64,
         #[arg(long, default_value_t = 5)]
         failovers: usize,
+    },
+    /// The logging channel (SenderEngine → ReceiverEngine) against raw TCP
+    /// on the logging link between two namespaces (a veth), side by side:
+    /// stream throughput and round trips.
+    Channel {
+        /// MiB streamed per run (whole NetRx entries).
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
     },
     /// A client for failover runs: SETs unique keys for a while and records
     /// every acknowledged one (and the longest pause between acks).
@@ -117,7 +127,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Redis { requests, clients } => redis::compare(&machine, requests, clients),
         Cmd::Record => record::compare(),
-        Cmd::Ft { requests, failovers } => ft::compare(requests, failovers),
+        Cmd::Ft {
+            requests,
+            failovers,
+        } => ft::compare(requests, failovers),
+        Cmd::Channel { mib } => link::compare(mib),
         Cmd::KvWriter { .. } | Cmd::KvCheck { .. } => Ok(()),
     }
 }

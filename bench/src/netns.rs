@@ -1,8 +1,10 @@
 //! Test hosts as network namespaces, made and removed by `scripts/net`.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use lockstep_bench::channel::Side;
 
 use crate::vm::repo;
 
@@ -22,6 +24,11 @@ impl Net {
     }
 
     fn up(name: &str, how: &str) -> anyhow::Result<Net> {
+        // Made first, so that whatever a failed `up` left behind is removed
+        // when it drops.
+        let net = Net {
+            name: name.to_string(),
+        };
         let status = Command::new(repo().join("scripts/net"))
             .args([how, name])
             .status()
@@ -29,13 +36,22 @@ impl Net {
         if !status.success() {
             bail!("scripts/net {how} {name} failed");
         }
-        Ok(Net {
-            name: name.to_string(),
-        })
+        Ok(net)
     }
 
     pub fn ns(&self, which: &str) -> String {
         format!("{}-{which}", self.name)
+    }
+
+    /// The file that names namespace NAME-which (for `setns`).
+    pub fn path(&self, which: &str) -> PathBuf {
+        Path::new("/var/run/netns").join(self.ns(which))
+    }
+
+    /// Namespace NAME-which as one end of a link: threads of that side
+    /// join it first.
+    pub fn side(&self, which: &str) -> Side {
+        Side::Netns(self.path(which))
     }
 
     pub fn tap(&self) -> String {

@@ -22,7 +22,11 @@
 //! loopback or veth into another namespace it always does, and then
 //! SEND_ZC is slower than a plain send; an automatically chosen zero-copy
 //! mode therefore switches to plain sends after a run of copied
-//! notifications (logged). A forced mode is kept.
+//! notifications (logged). A forced mode is kept. Until a notification has
+//! shown a send that was really not copied, an automatically chosen
+//! zero-copy mode sends at most `ZC_PROBE_SEND` bytes at a time: the run
+//! of copied notifications that decides the switch then costs a few MiB of
+//! slow sends on a path that copies, not `ZC_COPIED_SWITCH` full-size ones.
 //!
 //! One receive stays armed for acks (they may arrive split or batched).
 
@@ -61,6 +65,16 @@ const ZC_COPIED: u32 = 1 << 31;
 /// CQE per send (measured on loopback: about half the throughput of plain
 /// sends). A forced mode never changes.
 const ZC_COPIED_SWITCH: u64 = 64;
+/// Largest SEND_ZC of an automatically chosen zero-copy mode until a
+/// notification has reported a send the kernel did not copy. On a path
+/// that copies, the `ZC_COPIED_SWITCH` probes then carry 1 MiB instead of up
+/// to `max_send` each (64 MiB with the default). Measured on a veth between
+/// two namespaces (every SEND_ZC copied, at about half the speed of a plain
+/// send), 256 MiB through a fresh connection, alternating with raw TCP:
+/// 0.73 of raw with full-size probes against 0.88 with plain sends forced;
+/// with 16 KiB probes the automatic mode matches forced plain sends. Where
+/// zero copy works, only the sends before the first notification are small.
+const ZC_PROBE_SEND: usize = 16 << 10;
 /// `MSG_WAITALL` makes the kernel finish a short send itself (one CQE per
 /// send under pressure); `MSG_NOSIGNAL`: a reset connection is an error
 /// code, not a SIGPIPE.
@@ -111,6 +125,9 @@ pub struct SenderEngine {
     closed: bool,
     /// Notifications in a row that said the kernel copied.
     zc_copied_run: u64,
+    /// A notification has said the kernel did not copy: zero-copy works on
+    /// this path, sends go full size.
+    zc_proven: bool,
     /// `zc_flags` of SEND_ZC: usage reports, until a kernel refuses them
     /// (6.0 and 6.1 have SEND_ZC but not `IORING_SEND_ZC_REPORT_USAGE`).
     zc_flags: u16,
@@ -184,6 +201,7 @@ impl SenderEngine {
             },
             closed: false,
             zc_copied_run: 0,
+            zc_proven: false,
             zc_flags: ZC_REPORT_USAGE,
             stats: SenderStats::default(),
         })
@@ -387,7 +405,14 @@ impl SenderEngine {
             let e = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(SEND_FLAGS);
             (e.build(), rest.len() as u32, false, None)
         } else {
-            let Some(r) = self.outbox.next_range(self.sent_pos, self.opts.max_send) else {
+            // An automatic zero-copy mode probes with small sends until the
+            // kernel shows it does not copy (see `ZC_PROBE_SEND`).
+            let max = if mode.is_zero_copy() && self.opts.mode.is_none() && !self.zc_proven {
+                self.opts.max_send.min(ZC_PROBE_SEND)
+            } else {
+                self.opts.max_send
+            };
+            let Some(r) = self.outbox.next_range(self.sent_pos, max) else {
                 return;
             };
             let e = match mode {
@@ -468,6 +493,7 @@ impl SenderEngine {
                 self.zc_copied_run += 1;
             } else {
                 self.zc_copied_run = 0;
+                self.zc_proven = true;
             }
             if self.zc_copied_run >= ZC_COPIED_SWITCH
                 && self.opts.mode.is_none()
