@@ -260,6 +260,15 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
 }
 
+impl Shared {
+    /// Wakes `event`'s waiter if it is parked, counting the futex wake.
+    pub(crate) fn notify(&self, event: &Event) {
+        if event.notify() {
+            Counters::bump(&self.counters.wakeups, 1);
+        }
+    }
+}
+
 /// Creates a pool of `count` buffers of `size` bytes (rounded up to pages)
 /// with default waiting policy; see [`log_buffers_with`].
 pub fn log_buffers(count: usize, size: usize) -> Result<(LogProducer, LogConsumer), BufferError> {

@@ -152,9 +152,7 @@ impl LogConsumer {
         loop {
             let raw = ring.pop().ok()?;
             // A slot came free: a producer stalled on a full ring may go on.
-            if self.shared.slot_freed.notify() {
-                Counters::bump(&self.shared.counters.wakeups, 1);
-            }
+            self.shared.notify(&self.shared.slot_freed);
             if raw.len == 0 {
                 self.sealed.set(raw.generation + 1);
                 self.update_freed(None);
@@ -209,9 +207,7 @@ impl LogConsumer {
         if target > self.freed.get() {
             self.freed.set(target);
             self.shared.freed.store(target, Ordering::Release);
-            if self.shared.buffer_freed.notify() {
-                Counters::bump(&self.shared.counters.wakeups, 1);
-            }
+            self.shared.notify(&self.shared.buffer_freed);
         }
     }
 
@@ -249,10 +245,7 @@ impl LogConsumer {
 impl Drop for LogConsumer {
     fn drop(&mut self) {
         self.shared.consumer_closed.store(true, Ordering::Release);
-        for ev in [&self.shared.buffer_freed, &self.shared.slot_freed] {
-            if ev.notify() {
-                Counters::bump(&self.shared.counters.wakeups, 1);
-            }
-        }
+        self.shared.notify(&self.shared.buffer_freed);
+        self.shared.notify(&self.shared.slot_freed);
     }
 }

@@ -13,6 +13,7 @@ use crate::entry::{
     EntryHeader, EntryKind, ExitKind, MAX_MMIO_LEN, MAX_PAYLOAD, MMIO_FIXED_LEN, OUTPUT_LEN,
     OutputKind, Record, SYNC_LEN, entry_len_for_payload,
 };
+use crate::wire::{u16_at, u32_at, u64_at};
 
 /// What is wrong with a corrupt entry.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -129,24 +130,6 @@ impl Fault {
     }
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    let mut a = [0u8; 2];
-    a.copy_from_slice(&b[o..o + 2]);
-    u16::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[o..o + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-
 fn need_inner(buf: &[u8]) -> Result<usize, Fault> {
     if buf.len() < ENTRY_HEADER_LEN {
         return Ok(ENTRY_HEADER_LEN);
@@ -178,7 +161,7 @@ fn decode_entry(buf: &[u8]) -> Result<(Record<'_>, usize), Fault> {
     let payload_len = u32_at(bytes, 4);
     let end = ENTRY_HEADER_LEN + payload_len as usize;
     let stored = u32_at(bytes, 0);
-    let computed = crc32c::crc32c(&bytes[4..end]);
+    let computed = crate::hash::checksum(&bytes[4..end]);
     if stored != computed {
         return Err(corrupt(Corruption::Crc { stored, computed }));
     }

@@ -312,7 +312,7 @@ pub fn encode_into(
     write_payload(payload, entry);
     pad.fill(0);
     // Header and payload are contiguous: one crc pass over both.
-    let crc = crc32c::crc32c(&out[4..ENTRY_HEADER_LEN + payload_len]);
+    let crc = crate::hash::checksum(&out[4..ENTRY_HEADER_LEN + payload_len]);
     out[0..4].copy_from_slice(&crc.to_le_bytes());
     Ok(total)
 }

@@ -7,6 +7,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::wire::{check_seal, seal, u16_at, u32_at, u64_at};
+
 /// First 8 bytes of every stream.
 pub const STREAM_MAGIC: [u8; 8] = *b"LSTPLOG\0";
 /// The format version this build writes and the only one it reads.
@@ -111,24 +113,6 @@ fn describe(diffs: &[IdentityDiff]) -> String {
     parts.join("; ")
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    let mut a = [0u8; 2];
-    a.copy_from_slice(&b[o..o + 2]);
-    u16::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[o..o + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-
 /// Bytes the header crc covers (everything before it).
 const CRC_OFF: usize = 60;
 
@@ -155,8 +139,7 @@ impl StreamHeader {
         b[40..48].copy_from_slice(&self.epoch.to_le_bytes());
         b[48..56].copy_from_slice(&self.first_seq.to_le_bytes());
         // 56..60 reserved, zero.
-        let crc = crc32c::crc32c(&b[..CRC_OFF]);
-        b[CRC_OFF..].copy_from_slice(&crc.to_le_bytes());
+        seal(&mut b, CRC_OFF);
         b
     }
 
@@ -186,11 +169,8 @@ impl StreamHeader {
         if len as usize != STREAM_HEADER_LEN {
             return Err(HeaderError::BadLength { found: len });
         }
-        let stored = u32_at(b, CRC_OFF);
-        let computed = crc32c::crc32c(&b[..CRC_OFF]);
-        if stored != computed {
-            return Err(HeaderError::BadCrc { stored, computed });
-        }
+        check_seal(b, CRC_OFF)
+            .map_err(|(stored, computed)| HeaderError::BadCrc { stored, computed })?;
         let flags = u32_at(b, 12);
         if flags & !flags::KNOWN != 0 {
             return Err(HeaderError::UnknownFlags { flags });

@@ -25,6 +25,7 @@ pub mod header;
 pub mod producer;
 pub mod stream;
 mod wait;
+mod wire;
 
 pub use buffers::{BufferError, LogConfig, LogStats, log_buffers, log_buffers_with};
 pub use channel::{

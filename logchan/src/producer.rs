@@ -148,8 +148,8 @@ impl LogProducer {
         c.segments
             .store(c.segments.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.pub_entries = self.entries;
-        if self.shared.wake_consumer && self.shared.to_consumer.notify() {
-            Counters::bump(&c.wakeups, 1);
+        if self.shared.wake_consumer {
+            self.shared.notify(&self.shared.to_consumer);
         }
         Ok(())
     }
@@ -190,9 +190,7 @@ impl LogProducer {
         if !self.finished {
             self.finished = true;
             self.shared.producer_closed.store(true, Ordering::Release);
-            if self.shared.to_consumer.notify() {
-                Counters::bump(&self.shared.counters.wakeups, 1);
-            }
+            self.shared.notify(&self.shared.to_consumer);
         }
     }
 
@@ -216,11 +214,17 @@ impl LogProducer {
             self.sealed = true;
         }
         let next = self.generation + 1;
-        let count = self.shared.pool.count as u64;
         let shared = &*self.shared;
+        let count = shared.pool.count as u64;
         let free = || next < shared.freed.load(Ordering::Acquire) + count;
         if !free() {
-            self.stall(|s| next < s.freed.load(Ordering::Acquire) + count)?;
+            Self::wait_for(
+                shared,
+                &shared.buffer_freed,
+                self.spin,
+                self.stall_timeout,
+                free,
+            )?;
         }
         self.generation = next;
         self.sealed = false;
@@ -246,17 +250,6 @@ impl LogProducer {
         self.ring.push(seg).map_err(|_| ProducerError::Stalled {
             waited: Duration::ZERO,
         })
-    }
-
-    fn stall(&self, ready: impl Fn(&Shared) -> bool) -> Result<(), ProducerError> {
-        let shared = &*self.shared;
-        Self::wait_for(
-            shared,
-            &shared.buffer_freed,
-            self.spin,
-            self.stall_timeout,
-            || ready(shared),
-        )
     }
 
     fn wait_for(

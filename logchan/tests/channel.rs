@@ -62,8 +62,7 @@ fn run_case(case: Case) -> Outcome {
         let (mut side, producer) = SenderSide::new(&ring, client, &log, send, send_reg);
         let producer = spawn_producer(producer, wl);
         drive_sender(&mut ring, &mut side, deadline, "every entry acked", |s| {
-            let st = s.engine.stats();
-            s.closed() || (s.engine.is_drained() && s.engine.acked().acked_seq == st.entries_sent)
+            s.closed_or_all_acked()
         })?;
         let side = finish_sender(&mut ring, side);
         let last = producer.join().map_err(|_| "producer panicked")??;
@@ -284,9 +283,7 @@ fn buffers_go_into_slots_of_a_shared_sparse_table() {
         );
         let producer = spawn_producer(producer, wl);
         drive_sender(&mut ring, &mut side, deadline, "every entry acked", |s| {
-            s.closed()
-                || (s.engine.is_drained()
-                    && s.engine.acked().acked_seq == s.engine.stats().entries_sent)
+            s.closed_or_all_acked()
         })?;
         let attached = side.attached;
         let side = finish_sender(&mut ring, side);

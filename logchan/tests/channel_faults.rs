@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use common::chan::{
     DEADLINE, Fault, Proxy, ReceiverSide, SenderSide, Workload, drive_receiver, drive_sender,
-    finish_receiver, finish_sender, ring, small_log, spawn_producer,
+    finish_receiver, finish_sender, ring, small_log, spawn_producer, tcp_pair,
 };
 use common::header;
 use logchan::channel::{
@@ -218,10 +218,7 @@ impl FakeBackup {
 /// A sender whose peer is a fake backup; `script` writes acks. Returns the
 /// sender's events once it has closed.
 fn sender_vs_fake(script: impl FnOnce(&mut FakeBackup) + Send + 'static) -> Vec<SenderEvent> {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-    let (server, _) = l.accept().expect("accept");
-    server.set_nodelay(true).expect("nodelay");
+    let (client, server) = tcp_pair();
     server
         .set_read_timeout(Some(DEADLINE))
         .expect("read timeout");

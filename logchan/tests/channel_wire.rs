@@ -12,6 +12,13 @@ fn ack() -> Ack {
     }
 }
 
+/// Recomputes the crc of a 40-byte message edited by a test, so only the
+/// edited field is wrong.
+fn reseal(b: &mut [u8; 40]) {
+    let crc = crc32c::crc32c(&b[..36]);
+    b[36..].copy_from_slice(&crc.to_le_bytes());
+}
+
 fn beat() -> Heartbeat {
     Heartbeat {
         role: Role::Backup,
@@ -66,13 +73,11 @@ fn ack_errors_name_what_is_wrong() {
     // Flags and reserved must be 0 even with a valid crc.
     let mut b = ack().encode();
     b[6] = 1;
-    let crc = crc32c::crc32c(&b[..36]);
-    b[36..].copy_from_slice(&crc.to_le_bytes());
+    reseal(&mut b);
     assert_eq!(Ack::decode(&b), Err(AckError::Flags { flags: 1 }));
     let mut b = ack().encode();
     b[33] = 1;
-    let crc = crc32c::crc32c(&b[..36]);
-    b[36..].copy_from_slice(&crc.to_le_bytes());
+    reseal(&mut b);
     assert_eq!(Ack::decode(&b), Err(AckError::Reserved { value: 0x100 }));
 }
 
@@ -152,8 +157,7 @@ fn every_damaged_heartbeat_bit_and_every_other_size_is_refused() {
     }
     let mut b = good;
     b[6] = 3;
-    let crc = crc32c::crc32c(&b[..36]);
-    b[36..].copy_from_slice(&crc.to_le_bytes());
+    reseal(&mut b);
     assert_eq!(
         Heartbeat::decode(&b),
         Err(HeartbeatError::UnknownRole { role: 3 })

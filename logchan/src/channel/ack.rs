@@ -17,6 +17,8 @@
 
 use thiserror::Error;
 
+use crate::wire::{check_seal, seal, u16_at, u32_at, u64_at};
+
 /// Bytes of one ack.
 pub const ACK_LEN: usize = 40;
 pub const ACK_MAGIC: [u8; 4] = *b"LSAK";
@@ -55,22 +57,6 @@ pub enum AckError {
     ReplayedAhead { replayed: u64, acked: u64 },
 }
 
-fn u16_at(b: &[u8; ACK_LEN], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-
-fn u32_at(b: &[u8; ACK_LEN], o: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[o..o + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8; ACK_LEN], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-
 impl Ack {
     pub fn encode(&self) -> [u8; ACK_LEN] {
         let mut b = [0u8; ACK_LEN];
@@ -80,8 +66,7 @@ impl Ack {
         b[8..16].copy_from_slice(&self.acked_seq.to_le_bytes());
         b[16..24].copy_from_slice(&self.replayed_seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.replayed_exit.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..CRC_OFF]);
-        b[CRC_OFF..].copy_from_slice(&crc.to_le_bytes());
+        seal(&mut b, CRC_OFF);
         b
     }
 
@@ -96,11 +81,8 @@ impl Ack {
         if version != ACK_VERSION {
             return Err(AckError::UnsupportedVersion { found: version });
         }
-        let stored = u32_at(b, CRC_OFF);
-        let computed = crc32c::crc32c(&b[..CRC_OFF]);
-        if stored != computed {
-            return Err(AckError::BadCrc { stored, computed });
-        }
+        check_seal(b, CRC_OFF)
+            .map_err(|(stored, computed)| AckError::BadCrc { stored, computed })?;
         let flags = u16_at(b, 6);
         if flags != 0 {
             return Err(AckError::Flags { flags });

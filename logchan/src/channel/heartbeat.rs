@@ -17,6 +17,8 @@
 
 use thiserror::Error;
 
+use crate::wire::{check_seal, seal, u16_at, u32_at, u64_at};
+
 pub const HEARTBEAT_LEN: usize = 40;
 pub const HEARTBEAT_MAGIC: [u8; 4] = *b"LSHB";
 pub const HEARTBEAT_VERSION: u16 = 1;
@@ -69,18 +71,6 @@ pub enum HeartbeatError {
     Reserved { value: u32 },
 }
 
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[o..o + 4]);
-    u32::from_le_bytes(a)
-}
-
 impl Heartbeat {
     pub fn encode(&self) -> [u8; HEARTBEAT_LEN] {
         let mut b = [0u8; HEARTBEAT_LEN];
@@ -91,8 +81,7 @@ impl Heartbeat {
         b[8..16].copy_from_slice(&self.epoch.to_le_bytes());
         b[16..24].copy_from_slice(&self.counter.to_le_bytes());
         b[24..32].copy_from_slice(&self.log_seq.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..CRC_OFF]);
-        b[CRC_OFF..].copy_from_slice(&crc.to_le_bytes());
+        seal(&mut b, CRC_OFF);
         b
     }
 
@@ -106,15 +95,12 @@ impl Heartbeat {
         if found != HEARTBEAT_MAGIC {
             return Err(HeartbeatError::BadMagic { found });
         }
-        let version = u16::from_le_bytes([b[4], b[5]]);
+        let version = u16_at(b, 4);
         if version != HEARTBEAT_VERSION {
             return Err(HeartbeatError::UnsupportedVersion { found: version });
         }
-        let stored = u32_at(b, CRC_OFF);
-        let computed = crc32c::crc32c(&b[..CRC_OFF]);
-        if stored != computed {
-            return Err(HeartbeatError::BadCrc { stored, computed });
-        }
+        check_seal(b, CRC_OFF)
+            .map_err(|(stored, computed)| HeartbeatError::BadCrc { stored, computed })?;
         let role = Role::from_u8(b[6]).ok_or(HeartbeatError::UnknownRole { role: b[6] })?;
         let reserved = u32_at(b, 32);
         if reserved != 0 {

@@ -78,3 +78,37 @@ pub(crate) fn user_data_id(user_data: u64) -> u64 {
 pub(crate) fn is_transient(errno: i32) -> bool {
     matches!(errno, libc::EAGAIN | libc::EINTR)
 }
+
+/// Flags of every send on the logging connection. `MSG_WAITALL` makes the
+/// kernel finish a short send itself (one CQE per send under pressure);
+/// `MSG_NOSIGNAL`: a reset connection is an error code, not a SIGPIPE.
+pub(crate) const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+
+/// Puts the logging connection in blocking mode with `TCP_NODELAY`:
+/// io_uring then waits for the socket itself (internal poll) instead of
+/// completing with `EAGAIN`, and small messages (acks) leave at once.
+pub(crate) fn configure_stream(stream: &std::net::TcpStream) -> Result<(), SetupError> {
+    let sock = |source| SetupError::Socket {
+        what: "logging channel",
+        source,
+    };
+    stream.set_nodelay(true).map_err(sock)?;
+    stream.set_nonblocking(false).map_err(sock)
+}
+
+/// Probes the ring's opcodes and refuses a kernel without the SEND and RECV
+/// both ends of the logging channel need.
+pub(crate) fn probe(submitter: &io_uring::Submitter<'_>) -> Result<io_uring::Probe, SetupError> {
+    use io_uring::opcode;
+    let mut probe = io_uring::Probe::new();
+    submitter
+        .register_probe(&mut probe)
+        .map_err(SetupError::Probe)?;
+    if !probe.is_supported(opcode::Send::CODE) || !probe.is_supported(opcode::Recv::CODE) {
+        return Err(SetupError::Unsupported {
+            mode: "the logging channel",
+            opcode: "IORING_OP_SEND/RECV",
+        });
+    }
+    Ok(probe)
+}

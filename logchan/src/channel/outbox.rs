@@ -81,9 +81,8 @@ impl Outbox {
         self.held.len()
     }
 
-    /// Takes every segment published so far; returns how many.
-    pub(crate) fn take_published(&mut self) -> usize {
-        let mut n = 0;
+    /// Takes every segment published so far.
+    pub(crate) fn take_published(&mut self) {
         while let Some(seg) = self.consumer.try_next_segment() {
             // SAFETY: the segment borrows `*self.consumer`, a heap value
             // whose address never changes and that is dropped only after
@@ -95,9 +94,7 @@ impl Outbox {
             let start = self.take_pos;
             self.take_pos += seg.len() as u64;
             self.held.push_back(Held { seg, start });
-            n += 1;
         }
-        n
     }
 
     /// The unsent bytes from stream offset `sent_pos`: the rest of the first
@@ -151,15 +148,8 @@ impl Outbox {
 
     /// Releases, in order, every wholly sent segment that ends at or before
     /// `frontier` (the kernel has finished with every byte before it).
-    pub(crate) fn release_before(&mut self, frontier: u64) -> usize {
-        let mut n = 0;
-        while self.first_unsent > 0 {
-            let Some(front) = self.held.front() else {
-                break;
-            };
-            if front.end() > frontier {
-                break;
-            }
+    pub(crate) fn release_before(&mut self, frontier: u64) {
+        while self.first_unsent > 0 && self.held.front().is_some_and(|h| h.end() <= frontier) {
             let Some(h) = self.held.pop_front() else {
                 break;
             };
@@ -169,9 +159,7 @@ impl Outbox {
                 // from this consumer.
                 tracing::error!("log segment release failed: {e}");
             }
-            n += 1;
         }
-        n
     }
 
     /// Keeps the consumer, its segments and the buffer mapping alive for

@@ -24,18 +24,19 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use io_uring::{Probe, Submitter, cqueue, opcode, squeue, types};
+use io_uring::{Submitter, cqueue, opcode, squeue, types};
 
 use super::ack::{ACK_LEN, Ack};
 use super::error::{ChannelError, SetupError};
 use super::fixed::{self, Registration};
-use super::{is_transient, user_data, user_data_kind, user_data_tag};
+use super::{
+    SEND_FLAGS, configure_stream, is_transient, probe, user_data, user_data_kind, user_data_tag,
+};
 use crate::header::StreamHeader;
 use crate::stream::{StreamDecoder, StreamError, StreamItem};
 
 const KIND_READ: u8 = 1;
 const KIND_ACK: u8 = 2;
-const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
 
 /// How the stream is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,12 +165,7 @@ impl ReceiverEngine {
         tag: u8,
         opts: ReceiverOptions,
     ) -> Result<ReceiverEngine, SetupError> {
-        let sock = |source| SetupError::Socket {
-            what: "logging channel",
-            source,
-        };
-        stream.set_nodelay(true).map_err(sock)?;
-        stream.set_nonblocking(false).map_err(sock)?;
+        configure_stream(&stream)?;
         if opts.buffers == 0 || opts.buffers > usize::from(u16::MAX) {
             return Err(SetupError::Config {
                 what: "receive buffers",
@@ -219,17 +215,7 @@ impl ReceiverEngine {
         if self.mode.is_some() {
             return Err(SetupError::AlreadyAttached);
         }
-        let mut probe = Probe::new();
-        submitter
-            .register_probe(&mut probe)
-            .map_err(SetupError::Probe)?;
-        if !probe.is_supported(opcode::Recv::CODE) || !probe.is_supported(opcode::Send::CODE) {
-            return Err(SetupError::Unsupported {
-                mode: "the logging channel",
-                opcode: "IORING_OP_SEND/RECV",
-            });
-        }
-        let fixed_ok = probe.is_supported(opcode::ReadFixed::CODE);
+        let fixed_ok = probe(submitter)?.is_supported(opcode::ReadFixed::CODE);
         let mode = match self.opts.mode {
             Some(RecvMode::Plain) => RecvMode::Plain,
             Some(RecvMode::Fixed) if !fixed_ok => {
@@ -518,9 +504,8 @@ impl ReceiverEngine {
         }
         if let Some(error) = corrupt {
             tracing::error!(%error, "corrupt log stream on the logging channel: closing it");
-            self.closed = true;
-            // Tells the primary at once; an error means it is gone anyway.
-            let _ = self.stream.shutdown(Shutdown::Both);
+            // Tells the primary at once.
+            self.shutdown();
             out(ReceiverEvent::Corrupt { error });
         }
     }
@@ -561,9 +546,7 @@ impl ReceiverEngine {
         } else {
             tracing::warn!(error = %reason, received = self.decoder.last_seq(), "logging channel closed");
         }
-        self.closed = true;
-        // An error here only means the socket is already dead.
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.shutdown();
         out(ReceiverEvent::Closed { reason, clean });
     }
 }

@@ -37,14 +37,17 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use io_uring::{Probe, Submitter, cqueue, opcode, squeue, types};
+use io_uring::{Submitter, cqueue, opcode, squeue, types};
 
 use super::ack::{ACK_LEN, Ack};
 use super::error::{ChannelError, SetupError};
 use super::fixed::{self, Registration};
 use super::outbox::Outbox;
 pub use super::sender_types::{SendMode, SenderEvent, SenderOptions, SenderStats};
-use super::{is_transient, user_data, user_data_id, user_data_kind, user_data_tag};
+use super::{
+    SEND_FLAGS, configure_stream, is_transient, probe, user_data, user_data_id, user_data_kind,
+    user_data_tag,
+};
 use crate::buffers::LogStats;
 use crate::consumer::LogConsumer;
 use crate::header::{STREAM_HEADER_LEN, StreamHeader};
@@ -75,10 +78,6 @@ const ZC_COPIED_SWITCH: u64 = 64;
 /// with 16 KiB probes the automatic mode matches forced plain sends. Where
 /// zero copy works, only the sends before the first notification are small.
 const ZC_PROBE_SEND: usize = 16 << 10;
-/// `MSG_WAITALL` makes the kernel finish a short send itself (one CQE per
-/// send under pressure); `MSG_NOSIGNAL`: a reset connection is an error
-/// code, not a SIGPIPE.
-const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
 
 #[derive(Debug)]
 struct SendOp {
@@ -161,12 +160,7 @@ impl SenderEngine {
         tag: u8,
         opts: SenderOptions,
     ) -> Result<SenderEngine, SetupError> {
-        let sock = |source| SetupError::Socket {
-            what: "logging channel",
-            source,
-        };
-        stream.set_nodelay(true).map_err(sock)?;
-        stream.set_nonblocking(false).map_err(sock)?;
+        configure_stream(&stream)?;
         if opts.max_send == 0 {
             return Err(SetupError::Config {
                 what: "max_send",
@@ -221,17 +215,7 @@ impl SenderEngine {
         if self.mode.is_some() {
             return Err(SetupError::AlreadyAttached);
         }
-        let mut probe = Probe::new();
-        submitter
-            .register_probe(&mut probe)
-            .map_err(SetupError::Probe)?;
-        let zc = probe.is_supported(opcode::SendZc::CODE);
-        if !probe.is_supported(opcode::Send::CODE) || !probe.is_supported(opcode::Recv::CODE) {
-            return Err(SetupError::Unsupported {
-                mode: "the logging channel",
-                opcode: "IORING_OP_SEND/RECV",
-            });
-        }
+        let zc = probe(submitter)?.is_supported(opcode::SendZc::CODE);
         let no_zc = SetupError::Unsupported {
             mode: "zero-copy send",
             opcode: "IORING_OP_SEND_ZC",
@@ -641,10 +625,8 @@ impl SenderEngine {
             return;
         }
         tracing::warn!(error = %reason, sent = self.sent_pos, acked = self.acked.acked_seq, "logging channel closed");
-        self.closed = true;
-        // Ends the operations still in the ring quickly, and tells the
-        // peer; an error only means the socket is already dead.
-        let _ = self.stream.shutdown(Shutdown::Both);
+        // Ends the operations still in the ring quickly, and tells the peer.
+        self.shutdown();
         out(SenderEvent::Closed { reason });
     }
 }

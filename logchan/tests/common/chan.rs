@@ -188,6 +188,14 @@ impl SenderSide {
             .iter()
             .any(|e| matches!(e, SenderEvent::Closed { .. }))
     }
+
+    /// Closed, or everything sent, released and acked: where a whole-stream
+    /// run stops.
+    pub fn closed_or_all_acked(&self) -> bool {
+        self.closed()
+            || (self.engine.is_drained()
+                && self.engine.acked().acked_seq == self.engine.stats().entries_sent)
+    }
 }
 
 /// Runs the sender until `done`.
