@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -140,7 +139,7 @@ pub fn console_for(path: Option<&Path>) -> anyhow::Result<Console> {
 }
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread it spawns
-/// afterwards; `wait_for_end` collects them.
+/// afterwards; `supervise` collects them.
 pub fn block_stop_signals() -> anyhow::Result<SigSet> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
@@ -151,18 +150,7 @@ pub fn block_stop_signals() -> anyhow::Result<SigSet> {
 
 /// Waits until `done()` while turning SIGINT/SIGTERM into a clean stop: the
 /// first asks the guest to stop (EV_STOP), a second one or the timeout
-/// stops the vCPU hard.
-pub fn wait_for_end(
-    shared: &VmShared,
-    signals: &SigSet,
-    stop_timeout: Duration,
-    vcpu_thread: libc::pthread_t,
-    done: impl FnMut() -> bool,
-) {
-    supervise(shared, signals, stop_timeout, vcpu_thread, done, || None);
-}
-
-/// [`wait_for_end`], also asking `tick` every few milliseconds whether the
+/// stops the vCPU hard. Also asks `tick` every few milliseconds whether the
 /// VM must be stopped now (an FT side that lost the arbiter); returns the
 /// exit status and reason `tick` gave.
 pub fn supervise(
@@ -185,7 +173,7 @@ pub fn supervise(
         }
         // Short: the I/O thread's failure verdicts are acted on within a
         // few milliseconds (the failover budget).
-        if let Some(sig) = timed_signal_wait(signals, Duration::from_millis(2)) {
+        if let Some(sig) = poll_signal(signals, Duration::from_millis(2)) {
             if stop_asked.is_some() {
                 tracing::warn!("{sig:?} again: stopping the VM now");
                 force(shared, vcpu_thread);
@@ -197,7 +185,7 @@ pub fn supervise(
         }
         if let Some(t) = stop_asked
             && t.elapsed() > stop_timeout
-            && !shared.force_stop.load(Ordering::Acquire)
+            && !shared.forced()
         {
             tracing::warn!("the guest did not stop within {stop_timeout:?}: stopping it");
             force(shared, vcpu_thread);
@@ -207,17 +195,12 @@ pub fn supervise(
 }
 
 fn force(shared: &VmShared, vcpu_thread: libc::pthread_t) {
-    shared.force_stop.store(true, Ordering::Release);
-    shared.wake_vcpu();
+    shared.force();
     runner::kick(vcpu_thread);
 }
 
 /// Waits up to `timeout` for one of `set`'s (blocked) signals.
 pub fn poll_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    timed_signal_wait(set, timeout)
-}
-
-fn timed_signal_wait(set: &SigSet, timeout: Duration) -> Option<Signal> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -233,10 +216,7 @@ pub struct ForceCheck(pub Arc<VmShared>);
 
 impl KickCheck for ForceCheck {
     fn after_kick(&mut self) -> Option<Stop> {
-        self.0
-            .force_stop
-            .load(Ordering::Acquire)
-            .then_some(Stop::Forced)
+        self.0.forced().then_some(Stop::Forced)
     }
 }
 

@@ -3,7 +3,7 @@
 //! in lockstep, and goes live when the primary dies and it wins the
 //! arbiter.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use netio::{Tap, TapEngine};
 use crate::cli::BackupArgs;
 use crate::commands::drive::{Served, VmParts, drain, drive};
 use crate::commands::live::report;
-use crate::commands::primary::{liveness, side_name};
+use crate::commands::primary::{liveness, resolve, side_name};
 use crate::dataplane::io_thread::{self, IoChannels, TAG_DISK, TAG_TAP};
 use crate::dataplane::shared::VmShared;
 use crate::ft::arbiter;
@@ -68,12 +68,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     let live = liveness(&args.ft)?;
     let arbiter =
         arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
-    let listen: SocketAddr = args
-        .listen
-        .to_socket_addrs()
-        .with_context(|| format!("--listen {}", args.listen))?
-        .next()
-        .with_context(|| format!("--listen {}: no address", args.listen))?;
+    let listen = resolve("--listen", &args.listen)?;
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
     launch::avoid_cpu(vcpu_cpu);
     let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
@@ -185,17 +180,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
         header.epoch,
         spec.mem_size >> 20
     );
-    let crate::vmm::vm::Vm {
-        fd: _vm_fd,
-        vcpu,
-        mem,
-        ..
-    } = vm;
-    let parts = VmParts {
-        vcpu,
-        mem,
-        cpu: vcpu_cpu,
-    };
+    let (_vm_fd, parts) = VmParts::split(vm, vcpu_cpu);
     let mut run = drive(
         parts,
         console,

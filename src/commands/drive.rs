@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{VcpuFd, VmFd};
 use nix::sys::signal::SigSet;
 use vm_memory::GuestMemoryMmap;
 
@@ -20,6 +20,7 @@ use crate::ft::supervisor::Supervisor;
 use crate::launch;
 use crate::machine::{ExitStats, Machine, RunEndKind, Stop, SyncIo};
 use crate::vmm::runner::{self, RunEnd, RunError};
+use crate::vmm::vm::Vm;
 
 /// How long the I/O thread gets to finish submitted writes at the end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +37,15 @@ pub struct VmParts {
     pub cpu: Option<usize>,
 }
 
+impl VmParts {
+    /// Takes the vCPU and memory of `vm`, to run on `cpu`; the VM's own fd
+    /// is returned to the caller, who keeps it open until the run is over.
+    pub fn split(vm: Vm, cpu: Option<usize>) -> (VmFd, VmParts) {
+        let Vm { fd, vcpu, mem, .. } = vm;
+        (fd, VmParts { vcpu, mem, cpu })
+    }
+}
+
 /// How a run ended.
 pub struct Driven<S> {
     pub end: anyhow::Result<RunEnd>,
@@ -50,15 +60,10 @@ pub struct Driven<S> {
 }
 
 /// The run's end as the log records it.
-pub fn end_kind(end: &anyhow::Result<RunEnd>) -> RunEndKind {
-    match end {
-        Ok(RunEnd {
-            stop: Stop::GuestExit(s),
-            ..
-        }) => RunEndKind::GuestExit(*s),
-        Ok(RunEnd {
-            stop: Stop::Forced, ..
-        }) => RunEndKind::HostStop,
+fn end_kind(stop: &Stop) -> RunEndKind {
+    match stop {
+        Stop::GuestExit(s) => RunEndKind::GuestExit(*s),
+        Stop::Forced => RunEndKind::HostStop,
         _ => RunEndKind::Error,
     }
 }
@@ -89,17 +94,13 @@ pub fn drive<S: Served>(
                 &mut machine,
                 &mut launch::ForceCheck(vcpu_shared),
             )
-            .context("running the VM");
-            let finish = match &end {
-                Ok(_) => machine.finish(&end_kind(&end), &vcpu),
-                Err(_) => Ok(()),
-            };
-            let end = match (end, finish) {
-                (Ok(_), Err(e)) => {
-                    Err(anyhow::Error::new(RunError::Machine(e)).context("finishing the run"))
-                }
-                (end, _) => end,
-            };
+            .context("running the VM")
+            .and_then(|end| {
+                machine.finish(&end_kind(&end.stop), &vcpu).map_err(|e| {
+                    anyhow::Error::new(RunError::Machine(e)).context("finishing the run")
+                })?;
+                Ok(end)
+            });
             let console_hash = machine.console.hash;
             (
                 end,

@@ -30,6 +30,14 @@ pub fn side_name(ft: &FtArgs, role: &str) -> String {
     })
 }
 
+/// The first address `addr` (`HOST:PORT`, the value of `flag`) resolves to.
+pub fn resolve(flag: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("{flag} {addr}"))?
+        .next()
+        .with_context(|| format!("{flag} {addr}: no address"))
+}
+
 pub fn liveness(ft: &FtArgs) -> anyhow::Result<Liveness> {
     if ft.heartbeat_ms == 0 || ft.failure_timeout_ms <= ft.heartbeat_ms {
         bail!(
@@ -72,12 +80,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
     let live = liveness(&args.ft)?;
     let arbiter =
         arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
-    let backup: SocketAddr = args
-        .backup
-        .to_socket_addrs()
-        .with_context(|| format!("--backup {}", args.backup))?
-        .next()
-        .with_context(|| format!("--backup {}: no address", args.backup))?;
+    let backup = resolve("--backup", &args.backup)?;
     let epoch = arbiter.begin_next(&name).with_context(|| {
         format!(
             "starting a new pair run at the arbiter {}",
@@ -85,10 +88,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
         )
     })?;
     let ft = Arc::new(FtShared::default());
-    let policy = DigestPolicy {
-        every_syncs: args.digest.digest_every,
-        mem_every_digests: args.digest.mem_digest_every,
-    };
+    let policy = DigestPolicy::from(&args.digest);
     let connect_timeout = Duration::from_secs(args.connect_timeout);
     let hb_port = args.ft.heartbeat_port.unwrap_or(backup.port());
     let hb_peer = args
@@ -96,6 +96,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
         .heartbeat_peer
         .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
     let plane_ft = ft.clone();
+    let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, name.clone(), ft.clone());
     let log = Box::new(
         move |spec: &crate::spec::GuestSpec,
               kernel: &[u8],
@@ -153,13 +154,6 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
                 ))),
             })
         },
-    );
-    let supervisor = Supervisor::new(
-        Side::Primary,
-        arbiter,
-        epoch,
-        side_name(&args.ft, "primary"),
-        ft.clone(),
     );
     run_live(
         &args.vm,

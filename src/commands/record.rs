@@ -23,10 +23,7 @@ pub fn log_config() -> LogConfig {
 pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
     let path = args.log.clone();
     let backup_reads = args.backup_reads;
-    let policy = DigestPolicy {
-        every_syncs: args.digest.digest_every,
-        mem_every_digests: args.digest.mem_digest_every,
-    };
+    let policy = DigestPolicy::from(&args.digest);
     let opts = LiveOptions {
         log: Some(Box::new(move |spec, kernel, _shared| {
             let flags = if backup_reads {

@@ -88,23 +88,14 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         at_exit,
         delta_ns: 1_000_000,
     });
-    let crate::vmm::vm::Vm {
-        fd: _vm_fd,
-        vcpu,
-        mem,
-        ..
-    } = vm;
+    let (_vm_fd, vm) = VmParts::split(vm, vcpu_cpu);
     tracing::info!(
         "replaying {} ({} MiB guest)",
         args.log.display(),
         spec.mem_size >> 20
     );
     let run = drive(
-        VmParts {
-            vcpu,
-            mem,
-            cpu: vcpu_cpu,
-        },
+        vm,
         console,
         io,
         Arc::new(VmShared::default()),

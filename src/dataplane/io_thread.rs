@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use io_uring::{IoUring, opcode, types};
 use blkio::{Completion, DiskEngine, Request};
 use netio::TapEngine;
 
-use super::shared::VmShared;
+use super::shared::{Handoff, VmShared};
 use crate::ft::plane::{Dataplane, FtPlane, TAG_HEARTBEAT, TAG_LOG};
 use crate::status::StatusCounters;
 
@@ -83,21 +83,11 @@ impl IoWaker {
     }
 }
 
-/// Counters the I/O thread keeps for `status`.
-#[derive(Default)]
-pub struct IoStats {
-    pub rx_frames: AtomicU64,
-    pub tx_frames: AtomicU64,
-    pub disk_done: AtomicU64,
-    pub gated: AtomicU64,
-}
-
 /// The vCPU thread's ends of the rings.
 pub struct IoChannels {
     pub to_io: rtrb::Producer<ToIo>,
     pub from_io: rtrb::Consumer<FromIo>,
     pub waker: Arc<IoWaker>,
-    pub stats: Arc<IoStats>,
 }
 
 impl IoChannels {
@@ -144,7 +134,6 @@ pub fn spawn(
 ) -> Result<(IoChannels, JoinHandle<Result<(), IoThreadError>>), IoThreadError> {
     let ring = IoUring::new(RING_ENTRIES).map_err(IoThreadError::Setup)?;
     let waker = Arc::new(IoWaker::new().map_err(IoThreadError::Setup)?);
-    let stats = Arc::new(IoStats::default());
     let (to_io, to_io_rx) = rtrb::RingBuffer::new(CHANNEL_DEPTH);
     let (from_io_tx, from_io) = rtrb::RingBuffer::new(CHANNEL_DEPTH);
     let thread = IoThread {
@@ -152,10 +141,8 @@ pub fn spawn(
         disk,
         tap,
         rx: to_io_rx,
-        tx: from_io_tx,
-        overflow: std::collections::VecDeque::new(),
+        tx: Handoff::new(from_io_tx),
         waker: waker.clone(),
-        stats: stats.clone(),
         shared,
         wake_buf: Box::new([0u8; 8]),
         ft,
@@ -173,7 +160,6 @@ pub fn spawn(
             to_io,
             from_io,
             waker,
-            stats,
         },
         handle,
     ))
@@ -184,11 +170,8 @@ struct IoThread {
     disk: Option<DiskEngine>,
     tap: Option<TapEngine>,
     rx: rtrb::Consumer<ToIo>,
-    tx: rtrb::Producer<FromIo>,
-    /// Results the vCPU ring had no room for yet.
-    overflow: std::collections::VecDeque<FromIo>,
+    tx: Handoff<FromIo>,
     waker: Arc<IoWaker>,
-    stats: Arc<IoStats>,
     shared: Arc<VmShared>,
     /// Target of the pending eventfd read; boxed so its address is stable.
     wake_buf: Box<[u8; 8]>,
@@ -208,9 +191,7 @@ impl IoThread {
             ft,
             rx,
             tx,
-            overflow,
             waker,
-            stats,
             shared,
             wake_buf,
             deliver_rx,
@@ -245,14 +226,11 @@ impl IoThread {
                             }
                             d.submit(req, seq, &mut sq)
                         }
-                        None => push_out(
-                            tx,
-                            overflow,
-                            FromIo::Disk(Completion::error(req.id, blkio::STATUS_IOERR)),
-                        ),
+                        None => {
+                            tx.push(FromIo::Disk(Completion::error(req.id, blkio::STATUS_IOERR)))
+                        }
                     },
                     ToIo::Tx { frame, seq } => {
-                        stats.tx_frames.fetch_add(1, Ordering::Relaxed);
                         if let Some(p) = ft.as_mut() {
                             p.output_held(seq);
                         }
@@ -260,14 +238,7 @@ impl IoThread {
                             t.send(frame, seq, &mut sq);
                         }
                     }
-                    ToIo::Acked(seq) => {
-                        if let Some(d) = disk.as_mut() {
-                            d.release(seq, &mut sq);
-                        }
-                        if let Some(t) = tap.as_mut() {
-                            t.release(seq, &mut sq);
-                        }
-                    }
+                    ToIo::Acked(seq) => Dataplane::new(disk, tap, deliver_rx).release(seq, &mut sq),
                     ToIo::Drain => {
                         draining.get_or_insert_with(Instant::now);
                     }
@@ -275,12 +246,7 @@ impl IoThread {
                         // At once, in order: the frames queued behind it (the
                         // gratuitous ARP, frames to send again) must leave.
                         if let Some(plane) = ft.as_mut() {
-                            let mut dp = Dataplane {
-                                disk: disk.as_mut(),
-                                tap: tap.as_mut(),
-                                deliver_rx,
-                            };
-                            plane.go_live(&mut dp);
+                            plane.go_live(&mut Dataplane::new(disk, tap, deliver_rx));
                         }
                     }
                 }
@@ -316,8 +282,7 @@ impl IoThread {
                     TAG_DISK => {
                         if let Some(d) = disk.as_mut() {
                             d.on_cqe(ud, cqe.result(), &mut sq, &mut |c| {
-                                stats.disk_done.fetch_add(1, Ordering::Relaxed);
-                                push_out(tx, overflow, FromIo::Disk(c));
+                                tx.push(FromIo::Disk(c));
                                 delivered = true;
                             });
                         }
@@ -329,8 +294,7 @@ impl IoThread {
                                 // A backup's guest hears only the log until
                                 // it goes live.
                                 if deliver {
-                                    stats.rx_frames.fetch_add(1, Ordering::Relaxed);
-                                    push_out(tx, overflow, FromIo::Rx(f));
+                                    tx.push(FromIo::Rx(f));
                                     delivered = true;
                                 }
                             });
@@ -339,41 +303,26 @@ impl IoThread {
                     TAG_WAKE => wake_armed = false,
                     TAG_LOG | TAG_HEARTBEAT => {
                         if let Some(plane) = ft.as_mut() {
-                            let mut dp = Dataplane {
-                                disk: disk.as_mut(),
-                                tap: tap.as_mut(),
-                                deliver_rx,
-                            };
-                            plane.on_cqe(&cqe, &mut sq, &mut dp);
+                            plane.on_cqe(&cqe, &mut sq, &mut Dataplane::new(disk, tap, deliver_rx));
                         }
                     }
                     other => tracing::warn!("completion with unknown tag {other:#x}"),
                 }
             }
-            while let Some(msg) = overflow.pop_front() {
-                match tx.push(msg) {
-                    Ok(()) => delivered = true,
-                    Err(rtrb::PushError::Full(m)) => {
-                        overflow.push_front(m);
-                        break;
-                    }
-                }
-            }
+            delivered |= tx.flush();
             if delivered {
                 shared.wake_vcpu();
             }
             // After the completions: a peer whose news just arrived is not
             // declared dead on stale evidence.
             if let Some(plane) = ft.as_mut() {
-                let mut dp = Dataplane {
-                    disk: disk.as_mut(),
-                    tap: tap.as_mut(),
-                    deliver_rx,
-                };
-                plane.tick(Instant::now(), &mut sq, &mut dp);
+                plane.tick(
+                    Instant::now(),
+                    &mut sq,
+                    &mut Dataplane::new(disk, tap, deliver_rx),
+                );
             }
             if let Some(t) = tap.as_ref() {
-                stats.gated.store(t.gated_len() as u64, Ordering::Relaxed);
                 StatusCounters::set(&shared.status.gate_frames, t.gated_len() as u64);
             }
             if let Some(d) = disk.as_ref() {
@@ -426,19 +375,5 @@ impl IoThread {
             waker.sleeping.store(false, Ordering::SeqCst);
             idle_since = None;
         }
-    }
-}
-
-fn push_out(
-    tx: &mut rtrb::Producer<FromIo>,
-    overflow: &mut std::collections::VecDeque<FromIo>,
-    msg: FromIo,
-) {
-    if !overflow.is_empty() {
-        overflow.push_back(msg);
-        return;
-    }
-    if let Err(rtrb::PushError::Full(m)) = tx.push(msg) {
-        overflow.push_back(m);
     }
 }

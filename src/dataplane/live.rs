@@ -184,10 +184,7 @@ impl LiveIo {
 impl SyncIo for LiveIo {
     fn sync(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, SyncError> {
         self.check_alone();
-        let status = &self.shared.status;
-        StatusCounters::set(&status.exit_index, req.exit_index);
-        StatusCounters::set(&status.guest_exits, req.exit_index);
-        StatusCounters::add(&status.guest_sync_calls, 1);
+        self.shared.status.note_sync_call(req.exit_index);
         let mut events = self.devices.take_outputs(mem, &mut self.outputs);
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
@@ -208,7 +205,7 @@ impl SyncIo for LiveIo {
                 let from_io = self.io.as_ref().map(|io| &io.from_io);
                 let ready = wait_until(until, WAIT_SPIN, || {
                     shared.stop_requested()
-                        || shared.force_stop.load(std::sync::atomic::Ordering::Acquire)
+                        || shared.forced()
                         || from_io.is_some_and(|c| !c.is_empty())
                 });
                 if ready || Instant::now() >= host_deadline || !keepalive {

@@ -1,6 +1,7 @@
 //! State the VMM's threads share: a few atomics and the handles needed to
 //! wake each other (DESIGN.md §3: threads share nothing else).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
@@ -24,6 +25,18 @@ pub struct VmShared {
 impl VmShared {
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Whether the host gave up waiting for the guest.
+    pub fn forced(&self) -> bool {
+        self.force_stop.load(Ordering::Acquire)
+    }
+
+    /// Ends the vCPU loop at its next exit and wakes the vCPU thread if it
+    /// is waiting (the caller kicks it out of `KVM_RUN`).
+    pub fn force(&self) {
+        self.force_stop.store(true, Ordering::Release);
+        self.wake_vcpu();
     }
 
     /// Asks the guest to stop and wakes the vCPU thread if it is waiting.
@@ -60,5 +73,52 @@ pub fn wait_until(deadline: Instant, spin: Duration, mut ready: impl FnMut() -> 
             continue;
         }
         std::thread::park_timeout((deadline - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// The I/O thread's end of a ring to another thread. It never blocks:
+/// what the ring has no room for waits here, in order, for `flush`.
+pub struct Handoff<T> {
+    ring: rtrb::Producer<T>,
+    overflow: VecDeque<T>,
+}
+
+impl<T> Handoff<T> {
+    pub fn new(ring: rtrb::Producer<T>) -> Self {
+        Handoff {
+            ring,
+            overflow: VecDeque::new(),
+        }
+    }
+
+    /// Queues `msg` behind everything not yet on the ring.
+    pub fn push(&mut self, msg: T) {
+        if !self.overflow.is_empty() {
+            self.overflow.push_back(msg);
+            return;
+        }
+        if let Err(rtrb::PushError::Full(m)) = self.ring.push(msg) {
+            self.overflow.push_back(m);
+        }
+    }
+
+    /// Moves what waits onto the ring as far as it has room; returns
+    /// whether anything moved.
+    pub fn flush(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(msg) = self.overflow.pop_front() {
+            match self.ring.push(msg) {
+                Ok(()) => moved = true,
+                Err(rtrb::PushError::Full(m)) => {
+                    self.overflow.push_front(m);
+                    break;
+                }
+            }
+        }
+        moved
+    }
+
+    pub fn has_overflow(&self) -> bool {
+        !self.overflow.is_empty()
     }
 }

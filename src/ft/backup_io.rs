@@ -84,6 +84,16 @@ impl BackupIo {
         self.live.as_ref()
     }
 
+    /// Whichever serves the guest now: the live devices once live, the
+    /// replay before.
+    fn serving(&mut self) -> Option<&mut dyn SyncIo> {
+        match (self.live.as_mut(), self.replay.as_mut()) {
+            (Some(l), _) => Some(l),
+            (None, Some(r)) => Some(r),
+            (None, None) => None,
+        }
+    }
+
     /// Takes over at this sync exit; `req` is finished live.
     fn go_live(
         &mut self,
@@ -141,9 +151,7 @@ impl SyncIo for BackupIo {
                 FtShared::raise(&self.ft.replayed_exit, req.exit_index);
                 FtShared::raise(&self.ft.replayed_seq, seq);
                 let status = &self.shared.status;
-                StatusCounters::set(&status.exit_index, req.exit_index);
-                StatusCounters::set(&status.guest_exits, req.exit_index);
-                StatusCounters::add(&status.guest_sync_calls, 1);
+                status.note_sync_call(req.exit_index);
                 StatusCounters::set(&status.replayed_seq, seq);
                 StatusCounters::set(&status.replayed_exit, req.exit_index);
                 Ok(outcome)
@@ -163,19 +171,12 @@ impl SyncIo for BackupIo {
     }
 
     fn mmio_read(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> bool {
-        match (self.live.as_mut(), self.replay.as_mut()) {
-            (Some(l), _) => l.mmio_read(mem, addr, data),
-            (None, Some(r)) => r.mmio_read(mem, addr, data),
-            (None, None) => false,
-        }
+        self.serving().is_some_and(|s| s.mmio_read(mem, addr, data))
     }
 
     fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
-        match (self.live.as_mut(), self.replay.as_mut()) {
-            (Some(l), _) => l.mmio_write(mem, addr, data),
-            (None, Some(r)) => r.mmio_write(mem, addr, data),
-            (None, None) => false,
-        }
+        self.serving()
+            .is_some_and(|s| s.mmio_write(mem, addr, data))
     }
 
     fn after_sync_exit(
@@ -183,11 +184,8 @@ impl SyncIo for BackupIo {
         exit_index: u64,
         digester: &mut dyn Digester,
     ) -> Result<(), SyncError> {
-        match (self.live.as_mut(), self.replay.as_mut()) {
-            (Some(l), _) => l.after_sync_exit(exit_index, digester),
-            (None, Some(r)) => r.after_sync_exit(exit_index, digester),
-            (None, None) => Ok(()),
-        }
+        self.serving()
+            .map_or(Ok(()), |s| s.after_sync_exit(exit_index, digester))
     }
 
     fn finish(
@@ -196,10 +194,7 @@ impl SyncIo for BackupIo {
         end: &RunEndKind,
         digester: &mut dyn Digester,
     ) -> Result<(), SyncError> {
-        match (self.live.as_mut(), self.replay.as_mut()) {
-            (Some(l), _) => l.finish(exit_index, end, digester),
-            (None, Some(r)) => r.finish(exit_index, end, digester),
-            (None, None) => Ok(()),
-        }
+        self.serving()
+            .map_or(Ok(()), |s| s.finish(exit_index, end, digester))
     }
 }

@@ -42,17 +42,13 @@ impl ChunkSource for ChannelChunks {
             if FtShared::flag(&self.ft.go_live) || FtShared::flag(&self.ft.stream_ended) {
                 return Ok(None);
             }
-            if self
-                .shared
-                .force_stop
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
+            if self.shared.forced() {
                 return Err(SourceError::Other("the VMM is stopping".into()));
             }
             let (rx, ft, shared) = (&self.rx, &self.ft, &self.shared);
             wait_until(Instant::now() + POLL, SPIN, || {
                 !rx.is_empty()
-                    || shared.force_stop.load(std::sync::atomic::Ordering::Acquire)
+                    || shared.forced()
                     || FtShared::flag(&ft.go_live)
                     || FtShared::flag(&ft.stream_ended)
             });

@@ -18,7 +18,7 @@ use logchan::{EntryKind, StreamHeader};
 use netio::TapEngine;
 
 use super::shared::FtShared;
-use crate::dataplane::shared::VmShared;
+use crate::dataplane::shared::{Handoff, VmShared};
 use crate::status::StatusCounters;
 
 /// user_data tags of the FT engines (the disk and tap use 1 and 2).
@@ -53,6 +53,30 @@ pub struct Dataplane<'a> {
     /// Whether received frames go to the guest (false on a backup until it
     /// goes live).
     pub deliver_rx: &'a mut bool,
+}
+
+impl<'a> Dataplane<'a> {
+    pub fn new(
+        disk: &'a mut Option<DiskEngine>,
+        tap: &'a mut Option<TapEngine>,
+        deliver_rx: &'a mut bool,
+    ) -> Self {
+        Dataplane {
+            disk: disk.as_mut(),
+            tap: tap.as_mut(),
+            deliver_rx,
+        }
+    }
+
+    /// Lets the outputs tagged up to `seq` out of the gates.
+    pub fn release(&mut self, seq: u64, sq: &mut squeue::SubmissionQueue<'_>) {
+        if let Some(d) = self.disk.as_deref_mut() {
+            d.release(seq, sq);
+        }
+        if let Some(t) = self.tap.as_deref_mut() {
+            t.release(seq, sq);
+        }
+    }
 }
 
 pub enum FtPlane {
@@ -119,9 +143,7 @@ pub struct BackupPlane {
     ft: Arc<FtShared>,
     shared: Arc<VmShared>,
     status: Arc<StatusCounters>,
-    chunks: rtrb::Producer<Vec<u8>>,
-    /// Chunks the ring had no room for yet.
-    overflow: VecDeque<Vec<u8>>,
+    chunks: Handoff<Vec<u8>>,
     /// The kind of the last entry received (an `End` means the primary
     /// ended the run on purpose).
     last_kind: Option<EntryKind>,
@@ -150,36 +172,11 @@ impl BackupPlane {
             ft,
             status: shared.status.clone(),
             shared,
-            chunks,
-            overflow: VecDeque::new(),
+            chunks: Handoff::new(chunks),
             last_kind: None,
             closed_at: None,
             went_live: false,
         }
-    }
-
-    fn hand_on(&mut self, bytes: Vec<u8>) {
-        if !self.overflow.is_empty() {
-            self.overflow.push_back(bytes);
-            return;
-        }
-        if let Err(rtrb::PushError::Full(b)) = self.chunks.push(bytes) {
-            self.overflow.push_back(b);
-        }
-    }
-
-    fn flush_overflow(&mut self) -> bool {
-        let mut moved = false;
-        while let Some(b) = self.overflow.pop_front() {
-            match self.chunks.push(b) {
-                Ok(()) => moved = true,
-                Err(rtrb::PushError::Full(b)) => {
-                    self.overflow.push_front(b);
-                    break;
-                }
-            }
-        }
-        moved
     }
 }
 
@@ -221,7 +218,7 @@ impl FtPlane {
                 p.heartbeat.pump(sq, now);
             }
             FtPlane::Backup(b) => {
-                if b.flush_overflow() {
+                if b.chunks.flush() {
                     b.shared.wake_vcpu();
                 }
                 b.receiver.pump(sq);
@@ -236,7 +233,7 @@ impl FtPlane {
     pub fn busy(&self) -> bool {
         match self {
             FtPlane::Primary(p) => !p.gate_open && p.sender.has_unsent(),
-            FtPlane::Backup(b) => !b.overflow.is_empty(),
+            FtPlane::Backup(b) => b.chunks.has_overflow(),
         }
     }
 
@@ -268,14 +265,7 @@ impl FtPlane {
                 let mut acked = None;
                 let mut closed = None;
                 p.sender.on_cqe(cqe, sq, &mut |ev| match ev {
-                    SenderEvent::Acked {
-                        acked_seq,
-                        replayed_exit,
-                        ..
-                    } => {
-                        let _ = replayed_exit;
-                        acked = Some(acked_seq);
-                    }
+                    SenderEvent::Acked { acked_seq, .. } => acked = Some(acked_seq),
                     SenderEvent::Closed { reason } => closed = Some(reason),
                 });
                 if let Some(seq) = acked {
@@ -285,7 +275,7 @@ impl FtPlane {
                     StatusCounters::set(&p.status.acked_seq, seq);
                     StatusCounters::set(&p.status.replayed_seq, st.replayed_seq);
                     StatusCounters::set(&p.status.replayed_exit, st.replayed_exit);
-                    release(dp, seq, sq);
+                    dp.release(seq, sq);
                     p.released(seq, now);
                 }
                 if let Some(reason) = closed {
@@ -313,14 +303,14 @@ impl FtPlane {
                             b.detector.heard(now);
                             StatusCounters::set(&b.status.epoch, h.epoch);
                             start_heartbeat(b, &h);
-                            b.hand_on(h.encode().to_vec());
+                            b.chunks.push(h.encode().to_vec());
                         }
                         ReceiverEvent::Entries {
                             bytes, last_seq, ..
                         } => {
                             b.detector.heard(now);
                             b.last_kind = last_entry_kind(&bytes).or(b.last_kind);
-                            b.hand_on(bytes);
+                            b.chunks.push(bytes);
                             FtShared::raise(&b.ft.received_seq, last_seq);
                             // No wake-up: the replaying vCPU polls for log
                             // data every millisecond (ChannelChunks); waking a
@@ -372,7 +362,7 @@ impl FtPlane {
                 // lives (and stop instead of taking over).
                 if !p.gate_open && FtShared::flag(&p.ft.alone) {
                     p.gate_open = true;
-                    release(dp, u64::MAX, sq);
+                    dp.release(u64::MAX, sq);
                 }
                 if !p.gate_open && !FtShared::flag(&p.ft.peer_dead) && peer_dead(&p.detector, now) {
                     p.ft.note(format!(
@@ -488,15 +478,6 @@ impl FtPlane {
                 }
             }
         }
-    }
-}
-
-fn release(dp: &mut Dataplane<'_>, seq: u64, sq: &mut squeue::SubmissionQueue<'_>) {
-    if let Some(d) = dp.disk.as_deref_mut() {
-        d.release(seq, sq);
-    }
-    if let Some(t) = dp.tap.as_deref_mut() {
-        t.release(seq, sq);
     }
 }
 

@@ -58,9 +58,9 @@ fn machine() -> (Machine<FakeIo>, Sink) {
     )
 }
 
-fn out(port: u16, value: u32) -> [u8; 4] {
-    let _ = port;
-    value.to_le_bytes()
+/// An `OUT` to `port` with `data`.
+fn out(m: &mut Machine<FakeIo>, port: u16, data: &[u8]) -> Result<Flow, MachineError> {
+    m.handle(VmExit::IoOut { port, data })
 }
 
 #[test]
@@ -73,13 +73,8 @@ fn a_sync_exit_fills_the_block_and_counts_one_exit() {
     m.mem
         .write_slice(&5_000u64.to_le_bytes(), GuestAddress(block + 8))
         .unwrap();
-    let data = out(abi::PORT_SYNC, block as u32);
-    let flow = m
-        .handle(VmExit::IoOut {
-            port: abi::PORT_SYNC,
-            data: &data,
-        })
-        .unwrap();
+    let data = (block as u32).to_le_bytes();
+    let flow = out(&mut m, abi::PORT_SYNC, &data).unwrap();
     assert_eq!(flow, Flow::Continue);
     assert_eq!(m.exit_index, 1);
     let req = m.io.asked[0];
@@ -103,13 +98,9 @@ fn host_interruptions_do_not_move_the_exit_index() {
     assert_eq!(m.handle(VmExit::Interrupted).unwrap(), Flow::Continue);
     assert_eq!(m.exit_index, 0);
     assert_eq!(m.stats.host_interrupts, 1);
-    let data = out(abi::PORT_EXIT, 0);
+    let data = 0u32.to_le_bytes();
     assert_eq!(
-        m.handle(VmExit::IoOut {
-            port: abi::PORT_EXIT,
-            data: &data
-        })
-        .unwrap(),
+        out(&mut m, abi::PORT_EXIT, &data).unwrap(),
         Flow::Stop(Stop::GuestExit(0))
     );
     assert_eq!(m.exit_index, 1);
@@ -120,24 +111,14 @@ fn a_misaligned_or_wild_sync_block_is_a_guest_error() {
     let (mut m, _) = machine();
     for addr in [0x30_0004u32, 0x30_0ff0, 0x7fff_fff0] {
         let data = addr.to_le_bytes();
-        let err = m
-            .handle(VmExit::IoOut {
-                port: abi::PORT_SYNC,
-                data: &data,
-            })
-            .unwrap_err();
+        let err = out(&mut m, abi::PORT_SYNC, &data).unwrap_err();
         assert!(
             matches!(err, MachineError::Guest { .. }),
             "{addr:#x}: {err}"
         );
     }
     let short = [0u8; 2];
-    let err = m
-        .handle(VmExit::IoOut {
-            port: abi::PORT_SYNC,
-            data: &short,
-        })
-        .unwrap_err();
+    let err = out(&mut m, abi::PORT_SYNC, &short).unwrap_err();
     assert!(err.to_string().contains("broke the ABI"), "{err}");
     assert!(m.io.asked.is_empty(), "nothing reached the I/O side");
 }
@@ -154,22 +135,14 @@ fn console_writes_whole_buffers_and_survives_bad_ones() {
         .write_obj(text.len() as u64, GuestAddress(0x21_0008))
         .unwrap();
     let data = 0x21_0000u32.to_le_bytes();
-    m.handle(VmExit::IoOut {
-        port: abi::PORT_CONSOLE,
-        data: &data,
-    })
-    .unwrap();
+    out(&mut m, abi::PORT_CONSOLE, &data).unwrap();
     assert_eq!(&*sink.0.lock().unwrap(), text);
     // Too long, and pointing outside memory: warned about, not fatal.
     m.mem
         .write_obj(abi::CONSOLE_MAX + 1, GuestAddress(0x21_0008))
         .unwrap();
     assert_eq!(
-        m.handle(VmExit::IoOut {
-            port: abi::PORT_CONSOLE,
-            data: &data
-        })
-        .unwrap(),
+        out(&mut m, abi::PORT_CONSOLE, &data).unwrap(),
         Flow::Continue
     );
     m.mem
@@ -177,11 +150,7 @@ fn console_writes_whole_buffers_and_survives_bad_ones() {
         .unwrap();
     m.mem.write_obj(4u64, GuestAddress(0x21_0008)).unwrap();
     assert_eq!(
-        m.handle(VmExit::IoOut {
-            port: abi::PORT_CONSOLE,
-            data: &data
-        })
-        .unwrap(),
+        out(&mut m, abi::PORT_CONSOLE, &data).unwrap(),
         Flow::Continue
     );
     assert_eq!(sink.0.lock().unwrap().len(), text.len());
@@ -193,10 +162,7 @@ fn undefined_ports_unknown_mmio_and_odd_exits_are_errors_or_stops() {
     let (mut m, _) = machine();
     let data = [0u8; 1];
     assert!(matches!(
-        m.handle(VmExit::IoOut {
-            port: 0x3f8,
-            data: &data
-        }),
+        out(&mut m, 0x3f8, &data),
         Err(MachineError::UnknownPort {
             port: 0x3f8,
             dir: "out"
@@ -231,11 +197,7 @@ fn undefined_ports_unknown_mmio_and_odd_exits_are_errors_or_stops() {
     ));
     let vector = 14u32.to_le_bytes();
     assert_eq!(
-        m.handle(VmExit::IoOut {
-            port: abi::PORT_FAULT,
-            data: &vector
-        })
-        .unwrap(),
+        out(&mut m, abi::PORT_FAULT, &vector).unwrap(),
         Flow::Stop(Stop::Fault(14))
     );
     assert_eq!(

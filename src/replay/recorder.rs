@@ -19,6 +19,15 @@ pub struct DigestPolicy {
     pub mem_every_digests: u64,
 }
 
+impl From<&crate::cli::DigestArgs> for DigestPolicy {
+    fn from(args: &crate::cli::DigestArgs) -> Self {
+        DigestPolicy {
+            every_syncs: args.digest_every,
+            mem_every_digests: args.mem_digest_every,
+        }
+    }
+}
+
 impl Default for DigestPolicy {
     fn default() -> Self {
         // A digest costs one KVM_GET_REGS (~1 µs); a memory hash reads all

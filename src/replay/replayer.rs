@@ -204,6 +204,11 @@ impl ReplayIo {
         }
     }
 
+    /// The seq of the next entry, for a divergence report (0 at the end).
+    fn next_seq(&mut self) -> u64 {
+        self.cursor.peek().map_or(0, |e| e.seq)
+    }
+
     /// The next entry, which must belong to `exit`; `None` if the log has
     /// moved on to a later exit.
     fn next_for(&mut self, exit: u64) -> Result<Option<LoggedEntry>, SyncError> {
@@ -264,7 +269,7 @@ impl ReplayIo {
             )),
             None => Err(diverged(
                 exit,
-                self.cursor.peek().map(|e| e.seq).unwrap_or(0),
+                self.next_seq(),
                 format!(
                     "the guest produced a {what:?} of {} bytes that the primary did not",
                     bytes.len()
@@ -377,10 +382,9 @@ impl SyncIo for ReplayIo {
         }
         loop {
             let Some(entry) = self.next_for(exit)? else {
-                let seq = self.cursor.peek().map(|e| e.seq).unwrap_or(0);
                 return Err(diverged(
                     exit,
-                    seq,
+                    self.next_seq(),
                     "the log has no sync result for this exit".into(),
                 ));
             };
@@ -538,7 +542,7 @@ impl SyncIo for ReplayIo {
             return Ok(());
         }
         self.check_digest(exit_index, digester)?;
-        let seq = self.cursor.peek().map(|e| e.seq).unwrap_or(0);
+        let seq = self.next_seq();
         match self.take_end() {
             Some((at, logchan::EndReason::GuestExit, status))
                 if at == exit_index && *end == RunEndKind::GuestExit(status as u32) =>

@@ -198,6 +198,13 @@ impl StatusCounters {
         }
     }
 
+    /// The vCPU thread serves a sync call at `exit_index`.
+    pub fn note_sync_call(&self, exit_index: u64) {
+        Self::set(&self.exit_index, exit_index);
+        Self::set(&self.guest_exits, exit_index);
+        Self::add(&self.guest_sync_calls, 1);
+    }
+
     /// Convenience for one-writer counters: `field = v`.
     #[inline]
     pub fn set(field: &AtomicU64, v: u64) {
