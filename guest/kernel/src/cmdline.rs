@@ -13,6 +13,7 @@
 //! | `tick_ms` | idle: wake-up period | `10` |
 
 use lockstep_guest_abi::BootParams;
+use lockstep_guest_services::intfmt::parse_usize;
 use smoltcp::wire::{IpCidr, Ipv4Address};
 
 /// Which program the guest runs.
@@ -50,13 +51,9 @@ pub struct Settings {
     pub tick_ms: u64,
 }
 
+/// A decimal number of at most 19 digits (so it cannot overflow).
 fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 {
-        return None;
-    }
-    s.iter().try_fold(0u64, |v, &d| {
-        d.is_ascii_digit().then(|| v * 10 + u64::from(d - b'0'))
-    })
+    parse_usize(s).map(|v| v as u64)
 }
 
 fn parse_ipv4(s: &[u8]) -> Option<Ipv4Address> {

@@ -21,6 +21,10 @@ impl<const N: usize> StackBuf<N> {
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+    /// The text, or `?` if the cut fell inside a character.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(self.as_bytes()).unwrap_or("?")
+    }
 }
 
 impl<const N: usize> fmt::Write for StackBuf<N> {

@@ -90,16 +90,6 @@ impl core::fmt::Display for Size {
     }
 }
 
-fn mac_str(m: [u8; 6]) -> StackBuf<24> {
-    let mut b = StackBuf::new();
-    let _ = write!(
-        b,
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    );
-    b
-}
-
 fn main(bp: *const BootParams) -> ! {
     let bp = check_params(bp).unwrap_or_else(|e| fail(e));
     heap::init(bp.heap_start, bp.heap_end);
@@ -122,7 +112,12 @@ fn main(bp: *const BootParams) -> ! {
     let mut netdesc = StackBuf::<32>::new();
     let _ = match (&net, bp.net_mmio) {
         (Some(n), _) => {
-            netdesc.write_str(core::str::from_utf8(mac_str(n.mac()).as_bytes()).unwrap_or("?"))
+            let m = n.mac();
+            write!(
+                netdesc,
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            )
         }
         (None, 0) => netdesc.write_str("none"),
         (None, _) => netdesc.write_str("unused"),
@@ -144,10 +139,10 @@ fn main(bp: *const BootParams) -> ! {
         ABI_VERSION,
         w.name(),
         Size(bp.mem_size),
-        core::str::from_utf8(netdesc.as_bytes()).unwrap_or("?"),
+        netdesc.as_str(),
         settings.ip,
         settings.prefix,
-        core::str::from_utf8(diskdesc.as_bytes()).unwrap_or("?"),
+        diskdesc.as_str(),
     );
 
     match w {

@@ -38,8 +38,6 @@ struct Inner {
     /// TX buffers in flight by token, with the length handed to the device.
     tx: Vec<Option<(Box<[u8]>, usize)>>,
     tx_spare: Vec<Box<[u8]>>,
-    tx_in_flight: usize,
-    pub tx_dropped: u64,
 }
 
 /// The network device.
@@ -62,8 +60,6 @@ impl Net {
                 .collect(),
             tx: (0..QUEUE_SIZE).map(|_| None).collect(),
             tx_spare: Vec::new(),
-            tx_in_flight: 0,
-            tx_dropped: 0,
         };
         inner.refill();
         Ok(Net {
@@ -114,7 +110,6 @@ impl Inner {
             if unsafe { self.raw.transmit_complete(tok, &buf[..len]) }.is_err() {
                 panic!("virtio-net: TX completion out of order");
             }
-            self.tx_in_flight -= 1;
             self.tx_spare.push(buf);
         }
     }
@@ -161,12 +156,9 @@ impl phy::TxToken for TxToken<'_> {
         match unsafe { n.raw.transmit_begin(&buf[..total]) } {
             Ok(tok) if usize::from(tok) < QUEUE_SIZE => {
                 n.tx[usize::from(tok)] = Some((buf, total));
-                n.tx_in_flight += 1;
             }
-            _ => {
-                n.tx_dropped += 1;
-                n.tx_spare.push(buf);
-            }
+            // No descriptor: the frame is dropped (TCP resends it).
+            _ => n.tx_spare.push(buf),
         }
         r
     }

@@ -213,11 +213,6 @@ impl Engine {
         self.open_batch
     }
 
-    /// Whether a reply tagged `tag` may leave.
-    pub fn released(&self, tag: u64) -> bool {
-        tag <= self.durable
-    }
-
     /// Whether writes wait to be committed or are being committed.
     pub fn has_pending_writes(&self) -> bool {
         self.inflight.is_some() || self.queued.is_some() || self.open.count() > 0

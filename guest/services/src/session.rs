@@ -130,16 +130,133 @@ pub struct Progress {
     pub more: bool,
 }
 
-/// A RESP (Redis protocol) connection.
+/// What one protocol step did with the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// More bytes are needed.
+    Incomplete,
+    /// Bytes were consumed without completing a request: step again.
+    Progress,
+    /// A request was answered; with `close`, the session ends after it.
+    Answered { close: bool },
+    /// A protocol error was answered: the session ends.
+    Error,
+}
+
+/// What RESP and HTTP sessions do differently: parse and answer requests,
+/// and say goodbye to an evicted client.
+pub trait Protocol {
+    /// Parses from `input` (the unparsed bytes) and answers at most one
+    /// request into `out`. Returns the bytes consumed and what happened.
+    fn step(&mut self, e: &mut Engine, input: &[u8], out: &mut Vec<u8>) -> (usize, Outcome);
+
+    /// Bytes of a partial request the protocol holds outside the input.
+    fn buffered(&self) -> usize;
+
+    /// Drops what the protocol holds and writes the reply of a connection
+    /// closed for its memory.
+    fn evict(&mut self, out: &mut Vec<u8>);
+}
+
+/// The RESP (Redis protocol) half of a session.
 #[derive(Debug)]
-pub struct RespSession {
-    pub client: Client,
+pub struct Resp {
+    client: Client,
     parser: RespParser,
+}
+
+impl Protocol for Resp {
+    fn step(&mut self, e: &mut Engine, input: &[u8], out: &mut Vec<u8>) -> (usize, Outcome) {
+        match self.parser.next(input) {
+            Err(pe) => {
+                reply::error(out, &pe.line());
+                (0, Outcome::Error)
+            }
+            Ok((n, Step::Incomplete)) => (n, Outcome::Incomplete),
+            Ok((n, Step::Progress)) => (n, Outcome::Progress),
+            Ok((n, Step::Command(argv))) => {
+                commands::execute(e, &mut self.client, &argv, out);
+                let close = self.client.close_after_reply;
+                (n, Outcome::Answered { close })
+            }
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.parser.buffered()
+    }
+
+    /// Redis's error for a client over its buffer limit.
+    fn evict(&mut self, out: &mut Vec<u8>) {
+        self.parser = RespParser::new();
+        reply::error(
+            out,
+            b"ERR client buffer limit exceeded: closing the connection",
+        );
+    }
+}
+
+/// The HTTP half of a session.
+#[derive(Debug, Default)]
+pub struct Http {
+    parser: HttpParser,
+}
+
+impl Protocol for Http {
+    fn step(&mut self, e: &mut Engine, input: &[u8], out: &mut Vec<u8>) -> (usize, Outcome) {
+        match self.parser.next(input) {
+            Err(he) => {
+                router::text(out, he.status, he.detail, false);
+                (0, Outcome::Error)
+            }
+            Ok((n, req)) => {
+                if self.parser.take_continue() {
+                    out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                match req {
+                    None if n == 0 => (n, Outcome::Incomplete),
+                    None => (n, Outcome::Progress),
+                    Some(req) => {
+                        router::handle(e, &req, out);
+                        let close = !req.keep_alive;
+                        (n, Outcome::Answered { close })
+                    }
+                }
+            }
+        }
+    }
+
+    /// The parser keeps no request bytes of its own.
+    fn buffered(&self) -> usize {
+        0
+    }
+
+    /// 503: the connection's buffers are over the server's limit.
+    fn evict(&mut self, out: &mut Vec<u8>) {
+        router::text(
+            out,
+            503,
+            "connection buffers over the server's limit",
+            false,
+        );
+    }
+}
+
+/// A connection: buffered input, a protocol, and output held for
+/// durability.
+#[derive(Debug, Default)]
+pub struct Session<P> {
+    proto: P,
     input: InBuf,
     out: OutQueue,
     /// No more input is processed; close once the output is sent.
     closing: bool,
 }
+
+/// A RESP (Redis protocol) connection.
+pub type RespSession = Session<Resp>;
+/// An HTTP connection.
+pub type HttpSession = Session<Http>;
 
 impl RespSession {
     /// A session for an accepted connection.
@@ -151,9 +268,11 @@ impl RespSession {
             created_ms: e.now_ms(),
             ..Client::default()
         };
-        RespSession {
-            client,
-            parser: RespParser::new(),
+        Session {
+            proto: Resp {
+                client,
+                parser: RespParser::new(),
+            },
             input: InBuf::default(),
             out: OutQueue::default(),
             closing: false,
@@ -167,7 +286,24 @@ impl RespSession {
         s.closing = true;
         s
     }
+}
 
+impl HttpSession {
+    /// A session for an accepted connection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A session over the client limit: 503 and close.
+    pub fn refused() -> Self {
+        let mut s = Self::new();
+        router::text(s.out.buf_mut(), 503, "too many connections", false);
+        s.closing = true;
+        s
+    }
+}
+
+impl<P: Protocol> Session<P> {
     /// How many more input bytes the session takes now (0 = apply
     /// back-pressure: leave them in the socket).
     pub fn input_room(&self) -> usize {
@@ -187,26 +323,22 @@ impl RespSession {
     /// Memory this connection holds: unparsed input, the partial request
     /// and replies not yet sent.
     pub fn memory(&self) -> usize {
-        self.input.len() + self.parser.buffered() + self.out.pending()
+        self.input.len() + self.proto.buffered() + self.out.pending()
     }
 
-    /// Drops the connection's buffers and closes it with Redis's error for
-    /// a client over its buffer limit (the guest's memory is shared by all
-    /// connections; one may not take it all).
+    /// Drops the connection's buffers and closes it with the protocol's
+    /// error for a client over its buffer limit (the guest's memory is
+    /// shared by all connections; one may not take it all).
     pub fn evict(&mut self) {
         // Unsent replies go too: the client never saw them, so nothing it
         // was told is lost, and the memory is what must be freed.
         self.input = InBuf::default();
-        self.parser = RespParser::new();
         self.out = OutQueue::default();
-        reply::error(
-            self.out.buf_mut(),
-            b"ERR client buffer limit exceeded: closing the connection",
-        );
+        self.proto.evict(self.out.buf_mut());
         self.closing = true;
     }
 
-    /// Executes buffered commands (at most a per-turn budget).
+    /// Executes buffered requests (at most a per-turn budget).
     pub fn process(&mut self, e: &mut Engine) -> Progress {
         let mut p = Progress::default();
         while !self.closing && self.out.pending() < OUT_HIGH_WATER {
@@ -215,27 +347,22 @@ impl RespSession {
                 break;
             }
             let start = self.out.mark();
-            match self.parser.next(self.input.unparsed()) {
-                Err(pe) => {
-                    reply::error(self.out.buf_mut(), &pe.line());
-                    self.out.tag_from(start, e.reply_tag(), e.durable());
+            let (n, outcome) = self
+                .proto
+                .step(e, self.input.unparsed(), self.out.buf_mut());
+            // Whatever the step wrote waits for the batch it depends on.
+            self.out.tag_from(start, e.reply_tag(), e.durable());
+            self.input.advance(n);
+            match outcome {
+                Outcome::Incomplete => break,
+                Outcome::Progress => {}
+                Outcome::Answered { close } => {
+                    p.requests += 1;
+                    self.closing |= close;
+                }
+                Outcome::Error => {
                     e.stats.protocol_errors += 1;
                     self.closing = true;
-                }
-                Ok((n, step)) => {
-                    self.input.advance(n);
-                    match step {
-                        Step::Incomplete => break,
-                        Step::Progress => {}
-                        Step::Command(argv) => {
-                            commands::execute(e, &mut self.client, &argv, self.out.buf_mut());
-                            self.out.tag_from(start, e.reply_tag(), e.durable());
-                            p.requests += 1;
-                            if self.client.close_after_reply {
-                                self.closing = true;
-                            }
-                        }
-                    }
                 }
             }
         }
@@ -266,141 +393,6 @@ impl RespSession {
     /// Whether the connection should be closed now (closing, all sent).
     pub fn finished(&self) -> bool {
         self.closing && self.out.pending() == 0
-    }
-
-    /// Whether the session stopped taking input.
-    pub fn closing(&self) -> bool {
-        self.closing
-    }
-}
-
-/// An HTTP connection.
-#[derive(Debug, Default)]
-pub struct HttpSession {
-    parser: HttpParser,
-    input: InBuf,
-    out: OutQueue,
-    closing: bool,
-}
-
-impl HttpSession {
-    /// A session for an accepted connection.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A session over the client limit: 503 and close.
-    pub fn refused() -> Self {
-        let mut s = Self::new();
-        router::text(s.out.buf_mut(), 503, "too many connections", false);
-        s.closing = true;
-        s
-    }
-
-    /// How many more input bytes the session takes now.
-    pub fn input_room(&self) -> usize {
-        if self.closing || self.out.pending() >= OUT_HIGH_WATER {
-            return 0;
-        }
-        IN_HIGH_WATER.saturating_sub(self.input.len())
-    }
-
-    /// Bytes received from the client.
-    pub fn push_input(&mut self, data: &[u8]) {
-        if !self.closing {
-            self.input.push(data);
-        }
-    }
-
-    /// Memory this connection holds: unparsed input and unsent replies.
-    pub fn memory(&self) -> usize {
-        self.input.len() + self.out.pending()
-    }
-
-    /// Drops the connection's buffers and closes it with 503.
-    pub fn evict(&mut self) {
-        self.input = InBuf::default();
-        self.out = OutQueue::default();
-        router::text(
-            self.out.buf_mut(),
-            503,
-            "connection buffers over the server's limit",
-            false,
-        );
-        self.closing = true;
-    }
-
-    /// Serves buffered requests (at most a per-turn budget).
-    pub fn process(&mut self, e: &mut Engine) -> Progress {
-        let mut p = Progress::default();
-        while !self.closing && self.out.pending() < OUT_HIGH_WATER {
-            if p.requests == MAX_CMDS_PER_TURN {
-                p.more = self.input.len() > 0;
-                break;
-            }
-            let start = self.out.mark();
-            match self.parser.next(self.input.unparsed()) {
-                Err(he) => {
-                    router::text(self.out.buf_mut(), he.status, he.detail, false);
-                    self.out.tag_from(start, e.reply_tag(), e.durable());
-                    e.stats.protocol_errors += 1;
-                    self.closing = true;
-                }
-                Ok((n, req)) => {
-                    self.input.advance(n);
-                    if self.parser.take_continue() {
-                        self.out
-                            .buf_mut()
-                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                        self.out.tag_from(start, e.reply_tag(), e.durable());
-                    }
-                    match req {
-                        None if n == 0 => break,
-                        None => {}
-                        Some(req) => {
-                            router::handle(e, &req, self.out.buf_mut());
-                            self.out.tag_from(start, e.reply_tag(), e.durable());
-                            p.requests += 1;
-                            if !req.keep_alive {
-                                self.closing = true;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        self.input.compact();
-        p
-    }
-
-    /// Output that may be sent now.
-    pub fn sendable(&mut self, durable: u64) -> &[u8] {
-        self.out.sendable(durable)
-    }
-
-    /// `n` bytes were sent.
-    pub fn consume(&mut self, n: usize) {
-        self.out.consume(n);
-    }
-
-    /// Whether output waits for durability.
-    pub fn has_held_output(&self) -> bool {
-        self.out.has_held()
-    }
-
-    /// Output bytes not yet sent (held or not).
-    pub fn output_pending(&self) -> usize {
-        self.out.pending()
-    }
-
-    /// Whether the connection should be closed now.
-    pub fn finished(&self) -> bool {
-        self.closing && self.out.pending() == 0
-    }
-
-    /// Whether the session stopped taking input.
-    pub fn closing(&self) -> bool {
-        self.closing
     }
 }
 

@@ -9,11 +9,9 @@ use lockstep_guest_services::journal::recovery::{self, Start};
 use lockstep_guest_services::journal::{SECTOR, SUPERBLOCK_READ_SECTORS};
 use lockstep_guest_services::store::Store;
 
+use super::{DISK_FAILED, MAX_WAIT_NS};
 use crate::blk::{Disk, Done};
 use crate::{Size, ports, say};
-
-/// Longest wait per sync call while waiting for the disk.
-const WAIT_NS: u64 = 1_000_000_000;
 
 /// Waits for the single outstanding job; stops the guest on EV_STOP (no
 /// write of ours is outstanding that could be torn by stopping) and on
@@ -21,13 +19,13 @@ const WAIT_NS: u64 = 1_000_000_000;
 fn wait_one(disk: &mut Disk, now: &mut u64) -> Done {
     let mut done = Vec::new();
     loop {
-        let s = ports::sync(true, *now + WAIT_NS);
+        let s = ports::sync(true, *now + MAX_WAIT_NS);
         *now = (*now).max(s.now_ns);
         disk.reap(&mut done);
         if let Some(d) = done.pop() {
             if !d.ok {
                 say!("kv: disk I/O error during recovery; stopping");
-                ports::exit(3);
+                ports::exit(DISK_FAILED);
             }
             return d;
         }
@@ -43,12 +41,17 @@ fn read(disk: &mut Disk, sector: u64, len: usize, now: &mut u64) -> Vec<u8> {
     wait_one(disk, now).data
 }
 
+/// `e`, which starts without data, after its `kv: recovered ...` line.
+fn empty(e: Engine) -> Engine {
+    say!("kv: recovered 0 keys (0 records, tail: clean)");
+    e
+}
+
 /// The engine for this boot, with the `kv: recovered ...` line printed.
 pub fn open(disk: Option<&mut Disk>, now: &mut u64) -> Engine {
     let Some(disk) = disk else {
         say!("kv: no disk: data will not survive a restart");
-        say!("kv: recovered 0 keys (0 records, tail: clean)");
-        return Engine::volatile(*now);
+        return empty(Engine::volatile(*now));
     };
     let sb = read(disk, 0, SUPERBLOCK_READ_SECTORS as usize * SECTOR, now);
     match recovery::start(&sb, disk.capacity()) {
@@ -57,14 +60,11 @@ pub fn open(disk: Option<&mut Disk>, now: &mut u64) -> Engine {
                 "kv: the disk ({}) is too small for a log: data will not survive a restart",
                 Size(disk.capacity() * 512)
             );
-            say!("kv: recovered 0 keys (0 records, tail: clean)");
-            Engine::volatile(*now)
+            empty(Engine::volatile(*now))
         }
-        Start::Blank(layout) if disk.read_only() => {
-            let _ = layout;
+        Start::Blank(_) if disk.read_only() => {
             say!("kv: the read-only disk holds no log: serving an empty, read-only store");
-            say!("kv: recovered 0 keys (0 records, tail: clean)");
-            Engine::read_only(Store::new(), *now)
+            empty(Engine::read_only(Store::new(), *now))
         }
         Start::Blank(layout) => {
             let mut e = Engine::format(layout, *now);
@@ -77,8 +77,7 @@ pub fn open(disk: Option<&mut Disk>, now: &mut u64) -> Engine {
                 "kv: formatted a new log on the blank disk (two halves of {})",
                 Size(layout.half_sectors * SECTOR as u64)
             );
-            say!("kv: recovered 0 keys (0 records, tail: clean)");
-            e
+            empty(e)
         }
         Start::Scan(mut r) => {
             let mut store = Store::new();

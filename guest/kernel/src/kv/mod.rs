@@ -93,9 +93,7 @@ pub fn run(
         let wait_ns = delay.map_or(MAX_WAIT_NS, |d| d.total_micros().saturating_mul(1000));
         let r = ports::sync(wait, now + wait_ns.min(MAX_WAIT_NS));
         now = now.max(r.now_ns);
-        if r.events & EV_STOP != 0 && !stopping {
-            stopping = true;
-        }
+        stopping |= r.events & EV_STOP != 0;
         engine.tick(now);
 
         if let Some(d) = disk.as_mut() {

@@ -135,8 +135,6 @@ pub struct Server {
     /// own limits are generous (a 4 MiB request), so hostile clients could
     /// otherwise exhaust the guest's heap together.
     memory_budget: usize,
-    /// Connections closed for the budget.
-    pub evicted: u64,
 }
 
 fn port(p: Proto) -> u16 {
@@ -172,7 +170,6 @@ impl Server {
             resp_clients: 0,
             http_clients: 0,
             memory_budget,
-            evicted: 0,
         };
         s.top_up(sockets);
         s
@@ -350,7 +347,6 @@ impl Server {
             };
             let freed = biggest.session.memory();
             biggest.session.evict();
-            self.evicted += 1;
             total = total.saturating_sub(freed);
             if freed == 0 {
                 break;

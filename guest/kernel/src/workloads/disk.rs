@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 use lockstep_guest_abi::EV_STOP;
 use lockstep_guest_services::crc32c::{crc32c, crc32c_append};
 
-use crate::blk::Disk;
+use crate::blk::{Disk, Done};
 use crate::cmdline::Settings;
 use crate::{ports, say};
 
@@ -66,6 +66,30 @@ struct Tally {
     checksum: u32,
 }
 
+impl Tally {
+    /// Counts one completion; a read is checked against the version last
+    /// written to its block, if this run wrote it.
+    fn complete(&mut self, d: &Done, versions: &BTreeMap<u64, u64>) {
+        let block = d.user >> 1;
+        self.checksum = crc32c_append(self.checksum, &d.user.to_le_bytes());
+        if !d.ok {
+            self.errors += 1;
+            return;
+        }
+        if d.user & 1 == 1 {
+            self.writes += 1;
+            return;
+        }
+        self.reads += 1;
+        self.checksum = crc32c_append(self.checksum, &d.data);
+        match versions.get(&block) {
+            Some(&v) if d.data == make(block, v) => self.verified += 1,
+            Some(_) => self.mismatches += 1,
+            None => self.unverified += 1,
+        }
+    }
+}
+
 /// Runs the workload.
 pub fn run(s: &Settings, seed: u64, disk: Option<Disk>, start: u64) -> ! {
     let Some(mut disk) = disk else {
@@ -91,7 +115,6 @@ pub fn run(s: &Settings, seed: u64, disk: Option<Disk>, start: u64) -> ! {
     let mut now = start;
     let mut stopping = false;
     let mut done = Vec::new();
-    let mut races = 0u64;
     for _ in 0..if ro { 0 } else { s.race } {
         let block = rng.next() % span * stride;
         let (first, second) = (next_version, next_version + 1);
@@ -99,23 +122,15 @@ pub fn run(s: &Settings, seed: u64, disk: Option<Disk>, start: u64) -> ! {
         versions.insert(block, second);
         disk.write(block * SECTORS, make(block, first), block << 1 | 1);
         disk.write(block * SECTORS, make(block, second), block << 1 | 1);
-        now = settle(&mut disk, &mut done, now, &mut t);
+        now = settle(&mut disk, &mut done, now, &mut t, &versions);
         disk.read(block * SECTORS, BLOCK, block << 1);
-        now = settle(&mut disk, &mut done, now, &mut t);
-        for d in done.drain(..) {
-            t.reads += 1;
-            if d.ok && d.data == make(block, second) {
-                races += 1;
-                t.verified += 1;
-            } else {
-                t.mismatches += 1;
-            }
-            t.checksum = crc32c_append(t.checksum, &d.data);
-        }
+        now = settle(&mut disk, &mut done, now, &mut t, &versions);
     }
     if s.race > 0 {
+        // Only the race reads have been verified so far.
         say!(
-            "disk: {races} of {} racing write pairs read back as the later write",
+            "disk: {} of {} racing write pairs read back as the later write",
+            t.verified,
             s.race
         );
     }
@@ -146,24 +161,8 @@ pub fn run(s: &Settings, seed: u64, disk: Option<Disk>, start: u64) -> ! {
         }
         disk.reap(&mut done);
         for d in done.drain(..) {
-            let block = d.user >> 1;
-            busy.remove(&block);
-            t.checksum = crc32c_append(t.checksum, &d.user.to_le_bytes());
-            if !d.ok {
-                t.errors += 1;
-                continue;
-            }
-            if d.user & 1 == 1 {
-                t.writes += 1;
-                continue;
-            }
-            t.reads += 1;
-            t.checksum = crc32c_append(t.checksum, &d.data);
-            match versions.get(&block) {
-                Some(&v) if d.data == make(block, v) => t.verified += 1,
-                Some(_) => t.mismatches += 1,
-                None => t.unverified += 1,
-            }
+            busy.remove(&(d.user >> 1));
+            t.complete(&d, &versions);
         }
     }
     say!(
@@ -181,21 +180,20 @@ pub fn run(s: &Settings, seed: u64, disk: Option<Disk>, start: u64) -> ! {
     ports::exit(u32::from(t.mismatches + t.errors > 0))
 }
 
-/// Waits until every request in flight has completed; write completions are
-/// counted, read completions are left in `done`.
-fn settle(disk: &mut Disk, done: &mut Vec<crate::blk::Done>, mut now: u64, t: &mut Tally) -> u64 {
+/// Waits until every request in flight has completed and counts them.
+fn settle(
+    disk: &mut Disk,
+    done: &mut Vec<Done>,
+    mut now: u64,
+    t: &mut Tally,
+    versions: &BTreeMap<u64, u64>,
+) -> u64 {
     while disk.busy() {
         let r = ports::sync(true, now + 1_000_000_000);
         now = now.max(r.now_ns);
-        let mut batch = Vec::new();
-        disk.reap(&mut batch);
-        for d in batch {
-            t.checksum = crc32c_append(t.checksum, &d.user.to_le_bytes());
-            match (d.ok, d.user & 1 == 1) {
-                (false, _) => t.errors += 1,
-                (true, true) => t.writes += 1,
-                (true, false) => done.push(d),
-            }
+        disk.reap(done);
+        for d in done.drain(..) {
+            t.complete(&d, versions);
         }
     }
     now

@@ -53,26 +53,23 @@ impl Ctx<'_> {
     /// Checks that a write growing the data by `grow` bytes may run;
     /// replies with the refusal if not.
     pub fn admit(&mut self, grow: u64) -> bool {
-        match self.e.admit(grow) {
-            Ok(()) => true,
-            Err(r) => {
-                self.refuse(r);
-                false
-            }
-        }
+        let r = self.e.admit(grow);
+        self.admitted(r)
     }
     /// Like `admit` for writes that do not grow the data.
     pub fn admit_shrink(&mut self) -> bool {
-        match self.e.admit_shrink() {
+        let r = self.e.admit_shrink();
+        self.admitted(r)
+    }
+    /// Whether the engine admitted the write; replies with its refusal if not.
+    fn admitted(&mut self, r: Result<(), Refusal>) -> bool {
+        match r {
             Ok(()) => true,
             Err(r) => {
-                self.refuse(r);
+                reply::error(self.out, r.message().as_bytes());
                 false
             }
         }
-    }
-    fn refuse(&mut self, r: Refusal) {
-        reply::error(self.out, r.message().as_bytes());
     }
 }
 

@@ -79,6 +79,17 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
     b.windows(2).position(|w| w == b"\r\n")
 }
 
+/// Where the `*N` / `$N` header line at the start of `buf` ends (its CR),
+/// `None` while it is incomplete; a line longer than `MAX_INLINE` is the
+/// error `too_big`.
+fn header_end(buf: &[u8], too_big: &'static str) -> Result<Option<usize>, ProtocolError> {
+    match find_crlf(buf) {
+        Some(end) if end <= MAX_INLINE => Ok(Some(end)),
+        None if buf.len() <= MAX_INLINE => Ok(None),
+        _ => Err(Msg(too_big)),
+    }
+}
+
 impl RespParser {
     /// A parser at the start of a request.
     pub fn new() -> Self {
@@ -111,15 +122,9 @@ impl RespParser {
         if first != b'*' {
             return inline(buf);
         }
-        let Some(end) = find_crlf(buf) else {
-            if buf.len() > MAX_INLINE {
-                return Err(Msg("too big mbulk count string"));
-            }
+        let Some(end) = header_end(buf, "too big mbulk count string")? else {
             return Ok((0, Step::Incomplete));
         };
-        if end > MAX_INLINE {
-            return Err(Msg("too big mbulk count string"));
-        }
         let line = &buf[1..end];
         let n = match line.first() {
             // Redis treats a non-positive count as an empty request.
@@ -157,15 +162,9 @@ impl RespParser {
             if first != b'$' {
                 return Err(ProtocolError::ExpectedDollar(first));
             }
-            let Some(end) = find_crlf(buf) else {
-                if buf.len() > MAX_INLINE {
-                    return Err(Msg("too big bulk count string"));
-                }
+            let Some(end) = header_end(buf, "too big bulk count string")? else {
                 return Ok((0, Step::Incomplete));
             };
-            if end > MAX_INLINE {
-                return Err(Msg("too big bulk count string"));
-            }
             let len = parse_usize(&buf[1..end]).ok_or(Msg("invalid bulk length"))?;
             if len > MAX_BULK {
                 return Err(Msg("invalid bulk length"));
