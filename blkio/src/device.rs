@@ -158,14 +158,7 @@ impl BlkDevice {
 
     /// Reads configuration space at `offset`; bytes outside it read as 0.
     pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| c.get(o).copied())
-                .unwrap_or(0);
-        }
+        virtq::read_config(&self.config_bytes(), offset, data);
     }
 
     /// Configuration space is read-only; writes are ignored (and logged).
@@ -244,9 +237,11 @@ impl BlkDevice {
 
     fn add_used<M: GuestMemory>(&mut self, mem: &M, head: u16, len: u32) {
         let Some(q) = self.queue.as_mut() else { return };
+        if head >= q.size() {
+            return; // an impossible head has no used entry to give back
+        }
         match q.add_used(mem, head, len) {
             Ok(()) => self.used_event = true,
-            // Only a head outside the queue gets here; the callers exclude it.
             Err(e) => tracing::warn!(head, "virtio-blk: cannot add used entry: {e}"),
         }
     }
@@ -293,9 +288,7 @@ impl BlkDevice {
         let result = match walked {
             Err(e) => {
                 self.note(Malformed::Chain, head, &e);
-                if head < size {
-                    self.add_used(mem, head, 0);
-                }
+                self.add_used(mem, head, 0);
                 None
             }
             Ok(()) => match request::status_addr(&segs) {
@@ -304,11 +297,11 @@ impl BlkDevice {
                     self.add_used(mem, head, 0);
                     None
                 }
-                Some(status_at) => Some(self.dispatch(mem, head, &segs, status_at)),
+                Some(status_at) => self.dispatch(mem, head, &segs, status_at),
             },
         };
         self.segs = segs;
-        if let Some(req) = result.flatten() {
+        if let Some(req) = result {
             out.push(req);
         }
     }

@@ -9,12 +9,15 @@
 //! `next_avail`/`next_used`, and writes the used ring.
 //!
 //! Everything here is a pure function of guest memory and the queue state,
-//! as record/replay requires (DESIGN §2): no time, no host state.
+//! as record/replay requires (DESIGN §2): no time, no host state. The few
+//! other helpers both device models need (configuration space reads, the
+//! warning limiter) live here too.
 //!
 //! This file is shared verbatim by `blkio` and `netio` (netio includes it
 //! with `#[path]`) so the guest-facing parser exists, and is fuzzed, once.
 
 use std::num::Wrapping;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueT};
@@ -277,37 +280,49 @@ pub fn total_len(segs: &[Segment]) -> u64 {
     segs.iter().map(|s| u64::from(s.len)).sum()
 }
 
+/// Calls `copy(addr, range)` for each piece of the concatenation of `segs`
+/// that covers bytes `offset..offset + len` of it, `range` being the piece's
+/// place in `0..len`. Returns false if the segments are too short or a copy
+/// fails.
+fn for_each_piece(
+    segs: &[Segment],
+    mut offset: u64,
+    len: usize,
+    mut copy: impl FnMut(GuestAddress, Range<usize>) -> bool,
+) -> bool {
+    let mut done = 0usize;
+    for s in segs {
+        if done == len {
+            break;
+        }
+        let seg_len = u64::from(s.len);
+        if offset >= seg_len {
+            offset -= seg_len;
+            continue;
+        }
+        // Both bounded by u32::MAX, so the casts are lossless.
+        let n = ((seg_len - offset) as usize).min(len - done);
+        if !copy(s.addr.unchecked_add(offset), done..done + n) {
+            return false;
+        }
+        done += n;
+        offset = 0;
+    }
+    done == len
+}
+
 /// Copies `buf.len()` bytes out of the concatenation of `segs`, starting
 /// `offset` bytes into it. Returns false (with `buf` partly filled) if the
 /// segments are too short or memory cannot be read.
 pub fn read_from_segments<M: GuestMemory + ?Sized>(
     mem: &M,
     segs: &[Segment],
-    mut offset: u64,
+    offset: u64,
     buf: &mut [u8],
 ) -> bool {
-    let mut done = 0usize;
-    for s in segs {
-        if done == buf.len() {
-            break;
-        }
-        let len = u64::from(s.len);
-        if offset >= len {
-            offset -= len;
-            continue;
-        }
-        // Both bounded by u32::MAX, so the casts are lossless.
-        let n = ((len - offset) as usize).min(buf.len() - done);
-        if mem
-            .read_slice(&mut buf[done..done + n], s.addr.unchecked_add(offset))
-            .is_err()
-        {
-            return false;
-        }
-        done += n;
-        offset = 0;
-    }
-    done == buf.len()
+    for_each_piece(segs, offset, buf.len(), |addr, r| {
+        mem.read_slice(&mut buf[r], addr).is_ok()
+    })
 }
 
 /// Copies `data` into the concatenation of `segs`, starting `offset` bytes
@@ -316,30 +331,22 @@ pub fn read_from_segments<M: GuestMemory + ?Sized>(
 pub fn write_to_segments<M: GuestMemory + ?Sized>(
     mem: &M,
     segs: &[Segment],
-    mut offset: u64,
+    offset: u64,
     data: &[u8],
 ) -> bool {
-    let mut done = 0usize;
-    for s in segs {
-        if done == data.len() {
-            break;
-        }
-        let len = u64::from(s.len);
-        if offset >= len {
-            offset -= len;
-            continue;
-        }
-        let n = ((len - offset) as usize).min(data.len() - done);
-        if mem
-            .write_slice(&data[done..done + n], s.addr.unchecked_add(offset))
-            .is_err()
-        {
-            return false;
-        }
-        done += n;
-        offset = 0;
+    for_each_piece(segs, offset, data.len(), |addr, r| {
+        mem.write_slice(&data[r], addr).is_ok()
+    })
+}
+
+/// Reads `data.len()` bytes of a device's configuration space `space` from
+/// `offset`; bytes outside it read as 0 (the driver may read at any offset).
+pub fn read_config(space: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    if let Some(src) = usize::try_from(offset).ok().and_then(|o| space.get(o..)) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
     }
-    done == data.len()
 }
 
 /// Counts occurrences per kind and says which ones to log: the first few of

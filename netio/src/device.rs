@@ -128,13 +128,7 @@ impl NetDevice {
         let mut c = [0u8; 8];
         c[..6].copy_from_slice(&self.mac);
         c[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| c.get(o).copied())
-                .unwrap_or(0);
-        }
+        virtq::read_config(&c, offset, data);
     }
 
     /// Configuration space is read-only here (no CTRL_MAC_ADDR); writes are

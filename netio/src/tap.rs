@@ -4,7 +4,7 @@
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -161,7 +161,7 @@ fn classify(name: &str) -> &'static str {
 }
 
 /// An `AF_INET` datagram socket for the interface ioctls.
-fn ioctl_socket(name: &str) -> Result<std::os::fd::OwnedFd, TapError> {
+fn ioctl_socket(name: &str) -> Result<OwnedFd, TapError> {
     socket(
         AddressFamily::Inet,
         SockType::Datagram,
@@ -255,8 +255,8 @@ impl Tap {
         Ok(tap)
     }
 
-    fn bring_up(&self) -> Result<(), TapError> {
-        let sock = ioctl_socket(&self.name)?;
+    /// The interface flags (`SIOCGIFFLAGS`), asked through `sock`.
+    fn flags(&self, sock: &OwnedFd) -> Result<libc::c_short, TapError> {
         let mut req = ifreq(&self.name);
         // SAFETY: SIOCGIFFLAGS fills `ifr_flags` of the `ifreq` we pass.
         if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
@@ -268,10 +268,16 @@ impl Tap {
             });
         }
         // SAFETY: SIOCGIFFLAGS succeeded, so the union holds `ifru_flags`.
-        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        Ok(unsafe { req.ifr_ifru.ifru_flags })
+    }
+
+    fn bring_up(&self) -> Result<(), TapError> {
+        let sock = ioctl_socket(&self.name)?;
+        let flags = self.flags(&sock)?;
         if flags & libc::IFF_UP as libc::c_short != 0 {
             return Ok(());
         }
+        let mut req = ifreq(&self.name);
         req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
         // SAFETY: SIOCSIFFLAGS reads the `ifreq` we pass.
         if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
@@ -315,18 +321,7 @@ impl Tap {
     /// True if the link is administratively up.
     pub fn link_up(&self) -> Result<bool, TapError> {
         let sock = ioctl_socket(&self.name)?;
-        let mut req = ifreq(&self.name);
-        // SAFETY: SIOCGIFFLAGS fills `ifr_flags` of the `ifreq` we pass.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-            let source = io::Error::last_os_error();
-            return Err(TapError::Io {
-                name: self.name.clone(),
-                what: "SIOCGIFFLAGS",
-                source,
-            });
-        }
-        // SAFETY: SIOCGIFFLAGS succeeded, so the union holds `ifru_flags`.
-        Ok(unsafe { req.ifr_ifru.ifru_flags } & libc::IFF_UP as libc::c_short != 0)
+        Ok(self.flags(&sock)? & libc::IFF_UP as libc::c_short != 0)
     }
 
     /// Sets or clears `O_NONBLOCK` on the descriptor.
