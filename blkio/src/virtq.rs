@@ -13,8 +13,8 @@
 //! other helpers both device models need (configuration space reads, the
 //! warning limiter) live here too.
 //!
-//! This file is shared verbatim by `blkio` and `netio` (netio includes it
-//! with `#[path]`) so the guest-facing parser exists, and is fuzzed, once.
+//! `netio` uses this module through its dependency on `blkio`, so the
+//! guest-facing parser exists, and is fuzzed, once.
 
 use std::num::Wrapping;
 use std::ops::Range;

@@ -17,8 +17,9 @@ mod error;
 mod frame;
 mod gate;
 mod tap;
-#[path = "../../blkio/src/virtq.rs"]
-pub mod virtq;
+
+/// The virtqueue walker both devices use (one copy, in `blkio`).
+pub use blkio::virtq;
 
 pub use device::{DEVICE_TYPE_NET, NetDevice, NetStats, QUEUE_MAX_SIZE, RX_QUEUE, TX_QUEUE};
 pub use engine::{RX_BUF_LEN, TX_DEPTH, TapEngine, TapStats, user_data_tag};
