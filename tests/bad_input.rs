@@ -8,12 +8,11 @@ use std::process::{Command, Output};
 
 use common::*;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `lockstep` refused: exit status 1, saying `why`.
+fn assert_refused(out: &Output, why: &str) {
+    let t = output_text(out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains(why), "{t}");
 }
 
 fn hello(dir: &Path) -> std::path::PathBuf {
@@ -52,8 +51,7 @@ fn disk_images_that_cannot_be_used_are_explained() {
         .arg(&secret)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("is not readable"), "{}", text(&out));
+    assert_refused(&out, "is not readable");
 
     // Immutable (read-only) even for root.
     let frozen = dir.path().join("frozen.img");
@@ -74,8 +72,7 @@ fn disk_images_that_cannot_be_used_are_explained() {
             .arg(&frozen)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        assert!(text(&out).contains("is read-only"), "{}", text(&out));
+        assert_refused(&out, "is read-only");
     }
 
     // A directory, and a size that is not whole sectors.
@@ -86,8 +83,7 @@ fn disk_images_that_cannot_be_used_are_explained() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("not a regular file"), "{}", text(&out));
+    assert_refused(&out, "not a regular file");
     let odd = dir.path().join("odd.img");
     std::fs::write(&odd, vec![0u8; 1000]).unwrap();
     let out = Command::new(lockstep())
@@ -97,12 +93,7 @@ fn disk_images_that_cannot_be_used_are_explained() {
         .arg(&odd)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("not a multiple of 512"),
-        "{}",
-        text(&out)
-    );
+    assert_refused(&out, "not a multiple of 512");
 }
 
 #[test]
@@ -125,7 +116,7 @@ fn a_file_system_without_o_direct_falls_back_and_says_so() {
         ))
         .output()
         .unwrap();
-    let t = text(&out);
+    let t = output_text(&out);
     assert!(t.contains("does not support O_DIRECT"), "{t}");
     assert!(t.contains("hello from ring 3"), "the VM still runs:\n{t}");
     assert_eq!(out.status.code(), Some(7), "{t}");
@@ -136,7 +127,7 @@ fn taps_that_cannot_be_used_are_explained() {
     if !kvm_available() {
         return;
     }
-    let net = Net::single("tp");
+    let net = net_single("tp");
     let dir = tempdir();
     let idle = asm_guest(dir.path(), "idle_until_stop", None);
     let run = |tap: &str, disk: &str| {
@@ -148,34 +139,23 @@ fn taps_that_cannot_be_used_are_explained() {
         c
     };
     // Taken: a first VMM holds the tap.
-    let mut first = Vmm::spawn(run(&net.tap(), "a.img"));
+    let mut first = spawn_vmm(run(&net.tap(), "a.img"));
     first.wait_for_line("idle: waiting", std::time::Duration::from_secs(10));
     let out = run(&net.tap(), "b.img").output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("is in use by another process"),
-        "{}",
-        text(&out)
-    );
+    assert_refused(&out, "is in use by another process");
     first.signal(libc::SIGTERM);
     assert_eq!(
-        first.wait_exit(std::time::Duration::from_secs(10)).code(),
+        first.exit_status(std::time::Duration::from_secs(10)).code(),
         Some(0)
     );
 
     // Not a tap, and a name Linux cannot have.
     let out = run("br0", "c.img").output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("not a tap"), "{}", text(&out));
+    assert_refused(&out, "not a tap");
     let out = run("a-name-that-is-far-too-long", "d.img")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("longer than 15 bytes"),
-        "{}",
-        text(&out)
-    );
+    assert_refused(&out, "longer than 15 bytes");
 
     // No permission: an unprivileged user cannot attach to a tap.
     run_ok(Command::new("chmod").arg("777").arg(dir.path()));
@@ -187,8 +167,8 @@ fn taps_that_cannot_be_used_are_explained() {
         .arg("--disk")
         .arg(dir.path().join("e.img"));
     let out = c.output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let t = text(&out);
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
         t.contains("permission") || t.contains("CAP_NET_ADMIN"),
         "{t}"

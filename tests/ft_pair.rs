@@ -186,13 +186,13 @@ fn a_partition_leaves_exactly_one_side_serving() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let (mut p_done, mut b_done) = (None, None);
     while Instant::now() < deadline && p_done.is_none() && b_done.is_none() {
-        p_done = pair.primary.child.try_wait().ok().flatten();
-        b_done = pair.backup.child.try_wait().ok().flatten();
+        p_done = pair.primary.try_wait().ok().flatten();
+        b_done = pair.backup.try_wait().ok().flatten();
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(500));
-    p_done = p_done.or_else(|| pair.primary.child.try_wait().ok().flatten());
-    b_done = b_done.or_else(|| pair.backup.child.try_wait().ok().flatten());
+    p_done = p_done.or_else(|| pair.primary.try_wait().ok().flatten());
+    b_done = b_done.or_else(|| pair.backup.try_wait().ok().flatten());
     let (acked, _errors) = writers.finish();
     match (p_done, b_done) {
         (Some(s), None) => {
@@ -300,7 +300,7 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
     }
     // A proxy on host A between the primary and the backup flips one bit
     // of the stream after 300 KB.
-    let net = Net::ft("cp");
+    let net = net_ft("cp");
     let _proxy = corrupting_proxy(
         net.ns("a"),
         format!("{PRIMARY_LOG}:7100"),
@@ -320,7 +320,7 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
     };
     let mut pair = FtPair::launch(net, opts);
     let writers = Writers::start(&pair, 2);
-    let status = pair.backup.wait_exit(Duration::from_secs(60));
+    let status = pair.backup.exit_status(Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
     let (acked, errors) = writers.finish();
     let log = pair.backup.log();
@@ -358,7 +358,7 @@ fn etcd_arbitrates_a_failover() {
     if !kvm_available() {
         return;
     }
-    let net = Net::ft("et");
+    let net = net_ft("et");
     let etcd = common::etcd::Etcd::start_in(&net.ns("c"), "10.77.0.1");
     let opts = FtOptions {
         arbiter: Some(format!("etcd://{}/lockstep-test", etcd.client_addr())),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::resp::{Client, Reply};
 use common::*;
+use lockstep_bench::kvclient;
 
 fn addr() -> String {
     format!("{GUEST_IP}:6379")
@@ -182,7 +183,7 @@ fn every_acknowledged_set_survives_a_hard_kill_and_restart() {
         vm.redis(&["dbsize"]).parse::<u64>().unwrap_or(0) > 2_000
     });
     vm.vmm.signal(libc::SIGKILL);
-    vm.vmm.wait_exit(Duration::from_secs(10));
+    vm.vmm.exit_status(Duration::from_secs(10));
     let acked: Vec<String> = writers
         .into_iter()
         .flat_map(|w| w.join().expect("writer"))
@@ -196,22 +197,8 @@ fn every_acknowledged_set_survives_a_hard_kill_and_restart() {
     vm.restart(&[]);
     assert!(vm.vmm.log().contains("kv: recovered"), "{}", vm.vmm.log());
     let lost = in_netns(&vm.net.ns("c"), || {
-        let mut c = Client::connect(&addr()).expect("connect after restart");
-        let mut lost = Vec::new();
-        for chunk in acked.chunks(500) {
-            let mut args: Vec<&[u8]> = vec![b"MGET"];
-            args.extend(chunk.iter().map(|k| k.as_bytes()));
-            let Ok(Reply::Array(Some(values))) = c.call(&args) else {
-                panic!("MGET failed")
-            };
-            for (k, v) in chunk.iter().zip(values) {
-                let want = format!("v{}", k.rsplit(':').next().unwrap_or(""));
-                if v != Reply::Bulk(Some(want.into_bytes())) {
-                    lost.push(k.clone());
-                }
-            }
-        }
-        lost
+        kvclient::check(&addr(), &acked)
+            .unwrap_or_else(|e| panic!("reading back after the restart: {e:#}"))
     });
     assert!(
         lost.is_empty(),

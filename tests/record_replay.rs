@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -50,14 +50,6 @@ impl Drop for Hog {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 struct Recording {
     log: PathBuf,
     console: String,
@@ -86,7 +78,12 @@ fn record(dir: &Path, name: &str, workload: &str, append: &str, extra: &[&str]) 
         .args(extra)
         .output()
         .expect("lockstep record");
-    assert_eq!(out.status.code(), Some(0), "record {name}:\n{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "record {name}:\n{}",
+        output_text(&out)
+    );
     Recording {
         log,
         console: std::fs::read_to_string(&console).expect("console"),
@@ -107,7 +104,7 @@ fn replay(log: &Path, extra: &[&str]) -> (i32, String, String) {
         .expect("lockstep replay");
     (
         out.status.code().unwrap_or(-1),
-        text(&out),
+        output_text(&out),
         std::fs::read_to_string(&console).unwrap_or_default(),
     )
 }
@@ -207,7 +204,7 @@ fn backup_reads_replay_from_a_copy_of_the_disk() {
         .arg(&img)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let copy = dir.path().join("copy.img");
     std::fs::copy(&img, &copy).unwrap();
     let rec = record(
@@ -242,7 +239,7 @@ fn a_session_with_real_clients_replays_identically() {
     if !kvm_available() {
         return;
     }
-    let net = Net::single("rr");
+    let net = net_single("rr");
     let dir = tempdir();
     for load in 0..3 {
         let log = dir.path().join(format!("kv{load}.lslog"));
@@ -255,13 +252,13 @@ fn a_session_with_real_clients_replays_identically() {
             .arg(&console)
             .arg("--disk")
             .arg(dir.path().join(format!("kv{load}.img")));
-        let mut vmm = Vmm::spawn(cmd);
+        let mut vmm = spawn_vmm(cmd);
         wait_for(Duration::from_secs(30), "the guest to serve", || {
             std::fs::read_to_string(&console).is_ok_and(|c| c.contains("kv: serving"))
         });
         let client = |program: &str, args: &[&str]| {
             let out = net.cmd("c", program).args(args).output().expect(program);
-            assert!(out.status.success(), "{program}: {}", text(&out));
+            assert!(out.status.success(), "{program}: {}", output_text(&out));
             String::from_utf8_lossy(&out.stdout).to_string()
         };
         let bench = client(
@@ -296,7 +293,7 @@ fn a_session_with_real_clients_replays_identically() {
         );
         vmm.signal(libc::SIGTERM);
         assert_eq!(
-            vmm.wait_exit(Duration::from_secs(20)).code(),
+            vmm.exit_status(Duration::from_secs(20)).code(),
             Some(0),
             "{}",
             vmm.log()

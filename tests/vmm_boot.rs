@@ -25,12 +25,7 @@ fn run_guest(elf: &std::path::Path, extra: &[&str]) -> (i32, String) {
         .args(extra)
         .output()
         .expect("run lockstep");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    (out.status.code().unwrap_or(-1), output_text(&out))
 }
 
 #[test]
@@ -225,10 +220,10 @@ fn sigterm_asks_the_guest_to_stop_and_a_stuck_guest_is_stopped_hard() {
         .arg(dir.path().join("d.img"))
         .arg("--kernel")
         .arg(&idle);
-    let mut vmm = Vmm::spawn(cmd);
+    let mut vmm = spawn_vmm(cmd);
     vmm.wait_for_line("idle: waiting", Duration::from_secs(10));
     vmm.signal(libc::SIGTERM);
-    let status = vmm.wait_exit(Duration::from_secs(10));
+    let status = vmm.exit_status(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", vmm.log());
     assert!(
         vmm.log().contains("guest exited with status 0"),
@@ -242,10 +237,10 @@ fn sigterm_asks_the_guest_to_stop_and_a_stuck_guest_is_stopped_hard() {
         .arg(dir.path().join("d2.img"))
         .arg("--kernel")
         .arg(&spin);
-    let mut vmm = Vmm::spawn(cmd);
+    let mut vmm = spawn_vmm(cmd);
     vmm.wait_for_line("spin: forever", Duration::from_secs(10));
     vmm.signal(libc::SIGINT);
-    let status = vmm.wait_exit(Duration::from_secs(10));
+    let status = vmm.exit_status(Duration::from_secs(10));
     assert_eq!(status.code(), Some(4), "{}", vmm.log());
     assert!(vmm.log().contains("did not stop within"), "{}", vmm.log());
 }

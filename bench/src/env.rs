@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::Context;
 
-use crate::vm;
+use lockstep_bench::vm;
 
 pub struct Machine {
     /// The shared kvm-host probe's output, if the probe exists here.

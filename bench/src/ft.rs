@@ -9,12 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-use crate::netns::Net;
-use crate::redis::{Result as BenchResult, parse_csv};
-use crate::report::{Table, ratio};
-use crate::vm::{self, Vmm};
+use lockstep_bench::netns::{GUEST_IP, Net};
+use lockstep_bench::vm::{self, Vmm};
 
-const GUEST: &str = "10.77.0.2";
+use crate::redis::{Result as BenchResult, run_benchmark};
+use crate::report::{Table, median, ratio};
 
 /// Starts a backup on B and a primary on A; returns (primary, backup).
 fn start_pair(
@@ -88,28 +87,14 @@ fn start_pair(
 }
 
 fn benchmark(net: &Net, pipeline: u32, n: u64) -> anyhow::Result<Vec<BenchResult>> {
-    let out = net
-        .cmd("c", "redis-benchmark")
-        .args([
-            "-h",
-            GUEST,
-            "-n",
-            &n.to_string(),
-            "-c",
-            "50",
-            "-P",
-            &pipeline.to_string(),
-            "-t",
-            "set,get",
-            "--csv",
-        ])
-        .output()
-        .context("redis-benchmark")?;
-    let rows = parse_csv(&String::from_utf8_lossy(&out.stdout));
-    if rows.len() != 2 {
-        bail!("redis-benchmark: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(rows)
+    run_benchmark(
+        net.cmd("c", "redis-benchmark"),
+        GUEST_IP,
+        6379,
+        n,
+        50,
+        pipeline,
+    )
 }
 
 /// `lockstep status --json` of one side.
@@ -206,10 +191,6 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
             rule = r;
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
     let mbit = median(bandwidth);
 
     let mut t = Table::new(&[
@@ -263,7 +244,7 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
         // Fresh hosts and LAN each time: no switch remembers the last run.
         let fresh = Net::ft("bfo")?;
         let net = &fresh;
-        let (mut primary, backup) = start_pair(net, &run_dir, 10, 50)?;
+        let (primary, backup) = start_pair(net, &run_dir, 10, 50)?;
         let acked = run_dir.join("acked.txt");
         let writer = net
             .cmd("c", &tools.display().to_string())
@@ -281,7 +262,7 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
             .context("kv-writer")?;
         std::thread::sleep(Duration::from_millis(1500));
         let killed = now_ms();
-        primary.kill();
+        primary.signal(libc::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !backup.log().contains("going live") && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

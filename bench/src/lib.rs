@@ -1,9 +1,12 @@
 //! The benchmark harness's reusable pieces: a RESP client that knows
 //! exactly which writes the server acknowledged (used by the harness, the
-//! demo's client and the integration tests), and the drivers of the
-//! logging channel's engines against raw TCP (used by the `log_channel`
-//! bench on loopback and by `lockstep-bench channel` across namespaces).
+//! demo's client and the integration tests), the drivers of the logging
+//! channel's engines against raw TCP (used by the `log_channel` bench on
+//! loopback and by `lockstep-bench channel` across namespaces), and test
+//! hosts and VMM processes (used by the harness and the integration tests).
 
 pub mod channel;
 pub mod kvclient;
+pub mod netns;
 pub mod resp;
+pub mod vm;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use lockstep_bench::channel::{self, Hosts, RawRun, RoundTrips, StreamRun, ThreadCpu};
+use lockstep_bench::netns;
 use logchan::channel::{ReceiverOptions, SenderOptions};
 
-use crate::netns;
-use crate::report::{Table, ratio};
+use crate::report::{Table, median, ratio};
 
 /// The run of median time; `None` if there are none.
 fn median_by<T: Clone>(runs: &[T], key: impl Fn(&T) -> std::time::Duration) -> Option<T> {
@@ -66,13 +66,12 @@ pub fn compare(mib: u64) -> anyhow::Result<()> {
     }
     // Each channel run is paired with the raw run right after it: the
     // median of those ratios is the figure least moved by drift.
-    let mut pairs: Vec<f64> = chan
-        .iter()
-        .zip(&raw)
-        .map(|(c, r)| c.mb_per_s() / r.mb_per_s())
-        .collect();
-    pairs.sort_by(f64::total_cmp);
-    let pair_ratio = pairs.get(pairs.len() / 2).copied().unwrap_or(f64::NAN);
+    let pair_ratio = median(
+        chan.iter()
+            .zip(&raw)
+            .map(|(c, r)| c.mb_per_s() / r.mb_per_s())
+            .collect(),
+    );
     let c = median_by(&chan, |r| r.took).context("no channel runs")?;
     let r = median_by(&raw, |r| r.took).context("no raw runs")?;
 

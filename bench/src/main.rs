@@ -12,11 +12,9 @@
 mod env;
 mod ft;
 mod link;
-mod netns;
 mod record;
 mod redis;
 mod report;
-mod vm;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -1,18 +1,26 @@
-//! Test hosts as network namespaces, made and removed by `scripts/net`.
+//! Test hosts as network namespaces, made and removed by `scripts/net`
+//! (for the harness and the integration tests).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use lockstep_bench::channel::Side;
 
+use crate::channel::Side;
 use crate::vm::repo;
 
+/// The guest's address on the client LAN of `scripts/net`.
+pub const GUEST_IP: &str = "10.77.0.2";
+
+/// Namespaces made by `scripts/net NAME`, removed on drop (also when
+/// making them failed halfway).
 pub struct Net {
     pub name: String,
 }
 
 impl Net {
+    /// One VM host (`NAME-h`, tap `NAME-t`) and a client (`NAME-c`,
+    /// 10.77.0.1): `scripts/net up`.
     pub fn single(name: &str) -> anyhow::Result<Net> {
         Self::up(name, "up")
     }
@@ -58,7 +66,7 @@ impl Net {
         format!("{}-t", self.name)
     }
 
-    /// `program` inside namespace NAME-which.
+    /// `program` run inside namespace NAME-which.
     pub fn cmd(&self, which: &str, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(which), program]);

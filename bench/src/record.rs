@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::netns::Net;
-use crate::report::{Table, ratio};
-use crate::vm::{self, Stats, Vmm};
+use lockstep_bench::netns::{GUEST_IP, Net};
+use lockstep_bench::vm::{self, Stats, Vmm};
+
+use crate::redis::run_benchmark;
+use crate::report::{Table, median, ratio};
 
 /// Runs a batch workload to its end; returns the VMM's statistics.
 fn batch(
@@ -62,11 +64,6 @@ fn replay(log: &Path, extra: &[&str]) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn mbit(bytes: u64, ms: f64) -> f64 {
     bytes as f64 * 8.0 / (ms.max(1.0) / 1000.0) / 1e6
 }
@@ -98,22 +95,15 @@ fn kv(
             0.0
         }
         None => {
-            let out = net
-                .cmd("c", "redis-benchmark")
-                .args([
-                    "-h",
-                    "10.77.0.2",
-                    "-n",
-                    "50000",
-                    "-c",
-                    "50",
-                    "-t",
-                    "set,get",
-                    "--csv",
-                ])
-                .output()?;
-            let rows = crate::redis::parse_csv(&String::from_utf8_lossy(&out.stdout));
-            rows.iter().map(|r| r.rps).sum::<f64>() / rows.len().max(1) as f64
+            let rows = run_benchmark(
+                net.cmd("c", "redis-benchmark"),
+                GUEST_IP,
+                6379,
+                50_000,
+                50,
+                1,
+            )?;
+            rows.iter().map(|r| r.rps).sum::<f64>() / rows.len() as f64
         }
     };
     Ok((rps, vmm.stop()?))

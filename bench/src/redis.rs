@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use lockstep_bench::netns::{GUEST_IP, Net};
+use lockstep_bench::vm::{self, Stats, Vmm};
+
 use crate::env::Machine;
-use crate::netns::Net;
 use crate::report::{Table, ratio};
-use crate::vm::{self, Stats, Vmm};
 
 /// One row of `redis-benchmark --csv`.
 #[derive(Clone, Debug, Default)]
@@ -36,7 +37,7 @@ pub fn parse_csv(out: &str) -> Vec<Result> {
 }
 
 /// Runs redis-benchmark (`cmd` already names the program and namespace).
-fn run_benchmark(
+pub fn run_benchmark(
     mut cmd: Command,
     host: &str,
     port: u16,
@@ -136,7 +137,7 @@ fn guest_run(n: u64, c: u32, pipeline: u32) -> anyhow::Result<(Vec<Result>, Stat
     vmm.wait_for("kv: serving RESP", Duration::from_secs(30))?;
     let rows = run_benchmark(
         net.cmd("c", "redis-benchmark"),
-        "10.77.0.2",
+        GUEST_IP,
         6379,
         n,
         c,
@@ -162,28 +163,19 @@ pub fn compare(machine: &Machine, n: u64, c: u32) -> anyhow::Result<()> {
         "time: guest / VMM / idle / switches",
     ]);
     for pipeline in [1, 16] {
-        let default = {
-            let _s = Server::start(7101, false)?;
+        let stock = |port: u16, always: bool| {
+            let _server = Server::start(port, always)?;
             run_benchmark(
                 Command::new("redis-benchmark"),
                 "127.0.0.1",
-                7101,
+                port,
                 n,
                 c,
                 pipeline,
-            )?
+            )
         };
-        let always = {
-            let _s = Server::start(7102, true)?;
-            run_benchmark(
-                Command::new("redis-benchmark"),
-                "127.0.0.1",
-                7102,
-                n,
-                c,
-                pipeline,
-            )?
-        };
+        let default = stock(7101, false)?;
+        let always = stock(7102, true)?;
         let (ours, stats) = guest_run(n, c, pipeline)?;
         let requests = 2 * n;
         let switch_ms = stats.exits as f64 * machine.lockstep_exit_us / 1000.0;

@@ -27,6 +27,12 @@ impl Table {
     }
 }
 
+/// The middle value (the upper one of an even count); NaN if there is none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// `a / b` as a ratio with two decimals.
 pub fn ratio(a: f64, b: f64) -> String {
     if b <= 0.0 {
@@ -47,5 +53,8 @@ mod tests {
         assert_eq!(t.markdown(), "| a | b |\n|---|---|\n| 1 | 2 |\n");
         assert_eq!(ratio(1.0, 4.0), "0.25");
         assert_eq!(ratio(1.0, 0.0), "n/a");
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median(Vec::new()).is_nan());
     }
 }

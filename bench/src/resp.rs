@@ -21,8 +21,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: &str) -> std::io::Result<Client> {
-        let stream =
-            TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(5))?;
+        let addr = addr.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+        })?;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
         Ok(Client {
@@ -52,8 +54,8 @@ impl Client {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         let line = line.trim_end_matches("\r\n");
-        let (kind, rest) = line.split_at(1);
         let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, line.to_string());
+        let (kind, rest) = line.split_at_checked(1).ok_or_else(bad)?;
         Ok(match kind {
             "+" => Reply::Simple(rest.into()),
             "-" => Reply::Error(rest.into()),

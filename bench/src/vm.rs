@@ -1,14 +1,16 @@
-//! Running `lockstep` for a benchmark: spawn, wait for the guest, stop,
-//! and read the VMM's statistics line.
+//! Running `lockstep` from the benchmark harness and the integration tests:
+//! spawn it with its output collected, wait for a line or for the exit,
+//! stop it and read its statistics line; tiny assembled guests.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// The workspace root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -20,49 +22,107 @@ pub fn lockstep_bin() -> PathBuf {
         .unwrap_or_else(|| repo().join("target/release/lockstep"))
 }
 
-/// A running VMM whose output is collected.
+/// How long an exited VMM's output may take to reach EOF: its last lines
+/// are still in the pipes when the exit is seen.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything the VMM printed, and how many of its streams are still open.
+struct Output {
+    text: String,
+    open: usize,
+}
+
+/// The readers' shared [`Output`], and the signal that a stream closed.
+struct Collected {
+    out: Mutex<Output>,
+    closed: Condvar,
+}
+
+impl Collected {
+    fn lock(&self) -> MutexGuard<'_, Output> {
+        // The readers only append text: a poisoned log is still a log.
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running VMM whose stdout and stderr are collected into one log;
+/// killed on drop.
 pub struct Vmm {
     child: Child,
-    log: Arc<Mutex<String>>,
+    collected: Arc<Collected>,
 }
 
 impl Vmm {
+    /// Spawns `cmd` (with `RUST_LOG=info`), collecting its output.
     pub fn spawn(mut cmd: Command) -> anyhow::Result<Vmm> {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("RUST_LOG", "info");
         let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-        let log = Arc::new(Mutex::new(String::new()));
-        let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
+        let streams: Vec<Box<dyn Read + Send>> = vec![
             Box::new(child.stdout.take().context("stdout")?),
             Box::new(child.stderr.take().context("stderr")?),
         ];
+        let collected = Arc::new(Collected {
+            out: Mutex::new(Output {
+                text: String::new(),
+                open: streams.len(),
+            }),
+            closed: Condvar::new(),
+        });
         for s in streams {
-            let log = log.clone();
+            let c = collected.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(s).lines().map_while(Result::ok) {
-                    if let Ok(mut l) = log.lock() {
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
+                    let mut o = c.lock();
+                    o.text.push_str(&line);
+                    o.text.push('\n');
                 }
+                c.lock().open -= 1;
+                c.closed.notify_all();
             });
         }
-        Ok(Vmm { child, log })
+        Ok(Vmm { child, collected })
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.collected.lock().text.clone()
     }
 
+    /// Waits until both streams have closed (or [`DRAIN_TIMEOUT`] passed,
+    /// should something else hold them open): for an exited VMM, the log
+    /// then has all it printed.
+    fn wait_drained(&self) {
+        let out = self.collected.lock();
+        let _ = self
+            .collected
+            .closed
+            .wait_timeout_while(out, DRAIN_TIMEOUT, |o| o.open > 0);
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// The exit status, if the VMM has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits until a line containing `needle` was printed; an error (with
+    /// the log) if the VMM exits first or `timeout` passes.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while !self.log().contains(needle) {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "lockstep exited ({status}) before {needle:?}:\n{}",
-                    self.log()
-                );
+                self.wait_drained();
+                let log = self.log();
+                if log.contains(needle) {
+                    return Ok(());
+                }
+                bail!("lockstep exited ({status}) before printing {needle:?}:\n{log}");
             }
             if Instant::now() > deadline {
                 bail!("no {needle:?} within {timeout:?}:\n{}", self.log());
@@ -72,49 +132,33 @@ impl Vmm {
         Ok(())
     }
 
-    /// SIGKILL: the host dies.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-    }
-
-    /// SIGTERM, wait for the exit; returns everything it printed.
-    pub fn stop_log(mut self) -> anyhow::Result<String> {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
+    /// Waits for the exit, and for the output it printed before it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.wait_drained();
+                return Ok(status);
+            }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("lockstep did not stop:\n{}", self.log());
+                bail!("lockstep did not exit within {timeout:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// SIGTERM, wait for the exit (killed after 30 s); returns everything
+    /// it printed.
+    pub fn stop_log(mut self) -> anyhow::Result<String> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))?;
         Ok(self.log())
     }
 
     /// SIGTERM, wait for the exit, return the statistics it printed.
-    pub fn stop(mut self) -> anyhow::Result<Stats> {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("lockstep did not stop:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            if let Some(s) = Stats::parse(&self.log()) {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!("no stats line in:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    pub fn stop(self) -> anyhow::Result<Stats> {
+        let log = self.stop_log()?;
+        Stats::parse(&log).with_context(|| format!("no stats line in:\n{log}"))
     }
 }
 
@@ -155,44 +199,38 @@ impl Stats {
     }
 }
 
-/// Assembles a tiny guest from `src` into `dir`.
-pub fn asm_guest(dir: &Path, src: &str) -> anyhow::Result<PathBuf> {
-    let s = dir.join("g.S");
-    let o = dir.join("g.o");
-    let elf = dir.join("g.elf");
-    std::fs::write(&s, src)?;
-    for (prog, args) in [
-        (
-            "as",
-            vec![
-                "--64".into(),
-                "-o".into(),
-                o.display().to_string(),
-                s.display().to_string(),
-            ],
-        ),
-        (
-            "ld",
-            vec![
-                "-static".into(),
-                "-nostdlib".into(),
-                "-Ttext-segment=0x200000".into(),
-                "-e".into(),
-                "_start".into(),
-                "-o".into(),
-                elf.display().to_string(),
-                o.display().to_string(),
-            ],
-        ),
-    ] {
-        let st = Command::new(prog)
-            .args(&args)
-            .status()
-            .with_context(|| format!("running {prog}"))?;
-        if !st.success() {
-            bail!("{prog} failed");
-        }
+/// Runs `cmd` to its end; an error with its output if it fails.
+fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    Ok(())
+}
+
+/// Assembles the guest source `src` into a static ELF `dir/NAME` at
+/// 0x200000 (its object `dir/NAME.o` beside it).
+pub fn asm_guest(src: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(name);
+    run_ok(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(src))?;
+    run_ok(
+        Command::new("ld")
+            .args([
+                "-static",
+                "-nostdlib",
+                "-Ttext-segment=0x200000",
+                "-e",
+                "_start",
+                "-o",
+            ])
+            .arg(&elf)
+            .arg(&obj),
+    )?;
     Ok(elf)
 }
 
@@ -202,14 +240,17 @@ const SYNC_LOOP: &str = ".globl _start\n.text\n_start:\n  mov $N, %rbx\n  mov $0
 /// µs per sync-call exit through lockstep: two runs with n and 2n exits,
 /// so boot and teardown cancel out.
 pub fn exit_cost_us(n: u64) -> anyhow::Result<f64> {
-    let dir = std::env::temp_dir().join(format!("lockstep-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix("lockstep-bench-")
+        .tempdir()?;
     let time = |count: u64| -> anyhow::Result<Duration> {
-        let elf = asm_guest(&dir, &SYNC_LOOP.replace("$N", &format!("${count}")))?;
+        let src = dir.path().join("g.S");
+        std::fs::write(&src, SYNC_LOOP.replace("$N", &format!("${count}")))?;
+        let elf = asm_guest(&src, dir.path(), "g")?;
         let started = Instant::now();
         let out = Command::new(lockstep_bin())
             .args(["run", "--mem", "64", "--disk"])
-            .arg(dir.join("d.img"))
+            .arg(dir.path().join("d.img"))
             .arg("--kernel")
             .arg(&elf)
             .output()
@@ -224,6 +265,5 @@ pub fn exit_cost_us(n: u64) -> anyhow::Result<f64> {
     };
     let one = time(n)?;
     let two = time(2 * n)?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(two.saturating_sub(one).as_secs_f64() * 1e6 / n as f64)
 }

@@ -80,7 +80,7 @@ impl FtPair {
     /// Starts a backup on B and a primary on A and waits until the backup
     /// follows the primary and the guest serves.
     pub fn start(prefix: &str, opts: FtOptions) -> FtPair {
-        Self::launch(Net::ft(prefix), opts)
+        Self::launch(net_ft(prefix), opts)
     }
 
     /// [`start`](Self::start) on namespaces made beforehand (to start
@@ -89,8 +89,8 @@ impl FtPair {
         let dir = tempdir();
         std::fs::create_dir_all(dir.path().join("shared")).expect("shared dir");
         let mut pair = FtPair {
-            primary: Vmm::spawn(Command::new("true")),
-            backup: Vmm::spawn(Command::new("true")),
+            primary: spawn_vmm(Command::new("true")),
+            backup: spawn_vmm(Command::new("true")),
             dir,
             net,
             opts,
@@ -111,7 +111,7 @@ impl FtPair {
         .arg(pair.dir.path().join("backup.console"))
         .args(pair.ft_args("backup", BACKUP_LOG))
         .args(&pair.opts.backup_extra);
-        pair.backup = Vmm::spawn(b);
+        pair.backup = spawn_vmm(b);
         pair.backup
             .wait_for_line("waiting for the primary", Duration::from_secs(20));
         let target = pair
@@ -135,7 +135,7 @@ impl FtPair {
         .arg(pair.dir.path().join("primary.console"))
         .args(pair.ft_args("primary", PRIMARY_LOG))
         .args(&pair.opts.primary_extra);
-        pair.primary = Vmm::spawn(p);
+        pair.primary = spawn_vmm(p);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !(pair.console("primary").contains("kv: serving RESP")
             && pair.backup.log().contains("following the primary"))

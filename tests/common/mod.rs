@@ -5,13 +5,15 @@
 pub mod etcd;
 pub mod ft;
 #[allow(unused_imports)]
+pub use lockstep_bench::netns::{GUEST_IP, Net};
+#[allow(unused_imports)]
 pub use lockstep_bench::resp;
+#[allow(unused_imports)]
+pub use lockstep_bench::vm::Vmm;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn lockstep() -> &'static str {
@@ -55,23 +57,16 @@ pub fn asm_guest(dir: &Path, name: &str, source: Option<&str>) -> PathBuf {
         }
         None => repo().join(format!("tests/guests/{name}.S")),
     };
-    let obj = dir.join(format!("{name}.o"));
-    let elf = dir.join(name);
-    run_ok(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
-    run_ok(
-        Command::new("ld")
-            .args([
-                "-static",
-                "-nostdlib",
-                "-Ttext-segment=0x200000",
-                "-e",
-                "_start",
-                "-o",
-            ])
-            .arg(&elf)
-            .arg(&obj),
-    );
-    elf
+    lockstep_bench::vm::asm_guest(&src, dir, name).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// A finished command's stdout and stderr, one after the other.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
@@ -104,152 +99,49 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{:x}{n:x}", std::process::id() % 0xfff)
 }
 
-/// Namespaces made by `scripts/net`, removed on drop.
-pub struct Net {
-    pub name: String,
+/// `scripts/net up` under a unique name: one VM host (`NAME-h`, tap
+/// `NAME-t`) and a client (`NAME-c`, 10.77.0.1).
+pub fn net_single(prefix: &str) -> Net {
+    Net::single(&unique_name(prefix)).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-impl Net {
-    /// One VM host (`NAME-h`, tap `NAME-t`) and a client (`NAME-c`, 10.77.0.1).
-    pub fn single(prefix: &str) -> Net {
-        let name = unique_name(prefix);
-        run_ok(Command::new(repo().join("scripts/net")).args(["up", &name]));
-        Net { name }
-    }
-
-    /// Two VM hosts (`NAME-a`, `NAME-b`), a client LAN (`NAME-c`).
-    pub fn ft(prefix: &str) -> Net {
-        let name = unique_name(prefix);
-        run_ok(Command::new(repo().join("scripts/net")).args(["ft-up", &name]));
-        Net { name }
-    }
-
-    pub fn ns(&self, which: &str) -> String {
-        format!("{}-{which}", self.name)
-    }
-
-    pub fn tap(&self) -> String {
-        format!("{}-t", self.name)
-    }
-
-    /// A command run inside namespace `NAME-which`.
-    pub fn cmd(&self, which: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(which), program]);
-        c
-    }
+/// `scripts/net ft-up` under a unique name: two VM hosts (`NAME-a`,
+/// `NAME-b`), a client LAN (`NAME-c`).
+pub fn net_ft(prefix: &str) -> Net {
+    Net::ft(&unique_name(prefix)).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/net"))
-            .args(["down", &self.name])
-            .status();
+/// Spawns a `lockstep` command, collecting its output.
+pub fn spawn_vmm(cmd: Command) -> Vmm {
+    Vmm::spawn(cmd).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The shared [`Vmm`]'s waits as test assertions: they fail the test, with
+/// the VMM's log, instead of returning the error.
+pub trait VmmExt {
+    /// Waits for a line containing `needle`; fails on timeout or if the
+    /// process exits first.
+    fn wait_for_line(&mut self, needle: &str, timeout: Duration);
+    /// Waits for the process to exit (and its last output); fails on
+    /// timeout.
+    fn exit_status(&mut self, timeout: Duration) -> ExitStatus;
+}
+
+impl VmmExt for Vmm {
+    fn wait_for_line(&mut self, needle: &str, timeout: Duration) {
+        self.wait_for(needle, timeout)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    fn exit_status(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_exit(timeout).unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
-/// A running `lockstep` process whose output is collected; killed on drop.
-pub struct Vmm {
-    pub child: Child,
-    pub output: Arc<Mutex<String>>,
-}
-
-impl Vmm {
-    /// Spawns `cmd`, collecting stdout and stderr into one log.
-    pub fn spawn(mut cmd: Command) -> Vmm {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info");
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let out = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
-        Vmm { child, output }
-    }
-
-    pub fn log(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    /// Waits for a line containing `needle`; panics with the log on timeout
-    /// or if the process exits first.
-    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.log().contains(needle) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader threads catch up with the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                if self.log().contains(needle) {
-                    return;
-                }
-                panic!(
-                    "lockstep exited ({status}) before printing {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Sends a signal.
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Waits for the process to exit; panics on timeout.
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                std::thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lockstep did not exit within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Moves the calling thread into network namespace `ns`.
+fn enter_netns(ns: &str) {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
 }
 
 /// Runs `f` on a thread that has joined network namespace `ns`, so a test
@@ -257,8 +149,7 @@ impl Drop for Vmm {
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            enter_netns(ns);
             f()
         })
         .join()
@@ -281,10 +172,10 @@ impl KvVm {
 
     /// Boots the embedded guest on a fresh disk and waits until it serves.
     pub fn start(prefix: &str, extra: &[&str]) -> KvVm {
-        let net = Net::single(prefix);
+        let net = net_single(prefix);
         let dir = tempdir();
         let mut vm = KvVm {
-            vmm: Vmm::spawn(Command::new("true")),
+            vmm: spawn_vmm(Command::new("true")),
             net,
             dir,
         };
@@ -298,7 +189,7 @@ impl KvVm {
         cmd.args(["run", "--tap", &self.net.tap(), "--mem", "128", "--disk"])
             .arg(self.disk())
             .args(extra);
-        self.vmm = Vmm::spawn(cmd);
+        self.vmm = spawn_vmm(cmd);
         self.vmm
             .wait_for_line("kv: serving RESP", Duration::from_secs(30));
     }
@@ -326,12 +217,10 @@ impl KvVm {
     /// Stops the VMM with SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) {
         self.vmm.signal(libc::SIGTERM);
-        let status = self.vmm.wait_exit(Duration::from_secs(20));
+        let status = self.vmm.exit_status(Duration::from_secs(20));
         assert_eq!(status.code(), Some(0), "clean stop:\n{}", self.vmm.log());
     }
 }
-
-pub const GUEST_IP: &str = "10.77.0.2";
 
 /// Spawns a thread that joins network namespace `ns` and runs `f`.
 pub fn spawn_in_netns<T: Send + 'static>(
@@ -339,8 +228,7 @@ pub fn spawn_in_netns<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
-        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        enter_netns(&ns);
         f()
     })
 }
