@@ -12,7 +12,7 @@ use crate::request::{
     self, Completion, ID_BYTES, MALFORMED_KINDS, MAX_REQUEST_BYTES, Malformed, Parsed, Request,
     RequestOp, SECTOR_SIZE, STATUS_IOERR, STATUS_OK,
 };
-use crate::virtq::{self, Segment, WarnLimiter};
+use virtq::{Segment, WarnLimiter};
 
 /// virtio device type of a block device.
 pub const DEVICE_TYPE_BLOCK: u32 = 2;

@@ -4,9 +4,10 @@
 //! already copied out, reads return their data in a `Completion`.
 //!
 //! Order of work: requests start in take order, subject to IO serialization
-//! (`serial.rs`) and, for writes, the output gate (`gate.rs`). Requests that
-//! cannot start yet, or do not fit into the submission queue, wait; `pump`
-//! retries them and is also called from `submit`, `on_cqe` and `release`.
+//! (`serial.rs`) and, for writes, the output gate (`ioengine::OutputGate`).
+//! Requests that cannot start yet, or do not fit into the submission queue,
+//! wait; `pump` retries them and is also called from `submit`, `on_cqe` and
+//! `release`.
 //!
 //! Every completion, including an immediate failure, reaches the caller
 //! through `on_cqe` (failures and dropped writes travel as `IORING_OP_NOP`),
@@ -17,24 +18,18 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
+use ioengine::{OutputGate, user_data, user_data_id, user_data_tag};
+
 use crate::BlkError;
 use crate::buf::AlignedBuf;
-use crate::gate::OutputGate;
 use crate::image::DiskImage;
 use crate::request::{
     Completion, MAX_REQUEST_BYTES, Request, RequestOp, SECTOR_SIZE, STATUS_IOERR, STATUS_OK,
 };
 use crate::serial::Footprint;
 
-/// Bits of `user_data` the engine keeps for itself; the top byte is the tag.
-const SLOT_MASK: u64 = 0xFFFF_FFFF;
 /// `EAGAIN`/`EINTR` retries before a request fails.
 const MAX_RETRIES: u8 = 8;
-
-/// The tag in the top byte of an io_uring `user_data`.
-pub fn user_data_tag(user_data: u64) -> u8 {
-    (user_data >> 56) as u8
-}
 
 /// Counters of the engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -293,7 +288,7 @@ impl DiskEngine {
     fn push_sqe(&mut self, slot: u32, sq: &mut squeue::SubmissionQueue<'_>) -> bool {
         let fd = types::Fd(self.image.file().as_raw_fd());
         let drop = self.gate.drop_outputs();
-        let user_data = (u64::from(self.tag) << 56) | u64::from(slot);
+        let user_data = user_data(self.tag, 0, u64::from(slot));
         let Some(op) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
             return true;
         };
@@ -341,7 +336,7 @@ impl DiskEngine {
             tracing::error!(user_data, "disk engine: CQE with a foreign tag");
             return;
         }
-        let slot = (user_data & SLOT_MASK) as u32;
+        let slot = user_data_id(user_data) as u32;
         let Some(op) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
             tracing::error!(user_data, "disk engine: CQE for an unknown slot");
             return;

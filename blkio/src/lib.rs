@@ -15,23 +15,23 @@ mod buf;
 mod device;
 mod engine;
 mod error;
-mod gate;
 mod image;
 mod request;
 mod serial;
-pub mod virtq;
 
 pub use buf::{AlignedBuf, BUF_ALIGN};
 pub use device::{
     BlkConfig, BlkDevice, BlkStats, DEVICE_TYPE_BLOCK, MAX_CHAIN_BUFFERS, QUEUE_MAX_SIZE, SEG_MAX,
     SIZE_MAX,
 };
-pub use engine::{DiskEngine, EngineStats, user_data_tag};
+pub use engine::{DiskEngine, EngineStats};
 pub use error::BlkError;
-pub use gate::OutputGate;
 pub use image::{DiskImage, DiskOpenOptions};
 pub use request::{
     Completion, ID_BYTES, MAX_REQUEST_BYTES, Request, RequestOp, SECTOR_SIZE, STATUS_IOERR,
     STATUS_OK, STATUS_UNSUPP,
 };
 pub use serial::Footprint;
+
+/// The engines' shared `user_data` layout and output gate.
+pub use ioengine::{OutputGate, user_data_tag};

@@ -7,7 +7,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::buf::AlignedBuf;
-use crate::virtq::{self, Segment};
+use virtq::Segment;
 
 /// Bytes per sector, the unit of `sector` and `capacity`.
 pub const SECTOR_SIZE: u64 = 512;

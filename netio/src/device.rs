@@ -12,7 +12,7 @@ use crate::NetError;
 use crate::frame::{
     HDR_F_NEEDS_CSUM, MAX_FRAME_LEN, MIN_FRAME_LEN, MIN_RX_BUFFER, NET_HDR_LEN, rx_header,
 };
-use crate::virtq::{self, Segment, WarnLimiter};
+use virtq::{Segment, WarnLimiter};
 
 /// virtio device type of a network device.
 pub const DEVICE_TYPE_NET: u32 = 1;

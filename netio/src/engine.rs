@@ -12,8 +12,9 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, squeue, types};
 
+use ioengine::{OutputGate, user_data, user_data_id, user_data_kind, user_data_tag};
+
 use crate::frame::{MAX_FRAME_LEN, MIN_FRAME_LEN};
-use crate::gate::FrameGate;
 use crate::tap::{Tap, TapError};
 
 /// Size of each RX buffer: room for any frame a tap with a 64 KiB MTU can
@@ -25,15 +26,8 @@ pub const TX_DEPTH: usize = 64;
 /// Most RX reads in flight.
 const MAX_RX_DEPTH: usize = 1024;
 
-const KIND_RX: u64 = 0;
-const KIND_TX: u64 = 1;
-const KIND_SHIFT: u32 = 32;
-const INDEX_MASK: u64 = 0xFFFF_FFFF;
-
-/// The tag in the top byte of an io_uring `user_data`.
-pub fn user_data_tag(user_data: u64) -> u8 {
-    (user_data >> 56) as u8
-}
+const KIND_RX: u8 = 0;
+const KIND_TX: u8 = 1;
 
 /// Counters of the tap engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,8 +63,7 @@ pub struct TapEngine {
     tap: Tap,
     tag: u8,
     rx: Vec<RxSlot>,
-    gate: FrameGate,
-    drop_outputs: bool,
+    gate: OutputGate<Vec<u8>>,
     /// Released by the gate, waiting for room in the ring.
     ready: VecDeque<Vec<u8>>,
     /// Frames in the ring, by TX slot.
@@ -102,8 +95,7 @@ impl TapEngine {
             tap,
             tag,
             rx,
-            gate: FrameGate::new(),
-            drop_outputs: false,
+            gate: OutputGate::new(),
             ready: VecDeque::new(),
             tx: (0..TX_DEPTH).map(|_| None).collect(),
             tx_free: (0..TX_DEPTH as u32).rev().collect(),
@@ -131,11 +123,6 @@ impl TapEngine {
         self.gate.len()
     }
 
-    /// Frames released but not yet written, plus those in the ring.
-    pub fn tx_pending(&self) -> usize {
-        self.ready.len() + (TX_DEPTH - self.tx_free.len())
-    }
-
     /// The highest acked log sequence number seen.
     pub fn acked(&self) -> u64 {
         self.gate.acked()
@@ -144,7 +131,7 @@ impl TapEngine {
     /// Backup mode: frames passed to `send` are discarded (counted), and
     /// frames already held are discarded now. Reads continue.
     pub fn set_drop_outputs(&mut self, drop: bool) {
-        self.drop_outputs = drop;
+        self.gate.set_drop_outputs(drop);
         if drop {
             self.stats.tx_dropped += self.gate.clear() as u64;
         }
@@ -152,14 +139,14 @@ impl TapEngine {
 
     /// True in backup mode.
     pub fn drop_outputs(&self) -> bool {
-        self.drop_outputs
+        self.gate.drop_outputs()
     }
 
     /// Queues `frame`, tagged with the log sequence number current when the
     /// guest sent it (0 without FT). It is written once the log is acked up
     /// to `gate_seq`, after every frame sent before it.
     pub fn send(&mut self, frame: Vec<u8>, gate_seq: u64, sq: &mut squeue::SubmissionQueue<'_>) {
-        if self.drop_outputs {
+        if self.gate.drop_outputs() {
             self.stats.tx_dropped += 1;
             return;
         }
@@ -173,8 +160,8 @@ impl TapEngine {
         self.pump(sq);
     }
 
-    fn user_data(&self, kind: u64, index: usize) -> u64 {
-        (u64::from(self.tag) << 56) | (kind << KIND_SHIFT) | index as u64
+    fn user_data(&self, kind: u8, index: usize) -> u64 {
+        user_data(self.tag, kind, index as u64)
     }
 
     /// Arms idle reads and writes released frames, as far as the
@@ -236,8 +223,8 @@ impl TapEngine {
             tracing::error!(user_data, "tap engine: CQE with a foreign tag");
             return;
         }
-        let index = (user_data & INDEX_MASK) as usize;
-        match (user_data >> KIND_SHIFT) & 0xFF {
+        let index = user_data_id(user_data) as usize;
+        match user_data_kind(user_data) {
             KIND_RX => self.on_rx(index, result, rx),
             KIND_TX => self.on_tx(index, result),
             _ => tracing::error!(user_data, "tap engine: CQE of an unknown kind"),

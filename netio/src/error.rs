@@ -29,5 +29,5 @@ pub enum NetError {
     /// The RX avail ring is broken (the driver moved `avail.idx` too far);
     /// the frame is dropped.
     #[error("virtio-net RX ring is broken")]
-    RxRing(#[source] crate::virtq::RingError),
+    RxRing(#[source] virtq::RingError),
 }

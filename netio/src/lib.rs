@@ -15,15 +15,13 @@ mod device;
 mod engine;
 mod error;
 mod frame;
-mod gate;
 mod tap;
 
-/// The virtqueue walker both devices use (one copy, in `blkio`).
-pub use blkio::virtq;
-
 pub use device::{DEVICE_TYPE_NET, NetDevice, NetStats, QUEUE_MAX_SIZE, RX_QUEUE, TX_QUEUE};
-pub use engine::{RX_BUF_LEN, TX_DEPTH, TapEngine, TapStats, user_data_tag};
+pub use engine::{RX_BUF_LEN, TX_DEPTH, TapEngine, TapStats};
 pub use error::NetError;
 pub use frame::{MAX_FRAME_LEN, MIN_FRAME_LEN, MIN_RX_BUFFER, NET_HDR_LEN, gratuitous_arp};
-pub use gate::FrameGate;
 pub use tap::{Tap, TapError};
+
+/// The engines' shared `user_data` layout and output gate.
+pub use ioengine::{OutputGate, user_data_tag};

@@ -52,26 +52,9 @@ pub use heartbeat_engine::{HeartbeatEngine, HeartbeatStats};
 pub use receiver::{ReceiverEngine, ReceiverEvent, ReceiverOptions, ReceiverStats, RecvMode};
 pub use sender::{SendMode, SenderEngine, SenderEvent, SenderOptions, SenderStats};
 
-/// The engine tag in the top byte of an io_uring `user_data`.
-pub fn user_data_tag(user_data: u64) -> u8 {
-    (user_data >> 56) as u8
-}
-
-/// Bits of `user_data` below the tag and kind bytes.
-const ID_MASK: u64 = (1 << 48) - 1;
-
-/// `tag` (top byte) | `kind` (next byte) | `id` (low 48 bits).
-pub(crate) fn user_data(tag: u8, kind: u8, id: u64) -> u64 {
-    (u64::from(tag) << 56) | (u64::from(kind) << 48) | (id & ID_MASK)
-}
-
-pub(crate) fn user_data_kind(user_data: u64) -> u8 {
-    (user_data >> 48) as u8
-}
-
-pub(crate) fn user_data_id(user_data: u64) -> u64 {
-    user_data & ID_MASK
-}
+/// The `user_data` layout every engine on the I/O thread's ring shares.
+pub use ioengine::user_data_tag;
+pub(crate) use ioengine::{user_data, user_data_id, user_data_kind};
 
 /// Errors a socket operation may return without anything being wrong:
 /// retry the same operation.

@@ -9,12 +9,12 @@
 //! `next_avail`/`next_used`, and writes the used ring.
 //!
 //! Everything here is a pure function of guest memory and the queue state,
-//! as record/replay requires (DESIGN §2): no time, no host state. The few
-//! other helpers both device models need (configuration space reads, the
-//! warning limiter) live here too.
+//! as record/replay requires (docs/architecture.md, "Invariants"): no time,
+//! no host state. The few other helpers both device models need
+//! (configuration space reads, the warning limiter) live here too.
 //!
-//! `netio` uses this module through its dependency on `blkio`, so the
-//! guest-facing parser exists, and is fuzzed, once.
+//! `blkio` and `netio` both use this crate, so the guest-facing parser
+//! exists, and is fuzzed, once.
 
 use std::num::Wrapping;
 use std::ops::Range;
