@@ -202,6 +202,16 @@ pub struct DigestArgs {
     pub mem_digest_every: u64,
 }
 
+impl DigestArgs {
+    /// The recorder's digest policy these options ask for.
+    pub fn policy(&self) -> lockstep_vmm::replay::recorder::DigestPolicy {
+        lockstep_vmm::replay::recorder::DigestPolicy {
+            every_syncs: self.digest_every,
+            mem_every_digests: self.mem_digest_every,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RecordArgs {
     #[command(flatten)]

@@ -1,23 +1,22 @@
-//! Turning command-line options into a running VM: kernel, memory, threads,
-//! signals, and a clean stop.
+//! Turning command-line options into what the VMM takes: the kernel, the
+//! guest's command line, CPUs, the console, signals, status endpoints; and
+//! the run's end into a line for the operator and an exit status.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::cli::VmArgs;
-use crate::dataplane::shared::VmShared;
-use crate::devices::console::Console;
-use crate::machine::Stop;
-use crate::vmm::runner::{self, KickCheck, RunEnd};
+use lockstep_vmm::EMBEDDED_GUEST;
+use lockstep_vmm::devices::console::Console;
+use lockstep_vmm::machine::Stop;
+use lockstep_vmm::vcpu::RunEnd;
 
-/// The guest built from this repository (empty if the build embedded none).
-pub static EMBEDDED_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.elf"));
+use crate::cli::VmArgs;
+use crate::exit_status::ExitStatus;
 
 /// Reads `--kernel`, or returns the embedded guest.
 pub fn kernel_bytes(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
@@ -99,34 +98,6 @@ pub fn parse_cpus(list: Option<&str>) -> anyhow::Result<(Option<usize>, Option<u
     Ok((cpus.first().copied(), cpus.get(1).or(cpus.first()).copied()))
 }
 
-/// Pins the calling thread to `cpu`.
-pub fn pin_current_thread(cpu: Option<usize>) {
-    let Some(cpu) = cpu else { return };
-    let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok()
-        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-    {
-        tracing::warn!("cannot pin thread to CPU {cpu}: {e}");
-    }
-}
-
-/// Keeps the calling thread, and every thread it spawns from now on, off
-/// the vCPU's CPU: log writers, senders and the like must not preempt the
-/// vCPU (the vCPU thread pins itself afterwards).
-pub fn avoid_cpu(cpu: Option<usize>) {
-    let Some(cpu) = cpu else { return };
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut set = nix::sched::CpuSet::new();
-    for c in (0..online).filter(|c| *c != cpu) {
-        let _ = set.set(c);
-    }
-    if online > 1
-        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-    {
-        tracing::warn!("cannot keep helper threads off CPU {cpu}: {e}");
-    }
-}
-
 /// Where the console goes.
 pub fn console_for(path: Option<&Path>) -> anyhow::Result<Console> {
     let out: Box<dyn Write + Send> = match path {
@@ -148,57 +119,6 @@ pub fn block_stop_signals() -> anyhow::Result<SigSet> {
     Ok(set)
 }
 
-/// Waits until `done()` while turning SIGINT/SIGTERM into a clean stop: the
-/// first asks the guest to stop (EV_STOP), a second one or the timeout
-/// stops the vCPU hard. Also asks `tick` every few milliseconds whether the
-/// VM must be stopped now (an FT side that lost the arbiter); returns the
-/// exit status and reason `tick` gave.
-pub fn supervise(
-    shared: &VmShared,
-    signals: &SigSet,
-    stop_timeout: Duration,
-    vcpu_thread: libc::pthread_t,
-    mut done: impl FnMut() -> bool,
-    mut tick: impl FnMut() -> Option<crate::ft::supervisor::Verdict>,
-) -> Option<(u8, String)> {
-    let mut stop_asked: Option<Instant> = None;
-    let mut verdict = None;
-    while !done() {
-        if verdict.is_none()
-            && let Some(crate::ft::supervisor::Verdict::Stop { code, why }) = tick()
-        {
-            tracing::error!("{why}");
-            force(shared, vcpu_thread);
-            verdict = Some((code, why));
-        }
-        // Short: the I/O thread's failure verdicts are acted on within a
-        // few milliseconds (the failover budget).
-        if let Some(sig) = poll_signal(signals, Duration::from_millis(2)) {
-            if stop_asked.is_some() {
-                tracing::warn!("{sig:?} again: stopping the VM now");
-                force(shared, vcpu_thread);
-            } else {
-                tracing::info!("{sig:?}: asking the guest to stop (again to force)");
-                stop_asked = Some(Instant::now());
-                shared.request_stop();
-            }
-        }
-        if let Some(t) = stop_asked
-            && t.elapsed() > stop_timeout
-            && !shared.forced()
-        {
-            tracing::warn!("the guest did not stop within {stop_timeout:?}: stopping it");
-            force(shared, vcpu_thread);
-        }
-    }
-    verdict
-}
-
-fn force(shared: &VmShared, vcpu_thread: libc::pthread_t) {
-    shared.force();
-    runner::kick(vcpu_thread);
-}
-
 /// Waits up to `timeout` for one of `set`'s (blocked) signals.
 pub fn poll_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
     let ts = libc::timespec {
@@ -211,38 +131,28 @@ pub fn poll_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
     Signal::try_from(sig).ok()
 }
 
-/// Stops the loop when the main thread forced a stop.
-pub struct ForceCheck(pub Arc<VmShared>);
-
-impl KickCheck for ForceCheck {
-    fn after_kick(&mut self) -> Option<Stop> {
-        self.0.forced().then_some(Stop::Forced)
-    }
-}
-
-/// One line for the operator about how the run ended, and the exit code.
-pub fn describe_end(end: &RunEnd) -> (String, u8) {
+/// One line for the operator about how the run ended, and the exit status.
+pub fn describe_end(end: &RunEnd) -> (String, ExitStatus) {
     match (&end.stop, &end.fault) {
-        (Stop::GuestExit(0), _) => (
-            format!("guest exited with status 0 after {} exits", end.exits),
-            0,
-        ),
         (Stop::GuestExit(s), _) => (
             format!("guest exited with status {s} after {} exits", end.exits),
-            (*s).clamp(1, 255) as u8,
+            ExitStatus::Guest(*s),
         ),
-        (Stop::Fault(_), Some(report)) => (report.to_string(), 3),
-        (Stop::Fault(v), None) => (format!("guest fault, vector {v}"), 3),
+        (Stop::Fault(_), Some(report)) => (report.to_string(), ExitStatus::GuestFault),
+        (Stop::Fault(v), None) => (format!("guest fault, vector {v}"), ExitStatus::GuestFault),
         (Stop::TripleFault, _) => (
             "guest triple-faulted (its fault stubs could not run)".into(),
-            3,
+            ExitStatus::GuestFault,
         ),
-        (Stop::Halted, _) => ("guest halted at ring 0".into(), 3),
+        (Stop::Halted, _) => ("guest halted at ring 0".into(), ExitStatus::GuestFault),
         (Stop::EmulationFailure, _) => (
             "KVM could not emulate a ring-0 instruction (SSE at ring 0?)".into(),
-            3,
+            ExitStatus::GuestFault,
         ),
-        (Stop::Forced, _) => ("VM stopped by the host before the guest finished".into(), 4),
+        (Stop::Forced, _) => (
+            "VM stopped by the host before the guest finished".into(),
+            ExitStatus::Forced,
+        ),
     }
 }
 
@@ -259,7 +169,7 @@ pub fn random_seed() -> u64 {
 }
 
 /// One parseable line of exit and time statistics (the bench reads it).
-pub fn stats_line(s: &crate::machine::ExitStats, exits: u64, wall: Duration) -> String {
+pub fn stats_line(s: &lockstep_vmm::machine::ExitStats, exits: u64, wall: Duration) -> String {
     let ms = |ns: u64| ns / 1_000_000;
     format!(
         "stats: exits={exits} sync={} waits={} mmio={} console={} wall_ms={} guest_ms={} vmm_ms={} wait_ms={}",
@@ -278,12 +188,12 @@ pub fn stats_line(s: &crate::machine::ExitStats, exits: u64, wall: Duration) -> 
 /// as long as the returned servers live.
 pub fn serve_status(
     monitor: &crate::cli::MonitorArgs,
-    counters: &std::sync::Arc<crate::status::StatusCounters>,
-) -> anyhow::Result<Vec<crate::status::StatusServer>> {
+    counters: &std::sync::Arc<lockstep_status::StatusCounters>,
+) -> anyhow::Result<Vec<lockstep_status::StatusServer>> {
     let mut servers = Vec::new();
     for addr in [&monitor.status, &monitor.metrics].into_iter().flatten() {
         servers.push(
-            crate::status::StatusServer::spawn(addr, counters.clone())
+            lockstep_status::StatusServer::spawn(addr, counters.clone())
                 .with_context(|| format!("serving status on {addr}"))?,
         );
     }

@@ -1,12 +1,19 @@
-//! The `lockstep` command.
+//! The `lockstep` command: the command line and one module per subcommand,
+//! on top of the `lockstep-vmm`, `lockstep-ft` and `lockstep-status`
+//! libraries (docs/architecture.md).
+
+mod cli;
+mod commands;
+mod exit_status;
+mod launch;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use lockstep::cli::{Cli, Command};
-use lockstep::commands;
+use cli::{Cli, Command};
+use exit_status::ExitStatus;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,13 +33,13 @@ fn main() -> ExitCode {
         Command::Backup(args) => commands::backup(args),
     };
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(status) => ExitCode::from(status.code()),
         Err(e) => {
             eprintln!("lockstep: error: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::from(1)
+            ExitCode::from(ExitStatus::Error.code())
         }
     }
 }

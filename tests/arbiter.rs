@@ -10,7 +10,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use lockstep::ft::arbiter::{
+use lockstep_ft::arbiter::{
     self, Arbiter, ArbiterError, Claim, EtcdArbiter, FileArbiter, URI_FORMS,
 };
 

@@ -1,7 +1,7 @@
 //! The determinism guard: the guest binary must not contain instructions
 //! whose results this host does not control (CPUID, RDTSC, RDTSCP, RDRAND,
 //! RDSEED, RDPID are not trapped at ring 3 here), nor HLT, nor port I/O to a
-//! port the ABI does not define (DESIGN.md §2, docs/guest-abi.md).
+//! port the ABI does not define (docs/architecture.md, docs/guest-abi.md).
 
 mod common;
 
@@ -89,7 +89,7 @@ fn port_of(insns: &[Insn], i: usize) -> Result<u16, String> {
 
 #[test]
 fn the_guest_contains_no_untrapped_or_forbidden_instruction() {
-    let elf = lockstep::launch::EMBEDDED_GUEST;
+    let elf = lockstep_vmm::EMBEDDED_GUEST;
     if elf.is_empty() {
         panic!("this build embeds no guest (LOCKSTEP_GUEST_ELF=none): build it to run this test");
     }

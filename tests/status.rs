@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use lockstep::status::{Role, StatusCounters, StatusServer, StatusSnapshot};
+use lockstep_status::{Role, StatusCounters, StatusServer, StatusSnapshot};
 
 fn lockstep() -> &'static str {
     env!("CARGO_BIN_EXE_lockstep")

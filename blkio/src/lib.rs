@@ -1,5 +1,5 @@
 //! virtio-blk for lockstep: the device model that runs on the vCPU thread
-//! and the io_uring engine that runs on the I/O thread (DESIGN §3).
+//! and the io_uring engine that runs on the I/O thread (docs/architecture.md).
 //!
 //! * [`BlkDevice`] parses the guest's requests at sync-call exits and applies
 //!   completions; everything it does to guest memory is a deterministic

@@ -24,8 +24,6 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::consumer::LogConsumer;
-use crate::producer::LogProducer;
 use crate::wait::Event;
 
 /// Sizing and waiting policy of a producer/consumer pair.
@@ -269,37 +267,30 @@ impl Shared {
     }
 }
 
-/// Creates a pool of `count` buffers of `size` bytes (rounded up to pages)
-/// with default waiting policy; see [`log_buffers_with`].
-pub fn log_buffers(count: usize, size: usize) -> Result<(LogProducer, LogConsumer), BufferError> {
-    log_buffers_with(&LogConfig::new(count, size))
-}
-
-pub fn log_buffers_with(cfg: &LogConfig) -> Result<(LogProducer, LogConsumer), BufferError> {
-    if cfg.buffers == 0 || cfg.buffer_size == 0 || cfg.ring_slots == 0 {
-        return Err(BufferError::Empty);
+impl Shared {
+    /// The pool and the state both ends share, for `cfg` (checked).
+    pub(crate) fn new(cfg: &LogConfig) -> Result<Arc<Shared>, BufferError> {
+        if cfg.buffers == 0 || cfg.buffer_size == 0 || cfg.ring_slots == 0 {
+            return Err(BufferError::Empty);
+        }
+        // Offsets and lengths travel as u32.
+        if cfg.buffer_size > u32::MAX as usize / 2 {
+            return Err(BufferError::TooLarge {
+                count: cfg.buffers,
+                size: cfg.buffer_size,
+            });
+        }
+        let pool = Pool::new(cfg.buffers, cfg.buffer_size)?;
+        Ok(Arc::new(Shared {
+            pool,
+            freed: AtomicU64::new(0),
+            producer_closed: AtomicBool::new(false),
+            consumer_closed: AtomicBool::new(false),
+            to_consumer: Event::default(),
+            wake_consumer: cfg.wake_consumer,
+            buffer_freed: Event::default(),
+            slot_freed: Event::default(),
+            counters: Counters::default(),
+        }))
     }
-    // Offsets and lengths travel as u32.
-    if cfg.buffer_size > u32::MAX as usize / 2 {
-        return Err(BufferError::TooLarge {
-            count: cfg.buffers,
-            size: cfg.buffer_size,
-        });
-    }
-    let pool = Pool::new(cfg.buffers, cfg.buffer_size)?;
-    let shared = Arc::new(Shared {
-        pool,
-        freed: AtomicU64::new(0),
-        producer_closed: AtomicBool::new(false),
-        consumer_closed: AtomicBool::new(false),
-        to_consumer: Event::default(),
-        wake_consumer: cfg.wake_consumer,
-        buffer_freed: Event::default(),
-        slot_freed: Event::default(),
-        counters: Counters::default(),
-    });
-    let (tx, rx) = rtrb::RingBuffer::new(cfg.ring_slots);
-    let producer = LogProducer::new(shared.clone(), tx, cfg);
-    let consumer = LogConsumer::new(shared, rx, cfg);
-    Ok((producer, consumer))
 }

@@ -10,8 +10,8 @@ use thiserror::Error;
 
 use crate::entry::{
     BLK_FIXED_LEN, DIGEST_LEN, DIGEST_REGS, END_LEN, ENTRY_HEADER_LEN, EndReason, Entry,
-    EntryHeader, EntryKind, ExitKind, MAX_MMIO_LEN, MAX_PAYLOAD, MMIO_FIXED_LEN, OUTPUT_LEN,
-    OutputKind, Record, SYNC_LEN, entry_len_for_payload,
+    EntryHeader, EntryKind, ExitKind, MAX_PAYLOAD, OUTPUT_LEN, OutputKind, Record, SYNC_LEN,
+    entry_len_for_payload,
 };
 use crate::wire::{u16_at, u32_at, u64_at};
 
@@ -240,16 +240,6 @@ fn decode_payload(kind: EntryKind, p: &[u8]) -> Result<Entry<'_>, &'static str> 
                 id: u16_at(p, 0),
                 status: p[2],
                 data: &p[BLK_FIXED_LEN..],
-            }
-        }
-        EntryKind::MmioRead => {
-            let n = p.len().wrapping_sub(MMIO_FIXED_LEN);
-            if p.len() <= MMIO_FIXED_LEN || n > MAX_MMIO_LEN {
-                return Err("value must be 1 to 8 bytes");
-            }
-            Entry::MmioRead {
-                addr: u64_at(p, 0),
-                data: &p[MMIO_FIXED_LEN..],
             }
         }
         EntryKind::Output => {

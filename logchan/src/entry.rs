@@ -16,8 +16,6 @@ pub const ENTRY_ALIGN: usize = 8;
 pub const MAX_ENTRY_LEN: usize = ENTRY_HEADER_LEN + MAX_PAYLOAD;
 /// Number of registers in a [`Entry::Digest`].
 pub const DIGEST_REGS: usize = 18;
-/// Bytes of a `MmioRead` value, at most (one register access).
-pub const MAX_MMIO_LEN: usize = 8;
 
 /// Register order inside [`Entry::Digest`]'s `regs`.
 pub mod reg {
@@ -36,14 +34,14 @@ pub mod reg {
     pub const RFLAGS: usize = 17;
 }
 
-/// The `kind` field: which payload follows the header.
+/// The `kind` field: which payload follows the header. Kind 4 is reserved
+/// (a host-dependent device register read, which no device here has).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum EntryKind {
     Sync = 1,
     NetRx = 2,
     BlkDone = 3,
-    MmioRead = 4,
     Output = 5,
     Digest = 6,
     KeepAlive = 7,
@@ -60,7 +58,6 @@ impl EntryKind {
             1 => Self::Sync,
             2 => Self::NetRx,
             3 => Self::BlkDone,
-            4 => Self::MmioRead,
             5 => Self::Output,
             6 => Self::Digest,
             7 => Self::KeepAlive,
@@ -158,8 +155,6 @@ pub enum Entry<'a> {
     /// A disk request completed at this exit; `data` is the read data when
     /// the log carries it, else empty.
     BlkDone { id: u16, status: u8, data: &'a [u8] },
-    /// A device register read whose value depends on the host (1–8 bytes).
-    MmioRead { addr: u64, data: &'a [u8] },
     /// The hash of an output the guest produced at this exit.
     Output {
         what: OutputKind,
@@ -187,7 +182,6 @@ impl Entry<'_> {
             Entry::Sync { .. } => EntryKind::Sync,
             Entry::NetRx { .. } => EntryKind::NetRx,
             Entry::BlkDone { .. } => EntryKind::BlkDone,
-            Entry::MmioRead { .. } => EntryKind::MmioRead,
             Entry::Output { .. } => EntryKind::Output,
             Entry::Digest { .. } => EntryKind::Digest,
             Entry::KeepAlive => EntryKind::KeepAlive,
@@ -202,7 +196,6 @@ impl Entry<'_> {
             Entry::Sync { .. } => SYNC_LEN,
             Entry::NetRx { frame } => frame.len(),
             Entry::BlkDone { data, .. } => BLK_FIXED_LEN + data.len(),
-            Entry::MmioRead { data, .. } => MMIO_FIXED_LEN + data.len(),
             Entry::Output { .. } => OUTPUT_LEN,
             Entry::Digest { .. } => DIGEST_LEN,
             Entry::KeepAlive => 0,
@@ -217,11 +210,6 @@ impl Entry<'_> {
         if len > MAX_PAYLOAD {
             return Err(EncodeError::PayloadTooLarge { len });
         }
-        if let Entry::MmioRead { data, .. } = self
-            && (data.is_empty() || data.len() > MAX_MMIO_LEN)
-        {
-            return Err(EncodeError::MmioLength { len: data.len() });
-        }
         Ok(())
     }
 }
@@ -229,7 +217,6 @@ impl Entry<'_> {
 // Fixed payload sizes (see docs/log-format.md for the field offsets).
 pub(crate) const SYNC_LEN: usize = 24;
 pub(crate) const BLK_FIXED_LEN: usize = 4;
-pub(crate) const MMIO_FIXED_LEN: usize = 8;
 pub(crate) const OUTPUT_LEN: usize = 16;
 pub(crate) const DIGEST_LEN: usize = DIGEST_REGS * 8 + 16;
 pub(crate) const END_LEN: usize = 8;
@@ -267,8 +254,6 @@ pub struct Record<'a> {
 pub enum EncodeError {
     #[error("payload of {len} bytes exceeds the maximum of {MAX_PAYLOAD}")]
     PayloadTooLarge { len: usize },
-    #[error("an MMIO read carries 1 to {MAX_MMIO_LEN} bytes, not {len}")]
-    MmioLength { len: usize },
     #[error("entry needs {need} bytes but the buffer has {have}")]
     BufferTooSmall { need: usize, have: usize },
 }
@@ -337,10 +322,6 @@ fn write_payload(p: &mut [u8], entry: &Entry<'_>) {
             p[2] = status;
             p[3] = 0;
             p[BLK_FIXED_LEN..].copy_from_slice(data);
-        }
-        Entry::MmioRead { addr, data } => {
-            p[0..8].copy_from_slice(&addr.to_le_bytes());
-            p[MMIO_FIXED_LEN..].copy_from_slice(data);
         }
         Entry::Output { what, len, hash } => {
             p[0] = what as u8;

@@ -22,12 +22,13 @@ pub mod entry;
 pub mod file;
 pub mod hash;
 pub mod header;
+mod pair;
 pub mod producer;
 pub mod stream;
 mod wait;
 mod wire;
 
-pub use buffers::{BufferError, LogConfig, LogStats, log_buffers, log_buffers_with};
+pub use buffers::{BufferError, LogConfig, LogStats};
 pub use channel::{
     Ack, ChannelError, FailureDetector, Heartbeat, HeartbeatConfig, HeartbeatEngine,
     ReceiverEngine, ReceiverEvent, ReceiverOptions, RecvMode, Registration, Role, SendMode,
@@ -37,8 +38,8 @@ pub use consumer::{LogConsumer, ReleaseError, Segment};
 pub use decode::{Corruption, DecodeError, StreamState, decode, entry_need};
 pub use entry::{
     DIGEST_REGS, ENTRY_ALIGN, ENTRY_HEADER_LEN, EncodeError, EndReason, Entry, EntryHeader,
-    EntryKind, ExitKind, MAX_ENTRY_LEN, MAX_MMIO_LEN, MAX_PAYLOAD, OutputKind, Record, encode_into,
-    encoded_len, entry_len_for_payload,
+    EntryKind, ExitKind, MAX_ENTRY_LEN, MAX_PAYLOAD, OutputKind, Record, encode_into, encoded_len,
+    entry_len_for_payload,
 };
 pub use file::{Entries, FileSink, LogFileReader, ReadError, SinkError, SinkReport};
 pub use hash::{RunningHash, checksum, content_hash, mem_hash, output_hash};
@@ -46,5 +47,6 @@ pub use header::{
     FORMAT_VERSION, GuestIdentity, HeaderError, IdentityDiff, IdentityField, IdentityMismatch,
     STREAM_HEADER_LEN, STREAM_MAGIC, StreamHeader,
 };
+pub use pair::{log_buffers, log_buffers_with};
 pub use producer::{LogProducer, ProducerError};
 pub use stream::{Feed, StreamDecoder, StreamError, StreamItem};

@@ -144,12 +144,9 @@ fn refuses_oversized_entries_and_backwards_exits() {
             exit_index: 4
         })
     );
+    let too_big = vec![0u8; logchan::MAX_PAYLOAD + 1];
     assert!(matches!(
-        p.append(
-            5,
-            ExitKind::MmioRead,
-            &Entry::MmioRead { addr: 0, data: &[] }
-        ),
+        p.append(5, ExitKind::SyncPort, &Entry::NetRx { frame: &too_big }),
         Err(ProducerError::Encode(_))
     ));
     assert_eq!(p.seq(), 1);

@@ -1,5 +1,5 @@
 //! virtio-net for lockstep: the device model that runs on the vCPU thread,
-//! and the tap engine that runs on the I/O thread (DESIGN §3).
+//! and the tap engine that runs on the I/O thread (docs/architecture.md).
 //!
 //! * [`NetDevice`] takes the guest's TX frames and places received frames
 //!   into its RX buffers, only at sync-call exits; everything it does to

@@ -13,23 +13,26 @@ use blkio::{DiskEngine, DiskImage, DiskOpenOptions};
 use logchan::channel::{ReceiverEngine, ReceiverOptions};
 use netio::{Tap, TapEngine};
 
+use lockstep_ft::arbiter;
+use lockstep_ft::backup_io::BackupIo;
+use lockstep_ft::channel_source::ChannelChunks;
+use lockstep_ft::go_live::Announce;
+use lockstep_ft::plane::{BackupPlane, TAG_LOG};
+use lockstep_ft::shared::FtShared;
+use lockstep_ft::supervisor::{Side, Supervisor};
+use lockstep_status::Role;
+use lockstep_vmm::dataplane::io_thread::{self, IoChannels, TAG_DISK, TAG_TAP};
+use lockstep_vmm::dataplane::shared::VmShared;
+use lockstep_vmm::replay::cursor::{LogCursor, Logged};
+use lockstep_vmm::replay::replayer::{ReplayIo, ReplayStop};
+use lockstep_vmm::spec::GuestSpec;
+
 use crate::cli::BackupArgs;
 use crate::commands::drive::{Served, VmParts, drain, drive};
 use crate::commands::live::report;
 use crate::commands::primary::{liveness, resolve, side_name};
-use crate::dataplane::io_thread::{self, IoChannels, TAG_DISK, TAG_TAP};
-use crate::dataplane::shared::VmShared;
-use crate::ft::arbiter;
-use crate::ft::backup_io::{Announce, BackupIo};
-use crate::ft::channel_source::ChannelChunks;
-use crate::ft::plane::{BackupPlane, FtPlane, TAG_LOG};
-use crate::ft::shared::FtShared;
-use crate::ft::supervisor::{Side, Supervisor};
+use crate::exit_status::ExitStatus;
 use crate::launch;
-use crate::replay::cursor::{LogCursor, Logged};
-use crate::replay::replayer::{ReplayIo, ReplayStop, replay_stop};
-use crate::spec::GuestSpec;
-use crate::status::Role;
 
 /// How long the backup waits for the stream's boot entry once connected.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,7 +65,7 @@ fn accept(
     }
 }
 
-pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
+pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let signals = launch::block_stop_signals()?;
     let name = side_name(&args.ft, "backup");
     let live = liveness(&args.ft)?;
@@ -70,7 +73,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
         arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
     let listen = resolve("--listen", &args.listen)?;
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
-    launch::avoid_cpu(vcpu_cpu);
+    lockstep_vmm::cpu::avoid_cpu(vcpu_cpu);
     let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
     let console = launch::console_for(args.console.as_deref())?;
     let tap = match &args.tap {
@@ -81,7 +84,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     tracing::info!("backup {name}: waiting for the primary on {listen}");
     let Some((stream, peer)) = accept(&listener, &signals)? else {
         tracing::info!("stopped before a primary connected");
-        return Ok(0);
+        return Ok(ExitStatus::Ok);
     };
     drop(listener);
     tracing::info!("primary connected from {peer}");
@@ -99,7 +102,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     let (chunk_tx, chunk_rx) = rtrb::RingBuffer::new(4096);
     let receiver = ReceiverEngine::new(stream, TAG_LOG, ReceiverOptions::default())
         .context("setting up the logging channel")?;
-    let plane = FtPlane::Backup(BackupPlane::new(
+    let plane = Box::new(BackupPlane::new(
         receiver,
         udp,
         SocketAddr::new(peer.ip(), hb_port),
@@ -161,7 +164,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
             args.disk.display()
         );
     }
-    let vm = spec.build_vm(&kernel)?;
+    let vm = spec.build_vm(&kernel).context("building the VM")?;
     let announce = match (spec.mac, spec.guest_ip()) {
         (Some(mac), Some(ip)) => Some(Announce { mac, ip }),
         _ => None,
@@ -201,7 +204,12 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
     );
     drain(&mut run.io, io_thread);
     // A replay that ends with the recording: the primary ended the run.
-    match replay_stop(&run.end) {
+    let stop = run
+        .end
+        .as_ref()
+        .err()
+        .and_then(|e| e.io_error()?.replay_stop());
+    match stop {
         Some(ReplayStop::Recorded {
             exit_index,
             reason,
@@ -210,11 +218,11 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
             tracing::info!(
                 "the primary ended the run at exit {exit_index} ({reason:?}, status {status}); so does the backup"
             );
-            return Ok(0);
+            return Ok(ExitStatus::Ok);
         }
         Some(stop @ ReplayStop::Diverged(_)) => {
             eprintln!("lockstep: {stop}");
-            return Ok(crate::commands::replay::EXIT_DIVERGED);
+            return Ok(ExitStatus::Diverged);
         }
         _ => {}
     }

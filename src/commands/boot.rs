@@ -12,13 +12,14 @@ use vm_memory::GuestMemoryMmap;
 use blkio::{DiskEngine, DiskImage, DiskOpenOptions};
 use netio::{Tap, TapEngine};
 
+use lockstep_vmm::dataplane::io_thread::{self, IoChannels, IoThreadError, TAG_DISK, TAG_TAP};
+use lockstep_vmm::dataplane::plane::IoPlane;
+use lockstep_vmm::dataplane::shared::VmShared;
+use lockstep_vmm::replay::recorder::Recorder;
+use lockstep_vmm::spec::GuestSpec;
+
 use crate::cli::VmArgs;
-use crate::dataplane::io_thread::{self, IoChannels, IoThreadError, TAG_DISK, TAG_TAP};
-use crate::dataplane::shared::VmShared;
-use crate::ft::plane::FtPlane;
 use crate::launch;
-use crate::replay::recorder::Recorder;
-use crate::spec::GuestSpec;
 
 /// Reads posted on the tap at any time.
 const TAP_RX_DEPTH: usize = 64;
@@ -32,7 +33,7 @@ pub struct LogSetup {
     pub recorder: Recorder,
     pub target: LogTarget,
     /// The FT pair's channel and heartbeats, for the I/O thread.
-    pub plane: Option<FtPlane>,
+    pub plane: Option<Box<dyn IoPlane>>,
 }
 
 /// Where a recording goes.
@@ -77,7 +78,7 @@ pub fn boot(args: &VmArgs, make_log: Option<Box<MakeLog>>) -> anyhow::Result<Boo
     let mac = launch::parse_mac(&args.mac)?;
     let seed = args.seed.unwrap_or_else(launch::random_seed);
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
-    launch::avoid_cpu(vcpu_cpu);
+    lockstep_vmm::cpu::avoid_cpu(vcpu_cpu);
 
     let image = DiskImage::open(
         &args.disk,
@@ -106,7 +107,7 @@ pub fn boot(args: &VmArgs, make_log: Option<Box<MakeLog>>) -> anyhow::Result<Boo
         disk_sectors: image.capacity_sectors(),
         disk_read_only: image.read_only(),
     };
-    let vm = spec.build_vm(&kernel)?;
+    let vm = spec.build_vm(&kernel).context("building the VM")?;
     let disk = DiskEngine::new(image, TAG_DISK);
     let tap = match tap {
         Some(t) => {

@@ -13,14 +13,15 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use nix::sys::signal::SigSet;
 use vm_memory::GuestMemoryMmap;
 
-use crate::dataplane::io_thread::{IoChannels, IoThreadError, ToIo};
-use crate::dataplane::shared::VmShared;
-use crate::devices::console::Console;
-use crate::ft::supervisor::Supervisor;
+use lockstep_ft::supervisor::{StopReason, Supervisor};
+use lockstep_vmm::dataplane::io_thread::{IoChannels, IoThreadError, ToIo};
+use lockstep_vmm::dataplane::shared::VmShared;
+use lockstep_vmm::devices::console::Console;
+use lockstep_vmm::kvm::vm::Vm;
+use lockstep_vmm::machine::{ExitStats, Machine, RunEndKind, Stop, SyncIo};
+use lockstep_vmm::vcpu::{self, KickCheck, RunEnd, RunError};
+
 use crate::launch;
-use crate::machine::{ExitStats, Machine, RunEndKind, Stop, SyncIo};
-use crate::vmm::runner::{self, RunEnd, RunError};
-use crate::vmm::vm::Vm;
 
 /// How long the I/O thread gets to finish submitted writes at the end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,12 +48,14 @@ impl VmParts {
 }
 
 /// How a run ended.
-pub struct Driven<S> {
-    pub end: anyhow::Result<RunEnd>,
+pub struct Driven<S: SyncIo> {
+    /// The run's end, or what ended it early; a sync server's own reasons
+    /// (a replay's end of log, a divergence) are typed in it.
+    pub end: Result<RunEnd, RunError<S::Error>>,
     pub stats: ExitStats,
     pub io: S,
-    /// The supervisor stopped the VM with this status and reason.
-    pub verdict: Option<(u8, String)>,
+    /// The supervisor stopped the VM for this reason.
+    pub verdict: Option<StopReason>,
     pub elapsed: Duration,
     /// Guest-caused exits, counted even when the run ended in an error.
     pub exits: u64,
@@ -86,21 +89,14 @@ pub fn drive<S: Served>(
     let handle = std::thread::Builder::new()
         .name("vcpu".into())
         .spawn(move || {
-            launch::pin_current_thread(cpu);
+            lockstep_vmm::cpu::pin_current_thread(cpu);
             let _ = vcpu_shared.vcpu_thread.set(std::thread::current());
             let mut machine = Machine::new(mem, console, io);
-            let end = runner::run(
-                &mut vcpu,
-                &mut machine,
-                &mut launch::ForceCheck(vcpu_shared),
-            )
-            .context("running the VM")
-            .and_then(|end| {
-                machine.finish(&end_kind(&end.stop), &vcpu).map_err(|e| {
-                    anyhow::Error::new(RunError::Machine(e)).context("finishing the run")
-                })?;
-                Ok(end)
-            });
+            let end =
+                vcpu::run(&mut vcpu, &mut machine, &mut ForceCheck(vcpu_shared)).and_then(|end| {
+                    machine.finish(&end_kind(&end.stop), &vcpu)?;
+                    Ok(end)
+                });
             let console_hash = machine.console.hash;
             (
                 end,
@@ -112,7 +108,7 @@ pub fn drive<S: Served>(
         })
         .context("spawning the vCPU thread")?;
     let pthread = handle.as_pthread_t();
-    let verdict = launch::supervise(
+    let verdict = supervise(
         &shared,
         signals,
         stop_timeout,
@@ -156,4 +152,64 @@ pub fn drain<S: Served>(io: &mut S, io_thread: JoinHandle<Result<(), IoThreadErr
         Ok(Err(e)) => tracing::error!("I/O thread: {e}"),
         Err(_) => tracing::error!("the I/O thread panicked"),
     }
+}
+
+/// Stops the vCPU loop when the main thread forced a stop.
+struct ForceCheck(Arc<VmShared>);
+
+impl KickCheck for ForceCheck {
+    fn after_kick(&mut self) -> Option<Stop> {
+        self.0.forced().then_some(Stop::Forced)
+    }
+}
+
+/// Waits until `done()` while turning SIGINT/SIGTERM into a clean stop: the
+/// first asks the guest to stop (EV_STOP), a second one or the timeout
+/// stops the vCPU hard. Also asks `tick` every few milliseconds whether the
+/// VM must be stopped now (an FT side that lost the arbiter); returns the
+/// reason `tick` gave.
+fn supervise(
+    shared: &VmShared,
+    signals: &SigSet,
+    stop_timeout: Duration,
+    vcpu_thread: libc::pthread_t,
+    mut done: impl FnMut() -> bool,
+    mut tick: impl FnMut() -> Option<StopReason>,
+) -> Option<StopReason> {
+    let mut stop_asked: Option<Instant> = None;
+    let mut verdict = None;
+    while !done() {
+        if verdict.is_none()
+            && let Some(reason) = tick()
+        {
+            tracing::error!("{reason}");
+            force(shared, vcpu_thread);
+            verdict = Some(reason);
+        }
+        // Short: the I/O thread's failure verdicts are acted on within a
+        // few milliseconds (the failover budget).
+        if let Some(sig) = launch::poll_signal(signals, Duration::from_millis(2)) {
+            if stop_asked.is_some() {
+                tracing::warn!("{sig:?} again: stopping the VM now");
+                force(shared, vcpu_thread);
+            } else {
+                tracing::info!("{sig:?}: asking the guest to stop (again to force)");
+                stop_asked = Some(Instant::now());
+                shared.request_stop();
+            }
+        }
+        if let Some(t) = stop_asked
+            && t.elapsed() > stop_timeout
+            && !shared.forced()
+        {
+            tracing::warn!("the guest did not stop within {stop_timeout:?}: stopping it");
+            force(shared, vcpu_thread);
+        }
+    }
+    verdict
+}
+
+fn force(shared: &VmShared, vcpu_thread: libc::pthread_t) {
+    shared.force();
+    vcpu::kick(vcpu_thread);
 }

@@ -3,16 +3,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
+use lockstep_ft::shared::FtShared;
+use lockstep_ft::supervisor::Supervisor;
+use lockstep_status::Role;
+use lockstep_vmm::dataplane::io_thread::{IoChannels, ToIo};
+use lockstep_vmm::dataplane::live::LiveIo;
+use lockstep_vmm::machine::SyncIo;
+use lockstep_vmm::spec::GuestSpec;
+
 use crate::cli::VmArgs;
 use crate::commands::boot::{self, Booted, MakeLog};
 use crate::commands::drive::{Driven, Served, VmParts, drain, drive};
-use crate::dataplane::io_thread::{IoChannels, ToIo};
-use crate::dataplane::live::LiveIo;
-use crate::ft::shared::FtShared;
-use crate::ft::supervisor::Supervisor;
+use crate::exit_status::ExitStatus;
 use crate::launch;
-use crate::spec::GuestSpec;
-use crate::status::Role;
+
+/// How often an idle FT primary appends a keep-alive entry, so that its
+/// backup keeps hearing from it.
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(10);
 
 impl Served for LiveIo {
     fn channels(&mut self) -> Option<&mut IoChannels> {
@@ -31,7 +40,7 @@ pub struct LiveOptions {
     pub role: Role,
 }
 
-pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
+pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> {
     let signals = launch::block_stop_signals()?;
     let Booted {
         recorder,
@@ -69,8 +78,7 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
     }
     let mut live = LiveIo::new(shared.clone(), spec.devices(), Some(io));
     live.recorder = recorder;
-    live.output_rule = ft.is_some();
-    live.ft = ft;
+    live.stream_log = ft.is_some().then_some(KEEPALIVE_EVERY);
     let vm = VmParts {
         vcpu,
         mem,
@@ -98,18 +106,18 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<u8> {
 }
 
 /// Logs how the run ended; returns the exit status.
-pub fn report<S>(run: Driven<S>) -> anyhow::Result<u8> {
-    if let Some((code, _why)) = run.verdict {
-        return Ok(code);
+pub fn report<S: SyncIo>(run: Driven<S>) -> anyhow::Result<ExitStatus> {
+    if let Some(reason) = &run.verdict {
+        return Ok(ExitStatus::from(reason));
     }
-    let end = run.end?;
-    let (line, code) = launch::describe_end(&end);
+    let end = run.end.context("running the VM")?;
+    let (line, status) = launch::describe_end(&end);
     tracing::info!("{line}");
     tracing::info!("{}", launch::stats_line(&run.stats, end.exits, run.elapsed));
-    if code != 0 {
+    if status.code() != 0 {
         eprintln!("lockstep: {line}");
     }
-    Ok(code)
+    Ok(status)
 }
 
 /// Tells the operator where the guest is and how to reach it.

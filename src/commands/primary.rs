@@ -9,15 +9,20 @@ use anyhow::{Context, bail};
 use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
 use logchan::{LogConfig, StreamHeader};
 
+use lockstep_ft::arbiter;
+use lockstep_ft::failure::Liveness;
+use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
+use lockstep_ft::shared::FtShared;
+use lockstep_ft::supervisor::{Side, Supervisor};
+use lockstep_status::StatusCounters;
+use lockstep_vmm::dataplane::shared::VmShared;
+use lockstep_vmm::replay::recorder::Recorder;
+use lockstep_vmm::spec::GuestSpec;
+
 use crate::cli::{FtArgs, PrimaryArgs};
 use crate::commands::boot::{LogSetup, LogTarget};
 use crate::commands::live::{LiveOptions, run_live};
-use crate::ft::arbiter;
-use crate::ft::plane::{FtPlane, Liveness, PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
-use crate::ft::shared::FtShared;
-use crate::ft::supervisor::{Side, Supervisor};
-use crate::replay::recorder::{DigestPolicy, Recorder};
-use crate::status::StatusCounters;
+use crate::exit_status::ExitStatus;
 
 /// The name a side has in the arbiter and in reports.
 pub fn side_name(ft: &FtArgs, role: &str) -> String {
@@ -75,7 +80,7 @@ fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
     }
 }
 
-pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
+pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let name = side_name(&args.ft, "primary");
     let live = liveness(&args.ft)?;
     let arbiter =
@@ -88,7 +93,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
         )
     })?;
     let ft = Arc::new(FtShared::default());
-    let policy = DigestPolicy::from(&args.digest);
+    let policy = args.digest.policy();
     let connect_timeout = Duration::from_secs(args.connect_timeout);
     let hb_port = args.ft.heartbeat_port.unwrap_or(backup.port());
     let hb_peer = args
@@ -98,9 +103,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
     let plane_ft = ft.clone();
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, name.clone(), ft.clone());
     let log = Box::new(
-        move |spec: &crate::spec::GuestSpec,
-              kernel: &[u8],
-              shared: &Arc<crate::dataplane::shared::VmShared>| {
+        move |spec: &GuestSpec, kernel: &[u8], shared: &Arc<VmShared>| {
             StatusCounters::set(&shared.status.epoch, epoch);
             let _ = shared.status.name.set(name.clone());
             let _ = shared.status.peer.set(backup.to_string());
@@ -140,12 +143,12 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
             let mut recorder = Recorder::new(producer, true, policy);
             recorder
                 .boot(&spec.encode())
-                .map_err(|e| anyhow::anyhow!(e).context("sending the boot entry"))?;
+                .context("sending the boot entry")?;
             tracing::info!("primary {name} of epoch {epoch}: logging to the backup at {backup}");
             Ok(LogSetup {
                 recorder,
                 target: LogTarget::Channel,
-                plane: Some(FtPlane::Primary(PrimaryPlane::new(
+                plane: Some(Box::new(PrimaryPlane::new(
                     sender,
                     heartbeat,
                     live,
@@ -160,7 +163,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<u8> {
         LiveOptions {
             log: Some(log),
             ft: Some((ft, supervisor)),
-            role: crate::status::Role::Primary,
+            role: lockstep_status::Role::Primary,
         },
     )
 }

@@ -4,10 +4,12 @@ use anyhow::Context;
 
 use logchan::{FileSink, LogConfig, StreamHeader};
 
+use lockstep_vmm::replay::recorder::Recorder;
+
 use crate::cli::RecordArgs;
 use crate::commands::boot::{LogSetup, LogTarget};
 use crate::commands::live::{LiveOptions, run_live};
-use crate::replay::recorder::{DigestPolicy, Recorder};
+use crate::exit_status::ExitStatus;
 
 /// Log buffers: room for bursts of received frames while the writer
 /// catches up; a full set stalls the vCPU (the paper's full-buffer rule).
@@ -20,10 +22,10 @@ pub fn log_config() -> LogConfig {
     }
 }
 
-pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
+pub fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
     let path = args.log.clone();
     let backup_reads = args.backup_reads;
-    let policy = DigestPolicy::from(&args.digest);
+    let policy = args.digest.policy();
     let opts = LiveOptions {
         log: Some(Box::new(move |spec, kernel, _shared| {
             let flags = if backup_reads {
@@ -39,7 +41,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
             let mut recorder = Recorder::new(producer, !backup_reads, policy);
             recorder
                 .boot(&spec.encode())
-                .map_err(|e| anyhow::anyhow!(e).context("writing the boot entry"))?;
+                .context("writing the boot entry")?;
             tracing::info!("recording to {}", path.display());
             Ok(LogSetup {
                 recorder,
@@ -48,7 +50,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<u8> {
             })
         })),
         ft: None,
-        role: crate::status::Role::Recording,
+        role: lockstep_status::Role::Recording,
     };
     run_live(&args.vm, opts)
 }

@@ -7,20 +7,17 @@ use anyhow::{Context, bail};
 
 use logchan::{DecodeError, LogFileReader};
 
+use lockstep_vmm::dataplane::io_thread::IoChannels;
+use lockstep_vmm::dataplane::shared::VmShared;
+use lockstep_vmm::replay::backup_disk::BackupDisk;
+use lockstep_vmm::replay::cursor::{FileChunks, LogCursor, Logged};
+use lockstep_vmm::replay::replayer::{Perturb, ReplayIo, ReplayStats, ReplayStop};
+use lockstep_vmm::spec::GuestSpec;
+
 use crate::cli::ReplayArgs;
 use crate::commands::drive::{Served, VmParts, drive};
-use crate::dataplane::io_thread::IoChannels;
-use crate::dataplane::shared::VmShared;
+use crate::exit_status::ExitStatus;
 use crate::launch;
-use crate::replay::backup_disk::BackupDisk;
-use crate::replay::cursor::{FileChunks, LogCursor, Logged};
-use crate::replay::replayer::{Perturb, ReplayIo, ReplayStats, ReplayStop, replay_stop};
-use crate::spec::GuestSpec;
-
-/// Exit status when the replay diverged from the recording.
-pub const EXIT_DIVERGED: u8 = 5;
-/// Exit status when the log ended (truncated) before the recording did.
-pub const EXIT_LOG_ENDED: u8 = 6;
 
 /// Refuses a log with a corrupt entry before anything runs; returns a note
 /// if the log is cut short (the replay then stops where it ends).
@@ -39,7 +36,7 @@ fn check_log(args: &ReplayArgs) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 
-pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
+pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitStatus> {
     let signals = launch::block_stop_signals()?;
     let truncated = check_log(&args)?;
     if let Some(note) = &truncated {
@@ -79,10 +76,10 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         (Some(_), false) => bail!("--disk is only used with --backup-reads"),
         (None, false) => None,
     };
-    let vm = spec.build_vm(&kernel)?;
+    let vm = spec.build_vm(&kernel).context("building the VM")?;
     let console = launch::console_for(args.console.as_deref())?;
     let (vcpu_cpu, _) = launch::parse_cpus(args.cpus.as_deref())?;
-    launch::avoid_cpu(vcpu_cpu);
+    lockstep_vmm::cpu::avoid_cpu(vcpu_cpu);
     let mut io = ReplayIo::new(spec.devices(), cursor, disk);
     io.perturb = args.perturb_time_at.map(|at_exit| Perturb {
         at_exit,
@@ -121,7 +118,8 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let stats = summary(&run.io.stats);
     // A replay's outcome is in the stop reason of the sync call (or the end
     // check) that ended it.
-    match (replay_stop(&run.end), &run.end) {
+    let stop = run.end.as_ref().err().and_then(|e| e.io_error()?.stop());
+    match (stop, &run.end) {
         (
             Some(ReplayStop::Recorded {
                 exit_index, reason, ..
@@ -131,12 +129,12 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
             tracing::info!(
                 "replay matched the recording up to its end at exit {exit_index} ({reason:?}): {stats}"
             );
-            Ok(0)
+            Ok(ExitStatus::Ok)
         }
         (Some(ReplayStop::Diverged(d)), _) => {
             eprintln!("lockstep: {d}");
             tracing::info!("{stats}");
-            Ok(EXIT_DIVERGED)
+            Ok(ExitStatus::Diverged)
         }
         (Some(ReplayStop::LogEnded { exit_index, end }), _) => {
             eprintln!(
@@ -144,17 +142,17 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
                 truncated.map(|t| format!(" ({t})")).unwrap_or_default()
             );
             tracing::info!("{stats}");
-            Ok(EXIT_LOG_ENDED)
+            Ok(ExitStatus::LogEnded)
         }
         (None, Ok(run_end)) => {
-            let (line, code) = launch::describe_end(run_end);
+            let (line, status) = launch::describe_end(run_end);
             tracing::info!("replay matched the recording: {line}; {stats}");
-            Ok(code)
+            Ok(status)
         }
         (None, Err(_)) => {
             tracing::info!("{stats}");
             run.end.map(drop).context("replaying the VM")?;
-            Ok(1)
+            Ok(ExitStatus::Error)
         }
     }
 }

@@ -2,14 +2,15 @@
 
 use crate::cli::RunArgs;
 use crate::commands::live::{LiveOptions, run_live};
+use crate::exit_status::ExitStatus;
 
-pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+pub fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
     run_live(
         &args.vm,
         LiveOptions {
             log: None,
             ft: None,
-            role: crate::status::Role::Standalone,
+            role: lockstep_status::Role::Standalone,
         },
     )
 }

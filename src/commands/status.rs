@@ -5,11 +5,13 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use crate::cli::StatusArgs;
-use crate::status::client::{FETCH_TIMEOUT, fetch};
-use crate::status::summary;
+use lockstep_status::client::{FETCH_TIMEOUT, fetch};
+use lockstep_status::summary;
 
-pub fn status(args: StatusArgs) -> anyhow::Result<u8> {
+use crate::cli::StatusArgs;
+use crate::exit_status::ExitStatus;
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let Some(period) = args.watch else {
         let (json, snapshot) = fetch(&args.addr, FETCH_TIMEOUT)?;
         let text = if args.json {
@@ -18,8 +20,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<u8> {
             summary::render(&snapshot)
         };
         return Ok(match print(&text) {
-            Printed::Failed => 1,
-            Printed::Done | Printed::Closed => 0,
+            Printed::Failed => ExitStatus::Error,
+            Printed::Done | Printed::Closed => ExitStatus::Ok,
         });
     };
     if period == 0 {
@@ -54,8 +56,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<u8> {
         };
         match print(&framed) {
             Printed::Done => {}
-            Printed::Closed => return Ok(0),
-            Printed::Failed => return Ok(1),
+            Printed::Closed => return Ok(ExitStatus::Ok),
+            Printed::Failed => return Ok(ExitStatus::Error),
         }
         std::thread::sleep(Duration::from_millis(period));
     }

@@ -6,7 +6,8 @@
 //! * [`resp`], [`commands`]: the Redis protocol and its commands;
 //! * [`http`]: a small HTTP/1.1 front end to the same store;
 //! * [`store`], [`engine`]: the key-value store and the group-commit rule;
-//! * [`journal`]: the checksummed on-disk log, recovery and compaction;
+//! * [`journal`], [`journal_format`]: the checksummed on-disk log, recovery
+//!   and compaction;
 //! * [`session`]: per-connection state with durability-tagged output.
 #![no_std]
 
@@ -19,6 +20,7 @@ pub mod glob;
 pub mod http;
 pub mod intfmt;
 pub mod journal;
+pub mod journal_format;
 pub mod limits;
 pub mod resp;
 pub mod session;

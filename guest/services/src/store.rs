@@ -13,7 +13,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::ops::Bound;
 
-use crate::journal::format::set_record_len;
+use crate::journal_format::set_record_len;
 
 /// One value with its expiry (0 = none).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Store {
     /// Keys that carry an expiry.
     with_expiry: usize,
     /// Bytes a snapshot of every key would take in the log (see
-    /// `journal::format::set_record_len`): decides whether a write fits.
+    /// `journal_format::set_record_len`): decides whether a write fits.
     snapshot_bytes: u64,
     /// Where the periodic sweep continues.
     sweep_cursor: Vec<u8>,

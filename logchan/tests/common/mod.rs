@@ -61,14 +61,6 @@ pub fn samples() -> Vec<Entry<'static>> {
             status: 2,
             data: &[],
         },
-        Entry::MmioRead {
-            addr: 0xd000_0070,
-            data: &[1],
-        },
-        Entry::MmioRead {
-            addr: u64::MAX,
-            data: &[1, 2, 3, 4, 5, 6, 7, 8],
-        },
         Entry::Output {
             what: OutputKind::NetFrame,
             len: 1514,
@@ -159,13 +151,7 @@ pub fn random_entry<'a>(rng: &mut Rng, pool: &'a [u8], max_blob: usize) -> Entry
             status: rng.next_u64() as u8,
             data: blob(rng),
         },
-        3 => {
-            let n = 1 + rng.below(8);
-            Entry::MmioRead {
-                addr: rng.next_u64(),
-                data: &pool[..n],
-            }
-        }
+        3 => Entry::Boot { config: blob(rng) },
         4 => Entry::Output {
             what: OutputKind::NetFrame,
             len: rng.next_u64() as u32,

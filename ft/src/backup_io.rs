@@ -1,0 +1,194 @@
+//! The backup's side of the sync call: a replay of the primary's stream
+//! until the backup goes live, then the live devices. Going live happens at
+//! a sync exit, after every received entry has been applied (`go_live`).
+
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+use lockstep_status::StatusCounters;
+use lockstep_vmm::dataplane::io_thread::IoChannels;
+use lockstep_vmm::dataplane::live::{LiveError, LiveIo};
+use lockstep_vmm::dataplane::shared::VmShared;
+use lockstep_vmm::machine::{Digester, RunEndKind, SyncIo, SyncOutcome, SyncRequest};
+use lockstep_vmm::replay::replayer::{ReplayError, ReplayIo, ReplayStop};
+
+use crate::go_live::{self, Announce};
+use crate::shared::FtShared;
+
+/// Why the backup's sync call failed: its replay's reasons (typed: the end
+/// of the log, a divergence, the recording's end) or, once live, the live
+/// devices'.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    #[error("the hand-over to live failed at an earlier exit")]
+    HandOverFailed,
+}
+
+impl BackupError {
+    /// The replay's stop, if the log ended the backup's run.
+    pub fn replay_stop(&self) -> Option<&ReplayStop> {
+        match self {
+            BackupError::Replay(r) => r.stop(),
+            BackupError::Live(_) | BackupError::HandOverFailed => None,
+        }
+    }
+}
+
+/// Whichever serves the guest now.
+enum Serving {
+    /// Following the primary; the I/O thread's rings wait for go-live.
+    Replay(Box<ReplayIo>, IoChannels),
+    Live(Box<LiveIo>),
+    /// Only while handing over.
+    Switching,
+}
+
+pub struct BackupIo {
+    serving: Serving,
+    shared: Arc<VmShared>,
+    ft: Arc<FtShared>,
+    announce: Option<Announce>,
+}
+
+impl BackupIo {
+    pub fn new(
+        replay: ReplayIo,
+        shared: Arc<VmShared>,
+        ft: Arc<FtShared>,
+        io: IoChannels,
+        announce: Option<Announce>,
+    ) -> Self {
+        BackupIo {
+            serving: Serving::Replay(Box::new(replay), io),
+            shared,
+            ft,
+            announce,
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.serving, Serving::Live(_))
+    }
+
+    pub fn shared(&self) -> &Arc<VmShared> {
+        &self.shared
+    }
+
+    /// The I/O thread's rings, wherever they are now.
+    pub fn channels_mut(&mut self) -> Option<&mut IoChannels> {
+        match &mut self.serving {
+            Serving::Replay(_, io) => Some(io),
+            Serving::Live(l) => l.io.as_mut(),
+            Serving::Switching => None,
+        }
+    }
+
+    /// Takes over at this sync exit; `req` is finished live.
+    fn go_live(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        req: &SyncRequest,
+    ) -> Result<SyncOutcome, BackupError> {
+        let Serving::Replay(replay, io) = std::mem::replace(&mut self.serving, Serving::Switching)
+        else {
+            return Err(BackupError::HandOverFailed);
+        };
+        let last_ack = FtShared::load(&self.ft.ack_sent);
+        let mut live = go_live::take_over(
+            *replay,
+            io,
+            self.shared.clone(),
+            self.announce,
+            last_ack,
+            req.exit_index,
+        )?;
+        let outcome = live.sync(mem, req);
+        self.serving = Serving::Live(Box::new(live));
+        Ok(outcome?)
+    }
+
+    /// A replayed exit: the positions the acks and `lockstep status` show.
+    fn note_replayed(&self, exit_index: u64, seq: u64) {
+        FtShared::raise(&self.ft.replayed_exit, exit_index);
+        FtShared::raise(&self.ft.replayed_seq, seq);
+        let status = &self.shared.status;
+        status.note_sync_call(exit_index);
+        StatusCounters::set(&status.replayed_seq, seq);
+        StatusCounters::set(&status.replayed_exit, exit_index);
+    }
+}
+
+impl SyncIo for BackupIo {
+    type Error = BackupError;
+
+    fn sync(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        req: &SyncRequest,
+    ) -> Result<SyncOutcome, BackupError> {
+        let (replay, _) = match &mut self.serving {
+            Serving::Live(live) => return Ok(live.sync(mem, req)?),
+            Serving::Replay(replay, io) => (replay, io),
+            Serving::Switching => return Err(BackupError::HandOverFailed),
+        };
+        match replay.sync(mem, req) {
+            Ok(outcome) => {
+                let seq = replay.cursor.consumed_seq();
+                self.note_replayed(req.exit_index, seq);
+                Ok(outcome)
+            }
+            Err(ReplayError::Stop(ReplayStop::LogEnded { .. }))
+                if FtShared::flag(&self.ft.go_live) =>
+            {
+                self.go_live(mem, req)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn mmio_read(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> bool {
+        match &mut self.serving {
+            Serving::Replay(r, _) => r.mmio_read(mem, addr, data),
+            Serving::Live(l) => l.mmio_read(mem, addr, data),
+            Serving::Switching => false,
+        }
+    }
+
+    fn mmio_write(&mut self, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> bool {
+        match &mut self.serving {
+            Serving::Replay(r, _) => r.mmio_write(mem, addr, data),
+            Serving::Live(l) => l.mmio_write(mem, addr, data),
+            Serving::Switching => false,
+        }
+    }
+
+    fn after_sync_exit(
+        &mut self,
+        exit_index: u64,
+        digester: &mut dyn Digester,
+    ) -> Result<(), BackupError> {
+        match &mut self.serving {
+            Serving::Replay(r, _) => Ok(r.after_sync_exit(exit_index, digester)?),
+            Serving::Live(l) => Ok(l.after_sync_exit(exit_index, digester)?),
+            Serving::Switching => Ok(()),
+        }
+    }
+
+    fn finish(
+        &mut self,
+        exit_index: u64,
+        end: &RunEndKind,
+        digester: &mut dyn Digester,
+    ) -> Result<(), BackupError> {
+        match &mut self.serving {
+            Serving::Replay(r, _) => Ok(r.finish(exit_index, end, digester)?),
+            Serving::Live(l) => Ok(l.finish(exit_index, end, digester)?),
+            Serving::Switching => Ok(()),
+        }
+    }
+}

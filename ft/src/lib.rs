@@ -1,0 +1,27 @@
+//! The fault-tolerant pair (the paper's §2; docs/failover.md): a primary
+//! that streams its log to a backup and holds every output until the backup
+//! has the log up to it, and a backup that replays in lockstep and takes
+//! over when the primary is gone. Built on `lockstep-vmm`, which knows
+//! nothing of any of this beyond the `IoPlane` trait.
+//!
+//! One module per mechanism of the paper (docs/architecture.md maps them):
+//! * [`output_rule`]: an output leaves only once the backup has acked the
+//!   log entry that recorded it.
+//! * [`failure`]: heartbeats and channel traffic → the peer's verdict.
+//! * [`arbiter`]: the atomic test-and-set that prevents split brain.
+//! * [`go_live`]: the backup's hand-over from replay to serving.
+//! * [`plane`]: the primary's and the backup's engines on the I/O thread.
+//! * [`backup_io`]: the backup's sync calls: replay, then live.
+//! * [`channel_source`]: the received log as the replay's input.
+//! * [`supervisor`]: the main thread acting on verdicts through the arbiter.
+//! * [`shared`]: what the FT threads share.
+
+pub mod arbiter;
+pub mod backup_io;
+pub mod channel_source;
+pub mod failure;
+pub mod go_live;
+pub mod output_rule;
+pub mod plane;
+pub mod shared;
+pub mod supervisor;

@@ -1,0 +1,254 @@
+//! The backup's plane: receives and verifies the log, hands it to the
+//! replaying vCPU thread, acks it, beats once the stream names its epoch,
+//! and judges the primary; at go-live its outputs become real and the old
+//! channel ends.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Instant;
+
+use io_uring::{Submitter, cqueue, squeue};
+
+use lockstep_status::StatusCounters;
+use lockstep_vmm::dataplane::plane::{AttachError, Dataplane, IoPlane};
+use lockstep_vmm::dataplane::shared::{Handoff, VmShared};
+use logchan::channel::{HeartbeatEngine, ReceiverEngine, ReceiverEvent, Registration, Role};
+use logchan::{EntryKind, StreamHeader};
+
+use super::{TAG_HEARTBEAT, TAG_LOG, last_entry_kind};
+use crate::failure::{FailureMonitor, Liveness, Verdict};
+use crate::go_live;
+use crate::shared::FtShared;
+
+pub struct BackupPlane {
+    receiver: ReceiverEngine,
+    /// Created when the stream header names the epoch.
+    heartbeat: Option<HeartbeatEngine>,
+    socket: Option<UdpSocket>,
+    peer: SocketAddr,
+    live: Liveness,
+    monitor: FailureMonitor,
+    ft: Arc<FtShared>,
+    shared: Arc<VmShared>,
+    status: Arc<StatusCounters>,
+    chunks: Handoff<Vec<u8>>,
+    /// The kind of the last entry received (an `End` means the primary
+    /// ended the run on purpose).
+    last_kind: Option<EntryKind>,
+    went_live: bool,
+}
+
+impl BackupPlane {
+    pub fn new(
+        receiver: ReceiverEngine,
+        socket: UdpSocket,
+        peer: SocketAddr,
+        live: Liveness,
+        ft: Arc<FtShared>,
+        shared: Arc<VmShared>,
+        chunks: rtrb::Producer<Vec<u8>>,
+    ) -> Self {
+        BackupPlane {
+            receiver,
+            heartbeat: None,
+            socket: Some(socket),
+            peer,
+            live,
+            monitor: FailureMonitor::new(live.timeout, Instant::now()),
+            ft,
+            status: shared.status.clone(),
+            shared,
+            chunks: Handoff::new(chunks),
+            last_kind: None,
+            went_live: false,
+        }
+    }
+
+    fn start_heartbeat(&mut self, header: &StreamHeader) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        match HeartbeatEngine::new(
+            socket,
+            self.peer,
+            Role::Backup,
+            header.epoch,
+            self.live.period,
+            TAG_HEARTBEAT,
+        ) {
+            Ok(h) => self.heartbeat = Some(h),
+            Err(e) => tracing::error!("heartbeats to {}: {e}", self.peer),
+        }
+    }
+
+    /// Copies the engines' counters to the status endpoint's.
+    fn report(&self) {
+        let st = self.receiver.stats();
+        StatusCounters::set(&self.status.log_seq, self.receiver.received_seq());
+        StatusCounters::set(&self.status.acked_seq, st.last_ack.acked_seq);
+        StatusCounters::set(&self.status.log_bytes, st.bytes_received);
+        if let Some(h) = self.heartbeat.as_ref() {
+            let hb = h.stats();
+            StatusCounters::set(&self.status.heartbeats_sent, hb.sent);
+            StatusCounters::set(&self.status.heartbeats_received, hb.received);
+        }
+    }
+
+    pub(super) fn on_receiver_event(
+        &mut self,
+        ev: ReceiverEvent,
+        sq: &mut squeue::SubmissionQueue<'_>,
+        now: Instant,
+    ) {
+        match ev {
+            ReceiverEvent::Header(h) => {
+                self.monitor.heard(now);
+                StatusCounters::set(&self.status.epoch, h.epoch);
+                self.start_heartbeat(&h);
+                self.chunks.push(h.encode().to_vec());
+            }
+            ReceiverEvent::Entries {
+                bytes, last_seq, ..
+            } => {
+                self.monitor.heard(now);
+                self.last_kind = last_entry_kind(&bytes).or(self.last_kind);
+                self.chunks.push(bytes);
+                FtShared::raise(&self.ft.received_seq, last_seq);
+                // No wake-up: the replaying vCPU polls for log data every
+                // millisecond (ChannelChunks); waking a sleeping thread would
+                // cost this thread ~12 µs per chunk, and the replay's
+                // latency does not matter — acks go on receipt.
+                let (rs, rx) = (
+                    FtShared::load(&self.ft.replayed_seq),
+                    FtShared::load(&self.ft.replayed_exit),
+                );
+                self.receiver.ack(rs, rx, sq);
+                FtShared::raise(&self.ft.ack_sent, self.receiver.received_seq());
+            }
+            ReceiverEvent::Closed { reason, clean } => {
+                if clean && self.last_kind == Some(EntryKind::End) {
+                    tracing::info!("the primary ended the run");
+                    self.ft.set(&self.ft.stream_ended);
+                    self.shared.wake_vcpu();
+                } else {
+                    self.ft.note(format!("logging channel closed: {reason}"));
+                    self.monitor.channel_closed(now);
+                }
+            }
+            ReceiverEvent::Corrupt { error } => {
+                tracing::error!(
+                    "corrupt data on the logging channel: {error}; dropped the connection, nothing of it applied"
+                );
+                self.ft
+                    .note(format!("corrupt entry on the logging channel: {error}"));
+                self.monitor.channel_closed(now);
+            }
+        }
+    }
+}
+
+impl IoPlane for BackupPlane {
+    fn attach(&mut self, submitter: &Submitter<'_>) -> Result<String, AttachError> {
+        self.receiver
+            .attach(submitter, Registration::Table)
+            .map(|m| format!("logging channel: receiving with {m:?}"))
+    }
+
+    fn owns(&self, tag: u8) -> bool {
+        tag == TAG_LOG || tag == TAG_HEARTBEAT
+    }
+
+    fn pump(&mut self, sq: &mut squeue::SubmissionQueue<'_>, now: Instant) {
+        if self.chunks.flush() {
+            self.shared.wake_vcpu();
+        }
+        self.receiver.pump(sq);
+        if let Some(h) = self.heartbeat.as_mut() {
+            h.pump(sq, now);
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.chunks.has_overflow()
+    }
+
+    fn flushed(&self) -> bool {
+        true
+    }
+
+    fn on_cqe(
+        &mut self,
+        cqe: &cqueue::Entry,
+        sq: &mut squeue::SubmissionQueue<'_>,
+        _dp: &mut Dataplane<'_>,
+    ) {
+        let now = Instant::now();
+        if ioengine::user_data_tag(cqe.user_data()) == TAG_HEARTBEAT {
+            if let Some(h) = self.heartbeat.as_mut()
+                && h.on_cqe(cqe, sq).is_some()
+            {
+                self.monitor.heard(now);
+                self.status.heard_from_peer_at(now);
+            }
+            return;
+        }
+        let mut events = Vec::new();
+        self.receiver.on_cqe(cqe, sq, &mut |ev| events.push(ev));
+        for ev in events {
+            self.on_receiver_event(ev, sq, now);
+        }
+    }
+
+    fn tick(
+        &mut self,
+        now: Instant,
+        _sq: &mut squeue::SubmissionQueue<'_>,
+        _dp: &mut Dataplane<'_>,
+    ) {
+        self.report();
+        if self.went_live || FtShared::flag(&self.ft.stream_ended) {
+            return;
+        }
+        match self.monitor.verdict(now) {
+            Verdict::Alive => {}
+            Verdict::Dead { silent_for } => {
+                if !FtShared::flag(&self.ft.peer_dead) {
+                    self.ft
+                        .note(format!("no heartbeat or log traffic for {silent_for:?}"));
+                    self.ft.set(&self.ft.peer_dead);
+                    self.shared.wake_vcpu();
+                }
+            }
+            // The channel is gone but the primary still beats: it lives on
+            // without us.
+            Verdict::ChannelBroken => {
+                if !FtShared::flag(&self.ft.channel_broken) {
+                    self.ft.set(&self.ft.channel_broken);
+                    self.shared.wake_vcpu();
+                }
+            }
+        }
+    }
+
+    fn gate_tag(&mut self, _seq: u64, _now: Instant) -> u64 {
+        // A backup's outputs are dropped until it goes live, and leave at
+        // once after: it has no backup of its own.
+        0
+    }
+
+    fn go_live(&mut self, dp: &mut Dataplane<'_>) {
+        self.went_live = true;
+        go_live::outputs_become_real(dp);
+        self.receiver.shutdown();
+        if let Some(h) = self.heartbeat.as_mut() {
+            h.shutdown();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.receiver.shutdown();
+        if let Some(h) = self.heartbeat.as_mut() {
+            h.shutdown();
+        }
+    }
+}

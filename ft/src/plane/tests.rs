@@ -1,0 +1,299 @@
+//! The planes on made-up channel events, with a clock the test chooses: no
+//! KVM, no VM; the engines sit on loopback sockets and a real io_uring only
+//! because they need somewhere to push their SQEs.
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::IoUring;
+
+use lockstep_status::StatusCounters;
+use lockstep_vmm::dataplane::plane::{Dataplane, IoPlane};
+use lockstep_vmm::dataplane::shared::VmShared;
+use logchan::channel::{
+    ChannelError, HeartbeatEngine, ReceiverEngine, ReceiverEvent, ReceiverOptions, Role,
+    SenderEngine, SenderEvent, SenderOptions,
+};
+use logchan::{EndReason, Entry, ExitKind, GuestIdentity, StreamHeader};
+
+use super::{BackupPlane, PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
+use crate::failure::{Liveness, STARTUP_GRACE};
+use crate::shared::FtShared;
+
+const LIVE: Liveness = Liveness {
+    period: Duration::from_millis(10),
+    timeout: Duration::from_millis(50),
+};
+
+fn header() -> StreamHeader {
+    let id = GuestIdentity {
+        kernel_hash: 1,
+        boot_hash: 2,
+        mem_size: 4 << 20,
+    };
+    StreamHeader::new(id, 0, 3)
+}
+
+/// A connected loopback pair: (client, server).
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+fn udp() -> (UdpSocket, SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
+}
+
+/// Encoded entries `first..` at exit 1, the last one `last`.
+fn entries(first: u64, count: u64, last: Entry<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for seq in first..first + count {
+        let entry = if seq + 1 == first + count {
+            last
+        } else {
+            Entry::KeepAlive
+        };
+        let mut buf = vec![0u8; logchan::encoded_len(&entry)];
+        logchan::encode_into(&mut buf, seq, 1, ExitKind::SyncPort, &entry).unwrap();
+        out.extend(buf);
+    }
+    out
+}
+
+struct Backup {
+    plane: BackupPlane,
+    chunks: rtrb::Consumer<Vec<u8>>,
+    ft: Arc<FtShared>,
+    _primary: TcpStream,
+}
+
+fn backup() -> Backup {
+    let (primary, accepted) = tcp_pair();
+    let receiver = ReceiverEngine::new(accepted, TAG_LOG, ReceiverOptions::default()).unwrap();
+    let (socket, peer) = udp();
+    let (tx, chunks) = rtrb::RingBuffer::new(16);
+    let ft = Arc::new(FtShared::default());
+    let shared = Arc::new(VmShared::default());
+    let plane = BackupPlane::new(receiver, socket, peer, LIVE, ft.clone(), shared, tx);
+    Backup {
+        plane,
+        chunks,
+        ft,
+        _primary: primary,
+    }
+}
+
+#[test]
+fn the_backup_hands_the_stream_to_the_replay_and_records_what_it_received() {
+    let mut b = backup();
+    let mut ring = IoUring::new(8).unwrap();
+    let mut sq = ring.submission();
+    let t0 = Instant::now();
+    let h = header();
+    b.plane
+        .on_receiver_event(ReceiverEvent::Header(h), &mut sq, t0);
+    let bytes = entries(1, 3, Entry::KeepAlive);
+    b.plane.on_receiver_event(
+        ReceiverEvent::Entries {
+            bytes: bytes.clone(),
+            first_seq: 1,
+            last_seq: 3,
+            last_exit: 1,
+        },
+        &mut sq,
+        t0,
+    );
+    b.plane.pump(&mut sq, t0);
+    assert_eq!(
+        b.chunks.pop().unwrap(),
+        h.encode().to_vec(),
+        "the header first"
+    );
+    assert_eq!(
+        b.chunks.pop().unwrap(),
+        bytes,
+        "then the entries, as received"
+    );
+    assert_eq!(FtShared::load(&b.ft.received_seq), 3);
+    assert!(b.plane.owns(TAG_LOG) && b.plane.owns(TAG_HEARTBEAT) && !b.plane.owns(1));
+    assert_eq!(b.plane.gate_tag(3, t0), 0, "a backup holds nothing");
+}
+
+#[test]
+fn a_primary_that_ends_the_run_is_not_a_failure() {
+    let mut b = backup();
+    let mut ring = IoUring::new(8).unwrap();
+    let mut sq = ring.submission();
+    let t0 = Instant::now();
+    let end = Entry::End {
+        reason: EndReason::GuestExit,
+        status: 0,
+    };
+    b.plane.on_receiver_event(
+        ReceiverEvent::Entries {
+            bytes: entries(1, 2, end),
+            first_seq: 1,
+            last_seq: 2,
+            last_exit: 1,
+        },
+        &mut sq,
+        t0,
+    );
+    b.plane.on_receiver_event(
+        ReceiverEvent::Closed {
+            reason: ChannelError::PeerClosed,
+            clean: true,
+        },
+        &mut sq,
+        t0,
+    );
+    assert!(FtShared::flag(&b.ft.stream_ended));
+    let (mut disk, mut tap, mut deliver) = (None, None, false);
+    let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
+    b.plane.tick(t0 + 10 * LIVE.timeout, &mut sq, &mut dp);
+    assert!(
+        !FtShared::flag(&b.ft.peer_dead),
+        "no failover after a clean end"
+    );
+}
+
+#[test]
+fn a_silent_primary_is_declared_dead_after_the_timeout_and_not_before() {
+    let mut b = backup();
+    let mut ring = IoUring::new(8).unwrap();
+    let mut sq = ring.submission();
+    let t0 = Instant::now();
+    b.plane
+        .on_receiver_event(ReceiverEvent::Header(header()), &mut sq, t0);
+    b.plane.on_receiver_event(
+        ReceiverEvent::Closed {
+            reason: ChannelError::PeerClosed,
+            clean: false,
+        },
+        &mut sq,
+        t0,
+    );
+    let (mut disk, mut tap, mut deliver) = (None, None, false);
+    let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
+    b.plane.tick(t0 + LIVE.timeout / 2, &mut sq, &mut dp);
+    assert!(!FtShared::flag(&b.ft.peer_dead));
+    b.plane.tick(t0 + 2 * LIVE.timeout, &mut sq, &mut dp);
+    assert!(FtShared::flag(&b.ft.peer_dead));
+    assert!(
+        b.ft.note_text()
+            .is_some_and(|n| n.contains("logging channel closed")),
+        "the first reason is kept for the operator"
+    );
+    b.plane.go_live(&mut dp);
+    assert!(deliver, "live: received frames reach the guest");
+}
+
+struct Primary {
+    plane: PrimaryPlane,
+    ft: Arc<FtShared>,
+    shared: Arc<VmShared>,
+    _backup: TcpStream,
+}
+
+fn primary() -> Primary {
+    let (stream, backup) = tcp_pair();
+    let (_producer, consumer) = logchan::log_buffers(2, 1 << 16).unwrap();
+    let sender = SenderEngine::new(
+        stream,
+        consumer,
+        header(),
+        TAG_LOG,
+        SenderOptions::default(),
+    )
+    .unwrap();
+    let (socket, _) = udp();
+    let (_, peer) = udp();
+    let heartbeat =
+        HeartbeatEngine::new(socket, peer, Role::Primary, 3, LIVE.period, TAG_HEARTBEAT).unwrap();
+    let ft = Arc::new(FtShared::default());
+    let shared = Arc::new(VmShared::default());
+    let plane = PrimaryPlane::new(sender, heartbeat, LIVE, ft.clone(), shared.status.clone());
+    Primary {
+        plane,
+        ft,
+        shared,
+        _backup: backup,
+    }
+}
+
+fn ack(seq: u64) -> SenderEvent {
+    SenderEvent::Acked {
+        acked_seq: seq,
+        replayed_seq: seq.saturating_sub(1),
+        replayed_exit: 9,
+    }
+}
+
+#[test]
+fn acks_release_outputs_up_to_their_entry_and_show_in_status() {
+    let mut p = primary();
+    let mut ring = IoUring::new(8).unwrap();
+    let mut sq = ring.submission();
+    let (mut disk, mut tap, mut deliver) = (None, None, false);
+    let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
+    let t0 = Instant::now();
+    assert_eq!(p.plane.gate_tag(5, t0), 5, "held under its own entry");
+    assert_eq!(p.plane.gate_tag(0, t0), 0, "no entry: not held");
+    p.plane.on_sender_event(ack(4), &mut sq, &mut dp, t0);
+    assert_eq!(p.plane.gate_tag(4, t0), 0, "already acked: leaves at once");
+    p.plane.on_sender_event(ack(5), &mut sq, &mut dp, t0);
+    let status = &p.shared.status;
+    assert_eq!(
+        (
+            StatusCounters::get(&status.acked_seq),
+            StatusCounters::get(&status.replayed_seq)
+        ),
+        (5, 4)
+    );
+    assert_eq!(p.plane.gate_tag(6, t0), 6);
+}
+
+#[test]
+fn a_closed_channel_or_silence_makes_the_backup_dead_and_alone_opens_the_gate() {
+    let mut p = primary();
+    let mut ring = IoUring::new(8).unwrap();
+    let mut sq = ring.submission();
+    let (mut disk, mut tap, mut deliver) = (None, None, false);
+    let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
+    let t0 = Instant::now();
+    p.plane.tick(t0 + STARTUP_GRACE / 2, &mut sq, &mut dp);
+    assert!(
+        !FtShared::flag(&p.ft.peer_dead),
+        "a starting backup gets the grace"
+    );
+    p.plane.on_sender_event(ack(1), &mut sq, &mut dp, t0);
+    p.plane.tick(t0 + LIVE.timeout, &mut sq, &mut dp);
+    assert!(!FtShared::flag(&p.ft.peer_dead));
+    p.plane.tick(t0 + 2 * LIVE.timeout, &mut sq, &mut dp);
+    assert!(FtShared::flag(&p.ft.peer_dead), "silent past the timeout");
+
+    let mut q = primary();
+    q.plane.on_sender_event(
+        SenderEvent::Closed {
+            reason: ChannelError::PeerClosed,
+        },
+        &mut sq,
+        &mut dp,
+        t0,
+    );
+    assert!(FtShared::flag(&q.ft.peer_dead), "a closed channel at once");
+    assert_eq!(
+        q.plane.gate_tag(2, t0),
+        2,
+        "still held until the arbiter says"
+    );
+    q.ft.set(&q.ft.alone);
+    q.plane.tick(t0, &mut sq, &mut dp);
+    assert_eq!(q.plane.gate_tag(3, t0), 0, "alone: nothing waits");
+    assert!(q.plane.flushed(), "and nothing more is owed to a backup");
+}

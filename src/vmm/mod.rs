@@ -1,8 +1,0 @@
-//! KVM VM and vCPU setup, guest memory, ELF loading, exits.
-
-pub mod elf;
-pub mod exit;
-pub mod fault;
-pub mod runner;
-pub mod tables;
-pub mod vm;

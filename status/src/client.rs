@@ -1,0 +1,94 @@
+//! The client side of `lockstep status`: one `GET /status` over the
+//! minimal HTTP client the etcd arbiter also uses.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::snapshot::StatusSnapshot;
+use crate::http::{self, HttpError};
+
+/// How long one query may take, connect included.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("bad status address {addr:?}: expected HOST:PORT, e.g. 10.99.0.1:7010")]
+    BadAddress { addr: String },
+    #[error(
+        "cannot reach the status endpoint at {addr} (is a lockstep VMM running with --status {addr}?)"
+    )]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: HttpError,
+    },
+    #[error("the status endpoint at {addr} failed")]
+    Exchange {
+        addr: String,
+        #[source]
+        source: HttpError,
+    },
+    #[error("{addr} answered HTTP {status} to GET /status: {body}")]
+    Status {
+        addr: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{addr} answered GET /status with something that is not a lockstep status")]
+    Decode {
+        addr: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Accepts `HOST:PORT`, also written as `http://HOST:PORT[/...]`.
+pub fn normalize_addr(addr: &str) -> Result<String, FetchError> {
+    let bad = || FetchError::BadAddress {
+        addr: addr.to_string(),
+    };
+    let rest = addr.strip_prefix("http://").unwrap_or(addr);
+    let hostport = rest.split('/').next().unwrap_or_default();
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(hostport.to_string())
+}
+
+/// Queries `GET /status` at `addr` and returns the JSON (compact, one line)
+/// and the decoded snapshot.
+pub fn fetch(addr: &str, timeout: Duration) -> Result<(String, StatusSnapshot), FetchError> {
+    let addr = normalize_addr(addr)?;
+    let resp = http::request(&addr, "GET", "/status", None, timeout).map_err(|source| {
+        if source.is_unreachable() {
+            FetchError::Unreachable {
+                addr: addr.clone(),
+                source,
+            }
+        } else {
+            FetchError::Exchange {
+                addr: addr.clone(),
+                source,
+            }
+        }
+    })?;
+    let text = resp.body_text();
+    if resp.status != 200 {
+        return Err(FetchError::Status {
+            addr,
+            status: resp.status,
+            body: text.trim().chars().take(200).collect(),
+        });
+    }
+    // Through a `Value`, so the JSON printed by `--json` keeps fields a
+    // newer VMM may add, and is always one line.
+    let decode = |source| FetchError::Decode {
+        addr: addr.clone(),
+        source,
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(decode)?;
+    let snapshot = StatusSnapshot::deserialize(&value).map_err(decode)?;
+    Ok((value.to_string(), snapshot))
+}

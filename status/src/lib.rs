@@ -1,0 +1,22 @@
+//! What a running VMM shows operators and monitoring: [`StatusCounters`]
+//! that the VMM's threads update with relaxed atomics, a [`StatusServer`]
+//! that serves them as JSON (`GET /status`, [`StatusSnapshot`]) and as
+//! Prometheus text (`GET /metrics`), and the client half of
+//! `lockstep status` with the minimal HTTP/1.1 client it shares with the
+//! etcd arbiter. Field and metric meanings: `docs/operations.md`.
+//!
+//! It depends on no other lockstep crate: the VMM and the FT layer update
+//! the counters, the binary serves and reads them.
+
+pub mod client;
+pub mod counters;
+pub mod http;
+pub mod metrics;
+pub mod rate;
+pub mod server;
+pub mod snapshot;
+pub mod summary;
+
+pub use counters::{Role, StatusCounters};
+pub use server::{ServerError, StatusServer};
+pub use snapshot::StatusSnapshot;

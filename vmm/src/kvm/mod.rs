@@ -1,0 +1,8 @@
+//! KVM setup: the VM and its vCPU, guest memory, the kernel's ELF image,
+//! the system tables the ring-3 guest needs (page tables, GDT, TSS, IDT with
+//! ring-0 fault stubs), and the decoded report of a guest fault.
+
+pub mod elf;
+pub mod fault;
+pub mod tables;
+pub mod vm;
