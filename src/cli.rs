@@ -67,6 +67,19 @@ pub struct FtArgs {
     /// log traffic.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub failure_timeout_ms: u64,
+    /// Primary only: a backup that is heard from but acknowledges nothing
+    /// for this long while log entries wait is failed (default: the
+    /// failure timeout).
+    #[arg(long, value_name = "MS")]
+    pub ack_timeout_ms: Option<u64>,
+    /// Primary only: the output lease. An output leaves only within this
+    /// long after the log entry its backup acknowledged was sent, and a
+    /// backup goes live no sooner than this long after its last ack, so a
+    /// paused or partitioned primary can never release an output once the
+    /// backup serves (default: the failure timeout, which makes a failover
+    /// wait for nothing).
+    #[arg(long, value_name = "MS")]
+    pub lease_ms: Option<u64>,
 }
 
 /// Where a VMM reports on itself.

@@ -24,7 +24,8 @@ pub enum ExitStatus {
     Diverged,
     /// A replay's log ended (cut short) before the recording did.
     LogEnded,
-    /// This side of a pair lost the arbiter: the other side serves.
+    /// This side of a pair lost the arbiter (the other side serves), or the
+    /// arbiter refuses its claim for good (an epoch never begun).
     LostArbiter,
     /// A backup whose logging channel broke while its primary lives on.
     ChannelBroken,
@@ -50,7 +51,8 @@ impl ExitStatus {
 impl From<&StopReason> for ExitStatus {
     fn from(reason: &StopReason) -> Self {
         match reason {
-            StopReason::LostArbiter { .. } => ExitStatus::LostArbiter,
+            // A claim the arbiter refuses for good is lost as surely.
+            StopReason::LostArbiter { .. } | StopReason::NotBegun { .. } => ExitStatus::LostArbiter,
             StopReason::ChannelBroken { .. } => ExitStatus::ChannelBroken,
         }
     }

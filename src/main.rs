@@ -17,6 +17,9 @@ use exit_status::ExitStatus;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Test builds only: the fail points FAILPOINTS names (none otherwise).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use lockstep_ft::arbiter::{
-    self, Arbiter, ArbiterError, Claim, EtcdArbiter, FileArbiter, URI_FORMS,
+    self, Arbiter, ArbiterError, Claim, Claimant, EtcdArbiter, FileArbiter, URI_FORMS,
 };
 
 mod common;
@@ -30,21 +30,40 @@ fn open(uri: &str) -> Box<dyn Arbiter> {
     arbiter::parse(uri).unwrap_or_else(|e| panic!("parse {uri}: {e}"))
 }
 
+/// A claimant named `name`, with a token of its own.
+fn who(name: &str) -> Claimant {
+    Claimant::new(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Begins `epoch` (claims are only for begun epochs).
+fn begun(uri: &str, epoch: u64) {
+    open(uri)
+        .begin(epoch, &who("starter"))
+        .unwrap_or_else(|e| panic!("begin {epoch}: {e}"));
+}
+
 /// `threads` sides, each with its own arbiter instance, claim `epoch` at
 /// the same moment. Returns every answer, by side name.
 fn race_threads(uri: &str, epoch: u64, threads: usize) -> Vec<(String, Claim)> {
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|i| {
+    let names: Vec<String> = (0..threads).map(|i| format!("thread-{i}")).collect();
+    race_named(uri, epoch, &names)
+}
+
+/// One thread per name (names may repeat: each thread has its own token).
+fn race_named(uri: &str, epoch: u64, names: &[String]) -> Vec<(String, Claim)> {
+    let barrier = Arc::new(Barrier::new(names.len()));
+    let handles: Vec<_> = names
+        .iter()
+        .map(|name| {
             let barrier = barrier.clone();
             let arbiter = open(uri);
+            let me = who(name);
             std::thread::spawn(move || {
-                let who = format!("thread-{i}");
                 barrier.wait();
                 let claim = arbiter
-                    .claim(epoch, &who)
-                    .unwrap_or_else(|e| panic!("{who}: claim epoch {epoch}: {e}"));
-                (who, claim)
+                    .claim(epoch, &me)
+                    .unwrap_or_else(|e| panic!("{}: claim epoch {epoch}: {e}", me.name()));
+                (me.name().to_string(), claim)
             })
         })
         .collect();
@@ -135,7 +154,7 @@ fn child_claim() {
     println!("{READY}");
     let mut go = String::new();
     std::io::stdin().read_line(&mut go).expect("wait for go");
-    match arbiter.claim(epoch, name) {
+    match arbiter.claim(epoch, &who(name)) {
         Ok(Claim::Won) => println!("{RESULT} won"),
         Ok(Claim::Lost { winner }) => println!("{RESULT} lost {winner}"),
         Err(e) => println!("{RESULT} error {e}"),
@@ -180,6 +199,7 @@ fn file_threads_race_for_each_epoch() {
     let dir = tempdir();
     let uri = file_uri(dir.path());
     for epoch in 1..=20 {
+        begun(&uri, epoch);
         assert_one_winner(&race_threads(&uri, epoch, 12));
     }
 }
@@ -189,10 +209,13 @@ fn file_processes_race_for_each_epoch() {
     let dir = tempdir();
     let uri = file_uri(dir.path());
     for epoch in 1..=3 {
+        begun(&uri, epoch);
         let results = race_processes(&uri, epoch, 6);
         assert_one_winner(&results);
         // The record names the winner for anyone asking later.
-        let late = open(&uri).claim(epoch, "latecomer").expect("late claim");
+        let late = open(&uri)
+            .claim(epoch, &who("latecomer"))
+            .expect("late claim");
         let winner = results.iter().find(|(_, c)| *c == Claim::Won).map(|r| &r.0);
         assert_eq!(
             Some(&late),
@@ -201,47 +224,58 @@ fn file_processes_race_for_each_epoch() {
     }
 }
 
-#[test]
-fn file_epochs_begin_and_supersede() {
-    let dir = tempdir();
-    let a = open(&file_uri(dir.path()));
+/// The epoch rules every backend keeps (a fresh arbiter at `uri`).
+fn epochs_begin_and_supersede(uri: &str) {
+    let a = open(uri);
+    let (pa, pb, pc) = (who("primary-a"), who("primary-b"), who("primary-c"));
     assert_eq!(a.latest_epoch().expect("latest"), 0);
-    assert_eq!(a.begin_next("primary-a").expect("begin"), 1);
+    assert_eq!(a.begin_next(&pa).expect("begin"), 1);
     assert_eq!(a.latest_epoch().expect("latest"), 1);
     // Begun, never claimed: the next run still gets a higher epoch.
-    assert_eq!(a.begin_next("primary-b").expect("begin"), 2);
+    assert_eq!(a.begin_next(&pb).expect("begin"), 2);
     assert_eq!(a.latest_epoch().expect("latest"), 2);
     // Repeating one's own begin is fine; taking someone else's is not.
-    a.begin(2, "primary-b").expect("idempotent begin");
+    a.begin(2, &pb).expect("idempotent begin");
     assert!(matches!(
-        a.begin(2, "primary-c"),
+        a.begin(2, &pc),
         Err(ArbiterError::EpochTaken { epoch: 2, ref by }) if by == "primary-b"
     ));
     assert!(matches!(
-        a.begin(1, "primary-c"),
+        a.begin(1, &pc),
+        Err(ArbiterError::EpochTaken { .. })
+    ));
+    // The same name is not the same side: another token is another claimant.
+    assert!(matches!(
+        a.begin(2, &who("primary-b")),
         Err(ArbiterError::EpochTaken { .. })
     ));
     // A stale side of epoch 1 can no longer win: epoch 2 has begun.
-    match a.claim(1, "backup-a").expect("stale claim") {
+    match a.claim(1, &who("backup-a")).expect("stale claim") {
         Claim::Lost { winner } => assert!(winner.contains("primary-b"), "{winner}"),
         Claim::Won => panic!("a stale epoch won"),
     }
     // primary-a's own begin of epoch 1 stands.
-    a.begin(1, "primary-a").expect("own begin");
+    a.begin(1, &pa).expect("own begin");
     // The current epoch is claimable, once.
-    assert_eq!(a.claim(2, "backup-b").expect("claim"), Claim::Won);
-    assert_eq!(a.claim(2, "backup-b").expect("retry"), Claim::Won);
+    let bb = who("backup-b");
+    assert_eq!(a.claim(2, &bb).expect("claim"), Claim::Won);
+    assert_eq!(a.claim(2, &bb).expect("retry"), Claim::Won);
     assert_eq!(
-        a.claim(2, "primary-b").expect("claim"),
+        a.claim(2, &pb).expect("claim"),
         Claim::Lost {
             winner: "backup-b".into()
         }
     );
-    // A claim counts as "anyone has claimed": a new run goes above it.
-    assert_eq!(a.claim(5, "x").expect("claim"), Claim::Won);
+    // Only a begun epoch can be claimed: a made-up one is refused.
+    assert!(matches!(
+        a.claim(9, &who("forger")),
+        Err(ArbiterError::NotBegun { epoch: 9 })
+    ));
+    a.begin(5, &who("x")).expect("begin 5");
+    assert_eq!(a.claim(5, &who("y")).expect("claim"), Claim::Won);
     assert_eq!(a.latest_epoch().expect("latest"), 5);
     assert!(matches!(
-        a.begin(4, "y"),
+        a.begin(4, &who("z")),
         Err(ArbiterError::Stale {
             epoch: 4,
             latest: 5
@@ -250,23 +284,84 @@ fn file_epochs_begin_and_supersede() {
 }
 
 #[test]
+fn file_epochs_begin_and_supersede() {
+    let dir = tempdir();
+    epochs_begin_and_supersede(&file_uri(dir.path()));
+}
+
+#[test]
+fn file_two_processes_with_one_name_never_both_win() {
+    let dir = tempdir();
+    let uri = file_uri(dir.path());
+    for epoch in 1..=10 {
+        begun(&uri, epoch);
+        let names = vec!["twin".to_string(); 6];
+        let results = race_named(&uri, epoch, &names);
+        let won = results.iter().filter(|(_, c)| *c == Claim::Won).count();
+        assert_eq!(won, 1, "epoch {epoch}: {results:?}");
+    }
+}
+
+#[test]
+fn file_a_claim_created_but_never_written_does_not_stop_the_survivor() {
+    let dir = tempdir();
+    let uri = file_uri(dir.path());
+    let a = FileArbiter::new(&uri, &format!("{}/arbiter", dir.path().display())).expect("new");
+    begun(&uri, 3);
+    // A claimant of an older build crashed between its create and its
+    // write: an empty record.
+    std::fs::File::create(a.claim_path(3)).expect("create");
+    let survivor = who("survivor");
+    let t = Instant::now();
+    assert_eq!(a.claim(3, &survivor).expect("claim"), Claim::Won);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Everyone agrees afterwards, at once.
+    assert_eq!(
+        a.claim(3, &who("other")).expect("claim"),
+        Claim::Lost {
+            winner: "survivor".into()
+        }
+    );
+    assert_eq!(a.claim(3, &survivor).expect("retry"), Claim::Won);
+    // Two survivors racing past the same void record: one wins.
+    begun(&uri, 4);
+    std::fs::File::create(a.claim_path(4)).expect("create");
+    assert_one_winner(&race_threads(&uri, 4, 6));
+}
+
+#[test]
+fn file_no_epoch_past_the_last() {
+    let dir = tempdir();
+    let uri = file_uri(dir.path());
+    let a = FileArbiter::new(&uri, &format!("{}/arbiter", dir.path().display())).expect("new");
+    std::fs::write(a.begun_path(u64::MAX), "someone 00ff\n").expect("write");
+    assert_eq!(a.latest_epoch().expect("latest"), u64::MAX);
+    assert!(matches!(
+        a.begin_next(&who("p")),
+        Err(ArbiterError::EpochsExhausted)
+    ));
+}
+
+#[test]
 fn file_loser_waits_for_a_winner_mid_write() {
     let dir = tempdir();
     let uri = file_uri(dir.path());
     let a = FileArbiter::new(&uri, &format!("{}/arbiter", dir.path().display())).expect("new");
+    begun(&uri, 3);
     let path = a.claim_path(3);
-    // A winner that has created its record but not yet written its name.
+    // An older build's winner that has created its record but not yet
+    // written its name.
     std::fs::File::create(&path).expect("create");
     let writer = std::thread::spawn({
         let path = path.clone();
         move || {
             std::thread::sleep(Duration::from_millis(200));
-            std::fs::write(&path, "slow-winner\n").expect("write");
+            std::fs::write(&path, "slow-winner 0a0b\n").expect("write");
         }
     });
     let t = Instant::now();
     assert_eq!(
-        a.claim(3, "me").expect("claim"),
+        a.claim(3, &who("me")).expect("claim"),
         Claim::Lost {
             winner: "slow-winner".into()
         }
@@ -280,14 +375,16 @@ fn file_missing_directory_is_an_error_and_is_not_created() {
     let dir = tempdir();
     let missing = dir.path().join("not-mounted");
     let a = open(&format!("file:{}/arbiter", missing.display()));
-    let err = a.claim(1, "me").expect_err("claim without a directory");
+    let err = a
+        .claim(1, &who("me"))
+        .expect_err("claim without a directory");
     assert!(matches!(err, ArbiterError::NoDirectory { .. }), "{err}");
     assert!(err.to_string().contains("not-mounted"), "{err}");
     assert!(a.latest_epoch().is_err());
     assert!(!missing.exists(), "the arbiter created a local directory");
     // PATH itself a directory: refused with a hint.
     let err = open(&format!("file:{}", dir.path().display()))
-        .claim(1, "me")
+        .claim(1, &who("me"))
         .expect_err("PATH is a directory");
     assert!(err.to_string().contains("is a directory"), "{err}");
 }
@@ -301,12 +398,17 @@ fn etcd_threads_and_processes_race() {
     let etcd = Etcd::start();
     let uri = etcd.uri("lockstep/race");
     for epoch in 1..=10 {
+        begun(&uri, epoch);
         assert_one_winner(&race_threads(&uri, epoch, 8));
     }
     for epoch in 11..=12 {
+        begun(&uri, epoch);
         assert_one_winner(&race_processes(&uri, epoch, 5));
     }
-    assert_eq!(open(&uri).latest_epoch().expect("latest"), 12);
+    begun(&uri, 13);
+    let twins = race_named(&uri, 13, &vec!["twin".to_string(); 5]);
+    assert_eq!(twins.iter().filter(|(_, c)| *c == Claim::Won).count(), 1);
+    assert_eq!(open(&uri).latest_epoch().expect("latest"), 13);
     // Another KEY is another arbiter.
     assert_eq!(
         open(&etcd.uri("lockstep/other"))
@@ -319,48 +421,12 @@ fn etcd_threads_and_processes_race() {
 #[test]
 fn etcd_epochs_begin_and_supersede() {
     let etcd = Etcd::start();
-    let a = open(&etcd.uri("vm1"));
-    assert_eq!(a.latest_epoch().expect("latest"), 0);
-    assert_eq!(a.begin_next("primary-a").expect("begin"), 1);
-    assert_eq!(a.begin_next("primary-b").expect("begin"), 2);
-    assert_eq!(a.latest_epoch().expect("latest"), 2);
-    a.begin(2, "primary-b").expect("idempotent begin");
-    assert!(matches!(
-        a.begin(2, "primary-c"),
-        Err(ArbiterError::EpochTaken { epoch: 2, ref by }) if by == "primary-b"
-    ));
-    a.begin(3, "late").expect("begin 3");
-    assert!(matches!(
-        a.begin(1, "stale"),
-        Err(ArbiterError::EpochTaken { .. })
-    ));
-    assert_eq!(a.latest_epoch().expect("latest"), 3);
-    match a.claim(2, "backup-b").expect("stale claim") {
-        Claim::Lost { winner } => assert!(winner.contains("late"), "{winner}"),
-        Claim::Won => panic!("a stale epoch won"),
-    }
-    assert_eq!(a.claim(3, "backup-c").expect("claim"), Claim::Won);
-    assert_eq!(a.claim(3, "backup-c").expect("retry"), Claim::Won);
-    assert_eq!(
-        a.claim(3, "primary-c").expect("claim"),
-        Claim::Lost {
-            winner: "backup-c".into()
-        }
-    );
-    assert_eq!(a.claim(7, "x").expect("claim"), Claim::Won);
-    assert_eq!(a.latest_epoch().expect("latest"), 7);
-    assert!(matches!(
-        a.begin(6, "y"),
-        Err(ArbiterError::Stale {
-            epoch: 6,
-            latest: 7
-        })
-    ));
+    epochs_begin_and_supersede(&etcd.uri("vm1"));
     // A second endpoint that is down does not matter while the first
     // answers, and the order does not matter either.
     let dead = format!("127.0.0.1:{}", common::etcd::free_port());
     let both = open(&format!("etcd://{dead},{}/vm1", etcd.client_addr()));
-    assert_eq!(both.latest_epoch().expect("latest via second endpoint"), 7);
+    assert_eq!(both.latest_epoch().expect("latest via second endpoint"), 5);
 }
 
 #[test]
@@ -368,10 +434,10 @@ fn etcd_unreachable_means_no_win() {
     let etcd = Etcd::start();
     let uri = etcd.uri("vm2");
     let a = open(&uri);
-    assert_eq!(a.begin_next("p").expect("begin"), 1);
+    assert_eq!(a.begin_next(&who("p")).expect("begin"), 1);
     drop(etcd);
     let t = Instant::now();
-    let err = a.claim(1, "b").expect_err("claim with etcd gone");
+    let err = a.claim(1, &who("b")).expect_err("claim with etcd gone");
     assert!(
         matches!(err, ArbiterError::Unreachable { .. }),
         "{err}: {:?}",
@@ -388,7 +454,7 @@ fn etcd_unreachable_means_no_win() {
         .with_timeout(Duration::from_millis(300));
     let t = Instant::now();
     let err = slow
-        .claim(1, "b")
+        .claim(1, &who("b"))
         .expect_err("claim against a silent server");
     assert!(matches!(err, ArbiterError::Unreachable { .. }), "{err}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
@@ -439,14 +505,15 @@ fn bad_uris_are_refused_with_the_grammar() {
 fn bad_names_and_epoch_zero_are_refused() {
     let dir = tempdir();
     let a = open(&file_uri(dir.path()));
-    for who in ["", "two\nlines", &"x".repeat(256)] {
+    for name in ["", "two\nlines", &"x".repeat(256)] {
         assert!(
-            matches!(a.claim(1, who), Err(ArbiterError::BadName { .. })),
-            "{who:?}"
+            matches!(Claimant::new(name), Err(ArbiterError::BadName { .. })),
+            "{name:?}"
         );
     }
-    assert!(matches!(a.claim(0, "me"), Err(ArbiterError::EpochZero)));
-    assert!(matches!(a.begin(0, "me"), Err(ArbiterError::EpochZero)));
+    let me = who("me");
+    assert!(matches!(a.claim(0, &me), Err(ArbiterError::EpochZero)));
+    assert!(matches!(a.begin(0, &me), Err(ArbiterError::EpochZero)));
     // Nothing was recorded by the refused calls.
     assert_eq!(a.latest_epoch().expect("latest"), 0);
 }

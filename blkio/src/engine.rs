@@ -15,10 +15,11 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use ioengine::{OutputGate, user_data, user_data_id, user_data_tag};
+use ioengine::{Lease, OutputGate, user_data, user_data_id, user_data_tag};
 
 use crate::BlkError;
 use crate::buf::AlignedBuf;
@@ -142,10 +143,11 @@ impl DiskEngine {
 
     /// Writes waiting for the output gate.
     pub fn held_writes(&self) -> usize {
+        let now = Instant::now();
         self.order
             .iter()
             .filter_map(|s| self.op(*s))
-            .filter(|op| op.state == State::Waiting && self.gate_holds(op))
+            .filter(|op| op.state == State::Waiting && self.gate_holds(op, now))
             .count()
     }
 
@@ -161,6 +163,20 @@ impl DiskEngine {
         self.gate.set_drop_outputs(drop);
     }
 
+    /// The side's output lease: no write starts once it has run out
+    /// (checked when its SQE is pushed), whatever has been released.
+    pub fn set_lease(&mut self, lease: Lease, sq: &mut squeue::SubmissionQueue<'_>) {
+        self.gate.set_lease(lease);
+        self.pump(sq);
+    }
+
+    /// A side that lost: writes not started complete without reaching the
+    /// disk, for good (writes already in the ring finish).
+    pub fn revoke(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        self.gate.revoke();
+        self.pump(sq);
+    }
+
     /// The log is acked up to `acked_seq`: writes tagged with a `gate_seq`
     /// at or below it may go to the disk.
     pub fn release(&mut self, acked_seq: u64, sq: &mut squeue::SubmissionQueue<'_>) {
@@ -173,10 +189,10 @@ impl DiskEngine {
         self.slots.get(slot as usize).and_then(Option::as_ref)
     }
 
-    fn gate_holds(&self, op: &Op) -> bool {
+    fn gate_holds(&self, op: &Op, now: Instant) -> bool {
         matches!(op.work, Work::Write { .. })
             && !self.gate.drop_outputs()
-            && !self.gate.is_open(op.gate_seq)
+            && (!self.gate.is_open(op.gate_seq) || !self.gate.lease_valid(now))
     }
 
     /// Accepts a request. `gate_seq` is the log sequence number current
@@ -258,13 +274,17 @@ impl DiskEngine {
     /// Starts every waiting request that may start, in take order, until
     /// the submission queue is full.
     pub fn pump(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        // The lease is judged here, as the SQEs are pushed: the last step
+        // before the kernel has the write.
+        let now = Instant::now();
         for i in 0..self.order.len() {
             let slot = self.order[i];
             let Some(op) = self.op(slot) else { continue };
             let start = match op.state {
                 State::InRing { .. } => false,
-                State::Retry => true,
-                State::Waiting => self.may_start(i, op),
+                // The rest of a short write is an output too.
+                State::Retry => !self.gate_holds(op, now),
+                State::Waiting => self.may_start(i, op, now),
             };
             if start && !self.push_sqe(slot, sq) {
                 break;
@@ -272,8 +292,8 @@ impl DiskEngine {
         }
     }
 
-    fn may_start(&self, pos: usize, op: &Op) -> bool {
-        if self.gate_holds(op) {
+    fn may_start(&self, pos: usize, op: &Op, now: Instant) -> bool {
+        if self.gate_holds(op, now) {
             return false;
         }
         !self

@@ -34,4 +34,4 @@ pub use request::{
 pub use serial::Footprint;
 
 /// The engines' shared `user_data` layout and output gate.
-pub use ioengine::{OutputGate, user_data_tag};
+pub use ioengine::{Lease, OutputGate, user_data_tag};

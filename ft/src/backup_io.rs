@@ -98,13 +98,13 @@ impl BackupIo {
         else {
             return Err(BackupError::HandOverFailed);
         };
-        let last_ack = FtShared::load(&self.ft.ack_sent);
+        let released = FtShared::load(&self.ft.primary_released);
         let mut live = go_live::take_over(
             *replay,
             io,
             self.shared.clone(),
             self.announce,
-            last_ack,
+            released,
             req.exit_index,
         )?;
         let outcome = live.sync(mem, req);
@@ -131,6 +131,7 @@ impl SyncIo for BackupIo {
         mem: &GuestMemoryMmap,
         req: &SyncRequest,
     ) -> Result<SyncOutcome, BackupError> {
+        fail::fail_point!("replay-slow");
         let (replay, _) = match &mut self.serving {
             Serving::Live(live) => return Ok(live.sync(mem, req)?),
             Serving::Replay(replay, io) => (replay, io),

@@ -5,6 +5,18 @@
 //! is not a dead peer: the backup can no longer follow a primary that lives
 //! on, and must not take over from it.
 //!
+//! A peer that is alive but makes no progress is failed too: the primary
+//! watches its backup's acks, and a backup that acknowledges nothing for
+//! the ack timeout while log entries wait is as good as gone (its
+//! heartbeats alone would otherwise hold every output forever).
+//!
+//! Time this side itself did not run (a pause, a starved thread) is not
+//! held against the peer: a gap between two looks longer than half the
+//! timeout is forgiven, so a side that wakes from a stop first takes in
+//! what arrived meanwhile instead of declaring its peer dead on stale
+//! evidence. Safety never depends on this (the lease and the arbiter do
+//! that); it only spares a needless failover.
+//!
 //! The monitor only judges; the plane feeds it evidence, and the supervisor
 //! acts on its verdict through the arbiter.
 
@@ -20,7 +32,12 @@ pub const STARTUP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Liveness {
     pub period: Duration,
+    /// Silence (no heartbeat, no channel traffic) after which the peer is
+    /// dead.
     pub timeout: Duration,
+    /// Primary: how long a backup that is heard from may acknowledge
+    /// nothing while log entries wait before it is failed.
+    pub ack_timeout: Duration,
 }
 
 /// What the evidence says about the peer.
@@ -34,6 +51,9 @@ pub enum Verdict {
     /// The channel closed more than a timeout ago, but the peer's
     /// heartbeats still arrive: it lives on without this side.
     ChannelBroken,
+    /// Alive, but it has acknowledged nothing for this long while log
+    /// entries were outstanding.
+    NoProgress { for_: Duration },
 }
 
 /// The evidence about one peer.
@@ -43,16 +63,52 @@ pub struct FailureMonitor {
     timeout: Duration,
     /// When the logging channel closed without the peer ending the run.
     closed_at: Option<Instant>,
+    /// The ack timeout, and since when the acks have made no progress
+    /// (reset by every ack that moves, and while nothing is outstanding).
+    ack_timeout: Duration,
+    progress_at: Instant,
+    /// The last time this side looked.
+    looked_at: Instant,
 }
 
 impl FailureMonitor {
-    /// Starts watching at `now`.
+    /// Starts watching at `now`; an ack timeout as long as `timeout`.
     pub fn new(timeout: Duration, now: Instant) -> Self {
         FailureMonitor {
             detector: FailureDetector::new(timeout, now),
             timeout,
             closed_at: None,
+            ack_timeout: timeout,
+            progress_at: now,
+            looked_at: now,
         }
+    }
+
+    /// The same with an ack timeout of its own.
+    pub fn with_ack_timeout(mut self, ack_timeout: Duration) -> Self {
+        self.ack_timeout = ack_timeout;
+        self
+    }
+
+    /// This side looks at `now`: a gap since the last look longer than half
+    /// the timeout was this side's own stall, and is not counted as the
+    /// peer's silence or lack of progress.
+    pub fn look(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.looked_at);
+        self.looked_at = now;
+        if gap <= self.timeout / 2 {
+            return;
+        }
+        if self.detector.ever_heard() {
+            let last = self.detector.deadline() - self.timeout;
+            self.detector.heard(last + gap);
+        }
+        self.progress_at += gap;
+    }
+
+    /// The acks moved forward at `now` (or nothing is outstanding).
+    pub fn progress(&mut self, now: Instant) {
+        self.progress_at = self.progress_at.max(now);
     }
 
     /// A sign of life: a heartbeat, an ack, log entries.
@@ -68,6 +124,21 @@ impl FailureMonitor {
     /// Time since the last sign of life.
     pub fn silent_for(&self, now: Instant) -> Duration {
         self.detector.silent_for(now)
+    }
+
+    /// The verdict at `now`, with log entries outstanding or not.
+    pub fn verdict_with(&self, now: Instant, outstanding: bool) -> Verdict {
+        match self.verdict(now) {
+            Verdict::Alive if outstanding => {
+                let for_ = now.saturating_duration_since(self.progress_at);
+                if for_ > self.ack_timeout && self.detector.ever_heard() {
+                    Verdict::NoProgress { for_ }
+                } else {
+                    Verdict::Alive
+                }
+            }
+            v => v,
+        }
     }
 
     /// The verdict at `now`.
@@ -122,6 +193,46 @@ mod tests {
             m.verdict(t0 + STARTUP_GRACE + T),
             Verdict::Dead { .. }
         ));
+    }
+
+    #[test]
+    fn a_live_peer_that_acks_nothing_is_failed_after_the_ack_timeout() {
+        let t0 = Instant::now();
+        let mut m = FailureMonitor::new(T, t0).with_ack_timeout(2 * T);
+        m.heard(t0);
+        m.progress(t0);
+        let t1 = t0 + 3 * T;
+        m.look(t0 + T / 4);
+        m.heard(t1); // heartbeats go on
+        assert_eq!(m.verdict_with(t1, false), Verdict::Alive, "nothing owed");
+        assert!(matches!(
+            m.verdict_with(t1, true),
+            Verdict::NoProgress { for_ } if for_ == 3 * T
+        ));
+        m.progress(t1);
+        assert_eq!(m.verdict_with(t1, true), Verdict::Alive);
+    }
+
+    #[test]
+    fn this_sides_own_stall_is_not_the_peers_silence() {
+        let t0 = Instant::now();
+        let mut m = FailureMonitor::new(T, t0);
+        m.heard(t0);
+        m.look(t0);
+        let woke = t0 + 10 * T;
+        m.look(woke);
+        assert_eq!(
+            m.verdict(woke),
+            Verdict::Alive,
+            "a stopped side forgives itself"
+        );
+        assert_eq!(m.verdict_with(woke, true), Verdict::Alive);
+        let later = woke + T + Duration::from_millis(1);
+        m.look(woke + T / 2);
+        assert!(
+            matches!(m.verdict(later), Verdict::Dead { .. }),
+            "but silence after it counts"
+        );
     }
 
     #[test]

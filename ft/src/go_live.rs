@@ -18,7 +18,6 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lockstep_status::Role;
 use lockstep_vmm::dataplane::io_thread::{IoChannels, ToIo};
@@ -27,10 +26,6 @@ use lockstep_vmm::dataplane::plane::Dataplane;
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::devices::clock::VirtualClock;
 use lockstep_vmm::replay::replayer::ReplayIo;
-
-/// Frames taken this recently before go-live are sent again even if their
-/// tags were acknowledged (the primary may have died before sending them).
-pub const RESEND_WINDOW: Duration = Duration::from_millis(50);
 
 /// What the backup knows about the guest's address, for the gratuitous ARP.
 #[derive(Clone, Copy, Debug)]
@@ -46,15 +41,17 @@ pub fn outputs_become_real(dp: &mut Dataplane<'_>) {
     dp.set_drop_outputs(false);
 }
 
-/// The vCPU thread's part (steps 3–6), at sync exit `exit` where the
-/// received log ran out. `last_ack` is the highest log position the backup
-/// acknowledged: outputs tagged above it cannot have left the old primary.
+/// The vCPU thread's part (steps 3–6), at sync exit `exit` where the log
+/// reached the backup's cut. `primary_released` is the last release
+/// watermark the primary announced (in its heartbeats): frames tagged above
+/// it may not have left the primary, and are sent again (TCP drops a
+/// duplicate); every other frame did leave, or is lost like any packet.
 pub fn take_over(
     replay: ReplayIo,
     mut io: IoChannels,
     shared: Arc<VmShared>,
     announce: Option<Announce>,
-    last_ack: u64,
+    primary_released: u64,
     exit: u64,
 ) -> Result<LiveIo, LiveError> {
     let parts = replay.into_live_parts();
@@ -70,7 +67,7 @@ pub fn take_over(
     if !sent {
         return Err(LiveError::IoThreadGone);
     }
-    let mut frames = parts.recent.unsent(last_ack, RESEND_WINDOW);
+    let mut frames = parts.recent.unsent(primary_released);
     let reissued = parts.inflight.len();
     tracing::info!(
         exit,
@@ -83,6 +80,7 @@ pub fn take_over(
     let mut requests = parts.inflight;
     requests.extend(parts.current.requests);
     live.queue_outputs(frames, requests);
+    live.queue_events(parts.events);
     shared.status.set_role(Role::PrimaryAlone);
     Ok(live)
 }

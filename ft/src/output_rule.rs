@@ -12,20 +12,45 @@
 //! * **release** ([`OutputRule::on_ack`]): an ack for `acked` moves the
 //!   release watermark to `acked`; the plane passes it to the engines'
 //!   gates, which let out everything tagged up to it, in order.
+//! * **the lease** (fencing, `docs/failover.md`): an ack also renews the
+//!   primary's lease, to the moment the acked entry was sent plus the lease
+//!   length, less a margin. The engines let nothing out once it has run
+//!   out ([`ioengine::Lease`], checked at the last step), and the backup
+//!   goes live no sooner than its last ack plus the same length — so a
+//!   primary that was paused, partitioned or left behind can no longer
+//!   release anything by the time another side serves.
 //! * **opening for good** ([`OutputRule::open_for_good`]): a primary whose
 //!   backup is gone, and who won the arbiter, continues alone: nothing
-//!   waits any more.
+//!   waits any more, and no lease is needed.
 //!
 //! It also measures what the rule costs: the time from an output reaching
 //! its gate to its release (`lockstep status`, the stop log line).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use ioengine::Lease;
 
 /// Longest added latency the histogram records exactly (60 s, in µs).
 const MAX_RECORDED_US: u64 = 60_000_000;
+
+/// What the primary takes off its lease: clocks of two hosts that run at
+/// rates up to 1 % apart (NTP keeps them within 0.05 %), and the few
+/// microseconds between the engine's check and the kernel taking the
+/// output.
+pub fn lease_margin(lease: Duration) -> Duration {
+    lease / 100 + Duration::from_micros(500)
+}
+
+/// What an ack changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckEffect {
+    /// The new release watermark, if it moved.
+    pub released: Option<u64>,
+    /// The new lease, if it moved.
+    pub lease: Option<Instant>,
+}
 
 /// The primary's output rule.
 pub struct OutputRule {
@@ -33,23 +58,25 @@ pub struct OutputRule {
     open: bool,
     /// Everything tagged up to here may leave.
     released: u64,
+    /// The lease length, and until when the lease runs (an instant in the
+    /// past at start: nothing leaves before the backup's first ack).
+    lease_len: Duration,
+    lease_until: Instant,
     /// Tags waiting, with when they reached the gate, oldest first.
     held: VecDeque<(u64, Instant)>,
     /// Added latency in µs, per output released.
     added: Histogram<u64>,
 }
 
-impl Default for OutputRule {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl OutputRule {
-    pub fn new() -> Self {
+    /// A rule whose lease lasts `lease_len` from the sending of each acked
+    /// entry.
+    pub fn new(lease_len: Duration) -> Self {
         OutputRule {
             open: false,
             released: 0,
+            lease_len,
+            lease_until: Instant::now(),
             held: VecDeque::new(),
             added: Histogram::new_with_bounds(1, MAX_RECORDED_US, 3).unwrap_or_else(|_| {
                 Histogram::new(3).expect("a histogram with 3 significant digits")
@@ -67,13 +94,28 @@ impl OutputRule {
         seq
     }
 
-    /// The backup has acknowledged the log up to `acked`: returns the new
-    /// release watermark if it moved (the caller releases the gates).
-    pub fn on_ack(&mut self, acked: u64, now: Instant) -> Option<u64> {
+    /// The backup has acknowledged the log up to `acked`, whose entry was
+    /// sent at `sent_at`: the watermark and the lease move (the caller
+    /// passes both to the gates). The lease counts from the sending, never
+    /// from the ack's arrival: an ack that waited in a socket while this
+    /// process was stopped renews nothing.
+    pub fn on_ack(&mut self, acked: u64, sent_at: Option<Instant>, now: Instant) -> AckEffect {
+        let mut effect = AckEffect {
+            released: None,
+            lease: None,
+        };
+        if let Some(sent) = sent_at {
+            let until = sent + self.lease_len.saturating_sub(lease_margin(self.lease_len));
+            if until > self.lease_until {
+                self.lease_until = until;
+                effect.lease = Some(until);
+            }
+        }
         if acked <= self.released {
-            return None;
+            return effect;
         }
         self.released = acked;
+        effect.released = Some(acked);
         while self.held.front().is_some_and(|(seq, _)| *seq <= acked) {
             if let Some((_, since)) = self.held.pop_front() {
                 let us = now.saturating_duration_since(since).as_micros();
@@ -82,7 +124,21 @@ impl OutputRule {
                     .record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
             }
         }
-        Some(acked)
+        effect
+    }
+
+    /// The lease the gates must honour now.
+    pub fn lease(&self) -> Lease {
+        if self.open {
+            Lease::Unbounded
+        } else {
+            Lease::Until(self.lease_until)
+        }
+    }
+
+    /// Whether outputs may leave at `now` as far as the lease goes.
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        self.open || now < self.lease_until
     }
 
     /// The primary continues alone: every held output may leave, and every
@@ -129,29 +185,25 @@ impl OutputRule {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    const LEASE: Duration = Duration::from_millis(50);
 
     #[test]
     fn an_output_waits_for_its_own_entry_and_no_longer() {
         let t0 = Instant::now();
-        let mut rule = OutputRule::new();
+        let mut rule = OutputRule::new(LEASE);
         assert_eq!(rule.tag(0, t0), 0, "no log entry: leaves at once");
         assert_eq!(rule.tag(5, t0), 5);
         assert_eq!(rule.tag(9, t0), 9);
         assert_eq!(rule.held(), 2);
-        assert_eq!(rule.on_ack(4, t0), Some(4), "the watermark moves");
+        assert_eq!(rule.on_ack(4, Some(t0), t0).released, Some(4));
         assert_eq!(rule.held(), 2, "nothing is released below its tag");
         let later = t0 + Duration::from_micros(250);
-        assert_eq!(rule.on_ack(5, later), Some(5));
+        assert_eq!(rule.on_ack(5, Some(t0), later).released, Some(5));
         assert_eq!(rule.held(), 1);
-        assert_eq!(
-            rule.on_ack(5, later),
-            None,
-            "a repeated ack changes nothing"
-        );
-        assert_eq!(rule.on_ack(3, later), None, "acks never go back");
+        assert_eq!(rule.on_ack(5, Some(t0), later).released, None, "repeated");
+        assert_eq!(rule.on_ack(3, Some(t0), later).released, None, "never back");
         assert_eq!(rule.released(), 5);
         assert_eq!(rule.tag(2, later), 0, "already acked: leaves at once");
         assert!(
@@ -161,14 +213,37 @@ mod tests {
     }
 
     #[test]
+    fn the_lease_counts_from_the_sending_and_never_shrinks() {
+        let mut rule = OutputRule::new(LEASE);
+        let t0 = Instant::now();
+        assert!(!rule.lease_valid(t0), "nothing leaves before the first ack");
+        let effect = rule.on_ack(1, Some(t0), t0 + Duration::from_millis(1));
+        let until = t0 + LEASE - lease_margin(LEASE);
+        assert_eq!(effect.lease, Some(until));
+        assert_eq!(rule.lease(), Lease::Until(until));
+        assert!(rule.lease_valid(until - Duration::from_micros(1)));
+        assert!(!rule.lease_valid(until), "expired at its end");
+        // An ack that waited while this side was stopped: its entry was
+        // sent long ago, so it renews nothing.
+        let effect = rule.on_ack(2, Some(t0), t0 + 10 * LEASE);
+        assert_eq!(effect.lease, None);
+        assert_eq!(effect.released, Some(2), "the watermark still moves");
+        assert!(!rule.lease_valid(t0 + 10 * LEASE));
+        assert_eq!(rule.on_ack(3, None, t0).lease, None, "nothing sent");
+        assert!(lease_margin(LEASE) >= Duration::from_micros(500));
+    }
+
+    #[test]
     fn alone_nothing_waits_any_more() {
         let t0 = Instant::now();
-        let mut rule = OutputRule::new();
+        let mut rule = OutputRule::new(LEASE);
         assert_eq!(rule.tag(7, t0), 7);
         assert!(rule.open_for_good());
         assert!(!rule.open_for_good(), "only the first time");
         assert!(rule.is_open());
         assert_eq!(rule.held(), 0);
         assert_eq!(rule.tag(8, t0), 0);
+        assert_eq!(rule.lease(), Lease::Unbounded);
+        assert!(rule.lease_valid(t0 + 1000 * LEASE));
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::Thread;
+use std::time::Instant;
 
 /// Shared by the vCPU thread, the I/O thread and the main thread.
 #[derive(Default)]
@@ -17,6 +18,20 @@ pub struct FtShared {
     pub replayed_exit: AtomicU64,
     /// Backup: the highest `acked_seq` it has sent to the primary.
     pub ack_sent: AtomicU64,
+    /// Backup: it suspected its primary and stopped acking; the log it
+    /// replays ends at `cut_seq`, the highest seq any of its acks covered
+    /// (everything the primary may have seen acknowledged, nothing more).
+    pub cut: AtomicBool,
+    pub cut_seq: AtomicU64,
+    /// Backup: no output of its may leave before this instant, when the
+    /// primary's lease is over for certain (its last ack + the lease).
+    pub live_not_before: Mutex<Option<Instant>>,
+    /// Backup: the primary's release watermark, from its heartbeats:
+    /// outputs tagged above it may not have left the primary.
+    pub primary_released: AtomicU64,
+    /// This side lost the arbiter: nothing it holds, or produces later,
+    /// may leave (the I/O thread revokes its gates).
+    pub fenced: AtomicBool,
     /// The I/O thread's verdict: the peer is gone (timeouts or a closed
     /// channel).
     pub peer_dead: AtomicBool,
@@ -63,6 +78,25 @@ impl FtShared {
             n.get_or_insert_with(|| why.into());
         }
         self.wake_main();
+    }
+
+    /// Records the backup's cut and when it may go live.
+    pub fn set_cut(&self, seq: u64, live_not_before: Instant) {
+        if let Ok(mut t) = self.live_not_before.lock() {
+            *t = Some(live_not_before);
+        }
+        self.cut_seq.store(seq, Ordering::Release);
+        self.set(&self.cut);
+    }
+
+    /// The cut, once the backup has made it.
+    pub fn cut_at(&self) -> Option<u64> {
+        Self::flag(&self.cut).then(|| Self::load(&self.cut_seq))
+    }
+
+    /// When the backup may go live (`None` before the cut).
+    pub fn live_not_before(&self) -> Option<Instant> {
+        self.live_not_before.lock().ok().and_then(|t| *t)
     }
 
     pub fn note_text(&self) -> Option<String> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lockstep_status::{Role, StatusCounters};
 use lockstep_vmm::dataplane::shared::VmShared;
 
-use crate::arbiter::{Arbiter, Claim};
+use crate::arbiter::{Arbiter, ArbiterError, Claim, Claimant};
 use crate::shared::FtShared;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,18 +38,32 @@ pub enum StopReason {
         "the logging channel broke ({note}) while the primary is still alive: this backup can no longer follow it and will not take over"
     )]
     ChannelBroken { note: String },
+    /// The arbiter refuses the claim for good: the epoch was never begun.
+    #[error("the arbiter refuses this side's claim: {why}")]
+    NotBegun { why: String },
 }
 
 pub struct Supervisor {
     pub side: Side,
     arbiter: Box<dyn Arbiter>,
     pub epoch: u64,
-    name: String,
+    who: Claimant,
     ft: Arc<FtShared>,
-    decided: bool,
+    state: State,
     last_arbiter_error: Option<Instant>,
     /// When the peer was declared dead and when the arbiter answered.
     pub failover: Option<(Instant, Instant)>,
+}
+
+/// Where the supervisor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// The peer is heard from (or the verdict not acted on yet).
+    Watching,
+    /// The arbiter was won; a backup waits for the primary's lease to end.
+    Won,
+    /// Nothing more to decide.
+    Done,
 }
 
 impl Supervisor {
@@ -57,30 +71,45 @@ impl Supervisor {
         side: Side,
         arbiter: Box<dyn Arbiter>,
         epoch: u64,
-        name: String,
+        who: Claimant,
         ft: Arc<FtShared>,
     ) -> Self {
         Supervisor {
             side,
             arbiter,
             epoch,
-            name,
+            who,
             ft,
-            decided: false,
+            state: State::Watching,
             last_arbiter_error: None,
             failover: None,
+        }
+    }
+
+    fn peer(&self) -> &'static str {
+        match self.side {
+            Side::Primary => "backup",
+            Side::Backup => "primary",
         }
     }
 
     /// Looks at what the I/O thread found; called from the main thread's
     /// wait loop (it is unparked when something happens).
     pub fn poll(&mut self, shared: &VmShared) -> Option<StopReason> {
-        if self.decided {
-            return None;
+        match self.state {
+            State::Done => None,
+            State::Won => {
+                self.go_live_when_the_lease_is_over(shared);
+                None
+            }
+            State::Watching => self.watch(shared),
         }
+    }
+
+    fn watch(&mut self, shared: &VmShared) -> Option<StopReason> {
         let note = || self.ft.note_text().unwrap_or_default();
         if self.side == Side::Backup && FtShared::flag(&self.ft.channel_broken) {
-            self.decided = true;
+            self.state = State::Done;
             return Some(StopReason::ChannelBroken { note: note() });
         }
         if !FtShared::flag(&self.ft.peer_dead) || FtShared::flag(&self.ft.stream_ended) {
@@ -88,14 +117,11 @@ impl Supervisor {
         }
         let dead_at = Instant::now();
         StatusCounters::set(&shared.status.epoch, self.epoch);
-        let peer = match self.side {
-            Side::Primary => "backup",
-            Side::Backup => "primary",
-        };
-        match self.arbiter.claim(self.epoch, &self.name) {
+        fail::fail_point!("claim-delay");
+        match self.arbiter.claim(self.epoch, &self.who) {
             Ok(Claim::Won) => {
-                self.decided = true;
                 self.failover = Some((dead_at, Instant::now()));
+                StatusCounters::add(&shared.status.failovers, 1);
                 match self.side {
                     Side::Backup => {
                         shared.status.set_role(Role::GoingLive);
@@ -104,9 +130,8 @@ impl Supervisor {
                             note(),
                             self.epoch
                         );
-                        self.ft
-                            .go_live
-                            .store(true, std::sync::atomic::Ordering::Release);
+                        self.state = State::Won;
+                        self.go_live_when_the_lease_is_over(shared);
                     }
                     Side::Primary => {
                         shared.status.set_role(Role::PrimaryAlone);
@@ -115,24 +140,22 @@ impl Supervisor {
                             note(),
                             self.epoch
                         );
-                        self.ft
-                            .alone
-                            .store(true, std::sync::atomic::Ordering::Release);
+                        self.ft.set(&self.ft.alone);
                         shared.stop_logging();
+                        self.state = State::Done;
                     }
                 }
-                StatusCounters::add(&shared.status.failovers, 1);
                 shared.wake_vcpu();
                 None
             }
-            Ok(Claim::Lost { winner }) => {
-                self.decided = true;
-                Some(StopReason::LostArbiter {
-                    peer,
-                    note: note(),
-                    winner,
-                    epoch: self.epoch,
-                })
+            Ok(Claim::Lost { winner }) => Some(self.lose(StopReason::LostArbiter {
+                peer: self.peer(),
+                note: note(),
+                winner,
+                epoch: self.epoch,
+            })),
+            Err(e @ ArbiterError::NotBegun { .. }) => {
+                Some(self.lose(StopReason::NotBegun { why: e.to_string() }))
             }
             Err(e) => {
                 // Without the arbiter this side may not act: keep trying.
@@ -141,12 +164,35 @@ impl Supervisor {
                     .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
                 {
                     tracing::error!(
-                        "the {peer} is unreachable and the arbiter cannot be reached ({e}); retrying"
+                        "the {} is unreachable and the arbiter cannot be reached ({e}); retrying",
+                        self.peer()
                     );
                     self.last_arbiter_error = Some(Instant::now());
                 }
                 None
             }
+        }
+    }
+
+    /// This side may not serve: it is fenced before it stops, so nothing
+    /// it holds leaves on the way out.
+    fn lose(&mut self, reason: StopReason) -> StopReason {
+        self.state = State::Done;
+        self.ft.set(&self.ft.fenced);
+        reason
+    }
+
+    /// A backup that won goes live once the primary's lease, counted from
+    /// the backup's last ack, is over for certain.
+    fn go_live_when_the_lease_is_over(&mut self, shared: &VmShared) {
+        let ready = self
+            .ft
+            .live_not_before()
+            .is_none_or(|t| Instant::now() >= t);
+        if ready {
+            self.ft.set(&self.ft.go_live);
+            self.state = State::Done;
+            shared.wake_vcpu();
         }
     }
 }

@@ -13,15 +13,40 @@
 //! its own tag is released, so an output is never overtaken by a later one
 //! even if tags are not monotonic. An engine that orders its work itself
 //! (the disk engine's IO serialization) uses only the watermark.
+//!
+//! **The lease** (an FT primary's fencing, `docs/failover.md`): besides the
+//! watermark, nothing leaves once the side's lease has run out, however far
+//! the watermark is. The engine asks [`OutputGate::lease_valid`] with the
+//! time of the very step that hands an output to the kernel, so a process
+//! that was paused, or that lost its backup, finds out there, at the last
+//! step, before anything queued while it slept can leave. A VM alone (no
+//! pair) has no lease to honour: [`Lease::Unbounded`].
+//!
+//! **Revocation** (a side that lost the arbiter): everything held is
+//! dropped and every later output completes without leaving the host.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
-/// Outputs waiting to be released, oldest first, and the release watermark.
+/// Until when outputs may leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// No lease to honour (no pair, a primary alone, a backup gone live).
+    Unbounded,
+    /// Only before this instant (an FT primary: renewed by its backup's
+    /// acks); an instant in the past holds everything.
+    Until(Instant),
+}
+
+/// Outputs waiting to be released, oldest first, the release watermark,
+/// and the lease.
 #[derive(Debug)]
 pub struct OutputGate<T = ()> {
     held: VecDeque<(u64, T)>,
     released: u64,
+    lease: Lease,
     drop_outputs: bool,
+    revoked: bool,
 }
 
 impl<T> Default for OutputGate<T> {
@@ -29,7 +54,9 @@ impl<T> Default for OutputGate<T> {
         OutputGate {
             held: VecDeque::new(),
             released: 0,
+            lease: Lease::Unbounded,
             drop_outputs: false,
+            revoked: false,
         }
     }
 }
@@ -53,9 +80,52 @@ impl<T> OutputGate<T> {
         self.released
     }
 
-    /// True if an output tagged `gate_seq` may leave now.
+    /// True if an output tagged `gate_seq` is released (the lease is
+    /// checked separately, at the last step: [`Self::lease_valid`]).
     pub fn is_open(&self, gate_seq: u64) -> bool {
         gate_seq <= self.released
+    }
+
+    /// Sets the lease: [`Lease::Until`] only ever moves later, except that
+    /// [`Lease::Unbounded`] may be replaced by a bounded one (a primary
+    /// that starts holding a lease). A revoked gate keeps no lease.
+    pub fn set_lease(&mut self, lease: Lease) {
+        if self.revoked {
+            return;
+        }
+        self.lease = match (self.lease, lease) {
+            (Lease::Until(old), Lease::Until(new)) => Lease::Until(old.max(new)),
+            (_, new) => new,
+        };
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// Whether an output may be handed to the kernel at `now`.
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        if self.revoked {
+            return false;
+        }
+        match self.lease {
+            Lease::Unbounded => true,
+            Lease::Until(t) => now < t,
+        }
+    }
+
+    /// A side that lost: held outputs are dropped (returned count), later
+    /// ones complete without leaving, for good.
+    pub fn revoke(&mut self) -> usize {
+        self.revoked = true;
+        self.drop_outputs = true;
+        self.clear()
+    }
+
+    /// Whether [`Self::revoke`] was called.
+    pub fn revoked(&self) -> bool {
+        self.revoked
     }
 
     /// Queues `item` behind everything already held.
@@ -63,9 +133,12 @@ impl<T> OutputGate<T> {
         self.held.push_back((gate_seq, item));
     }
 
-    /// The oldest held output, if its gate is open. Outputs behind a held
-    /// one wait for it.
-    pub fn pop_ready(&mut self) -> Option<T> {
+    /// The oldest held output, if its gate is open and the lease valid at
+    /// `now`. Outputs behind a held one wait for it.
+    pub fn pop_ready(&mut self, now: Instant) -> Option<T> {
+        if !self.lease_valid(now) {
+            return None;
+        }
         match self.held.front() {
             Some((seq, _)) if self.is_open(*seq) => self.held.pop_front().map(|(_, t)| t),
             _ => None,
@@ -89,9 +162,10 @@ impl<T> OutputGate<T> {
         n
     }
 
-    /// Backup mode: outputs complete without leaving the host.
+    /// Backup mode: outputs complete without leaving the host (for good
+    /// once revoked).
     pub fn set_drop_outputs(&mut self, drop: bool) {
-        self.drop_outputs = drop;
+        self.drop_outputs = drop || self.revoked;
     }
 
     /// True in backup mode.
@@ -117,20 +191,49 @@ mod tests {
 
     #[test]
     fn frames_leave_in_order_once_acked() {
+        let now = Instant::now();
         let mut g = OutputGate::new();
         g.push(0, vec![0]);
         g.push(3, vec![3]);
         g.push(2, vec![2]);
-        assert_eq!(g.pop_ready(), Some(vec![0]));
-        assert_eq!(g.pop_ready(), None);
+        assert_eq!(g.pop_ready(now), Some(vec![0]));
+        assert_eq!(g.pop_ready(now), None);
         g.release(2);
-        assert_eq!(g.pop_ready(), None, "frame 2 waits behind frame 3");
+        assert_eq!(g.pop_ready(now), None, "frame 2 waits behind frame 3");
         g.release(3);
-        assert_eq!(g.pop_ready(), Some(vec![3]));
-        assert_eq!(g.pop_ready(), Some(vec![2]));
+        assert_eq!(g.pop_ready(now), Some(vec![3]));
+        assert_eq!(g.pop_ready(now), Some(vec![2]));
         g.release(1);
         assert_eq!(g.acked(), 3);
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn nothing_leaves_after_the_lease_however_far_the_watermark() {
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_millis(10);
+        let mut g = OutputGate::new();
+        assert!(g.lease_valid(later), "no pair: no lease to honour");
+        g.set_lease(Lease::Until(later));
+        g.push(1, "a");
+        g.release(u64::MAX);
+        assert!(g.lease_valid(t0) && !g.lease_valid(later));
+        assert_eq!(g.pop_ready(later), None, "expired: held");
+        g.set_lease(Lease::Until(t0));
+        assert_eq!(g.lease(), Lease::Until(later), "a lease never shrinks");
+        assert_eq!(g.pop_ready(t0), Some("a"));
+        g.push(2, "b");
+        let mut alone = OutputGate::<()>::new();
+        alone.set_lease(Lease::Until(t0));
+        alone.set_lease(Lease::Unbounded);
+        assert!(alone.lease_valid(later), "alone: unbounded again");
+        assert_eq!(g.revoke(), 1, "a loser drops what it holds");
+        g.set_lease(Lease::Unbounded);
+        g.set_drop_outputs(false);
+        assert!(
+            g.revoked() && g.drop_outputs() && !g.lease_valid(t0),
+            "for good"
+        );
     }
 
     #[test]

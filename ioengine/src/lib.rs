@@ -7,5 +7,5 @@
 mod gate;
 mod user_data;
 
-pub use gate::OutputGate;
+pub use gate::{Lease, OutputGate};
 pub use user_data::{ID_MASK, user_data, user_data_id, user_data_kind, user_data_tag};

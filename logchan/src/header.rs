@@ -49,6 +49,11 @@ pub struct StreamHeader {
     /// primary's next seq for a stream that starts mid-run (a backup that
     /// joins after a live clone).
     pub first_seq: u64,
+    /// The primary's output lease in milliseconds: it releases an output
+    /// only within this long after sending the log entry the backup's ack
+    /// covers, and the backup goes live no sooner than this long after its
+    /// last ack (`docs/failover.md`). 0: no lease (a log file).
+    pub lease_ms: u32,
 }
 
 /// Why a stream header was refused.
@@ -66,8 +71,6 @@ pub enum HeaderError {
     BadCrc { stored: u32, computed: u32 },
     #[error("stream header has unknown flags {flags:#x}")]
     UnknownFlags { flags: u32 },
-    #[error("stream header reserved field is {value:#x}, expected 0")]
-    Reserved { value: u32 },
     #[error("stream header first seq is 0 (seqs start at 1)")]
     ZeroFirstSeq,
 }
@@ -124,7 +127,13 @@ impl StreamHeader {
             identity,
             epoch,
             first_seq: 1,
+            lease_ms: 0,
         }
+    }
+
+    /// The same header announcing an output lease of `lease_ms`.
+    pub fn with_lease_ms(self, lease_ms: u32) -> Self {
+        Self { lease_ms, ..self }
     }
 
     pub fn encode(&self) -> [u8; STREAM_HEADER_LEN] {
@@ -138,7 +147,7 @@ impl StreamHeader {
         b[32..40].copy_from_slice(&self.identity.mem_size.to_le_bytes());
         b[40..48].copy_from_slice(&self.epoch.to_le_bytes());
         b[48..56].copy_from_slice(&self.first_seq.to_le_bytes());
-        // 56..60 reserved, zero.
+        b[56..60].copy_from_slice(&self.lease_ms.to_le_bytes());
         seal(&mut b, CRC_OFF);
         b
     }
@@ -175,10 +184,6 @@ impl StreamHeader {
         if flags & !flags::KNOWN != 0 {
             return Err(HeaderError::UnknownFlags { flags });
         }
-        let reserved = u32_at(b, 56);
-        if reserved != 0 {
-            return Err(HeaderError::Reserved { value: reserved });
-        }
         let first_seq = u64_at(b, 48);
         if first_seq == 0 {
             return Err(HeaderError::ZeroFirstSeq);
@@ -192,6 +197,7 @@ impl StreamHeader {
             },
             epoch: u64_at(b, 40),
             first_seq,
+            lease_ms: u32_at(b, 56),
         })
     }
 

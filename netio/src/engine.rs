@@ -9,10 +9,11 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
 
-use ioengine::{OutputGate, user_data, user_data_id, user_data_kind, user_data_tag};
+use ioengine::{Lease, OutputGate, user_data, user_data_id, user_data_kind, user_data_tag};
 
 use crate::frame::{MAX_FRAME_LEN, MIN_FRAME_LEN};
 use crate::tap::{Tap, TapError};
@@ -25,6 +26,11 @@ pub const RX_BUF_LEN: usize = 65536 + 64;
 pub const TX_DEPTH: usize = 64;
 /// Most RX reads in flight.
 const MAX_RX_DEPTH: usize = 1024;
+/// Most frames held at the output gate (about 6 MiB of 1500-byte frames):
+/// beyond it a frame is dropped, as a full NIC queue drops, rather than
+/// held in memory without bound (a primary whose backup is gone and whose
+/// arbiter does not answer holds every frame until it does).
+pub const MAX_HELD_FRAMES: usize = 4096;
 
 const KIND_RX: u8 = 0;
 const KIND_TX: u8 = 1;
@@ -49,6 +55,8 @@ pub struct TapStats {
     pub tx_errors: u64,
     /// Frames discarded in `drop_outputs` mode.
     pub tx_dropped: u64,
+    /// Frames dropped because `MAX_HELD_FRAMES` were already held.
+    pub tx_overflow: u64,
 }
 
 #[derive(Debug)]
@@ -137,6 +145,21 @@ impl TapEngine {
         }
     }
 
+    /// The side's output lease: no frame is written once it has run out
+    /// (checked as each write's SQE is pushed), whatever has been released.
+    pub fn set_lease(&mut self, lease: Lease, sq: &mut squeue::SubmissionQueue<'_>) {
+        self.gate.set_lease(lease);
+        self.pump(sq);
+    }
+
+    /// A side that lost: every frame held or waiting is dropped, and every
+    /// later one too, for good.
+    pub fn revoke(&mut self) {
+        let held = self.gate.revoke() + self.ready.len();
+        self.ready.clear();
+        self.stats.tx_dropped += held as u64;
+    }
+
     /// True in backup mode.
     pub fn drop_outputs(&self) -> bool {
         self.gate.drop_outputs()
@@ -148,6 +171,10 @@ impl TapEngine {
     pub fn send(&mut self, frame: Vec<u8>, gate_seq: u64, sq: &mut squeue::SubmissionQueue<'_>) {
         if self.gate.drop_outputs() {
             self.stats.tx_dropped += 1;
+            return;
+        }
+        if self.gate.len() >= MAX_HELD_FRAMES {
+            self.stats.tx_overflow += 1;
             return;
         }
         self.gate.push(gate_seq, frame);
@@ -185,10 +212,13 @@ impl TapEngine {
             }
             slot.armed = true;
         }
-        while let Some(frame) = self.gate.pop_ready() {
+        // The lease is judged here, as the SQEs are pushed: the last step
+        // before the kernel has the frame.
+        let now = Instant::now();
+        while let Some(frame) = self.gate.pop_ready(now) {
             self.ready.push_back(frame);
         }
-        while !self.ready.is_empty() {
+        while !self.ready.is_empty() && self.gate.lease_valid(now) {
             let Some(idx) = self.tx_free.last().copied() else {
                 return;
             };

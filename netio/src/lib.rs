@@ -18,10 +18,10 @@ mod frame;
 mod tap;
 
 pub use device::{DEVICE_TYPE_NET, NetDevice, NetStats, QUEUE_MAX_SIZE, RX_QUEUE, TX_QUEUE};
-pub use engine::{RX_BUF_LEN, TX_DEPTH, TapEngine, TapStats};
+pub use engine::{MAX_HELD_FRAMES, RX_BUF_LEN, TX_DEPTH, TapEngine, TapStats};
 pub use error::NetError;
 pub use frame::{MAX_FRAME_LEN, MIN_FRAME_LEN, MIN_RX_BUFFER, NET_HDR_LEN, gratuitous_arp};
 pub use tap::{Tap, TapError};
 
 /// The engines' shared `user_data` layout and output gate.
-pub use ioengine::{OutputGate, user_data_tag};
+pub use ioengine::{Lease, OutputGate, user_data_tag};

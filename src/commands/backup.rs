@@ -13,7 +13,6 @@ use blkio::{DiskEngine, DiskImage, DiskOpenOptions};
 use logchan::channel::{ReceiverEngine, ReceiverOptions};
 use netio::{Tap, TapEngine};
 
-use lockstep_ft::arbiter;
 use lockstep_ft::backup_io::BackupIo;
 use lockstep_ft::channel_source::ChannelChunks;
 use lockstep_ft::go_live::Announce;
@@ -30,7 +29,7 @@ use lockstep_vmm::spec::GuestSpec;
 use crate::cli::BackupArgs;
 use crate::commands::drive::{Served, VmParts, drain, drive};
 use crate::commands::live::report;
-use crate::commands::primary::{liveness, resolve, side_name};
+use crate::commands::pair::{claimant, liveness, open_arbiter, resolve};
 use crate::exit_status::ExitStatus;
 use crate::launch;
 
@@ -67,10 +66,10 @@ fn accept(
 
 pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let signals = launch::block_stop_signals()?;
-    let name = side_name(&args.ft, "backup");
+    let who = claimant(&args.ft, "backup")?;
+    let name = who.name().to_string();
     let live = liveness(&args.ft)?;
-    let arbiter =
-        arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
+    let arbiter = open_arbiter(&args.ft)?;
     let listen = resolve("--listen", &args.listen)?;
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
     lockstep_vmm::cpu::avoid_cpu(vcpu_cpu);
@@ -148,6 +147,11 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     )))
     .context("reading the stream header")?;
     let header = *cursor.header();
+    if header.lease_ms == 0 {
+        bail!(
+            "the primary holds no output lease (a log file's header, or an older build): this backup could not know when going live is safe"
+        );
+    }
     let spec = match cursor.pop_boot() {
         Some(Logged::Boot(config)) => {
             GuestSpec::decode(&config).context("reading the boot entry")?
@@ -171,13 +175,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     };
     let replay = ReplayIo::new(spec.devices(), cursor, None);
     let backup_io = BackupIo::new(replay, shared.clone(), ft.clone(), io, announce);
-    let mut supervisor = Supervisor::new(
-        Side::Backup,
-        arbiter,
-        header.epoch,
-        name.clone(),
-        ft.clone(),
-    );
+    let mut supervisor = Supervisor::new(Side::Backup, arbiter, header.epoch, who, ft.clone());
     tracing::info!(
         "backup {name}: following the primary (epoch {}, {} MiB guest)",
         header.epoch,

@@ -21,7 +21,7 @@ use crate::launch;
 
 /// How often an idle FT primary appends a keep-alive entry, so that its
 /// backup keeps hearing from it.
-const KEEPALIVE_EVERY: Duration = Duration::from_millis(10);
+pub const KEEPALIVE_EVERY: Duration = Duration::from_millis(10);
 
 impl Served for LiveIo {
     fn channels(&mut self) -> Option<&mut IoChannels> {

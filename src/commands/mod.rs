@@ -4,6 +4,7 @@ mod backup;
 mod boot;
 mod drive;
 mod live;
+mod pair;
 mod primary;
 mod record;
 mod replay;

@@ -1,16 +1,14 @@
 //! `lockstep primary`: the serving side of an FT pair.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
 use logchan::{LogConfig, StreamHeader};
 
-use lockstep_ft::arbiter;
-use lockstep_ft::failure::Liveness;
 use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
@@ -19,43 +17,11 @@ use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::replay::recorder::Recorder;
 use lockstep_vmm::spec::GuestSpec;
 
-use crate::cli::{FtArgs, PrimaryArgs};
+use crate::cli::PrimaryArgs;
 use crate::commands::boot::{LogSetup, LogTarget};
-use crate::commands::live::{LiveOptions, run_live};
+use crate::commands::live::{KEEPALIVE_EVERY, LiveOptions, run_live};
+use crate::commands::pair::{claimant, lease, liveness, open_arbiter, resolve};
 use crate::exit_status::ExitStatus;
-
-/// The name a side has in the arbiter and in reports.
-pub fn side_name(ft: &FtArgs, role: &str) -> String {
-    ft.name.clone().unwrap_or_else(|| {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "host".into());
-        format!("{host}-{role}-{}", std::process::id())
-    })
-}
-
-/// The first address `addr` (`HOST:PORT`, the value of `flag`) resolves to.
-pub fn resolve(flag: &str, addr: &str) -> anyhow::Result<SocketAddr> {
-    addr.to_socket_addrs()
-        .with_context(|| format!("{flag} {addr}"))?
-        .next()
-        .with_context(|| format!("{flag} {addr}: no address"))
-}
-
-pub fn liveness(ft: &FtArgs) -> anyhow::Result<Liveness> {
-    if ft.heartbeat_ms == 0 || ft.failure_timeout_ms <= ft.heartbeat_ms {
-        bail!(
-            "--failure-timeout-ms ({}) must be larger than --heartbeat-ms ({}), which must be positive",
-            ft.failure_timeout_ms,
-            ft.heartbeat_ms
-        );
-    }
-    Ok(Liveness {
-        period: Duration::from_millis(ft.heartbeat_ms),
-        timeout: Duration::from_millis(ft.failure_timeout_ms),
-    })
-}
 
 /// Connects to the backup, retrying while it is not up yet.
 fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
@@ -81,12 +47,13 @@ fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
 }
 
 pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
-    let name = side_name(&args.ft, "primary");
+    let who = claimant(&args.ft, "primary")?;
+    let name = who.name().to_string();
     let live = liveness(&args.ft)?;
-    let arbiter =
-        arbiter::parse(&args.ft.arbiter).with_context(|| format!("arbiter {}", args.ft.arbiter))?;
+    let lease_ms = lease(&args.ft, KEEPALIVE_EVERY)?;
+    let arbiter = open_arbiter(&args.ft)?;
     let backup = resolve("--backup", &args.backup)?;
-    let epoch = arbiter.begin_next(&name).with_context(|| {
+    let epoch = arbiter.begin_next(&who).with_context(|| {
         format!(
             "starting a new pair run at the arbiter {}",
             arbiter.describe()
@@ -101,7 +68,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
         .heartbeat_peer
         .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
     let plane_ft = ft.clone();
-    let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, name.clone(), ft.clone());
+    let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, who, ft.clone());
     let log = Box::new(
         move |spec: &GuestSpec, kernel: &[u8], shared: &Arc<VmShared>| {
             StatusCounters::set(&shared.status.epoch, epoch);
@@ -117,15 +84,21 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
                 spec.identity(kernel),
                 logchan::header::flags::READ_DATA_LOGGED,
                 epoch,
-            );
+            )
+            .with_lease_ms(lease_ms);
             // The I/O thread sends what the vCPU thread publishes; the vCPU
             // wakes it (it does that for outputs anyway), not the log buffers.
             // 16 MiB of log buffers: room for bursts, and quick to register
-            // (registration pins every page).
-            let config = LogConfig {
+            // (registration pins every page). A full set stalls the vCPU
+            // until the backup catches up or is failed (the ack timeout);
+            // a failed backup's log is discarded, so the stall ends there.
+            let mut config = LogConfig {
                 wake_consumer: false,
                 ..LogConfig::new(16, 1 << 20)
             };
+            config.stall_timeout = config
+                .stall_timeout
+                .max(4 * (live.ack_timeout + live.timeout));
             let (producer, consumer) =
                 logchan::log_buffers_with(&config).context("allocating log buffers")?;
             let sender =
@@ -152,6 +125,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
                     sender,
                     heartbeat,
                     live,
+                    Duration::from_millis(u64::from(lease_ms)),
                     plane_ft,
                     shared.status.clone(),
                 ))),

@@ -118,6 +118,15 @@ pub struct StatusCounters {
     pub heartbeats_received: AtomicU64,
     /// Failovers this VMM took part in (went live, or continued alone).
     pub failovers: AtomicU64,
+    /// Primary: times the backup was failed for acking nothing while log
+    /// entries were outstanding (alive, but making no progress).
+    pub ack_timeouts: AtomicU64,
+    /// Outputs dropped at the last step because this side was fenced (it
+    /// lost the arbiter): they never left the host.
+    pub outputs_refused: AtomicU64,
+    /// Primary: milliseconds after `started` until which its output lease
+    /// runs (`u64::MAX`: no lease needed; use [`StatusCounters::set_lease_until`]).
+    pub lease_until_ms: AtomicU64,
     /// The guest's exits and sync calls.
     pub guest_exits: AtomicU64,
     pub guest_sync_calls: AtomicU64,
@@ -144,6 +153,9 @@ impl Default for StatusCounters {
             heartbeats_sent: AtomicU64::new(0),
             heartbeats_received: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
+            ack_timeouts: AtomicU64::new(0),
+            outputs_refused: AtomicU64::new(0),
+            lease_until_ms: AtomicU64::new(NEVER),
             guest_exits: AtomicU64::new(0),
             guest_sync_calls: AtomicU64::new(0),
         }
@@ -188,6 +200,23 @@ impl StatusCounters {
         let ms = now.saturating_duration_since(self.started).as_millis();
         self.peer_heard_at_ms
             .store(u64::try_from(ms).unwrap_or(u64::MAX - 1), Relaxed);
+    }
+
+    /// The output lease runs until `until` (`None`: no lease needed).
+    pub fn set_lease_until(&self, until: Option<Instant>) {
+        let ms = until.map_or(NEVER, |t| {
+            let ms = t.saturating_duration_since(self.started).as_millis();
+            u64::try_from(ms).unwrap_or(NEVER - 1)
+        });
+        self.lease_until_ms.store(ms, Relaxed);
+    }
+
+    /// Milliseconds of output lease left (0: expired); `None` without one.
+    pub fn lease_remaining_ms(&self) -> Option<u64> {
+        match self.lease_until_ms.load(Relaxed) {
+            NEVER => None,
+            until => Some(until.saturating_sub(self.uptime_ms())),
+        }
     }
 
     /// Milliseconds since the peer was last heard from; `None` if never.

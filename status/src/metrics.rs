@@ -194,6 +194,26 @@ pub fn render(s: &StatusSnapshot) -> String {
         s.failovers,
     );
     o.one(
+        "ack_timeouts_total",
+        Counter,
+        "Backups failed for acknowledging nothing while log entries were outstanding.",
+        s.ack_timeouts,
+    );
+    o.one(
+        "outputs_refused_total",
+        Counter,
+        "Outputs dropped at the last step because this side was fenced.",
+        s.outputs_refused,
+    );
+    if let Some(ms) = s.lease_remaining_ms {
+        o.one(
+            "lease_remaining_seconds",
+            Gauge,
+            "Output lease left; outputs wait once it reaches 0.",
+            ms as f64 / 1e3,
+        );
+    }
+    o.one(
         "guest_exits_total",
         Counter,
         "VM exits the guest caused.",

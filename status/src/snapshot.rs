@@ -48,6 +48,16 @@ pub struct StatusSnapshot {
     pub heartbeats_sent: u64,
     pub heartbeats_received: u64,
     pub failovers: u64,
+    /// Primary: backups failed for acking nothing while entries waited.
+    #[serde(default)]
+    pub ack_timeouts: u64,
+    /// Outputs dropped at the last step because this side was fenced.
+    #[serde(default)]
+    pub outputs_refused: u64,
+    /// Primary with a backup: milliseconds of output lease left (0:
+    /// expired, outputs wait); absent without a lease.
+    #[serde(default)]
+    pub lease_remaining_ms: Option<u64>,
     pub guest_exits: u64,
     pub guest_sync_calls: u64,
 }
@@ -94,6 +104,9 @@ impl StatusSnapshot {
             heartbeats_sent: get(&c.heartbeats_sent),
             heartbeats_received: get(&c.heartbeats_received),
             failovers: get(&c.failovers),
+            ack_timeouts: get(&c.ack_timeouts),
+            outputs_refused: get(&c.outputs_refused),
+            lease_remaining_ms: c.lease_remaining_ms(),
             guest_exits: get(&c.guest_exits),
             guest_sync_calls: get(&c.guest_sync_calls),
         }

@@ -61,11 +61,23 @@ pub fn render(s: &StatusSnapshot) -> String {
         s.log_mbit_per_s(),
         bytes(s.log_bytes)
     );
+    let lease = match s.lease_remaining_ms {
+        Some(0) => "; lease expired, outputs wait".to_string(),
+        Some(ms) => format!("; lease {}", duration_fine(ms)),
+        None => String::new(),
+    };
     let _ = writeln!(
         o,
-        "  gate       {} frames, {} disk writes held",
+        "  gate       {} frames, {} disk writes held{lease}",
         s.gate_frames, s.gate_disk_writes
     );
+    if s.ack_timeouts > 0 || s.outputs_refused > 0 {
+        let _ = writeln!(
+            o,
+            "  fencing    {} ack timeouts, {} outputs refused",
+            s.ack_timeouts, s.outputs_refused
+        );
+    }
     let _ = writeln!(
         o,
         "  guest      exit {}, {} exits, {} sync calls; failovers {}",

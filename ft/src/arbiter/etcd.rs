@@ -4,15 +4,21 @@
 //!
 //! Keys (`N` zero-padded to 20 digits, so key order is epoch order):
 //! * `KEY/epoch/N` — the claim: put only if its create revision is 0
-//!   (absent); the value is the winner's name;
+//!   (absent); the value is the winner's `NAME TOKEN`;
 //! * `KEY/epoch/N/begun` — who began run N.
 //!
 //! Both transactions also require that no key of a later epoch exists (a
 //! `CREATE == 0` compare over the key range of every epoch above N), so the
-//! stale check and the put are one atomic step. The failure branch reads
-//! back the claim and the latest later key, so a loser learns the winner in
-//! the same round trip. A claim that finds its own name counts as won, which
-//! makes retrying after a timeout (the put may have landed) safe.
+//! stale check and the put are one atomic step; a claim also requires that
+//! run N was begun. The failure branch reads back the claim, the latest
+//! later key and the begun key, so a loser learns the winner in the same
+//! round trip. A claim that finds its own token counts as won, which makes
+//! retrying after a timeout (the put may have landed) safe.
+//!
+//! An etcd *lease* would not add to the pair's safety: what fences a
+//! primary is the lease its backup's acks give it (`output_rule`), which
+//! the backup waits out before it goes live; the arbiter only has to say,
+//! once and atomically, who may serve an epoch.
 //!
 //! etcd 3.4 (Debian bookworm's `etcd-server`) serves the gateway at `/v3/`
 //! and `/v3beta/`; 3.3 only at `/v3beta/`, 3.5+ only at `/v3/`. `/v3/` is
@@ -25,7 +31,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use super::{Arbiter, ArbiterError, Claim, check_epoch, check_name, superseded};
+use super::{Arbiter, ArbiterError, Claim, Claimant, check_epoch, record_name, superseded};
 use lockstep_status::http::{self, HttpError};
 
 /// One request to one endpoint must finish within this; the caller retries
@@ -187,13 +193,26 @@ impl EtcdArbiter {
         })
     }
 
-    /// A transaction: put `key = who` if `key` is absent and no later epoch
-    /// exists; otherwise read `key` and the latest later key.
-    fn test_and_set(&self, key: &str, epoch: u64, who: &str) -> Result<TxnOutcome, ArbiterError> {
+    /// A transaction: put `key = who` if `key` is absent, no later epoch
+    /// exists and (`needs_begun`) run `epoch` was begun; otherwise read
+    /// `key`, the latest later key and the begun key.
+    fn test_and_set(
+        &self,
+        key: &str,
+        epoch: u64,
+        who: &str,
+        needs_begun: bool,
+    ) -> Result<TxnOutcome, ArbiterError> {
         let mut compare = vec![json!({
             "target": "CREATE", "result": "EQUAL", "key": b64(key), "create_revision": "0",
         })];
         let mut failure = vec![json!({"request_range": {"key": b64(key)}})];
+        let begun = self.begun_key(epoch);
+        if needs_begun {
+            compare.push(json!({
+                "target": "CREATE", "result": "GREATER", "key": b64(&begun), "create_revision": "0",
+            }));
+        }
         if let Some((lo, hi)) = self.later_range(epoch) {
             compare.push(json!({
                 "target": "CREATE", "result": "EQUAL",
@@ -203,7 +222,11 @@ impl EtcdArbiter {
                 "key": b64(&lo), "range_end": b64(&hi),
                 "sort_order": "DESCEND", "sort_target": "KEY", "limit": "1",
             }}));
+        } else {
+            // Keep the begun read at index 2.
+            failure.push(json!({"request_range": {"key": b64(key)}}));
         }
+        failure.push(json!({"request_range": {"key": b64(&begun)}}));
         let txn = json!({
             "compare": compare,
             "success": [{"request_put": {"key": b64(key), "value": b64(who)}}],
@@ -233,11 +256,16 @@ impl EtcdArbiter {
         if let Some((_, holder)) = first_kv(0) {
             return Ok(TxnOutcome::Held(holder));
         }
-        if let Some((later_key, holder)) = first_kv(1) {
+        if let Some((later_key, holder)) = first_kv(1)
+            && later_key != key.as_bytes()
+        {
             let latest = self
                 .epoch_of(&later_key)
                 .ok_or_else(|| protocol("later key outside the epoch prefix"))?;
             return Ok(TxnOutcome::Superseded { latest, holder });
+        }
+        if needs_begun && first_kv(2).is_none() {
+            return Ok(TxnOutcome::NotBegun);
         }
         Err(protocol(
             "txn failed, but neither the key nor a later epoch exists",
@@ -250,8 +278,10 @@ enum TxnOutcome {
     Put,
     /// The key exists; its value.
     Held(String),
-    /// A later epoch exists; its number and the name in its latest key.
+    /// A later epoch exists; its number and the record in its latest key.
     Superseded { latest: u64, holder: String },
+    /// The epoch was never begun.
+    NotBegun,
 }
 
 impl Arbiter for EtcdArbiter {
@@ -281,28 +311,36 @@ impl Arbiter for EtcdArbiter {
             })
     }
 
-    fn begin(&self, epoch: u64, who: &str) -> Result<(), ArbiterError> {
+    fn begin(&self, epoch: u64, who: &Claimant) -> Result<(), ArbiterError> {
         check_epoch(epoch)?;
-        check_name(who)?;
-        match self.test_and_set(&self.begun_key(epoch), epoch, who)? {
+        match self.test_and_set(&self.begun_key(epoch), epoch, &who.record(), false)? {
             TxnOutcome::Put => Ok(()),
-            TxnOutcome::Held(by) if by == who => Ok(()),
-            TxnOutcome::Held(by) => Err(ArbiterError::EpochTaken { epoch, by }),
+            TxnOutcome::Held(by) if who.owns(&by) => Ok(()),
+            TxnOutcome::Held(by) => Err(ArbiterError::EpochTaken {
+                epoch,
+                by: record_name(&by),
+            }),
             TxnOutcome::Superseded { latest, .. } => Err(ArbiterError::Stale { epoch, latest }),
+            TxnOutcome::NotBegun => Err(ArbiterError::Protocol {
+                endpoint: self.uri.clone(),
+                why: "a begin cannot need a begin".into(),
+            }),
         }
     }
 
-    fn claim(&self, epoch: u64, who: &str) -> Result<Claim, ArbiterError> {
+    fn claim(&self, epoch: u64, who: &Claimant) -> Result<Claim, ArbiterError> {
         check_epoch(epoch)?;
-        check_name(who)?;
         Ok(
-            match self.test_and_set(&self.claim_key(epoch), epoch, who)? {
+            match self.test_and_set(&self.claim_key(epoch), epoch, &who.record(), true)? {
                 TxnOutcome::Put => Claim::Won,
-                TxnOutcome::Held(winner) if winner == who => Claim::Won,
-                TxnOutcome::Held(winner) => Claim::Lost { winner },
-                TxnOutcome::Superseded { latest, holder } => Claim::Lost {
-                    winner: superseded(&holder, latest),
+                TxnOutcome::Held(winner) if who.owns(&winner) => Claim::Won,
+                TxnOutcome::Held(winner) => Claim::Lost {
+                    winner: record_name(&winner),
                 },
+                TxnOutcome::Superseded { latest, holder } => Claim::Lost {
+                    winner: superseded(&record_name(&holder), latest),
+                },
+                TxnOutcome::NotBegun => return Err(ArbiterError::NotBegun { epoch }),
             },
         )
     }

@@ -1,36 +1,44 @@
-//! `file:PATH`: the test-and-set is the creation of `PATH.epoch-N` with
-//! `O_CREAT|O_EXCL` in a directory on storage both hosts share (the
-//! default arbiter). Exclusive creation is atomic across processes and
-//! hosts on local file systems and on NFSv3 or later, so exactly one
-//! claimant of an epoch gets the file; everyone else gets `EEXIST` and reads
-//! the winner's name from it. `PATH.begun-N` records that run N started.
+//! `file:PATH`: the test-and-set is the appearance of `PATH.epoch-N` in a
+//! directory on storage both hosts share (the default arbiter).
 //!
-//! A record is the side's name and a newline, written and fsynced after the
-//! create (and the directory fsynced, so the create itself survives a
-//! crash of the storage). A reader that finds no newline yet is looking at
-//! a winner between its create and its write, and waits briefly.
+//! A record (`NAME TOKEN` and a newline) is written whole into a file of
+//! its own, fsynced, and only then made visible under its final name with
+//! `link(2)`, which fails with `EEXIST` if the name exists. `link` is
+//! atomic across processes and hosts on local file systems and on NFS, so
+//! exactly one claimant of an epoch gets the name, and a record is never
+//! seen half written: a claimant that crashes before the link leaves only
+//! its private file (removed by the next `begin`), one that crashes after
+//! it has claimed, whole. `PATH.begun-N` records that run N started, the
+//! same way.
+//!
+//! A record that exists but is not a record (empty or garbled: a crash of
+//! an older build between its create and its write, or damage) voids its
+//! name after [`RECORD_WAIT`]: the decision moves to the next slot
+//! (`PATH.epoch-N.1`, `.2`, …), won by the next `link` — the survivor of a
+//! crash still wins, within a bounded time, and every reader agrees on the
+//! first slot that holds a record.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Arbiter, ArbiterError, Claim, check_epoch, check_name, superseded};
+use super::{
+    Arbiter, ArbiterError, Claim, Claimant, check_epoch, parse_record, record_name, superseded,
+};
 
-/// How long a reader waits for a record that was created but not written
-/// yet. The writer only has a write and an fsync left to do; on NFS the
-/// data becomes visible to other hosts at that fsync.
-const RECORD_WAIT: Duration = Duration::from_secs(5);
+/// How long a reader gives a name that holds no record before it voids it.
+const RECORD_WAIT: Duration = Duration::from_secs(1);
 const RECORD_POLL: Duration = Duration::from_millis(5);
-/// A record is a name (at most 255 bytes) and a newline; anything longer
-/// was not written by lockstep.
+/// A record is a name (at most 255 bytes), a token and a newline; anything
+/// longer was not written by lockstep.
 const RECORD_MAX: u64 = 4096;
+/// Slots per epoch: one more for each void record before it.
+const SLOTS: u32 = 8;
 
 const CLAIM_INFIX: &str = ".epoch-";
 const BEGUN_INFIX: &str = ".begun-";
+const PRIVATE_INFIX: &str = ".writing-";
 
 pub struct FileArbiter {
     uri: String,
@@ -38,18 +46,15 @@ pub struct FileArbiter {
     path: PathBuf,
     dir: PathBuf,
     base: String,
-    /// Records this process created whose write or fsync failed: a retry
-    /// finishes them instead of reading them as someone else's.
-    unfinished: Mutex<HashSet<PathBuf>>,
 }
 
-/// What a record file holds.
+/// What a record's name holds.
 enum Record {
     Absent,
+    /// `NAME TOKEN`.
     Named(String),
-    /// Created but still empty (or half written) after [`RECORD_WAIT`]: its
-    /// creator died between create and write, or its storage stalls.
-    Unwritten,
+    /// Not a record, still, after [`RECORD_WAIT`]: void.
+    Void,
 }
 
 impl FileArbiter {
@@ -85,18 +90,25 @@ impl FileArbiter {
             path,
             dir,
             base,
-            unfinished: Mutex::new(HashSet::new()),
         })
     }
 
-    /// The file whose exclusive creation wins `epoch`.
+    /// The name whose appearance wins `epoch` (slot 0; the slots after it
+    /// only matter when a record before them is void).
     pub fn claim_path(&self, epoch: u64) -> PathBuf {
-        self.dir.join(format!("{}{CLAIM_INFIX}{epoch}", self.base))
+        self.slot_path(CLAIM_INFIX, epoch, 0)
     }
 
-    /// The file that records who began `epoch`.
+    /// The name that records who began `epoch`.
     pub fn begun_path(&self, epoch: u64) -> PathBuf {
-        self.dir.join(format!("{}{BEGUN_INFIX}{epoch}", self.base))
+        self.slot_path(BEGUN_INFIX, epoch, 0)
+    }
+
+    fn slot_path(&self, infix: &str, epoch: u64, slot: u32) -> PathBuf {
+        match slot {
+            0 => self.dir.join(format!("{}{infix}{epoch}", self.base)),
+            n => self.dir.join(format!("{}{infix}{epoch}.{n}", self.base)),
+        }
     }
 
     /// The directory must exist (creating it could create a *local*
@@ -127,64 +139,75 @@ impl FileArbiter {
         Ok(())
     }
 
-    /// Creates `path` holding `who` unless it exists. True if this call (or
-    /// an earlier failed call of this process) created it and the record is
-    /// now durable.
-    fn create_record(&self, path: &Path, who: &str) -> Result<bool, ArbiterError> {
-        match OpenOptions::new().write(true).create_new(true).open(path) {
-            Ok(file) => {
-                self.remember_unfinished(path, true);
-                self.finish_record(file, path, who)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                if !self.is_unfinished(path) {
-                    return Ok(false);
-                }
-                // Ours from a call whose write or fsync failed: finish it.
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err("reopen own arbiter record", path))?;
-                self.finish_record(file, path, who)?;
-                Ok(true)
-            }
+    /// Makes `path` hold `record`, whole, unless it exists: the record is
+    /// written and fsynced under a private name, then linked into place
+    /// (the test-and-set), and the directory fsynced so the link survives a
+    /// crash of the storage. True if this call made it.
+    fn link_record(&self, path: &Path, who: &Claimant) -> Result<bool, ArbiterError> {
+        let private = self.dir.join(format!(
+            "{}{PRIVATE_INFIX}{}-{}",
+            self.base,
+            who.token(),
+            std::process::id()
+        ));
+        let written = File::create(&private)
+            .and_then(|mut f| {
+                f.write_all(format!("{}\n", who.record()).as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io_err("write arbiter record", &private));
+        let linked = written.and_then(|()| match std::fs::hard_link(&private, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(ArbiterError::NoDirectory {
                 dir: self.dir.clone(),
             }),
-            Err(e) => Err(io_err("create arbiter record", path)(e)),
-        }
-    }
-
-    fn finish_record(&self, file: File, path: &Path, who: &str) -> Result<(), ArbiterError> {
-        let line = format!("{who}\n");
-        file.write_all_at(line.as_bytes(), 0)
-            .map_err(io_err("write arbiter record", path))?;
-        file.sync_all()
-            .map_err(io_err("fsync arbiter record", path))?;
-        // The create is a directory entry: it is durable once the directory
-        // is fsynced, not the file.
+            Err(e) => Err(io_err("link arbiter record", path)(e)),
+        });
+        // The private name has done its job either way.
+        let _ = std::fs::remove_file(&private);
+        let linked = linked?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("fsync arbiter directory", &self.dir))?;
-        self.remember_unfinished(path, false);
-        Ok(())
+        Ok(linked)
     }
 
-    fn remember_unfinished(&self, path: &Path, unfinished: bool) {
-        // A poisoned lock only means another thread panicked while holding
-        // it; the set itself is still consistent.
-        let mut set = self.unfinished.lock().unwrap_or_else(|p| p.into_inner());
-        if unfinished {
-            set.insert(path.to_path_buf());
-        } else {
-            set.remove(path);
+    /// The first record among the slots of `infix`/`epoch` (voids skipped),
+    /// and the first free slot if there is none.
+    fn decided(&self, infix: &str, epoch: u64) -> Result<Result<String, u32>, ArbiterError> {
+        for slot in 0..SLOTS {
+            match self.read_record(&self.slot_path(infix, epoch, slot))? {
+                Record::Named(r) => return Ok(Ok(r)),
+                Record::Absent => return Ok(Err(slot)),
+                Record::Void => continue,
+            }
         }
+        Err(ArbiterError::BadPath {
+            path: self.slot_path(infix, epoch, SLOTS - 1),
+            why: "every slot of this epoch holds a void record: clean the arbiter directory",
+        })
     }
 
-    fn is_unfinished(&self, path: &Path) -> bool {
-        let set = self.unfinished.lock().unwrap_or_else(|p| p.into_inner());
-        set.contains(path)
+    /// The test-and-set on the slots of `infix`/`epoch`: the record that
+    /// decides it, this side's if its link won.
+    fn test_and_set(
+        &self,
+        infix: &str,
+        epoch: u64,
+        who: &Claimant,
+    ) -> Result<String, ArbiterError> {
+        loop {
+            let slot = match self.decided(infix, epoch)? {
+                Ok(record) => return Ok(record),
+                Err(free) => free,
+            };
+            if self.link_record(&self.slot_path(infix, epoch, slot), who)? {
+                return Ok(who.record());
+            }
+            // Someone linked this slot first: read it (a valid record
+            // decides; the loop is bounded by the slots).
+        }
     }
 
     /// Reads a record, waiting up to [`RECORD_WAIT`] for one that is
@@ -204,11 +227,14 @@ impl FileArbiter {
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Record::Absent),
                 Err(e) => return Err(io_err("open arbiter record", path)(e)),
             }
-            if let Some(name) = text.strip_suffix('\n') {
-                return Ok(Record::Named(name.to_string()));
+            if let Some(record) = text
+                .strip_suffix('\n')
+                .filter(|r| parse_record(r).is_some())
+            {
+                return Ok(Record::Named(record.to_string()));
             }
             if Instant::now() >= deadline {
-                return Ok(Record::Unwritten);
+                return Ok(Record::Void);
             }
             std::thread::sleep(RECORD_POLL);
         }
@@ -216,20 +242,46 @@ impl FileArbiter {
 
     /// Who began or claimed `epoch`, for a message.
     fn holder_of(&self, epoch: u64) -> String {
-        for path in [self.begun_path(epoch), self.claim_path(epoch)] {
-            if let Ok(Record::Named(name)) = self.read_record(&path) {
-                return name;
+        for infix in [BEGUN_INFIX, CLAIM_INFIX] {
+            if let Ok(Ok(record)) = self.decided(infix, epoch) {
+                return record_name(&record);
             }
         }
         "another side".to_string()
     }
 
+    /// Private files left by claimants that crashed before their link.
+    fn remove_private_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = format!("{}{PRIVATE_INFIX}", self.base);
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > 10 * RECORD_WAIT);
+            if old
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// The epoch a record's file name carries, if it is one of ours.
     fn epoch_of(&self, file_name: &str) -> Option<u64> {
         let rest = file_name.strip_prefix(self.base.as_str())?;
-        let digits = rest
+        let rest = rest
             .strip_prefix(CLAIM_INFIX)
             .or_else(|| rest.strip_prefix(BEGUN_INFIX))?;
+        // `N` or `N.SLOT`.
+        let digits = rest.split('.').next()?;
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -256,88 +308,60 @@ impl Arbiter for FileArbiter {
         Ok(latest)
     }
 
-    fn begin(&self, epoch: u64, who: &str) -> Result<(), ArbiterError> {
+    fn begin(&self, epoch: u64, who: &Claimant) -> Result<(), ArbiterError> {
         check_epoch(epoch)?;
-        check_name(who)?;
         self.check_place()?;
-        let path = self.begun_path(epoch);
-        if self.is_unfinished(&path) {
-            // Ours, from a call whose write or fsync failed: finish it.
-            self.create_record(&path, who)?;
-            return Ok(());
-        }
-        match self.read_record(&path)? {
-            Record::Named(name) if name == who => return Ok(()),
-            Record::Named(by) => return Err(ArbiterError::EpochTaken { epoch, by }),
-            Record::Unwritten => {
-                return Err(ArbiterError::EpochTaken {
+        self.remove_private_leftovers();
+        let taken = |record: String| {
+            if who.owns(&record) {
+                Ok(())
+            } else {
+                Err(ArbiterError::EpochTaken {
                     epoch,
-                    by: "an unknown side".into(),
-                });
+                    by: record_name(&record),
+                })
             }
-            Record::Absent => {}
+        };
+        if let Ok(record) = self.decided(BEGUN_INFIX, epoch)? {
+            return taken(record);
         }
         let latest = self.latest_epoch()?;
         if latest > epoch {
             return Err(ArbiterError::Stale { epoch, latest });
         }
-        if self.create_record(&path, who)? {
-            return Ok(());
-        }
-        match self.read_record(&path)? {
-            Record::Named(name) if name == who => Ok(()),
-            Record::Named(by) => Err(ArbiterError::EpochTaken { epoch, by }),
-            Record::Unwritten | Record::Absent => Err(ArbiterError::EpochTaken {
-                epoch,
-                by: "an unknown side".into(),
-            }),
-        }
+        taken(self.test_and_set(BEGUN_INFIX, epoch, who)?)
     }
 
-    fn claim(&self, epoch: u64, who: &str) -> Result<Claim, ArbiterError> {
+    fn claim(&self, epoch: u64, who: &Claimant) -> Result<Claim, ArbiterError> {
         check_epoch(epoch)?;
-        check_name(who)?;
         self.check_place()?;
-        let path = self.claim_path(epoch);
-        let decided = |record: Record| match record {
-            Record::Named(name) if name == who => Some(Claim::Won),
-            Record::Named(winner) => Some(Claim::Lost { winner }),
-            Record::Unwritten => Some(Claim::Lost {
-                winner: format!("an unknown side (its claim {} is empty)", path.display()),
-            }),
-            Record::Absent => None,
+        let decided = |record: String| {
+            if who.owns(&record) {
+                Claim::Won
+            } else {
+                Claim::Lost {
+                    winner: record_name(&record),
+                }
+            }
         };
-        if self.is_unfinished(&path) {
-            // This side created the claim, but its write or fsync failed:
-            // the create won; make the record durable before saying so.
-            self.create_record(&path, who)?;
-            return Ok(Claim::Won);
-        }
         // Already decided: a loser asking again, or this side retrying
         // after an error.
-        if let Some(c) = decided(self.read_record(&path)?) {
-            return Ok(c);
+        if let Ok(record) = self.decided(CLAIM_INFIX, epoch)? {
+            return Ok(decided(record));
+        }
+        if self.decided(BEGUN_INFIX, epoch)?.is_err() {
+            return Err(ArbiterError::NotBegun { epoch });
         }
         // A later run has begun: this epoch's sides are stale. (Between
-        // this check and the create another run may begin; then this claim
-        // simply happened first — the create is what linearizes it.)
+        // this check and the link another run may begin; then this claim
+        // simply happened first — the link is what linearizes it.)
         let latest = self.latest_epoch()?;
         if latest > epoch {
             return Ok(Claim::Lost {
                 winner: superseded(&self.holder_of(latest), latest),
             });
         }
-        if self.create_record(&path, who)? {
-            return Ok(Claim::Won);
-        }
-        Ok(
-            decided(self.read_record(&path)?).unwrap_or_else(|| Claim::Lost {
-                winner: format!(
-                    "an unknown side (its claim {} vanished: was the arbiter directory cleaned?)",
-                    path.display()
-                ),
-            }),
-        )
+        Ok(decided(self.test_and_set(CLAIM_INFIX, epoch, who)?))
     }
 }
 

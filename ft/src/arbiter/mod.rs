@@ -9,8 +9,14 @@
 //! of one epoch cannot both win it, and once a later epoch has begun, a
 //! stale side of an earlier one can no longer win at all.
 //!
+//! Claims are made by a [`Claimant`]: a side's name, for people, and a
+//! random token, for the arbiter — two processes started with the same
+//! name never both win, and a side that retries after a lost answer knows
+//! its own claim. Only an epoch that was begun can be claimed (a backup
+//! that follows a forged or stale stream cannot make one up).
+//!
 //! Backends, chosen by URI ([`parse`]):
-//! * `file:PATH` — `PATH.epoch-N` created with `O_CREAT|O_EXCL` in a
+//! * `file:PATH` — `PATH.epoch-N` made visible, whole, by `link(2)` in a
 //!   directory on shared storage ([`file`]);
 //! * `etcd://HOST:PORT/KEY` — an etcd transaction on `KEY/epoch/N` through
 //!   etcd's v3 JSON gateway ([`etcd`]).
@@ -30,6 +36,73 @@ pub const URI_FORMS: &str = "expected file:PATH or etcd://HOST:PORT/KEY";
 
 /// Longest side name an arbiter records.
 pub const MAX_NAME_LEN: usize = 255;
+
+/// Who claims: a side's name and a token no other process has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimant {
+    name: String,
+    token: String,
+}
+
+impl Claimant {
+    /// `name` with a fresh random token (128 bits from the kernel).
+    pub fn new(name: &str) -> Result<Self, ArbiterError> {
+        let mut bytes = [0u8; 16];
+        // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if usize::try_from(n).ok() != Some(bytes.len()) {
+            return Err(ArbiterError::NoRandomness(std::io::Error::last_os_error()));
+        }
+        let token = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self::with_token(name, token)
+    }
+
+    /// `name` with a given token (tests; a token is 1–64 hex digits).
+    pub fn with_token(name: &str, token: String) -> Result<Self, ArbiterError> {
+        check_name(name)?;
+        if token.is_empty() || token.len() > 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ArbiterError::BadName {
+                name: name.to_string(),
+                why: "its token is not 1 to 64 hex digits",
+            });
+        }
+        Ok(Claimant {
+            name: name.to_string(),
+            token,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// What a backend stores: `NAME TOKEN` (the token has no space).
+    pub(crate) fn record(&self) -> String {
+        format!("{} {}", self.name, self.token)
+    }
+
+    /// Whether `record` (a stored `NAME TOKEN`) is this claimant's.
+    pub(crate) fn owns(&self, record: &str) -> bool {
+        parse_record(record).is_some_and(|(_, token)| token == self.token)
+    }
+}
+
+/// The name and token of a stored record, if it is one.
+pub(crate) fn parse_record(record: &str) -> Option<(&str, &str)> {
+    let (name, token) = record.rsplit_once(' ')?;
+    let hex = !token.is_empty() && token.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex && !name.is_empty()).then_some((name, token))
+}
+
+/// The name in a stored record, for messages (the whole text if it is not
+/// a record).
+pub(crate) fn record_name(record: &str) -> String {
+    parse_record(record).map_or_else(|| record.to_string(), |(n, _)| n.to_string())
+}
 
 /// The answer to a test-and-set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +143,14 @@ pub enum ArbiterError {
     Stale { epoch: u64, latest: u64 },
     #[error("epoch {epoch} was already begun by {by}")]
     EpochTaken { epoch: u64, by: String },
+    #[error(
+        "epoch {epoch} was never begun: no primary started it, so nobody can claim it (a stale or forged stream?)"
+    )]
+    NotBegun { epoch: u64 },
+    #[error("the arbiter's latest epoch is the largest there is: no run can begin")]
+    EpochsExhausted,
+    #[error("no randomness for a claim token")]
+    NoRandomness(#[source] std::io::Error),
     #[error("cannot reach the arbiter at {endpoint}")]
     Unreachable {
         endpoint: String,
@@ -88,9 +169,9 @@ pub enum ArbiterError {
 
 /// An atomic per-epoch test-and-set on storage both hosts of a pair reach.
 ///
-/// Side names must be unique among the sides that share an arbiter: a claim
-/// that finds its own name already recorded for the epoch counts as won,
-/// which makes a retry after a lost reply (a timeout) safe.
+/// A claim that finds its own token already recorded for the epoch counts
+/// as won, which makes a retry after a lost reply (a timeout) safe; the
+/// same name with another token is another side.
 pub trait Arbiter: Send + Sync {
     /// For logs and errors: the URI.
     fn describe(&self) -> String;
@@ -102,22 +183,26 @@ pub trait Arbiter: Send + Sync {
     /// [`ArbiterError::Stale`] if a later epoch has begun, and with
     /// [`ArbiterError::EpochTaken`] if another side began this one;
     /// repeating one's own `begin` is fine.
-    fn begin(&self, epoch: u64, who: &str) -> Result<(), ArbiterError>;
+    fn begin(&self, epoch: u64, who: &Claimant) -> Result<(), ArbiterError>;
 
     /// The test-and-set: the first claim of `epoch` wins, every later one
     /// learns the winner. A claim for an epoch older than the latest begun
-    /// one is lost (unless this very side had already won it).
-    fn claim(&self, epoch: u64, who: &str) -> Result<Claim, ArbiterError>;
+    /// one is lost (unless this very side had already won it); one for an
+    /// epoch never begun is refused ([`ArbiterError::NotBegun`]).
+    fn claim(&self, epoch: u64, who: &Claimant) -> Result<Claim, ArbiterError>;
 
     /// Begins a fresh epoch (`latest_epoch() + 1`, or the next free one if
     /// another run takes it at the same moment) and returns it.
-    fn begin_next(&self, who: &str) -> Result<u64, ArbiterError> {
+    fn begin_next(&self, who: &Claimant) -> Result<u64, ArbiterError> {
         // Each lost race means another run began an epoch meanwhile; a
         // bounded number of them keeps a confused setup from spinning.
         const ATTEMPTS: usize = 64;
         let mut attempt = 1;
         loop {
-            let epoch = self.latest_epoch()? + 1;
+            let epoch = self
+                .latest_epoch()?
+                .checked_add(1)
+                .ok_or(ArbiterError::EpochsExhausted)?;
             match self.begin(epoch, who) {
                 Ok(()) => return Ok(epoch),
                 Err(ArbiterError::Stale { .. } | ArbiterError::EpochTaken { .. })

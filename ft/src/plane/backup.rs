@@ -1,11 +1,13 @@
 //! The backup's plane: receives and verifies the log, hands it to the
-//! replaying vCPU thread, acks it, beats once the stream names its epoch,
-//! and judges the primary; at go-live its outputs become real and the old
-//! channel ends.
+//! replaying vCPU thread and acks exactly what it handed on, beats once the
+//! stream names its epoch, and judges the primary. When it suspects the
+//! primary it stops acking and cuts its log at the highest seq its acks
+//! covered, before anyone claims anything; at go-live its outputs become
+//! real and the old channel ends.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{Submitter, cqueue, squeue};
 
@@ -16,6 +18,7 @@ use logchan::channel::{HeartbeatEngine, ReceiverEngine, ReceiverEvent, Registrat
 use logchan::{EntryKind, StreamHeader};
 
 use super::{TAG_HEARTBEAT, TAG_LOG, last_entry_kind};
+use crate::channel_source::Chunk;
 use crate::failure::{FailureMonitor, Liveness, Verdict};
 use crate::go_live;
 use crate::shared::FtShared;
@@ -31,7 +34,11 @@ pub struct BackupPlane {
     ft: Arc<FtShared>,
     shared: Arc<VmShared>,
     status: Arc<StatusCounters>,
-    chunks: Handoff<Vec<u8>>,
+    chunks: Handoff<Chunk>,
+    /// The last seq handed to the replay: what the acks may cover.
+    handed_on: u64,
+    /// The primary's output lease, from the stream header.
+    lease: Duration,
     /// The kind of the last entry received (an `End` means the primary
     /// ended the run on purpose).
     last_kind: Option<EntryKind>,
@@ -46,7 +53,7 @@ impl BackupPlane {
         live: Liveness,
         ft: Arc<FtShared>,
         shared: Arc<VmShared>,
-        chunks: rtrb::Producer<Vec<u8>>,
+        chunks: rtrb::Producer<Chunk>,
     ) -> Self {
         BackupPlane {
             receiver,
@@ -59,6 +66,8 @@ impl BackupPlane {
             status: shared.status.clone(),
             shared,
             chunks: Handoff::new(chunks),
+            handed_on: 0,
+            lease: Duration::ZERO,
             last_kind: None,
             went_live: false,
         }
@@ -94,6 +103,39 @@ impl BackupPlane {
         }
     }
 
+    /// Acks what was handed to the replay, and nothing more.
+    fn ack(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        fail::fail_point!("backup-ack", |_| ());
+        let (rs, rx) = (
+            FtShared::load(&self.ft.replayed_seq),
+            FtShared::load(&self.ft.replayed_exit),
+        );
+        self.receiver.ack_up_to(self.handed_on, rs, rx, sq);
+        if let Some((seq, _)) = self.receiver.ack_high_water() {
+            FtShared::raise(&self.ft.ack_sent, seq);
+        }
+    }
+
+    /// The primary is suspected: no ack from now on, and the log ends at
+    /// the highest seq an ack covered. The backup may go live only once the
+    /// primary's lease, counted from that last ack, is over.
+    fn cut(&mut self, now: Instant) {
+        self.receiver.stop_acking();
+        let (seq, at) = self.receiver.ack_high_water().unwrap_or((0, now));
+        self.ft.set_cut(seq, at + self.lease);
+        tracing::info!(
+            cut = seq,
+            "stopped acknowledging: the log ends at seq {seq}; live no sooner than {:?} from now",
+            (at + self.lease).saturating_duration_since(now)
+        );
+    }
+
+    /// The last seq the receiver decoded (tests).
+    #[cfg(test)]
+    pub(super) fn received_for_tests(&self) -> u64 {
+        self.receiver.received_seq()
+    }
+
     pub(super) fn on_receiver_event(
         &mut self,
         ev: ReceiverEvent,
@@ -104,26 +146,29 @@ impl BackupPlane {
             ReceiverEvent::Header(h) => {
                 self.monitor.heard(now);
                 StatusCounters::set(&self.status.epoch, h.epoch);
+                self.lease = Duration::from_millis(u64::from(h.lease_ms));
                 self.start_heartbeat(&h);
-                self.chunks.push(h.encode().to_vec());
+                self.chunks.push(Chunk {
+                    bytes: h.encode().to_vec(),
+                    last_seq: 0,
+                });
             }
             ReceiverEvent::Entries {
                 bytes, last_seq, ..
             } => {
                 self.monitor.heard(now);
+                if self.ft.cut_at().is_some() {
+                    // Past the cut: never replayed, never acked.
+                    return;
+                }
                 self.last_kind = last_entry_kind(&bytes).or(self.last_kind);
-                self.chunks.push(bytes);
+                self.chunks.push(Chunk { bytes, last_seq });
+                self.handed_on = last_seq;
                 FtShared::raise(&self.ft.received_seq, last_seq);
                 // No wake-up: the replaying vCPU polls for log data every
                 // millisecond (ChannelChunks); waking a sleeping thread would
-                // cost this thread ~12 µs per chunk, and the replay's
-                // latency does not matter — acks go on receipt.
-                let (rs, rx) = (
-                    FtShared::load(&self.ft.replayed_seq),
-                    FtShared::load(&self.ft.replayed_exit),
-                );
-                self.receiver.ack(rs, rx, sq);
-                FtShared::raise(&self.ft.ack_sent, self.receiver.received_seq());
+                // cost this thread ~12 µs per chunk.
+                self.ack(sq);
             }
             ReceiverEvent::Closed { reason, clean } => {
                 if clean && self.last_kind == Some(EntryKind::End) {
@@ -162,10 +207,13 @@ impl IoPlane for BackupPlane {
         if self.chunks.flush() {
             self.shared.wake_vcpu();
         }
-        self.receiver.pump(sq);
         if let Some(h) = self.heartbeat.as_mut() {
+            h.set_log_seq(FtShared::load(&self.ft.ack_sent));
             h.pump(sq, now);
         }
+        // A backup that stops reading (its acks stop with it).
+        fail::fail_point!("backup-read", |_| ());
+        self.receiver.pump(sq);
     }
 
     fn busy(&self) -> bool {
@@ -189,6 +237,9 @@ impl IoPlane for BackupPlane {
             {
                 self.monitor.heard(now);
                 self.status.heard_from_peer_at(now);
+                if let Some(released) = h.peer_log_seq() {
+                    FtShared::raise(&self.ft.primary_released, released);
+                }
             }
             return;
         }
@@ -206,18 +257,23 @@ impl IoPlane for BackupPlane {
         _dp: &mut Dataplane<'_>,
     ) {
         self.report();
-        if self.went_live || FtShared::flag(&self.ft.stream_ended) {
+        self.monitor.look(now);
+        if self.went_live
+            || FtShared::flag(&self.ft.stream_ended)
+            || FtShared::flag(&self.ft.peer_dead)
+        {
             return;
         }
         match self.monitor.verdict(now) {
-            Verdict::Alive => {}
+            Verdict::Alive | Verdict::NoProgress { .. } => {}
             Verdict::Dead { silent_for } => {
-                if !FtShared::flag(&self.ft.peer_dead) {
-                    self.ft
-                        .note(format!("no heartbeat or log traffic for {silent_for:?}"));
-                    self.ft.set(&self.ft.peer_dead);
-                    self.shared.wake_vcpu();
-                }
+                // The cut comes first: nothing acknowledged after it, before
+                // the main thread claims anything.
+                self.cut(now);
+                self.ft
+                    .note(format!("no heartbeat or log traffic for {silent_for:?}"));
+                self.ft.set(&self.ft.peer_dead);
+                self.shared.wake_vcpu();
             }
             // The channel is gone but the primary still beats: it lives on
             // without us.

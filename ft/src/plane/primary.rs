@@ -1,12 +1,16 @@
 //! The primary's plane: sends the log, takes the backup's acks and releases
-//! outputs by the output rule, beats, and declares the backup dead when it
-//! falls silent or the channel closes.
+//! outputs by the output rule under its lease, beats (carrying its release
+//! watermark), and declares the backup dead when it falls silent, stops
+//! acknowledging, or the channel closes. A backup declared dead is never
+//! taken back: the log is discarded from then on, so the guest runs on
+//! whatever the arbiter answers and however long it takes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{Submitter, cqueue, squeue};
 
+use ioengine::Lease;
 use lockstep_status::StatusCounters;
 use lockstep_vmm::dataplane::plane::{AttachError, Dataplane, IoPlane};
 use logchan::channel::{HeartbeatEngine, Registration, SenderEngine, SenderEvent};
@@ -23,6 +27,12 @@ pub struct PrimaryPlane {
     ft: Arc<FtShared>,
     status: Arc<StatusCounters>,
     rule: OutputRule,
+    /// The lease the engines were last given.
+    lease_applied: Option<Lease>,
+    /// The log is being discarded (the backup is gone).
+    discarding: bool,
+    /// The gates were revoked (this side lost).
+    revoked: bool,
 }
 
 impl PrimaryPlane {
@@ -30,16 +40,21 @@ impl PrimaryPlane {
         sender: SenderEngine,
         heartbeat: HeartbeatEngine,
         live: Liveness,
+        lease: Duration,
         ft: Arc<FtShared>,
         status: Arc<StatusCounters>,
     ) -> Self {
+        let now = Instant::now();
         PrimaryPlane {
             sender,
             heartbeat,
-            monitor: FailureMonitor::new(live.timeout, Instant::now()),
+            monitor: FailureMonitor::new(live.timeout, now).with_ack_timeout(live.ack_timeout),
             ft,
             status,
-            rule: OutputRule::new(),
+            rule: OutputRule::new(lease),
+            lease_applied: None,
+            discarding: false,
+            revoked: false,
         }
     }
 
@@ -53,8 +68,21 @@ impl PrimaryPlane {
         StatusCounters::set(&self.status.heartbeats_received, hb.received);
     }
 
-    /// What the sender reported: an ack releases outputs, a closed channel
-    /// makes the backup as good as gone.
+    /// Gives the engines the rule's lease if it changed.
+    fn apply_lease(&mut self, sq: &mut squeue::SubmissionQueue<'_>, dp: &mut Dataplane<'_>) {
+        let lease = self.rule.lease();
+        if self.lease_applied != Some(lease) {
+            self.lease_applied = Some(lease);
+            dp.set_lease(lease, sq);
+            self.status.set_lease_until(match lease {
+                Lease::Until(t) => Some(t),
+                Lease::Unbounded => None,
+            });
+        }
+    }
+
+    /// What the sender reported: an ack releases outputs and renews the
+    /// lease, a closed channel makes the backup as good as gone.
     pub(super) fn on_sender_event(
         &mut self,
         ev: SenderEvent,
@@ -67,13 +95,23 @@ impl PrimaryPlane {
                 acked_seq,
                 replayed_seq,
                 replayed_exit,
+                sent_at,
             } => {
+                fail::fail_point!("primary-drop-ack", |_| ());
                 self.monitor.heard(now);
                 self.status.heard_from_peer_at(now);
                 StatusCounters::set(&self.status.acked_seq, acked_seq);
                 StatusCounters::set(&self.status.replayed_seq, replayed_seq);
                 StatusCounters::set(&self.status.replayed_exit, replayed_exit);
-                if let Some(watermark) = self.rule.on_ack(acked_seq, now) {
+                let effect = self.rule.on_ack(acked_seq, sent_at, now);
+                if effect.released.is_some() {
+                    self.monitor.progress(now);
+                }
+                // A stall here (a paused process) holds released outputs
+                // at the engines' lease check, the last step.
+                fail::fail_point!("primary-after-ack");
+                self.apply_lease(sq, dp);
+                if let Some(watermark) = effect.released {
                     dp.release(watermark, sq);
                 }
             }
@@ -84,6 +122,11 @@ impl PrimaryPlane {
                 self.ft.set(&self.ft.peer_dead);
             }
         }
+    }
+
+    /// Log entries handed to the socket and not acknowledged yet.
+    fn outstanding(&self) -> bool {
+        self.sender.stats().entries_sent > self.rule.released()
     }
 }
 
@@ -102,6 +145,7 @@ impl IoPlane for PrimaryPlane {
         if !self.rule.is_open() {
             self.sender.pump(sq);
         }
+        self.heartbeat.set_log_seq(self.rule.released());
         self.heartbeat.pump(sq, now);
     }
 
@@ -110,7 +154,10 @@ impl IoPlane for PrimaryPlane {
     }
 
     fn flushed(&self) -> bool {
-        self.rule.is_open() || self.sender.is_closed() || self.sender.is_drained()
+        self.rule.is_open()
+            || self.discarding
+            || self.sender.is_closed()
+            || self.sender.is_drained()
     }
 
     fn on_cqe(
@@ -136,19 +183,55 @@ impl IoPlane for PrimaryPlane {
 
     fn tick(&mut self, now: Instant, sq: &mut squeue::SubmissionQueue<'_>, dp: &mut Dataplane<'_>) {
         self.report();
-        // Alone: every held output may go. Heartbeats go on: a backup whose
-        // channel broke must see that its primary lives (and stop instead
-        // of taking over).
-        if FtShared::flag(&self.ft.alone) && self.rule.open_for_good() {
-            dp.release(u64::MAX, sq);
+        self.monitor.look(now);
+        // Lost: nothing held or produced later may leave, for good.
+        if FtShared::flag(&self.ft.fenced) && !self.revoked {
+            self.revoked = true;
+            dp.revoke(sq);
         }
-        if self.rule.is_open() || FtShared::flag(&self.ft.peer_dead) {
+        if self.revoked {
             return;
         }
-        if let Verdict::Dead { silent_for } = self.monitor.verdict(now) {
-            self.ft
-                .note(format!("no heartbeat or ack for {silent_for:?}"));
-            self.ft.set(&self.ft.peer_dead);
+        // Alone: every held output may go, with no lease to honour. The
+        // channel closes (the backup, if it still runs, sees it broken
+        // while heartbeats go on, and stops rather than take over).
+        if FtShared::flag(&self.ft.alone) && self.rule.open_for_good() {
+            self.sender.discard();
+            self.discarding = true;
+            self.apply_lease(sq, dp);
+            dp.release(u64::MAX, sq);
+        }
+        self.apply_lease(sq, dp);
+        if self.rule.is_open() {
+            return;
+        }
+        if FtShared::flag(&self.ft.peer_dead) {
+            if !self.discarding {
+                // Nobody will read the log again (the backup is gone
+                // whatever the arbiter says): free it as it comes.
+                self.sender.discard();
+                self.discarding = true;
+            }
+            return;
+        }
+        if !self.outstanding() {
+            self.monitor.progress(now);
+        }
+        match self.monitor.verdict_with(now, self.outstanding()) {
+            Verdict::Alive | Verdict::ChannelBroken => {}
+            Verdict::Dead { silent_for } => {
+                self.ft
+                    .note(format!("no heartbeat or ack for {silent_for:?}"));
+                self.ft.set(&self.ft.peer_dead);
+            }
+            Verdict::NoProgress { for_ } => {
+                StatusCounters::add(&self.status.ack_timeouts, 1);
+                self.ft.note(format!(
+                    "the backup is alive but acknowledged nothing for {for_:?} (entries up to {} wait)",
+                    self.sender.stats().entries_sent
+                ));
+                self.ft.set(&self.ft.peer_dead);
+            }
         }
     }
 

@@ -18,13 +18,16 @@ use logchan::channel::{
 use logchan::{EndReason, Entry, ExitKind, GuestIdentity, StreamHeader};
 
 use super::{BackupPlane, PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
+use crate::channel_source::Chunk;
 use crate::failure::{Liveness, STARTUP_GRACE};
 use crate::shared::FtShared;
 
 const LIVE: Liveness = Liveness {
     period: Duration::from_millis(10),
     timeout: Duration::from_millis(50),
+    ack_timeout: Duration::from_millis(100),
 };
+const LEASE: Duration = Duration::from_millis(50);
 
 fn header() -> StreamHeader {
     let id = GuestIdentity {
@@ -32,7 +35,26 @@ fn header() -> StreamHeader {
         boot_hash: 2,
         mem_size: 4 << 20,
     };
-    StreamHeader::new(id, 0, 3)
+    StreamHeader::new(id, 0, 3).with_lease_ms(50)
+}
+
+/// How often a running I/O thread looks, in made-up time.
+const STEP: Duration = Duration::from_millis(5);
+
+/// Ticks `plane` every [`STEP`] of made-up time after `from` up to `to`, as
+/// a running I/O thread would (a jump would be a stall of this side).
+fn run(
+    plane: &mut dyn IoPlane,
+    from: Instant,
+    to: Instant,
+    sq: &mut io_uring::squeue::SubmissionQueue<'_>,
+    dp: &mut Dataplane<'_>,
+) {
+    let mut t = from;
+    while t < to {
+        t = (t + STEP).min(to);
+        plane.tick(t, sq, dp);
+    }
 }
 
 /// A connected loopback pair: (client, server).
@@ -67,7 +89,7 @@ fn entries(first: u64, count: u64, last: Entry<'_>) -> Vec<u8> {
 
 struct Backup {
     plane: BackupPlane,
-    chunks: rtrb::Consumer<Vec<u8>>,
+    chunks: rtrb::Consumer<Chunk>,
     ft: Arc<FtShared>,
     _primary: TcpStream,
 }
@@ -109,15 +131,13 @@ fn the_backup_hands_the_stream_to_the_replay_and_records_what_it_received() {
         t0,
     );
     b.plane.pump(&mut sq, t0);
+    let first = b.chunks.pop().unwrap();
+    assert_eq!(first.bytes, h.encode().to_vec(), "the header first");
+    let chunk = b.chunks.pop().unwrap();
     assert_eq!(
-        b.chunks.pop().unwrap(),
-        h.encode().to_vec(),
-        "the header first"
-    );
-    assert_eq!(
-        b.chunks.pop().unwrap(),
-        bytes,
-        "then the entries, as received"
+        (chunk.bytes, chunk.last_seq),
+        (bytes, 3),
+        "then the entries"
     );
     assert_eq!(FtShared::load(&b.ft.received_seq), 3);
     assert!(b.plane.owns(TAG_LOG) && b.plane.owns(TAG_HEARTBEAT) && !b.plane.owns(1));
@@ -155,7 +175,7 @@ fn a_primary_that_ends_the_run_is_not_a_failure() {
     assert!(FtShared::flag(&b.ft.stream_ended));
     let (mut disk, mut tap, mut deliver) = (None, None, false);
     let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
-    b.plane.tick(t0 + 10 * LIVE.timeout, &mut sq, &mut dp);
+    run(&mut b.plane, t0, t0 + 10 * LIVE.timeout, &mut sq, &mut dp);
     assert!(
         !FtShared::flag(&b.ft.peer_dead),
         "no failover after a clean end"
@@ -180,10 +200,21 @@ fn a_silent_primary_is_declared_dead_after_the_timeout_and_not_before() {
     );
     let (mut disk, mut tap, mut deliver) = (None, None, false);
     let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
-    b.plane.tick(t0 + LIVE.timeout / 2, &mut sq, &mut dp);
+    run(&mut b.plane, t0, t0 + LIVE.timeout / 2, &mut sq, &mut dp);
     assert!(!FtShared::flag(&b.ft.peer_dead));
-    b.plane.tick(t0 + 2 * LIVE.timeout, &mut sq, &mut dp);
+    run(
+        &mut b.plane,
+        t0 + LIVE.timeout / 2,
+        t0 + 2 * LIVE.timeout,
+        &mut sq,
+        &mut dp,
+    );
     assert!(FtShared::flag(&b.ft.peer_dead));
+    assert_eq!(b.ft.cut_at(), Some(0), "cut first: nothing was acked");
+    assert!(
+        b.ft.live_not_before().is_some(),
+        "and it knows when it may go live"
+    );
     assert!(
         b.ft.note_text()
             .is_some_and(|n| n.contains("logging channel closed")),
@@ -217,7 +248,14 @@ fn primary() -> Primary {
         HeartbeatEngine::new(socket, peer, Role::Primary, 3, LIVE.period, TAG_HEARTBEAT).unwrap();
     let ft = Arc::new(FtShared::default());
     let shared = Arc::new(VmShared::default());
-    let plane = PrimaryPlane::new(sender, heartbeat, LIVE, ft.clone(), shared.status.clone());
+    let plane = PrimaryPlane::new(
+        sender,
+        heartbeat,
+        LIVE,
+        LEASE,
+        ft.clone(),
+        shared.status.clone(),
+    );
     Primary {
         plane,
         ft,
@@ -226,11 +264,12 @@ fn primary() -> Primary {
     }
 }
 
-fn ack(seq: u64) -> SenderEvent {
+fn ack(seq: u64, sent_at: Instant) -> SenderEvent {
     SenderEvent::Acked {
         acked_seq: seq,
         replayed_seq: seq.saturating_sub(1),
         replayed_exit: 9,
+        sent_at: Some(sent_at),
     }
 }
 
@@ -244,9 +283,9 @@ fn acks_release_outputs_up_to_their_entry_and_show_in_status() {
     let t0 = Instant::now();
     assert_eq!(p.plane.gate_tag(5, t0), 5, "held under its own entry");
     assert_eq!(p.plane.gate_tag(0, t0), 0, "no entry: not held");
-    p.plane.on_sender_event(ack(4), &mut sq, &mut dp, t0);
+    p.plane.on_sender_event(ack(4, t0), &mut sq, &mut dp, t0);
     assert_eq!(p.plane.gate_tag(4, t0), 0, "already acked: leaves at once");
-    p.plane.on_sender_event(ack(5), &mut sq, &mut dp, t0);
+    p.plane.on_sender_event(ack(5, t0), &mut sq, &mut dp, t0);
     let status = &p.shared.status;
     assert_eq!(
         (
@@ -266,15 +305,22 @@ fn a_closed_channel_or_silence_makes_the_backup_dead_and_alone_opens_the_gate() 
     let (mut disk, mut tap, mut deliver) = (None, None, false);
     let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
     let t0 = Instant::now();
-    p.plane.tick(t0 + STARTUP_GRACE / 2, &mut sq, &mut dp);
+    let t1 = t0 + STARTUP_GRACE / 2;
+    run(&mut p.plane, t0, t1, &mut sq, &mut dp);
     assert!(
         !FtShared::flag(&p.ft.peer_dead),
         "a starting backup gets the grace"
     );
-    p.plane.on_sender_event(ack(1), &mut sq, &mut dp, t0);
-    p.plane.tick(t0 + LIVE.timeout, &mut sq, &mut dp);
+    p.plane.on_sender_event(ack(1, t1), &mut sq, &mut dp, t1);
+    run(&mut p.plane, t1, t1 + LIVE.timeout, &mut sq, &mut dp);
     assert!(!FtShared::flag(&p.ft.peer_dead));
-    p.plane.tick(t0 + 2 * LIVE.timeout, &mut sq, &mut dp);
+    run(
+        &mut p.plane,
+        t1 + LIVE.timeout,
+        t1 + 2 * LIVE.timeout,
+        &mut sq,
+        &mut dp,
+    );
     assert!(FtShared::flag(&p.ft.peer_dead), "silent past the timeout");
 
     let mut q = primary();
@@ -296,4 +342,118 @@ fn a_closed_channel_or_silence_makes_the_backup_dead_and_alone_opens_the_gate() 
     q.plane.tick(t0, &mut sq, &mut dp);
     assert_eq!(q.plane.gate_tag(3, t0), 0, "alone: nothing waits");
     assert!(q.plane.flushed(), "and nothing more is owed to a backup");
+    assert_eq!(
+        q.shared.status.lease_remaining_ms(),
+        None,
+        "and no lease is needed"
+    );
+}
+
+#[test]
+fn an_ack_renews_the_lease_from_the_sending_and_a_loser_is_fenced() {
+    let mut p = primary();
+    let mut ring = IoUring::new(8).unwrap();
+    let mut sq = ring.submission();
+    let (mut disk, mut tap, mut deliver) = (None, None, false);
+    let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
+    let sent = Instant::now();
+    p.plane
+        .on_sender_event(ack(1, sent), &mut sq, &mut dp, sent);
+    let left = p.shared.status.lease_remaining_ms().expect("a lease");
+    assert!(left > 0 && left <= 50, "lease left {left} ms");
+    // An ack that waited in the socket while this side was stopped renews
+    // nothing: its entry was sent a lease ago.
+    let mut q = primary();
+    let long_ago = Instant::now();
+    let woke = long_ago + 10 * LEASE;
+    q.plane
+        .on_sender_event(ack(1, long_ago), &mut sq, &mut dp, woke);
+    assert!(
+        q.shared.status.lease_remaining_ms().is_some(),
+        "a lease is held"
+    );
+    q.ft.set(&q.ft.fenced);
+    q.plane.tick(woke, &mut sq, &mut dp);
+    q.ft.set(&q.ft.alone);
+    q.plane.tick(woke, &mut sq, &mut dp);
+    assert_eq!(
+        q.plane.gate_tag(9, woke),
+        9,
+        "a fenced side never opens its gates, not even alone"
+    );
+}
+
+/// Runs the ring for the plane until `done` or two seconds pass.
+fn drive_ring(
+    ring: &mut IoUring,
+    plane: &mut BackupPlane,
+    mut done: impl FnMut(&mut BackupPlane) -> bool,
+) {
+    let (mut disk, mut tap, mut deliver) = (None, None, false);
+    let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
+    let (submitter, mut sq, mut cq) = ring.split();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !done(plane) {
+        assert!(Instant::now() < deadline, "the plane made no progress");
+        plane.pump(&mut sq, Instant::now());
+        sq.sync();
+        submitter.submit().unwrap();
+        cq.sync();
+        for cqe in &mut cq {
+            plane.on_cqe(&cqe, &mut sq, &mut dp);
+        }
+        std::thread::yield_now();
+    }
+    // What the last round pushed goes out too.
+    sq.sync();
+    submitter.submit().unwrap();
+}
+
+#[test]
+fn the_backup_acks_what_it_handed_on_and_nothing_after_its_cut() {
+    use std::io::{Read, Write};
+    let mut b = backup();
+    let mut ring = IoUring::new(16).unwrap();
+    b.plane.attach(&ring.submitter()).unwrap();
+    let mut primary = b._primary.try_clone().unwrap();
+    primary.write_all(&header().encode()).unwrap();
+    primary.write_all(&entries(1, 3, Entry::KeepAlive)).unwrap();
+    let ft = b.ft.clone();
+    drive_ring(&mut ring, &mut b.plane, |_| {
+        FtShared::load(&ft.ack_sent) == 3
+    });
+    let mut raw = [0u8; logchan::channel::ACK_LEN];
+    primary
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    primary.read_exact(&mut raw).unwrap();
+    let ack = logchan::Ack::decode(&raw).unwrap();
+    assert_eq!(ack.acked_seq, 3, "everything handed on is acked");
+    // Silence: the backup suspects its primary and cuts at its last ack.
+    let t0 = Instant::now();
+    {
+        let mut sq = ring.submission();
+        let (mut disk, mut tap, mut deliver) = (None, None, false);
+        let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
+        run(&mut b.plane, t0, t0 + 3 * LIVE.timeout, &mut sq, &mut dp);
+    }
+    assert_eq!(b.ft.cut_at(), Some(3));
+    let not_before = b.ft.live_not_before().expect("set with the cut");
+    assert!(
+        not_before > t0 && not_before <= Instant::now() + LEASE,
+        "live no sooner than the last ack plus the lease"
+    );
+    // Entries that arrive after the cut are neither replayed nor acked.
+    primary.write_all(&entries(4, 2, Entry::KeepAlive)).unwrap();
+    let received = |p: &mut BackupPlane| p.received_for_tests() >= 5;
+    drive_ring(&mut ring, &mut b.plane, received);
+    let mut handed = Vec::new();
+    while let Ok(c) = b.chunks.pop() {
+        handed.push(c.last_seq);
+    }
+    assert_eq!(handed, [0, 3], "the header and entries 1..=3 only");
+    primary
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(primary.read(&mut raw).is_err(), "no ack after the cut");
 }

@@ -139,6 +139,15 @@ pub struct ReceiverEngine {
     /// request: sending one on every read as well would double the acks
     /// (one with the old replay position, then the one `ack()` asks for).
     ack_due: bool,
+    /// The highest seq the caller allows an ack to cover (`ack_up_to`);
+    /// `None`: everything received (`ack`).
+    ack_limit: Option<u64>,
+    /// No ack is ever encoded again (`stop_acking`).
+    acks_stopped: bool,
+    /// The highest seq an ack has covered, and when that ack was put into
+    /// the ring: what the primary may have seen acknowledged, and since
+    /// when.
+    ack_high_water: Option<(u64, Instant)>,
     last_ack: Option<Ack>,
     closed: bool,
     stats: ReceiverStats,
@@ -198,6 +207,9 @@ impl ReceiverEngine {
             ack_in_flight: false,
             replayed: None,
             ack_due: false,
+            ack_limit: None,
+            acks_stopped: false,
+            ack_high_water: None,
             last_ack: None,
             closed: false,
             stats: ReceiverStats::default(),
@@ -334,8 +346,39 @@ impl ReceiverEngine {
         sq: &mut squeue::SubmissionQueue<'_>,
     ) {
         self.replayed = Some((replayed_seq, replayed_exit));
+        self.ack_limit = None;
         self.ack_due = true;
         self.pump_ack(sq);
+    }
+
+    /// Like [`Self::ack`], but the ack covers at most `acked_seq`: the
+    /// caller acks only what it has taken on (what the backup will replay),
+    /// never merely what the socket delivered.
+    pub fn ack_up_to(
+        &mut self,
+        acked_seq: u64,
+        replayed_seq: u64,
+        replayed_exit: u64,
+        sq: &mut squeue::SubmissionQueue<'_>,
+    ) {
+        self.replayed = Some((replayed_seq.min(acked_seq), replayed_exit));
+        self.ack_limit = Some(acked_seq);
+        self.ack_due = true;
+        self.pump_ack(sq);
+    }
+
+    /// No ack is encoded from now on (an ack already in the ring still
+    /// completes): the backup suspects its primary and cuts its log at what
+    /// it has acknowledged ([`Self::ack_high_water`]).
+    pub fn stop_acking(&mut self) {
+        self.acks_stopped = true;
+        self.ack_due = false;
+    }
+
+    /// The highest seq any ack put into the ring has covered, and when it
+    /// was put there; `None` before the first ack.
+    pub fn ack_high_water(&self) -> Option<(u64, Instant)> {
+        self.ack_high_water
     }
 
     /// Keeps a read armed and finishes or sends a due ack.
@@ -376,13 +419,17 @@ impl ReceiverEngine {
         if self.closed || self.ack_in_flight || !self.header_seen || self.mode.is_none() {
             return;
         }
+        if self.acks_stopped && !self.ack_active {
+            return;
+        }
         if !self.ack_active {
             let Some((replayed_seq, replayed_exit)) = self.replayed.filter(|_| self.ack_due) else {
                 return;
             };
             self.ack_due = false;
+            let received = self.decoder.last_seq();
             let a = Ack {
-                acked_seq: self.decoder.last_seq(),
+                acked_seq: self.ack_limit.map_or(received, |l| l.min(received)),
                 replayed_seq,
                 replayed_exit,
             };
@@ -406,6 +453,10 @@ impl ReceiverEngine {
         // while the send is in flight.
         if unsafe { sq.push(&e) }.is_ok() {
             self.ack_in_flight = true;
+            let seq = self.stats.last_ack.acked_seq;
+            if self.ack_high_water.is_none_or(|(s, _)| seq > s) {
+                self.ack_high_water = Some((seq, Instant::now()));
+            }
         }
     }
 

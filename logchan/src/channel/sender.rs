@@ -116,6 +116,11 @@ pub struct SenderEngine {
     sent_pos: u64,
     /// Highest seq whose bytes were put into a send SQE: no ack may exceed it.
     submitted_seq: u64,
+    /// For each send SQE that carried entries: the last seq it carried and
+    /// when it was pushed, oldest first, until acked (for `sent_at`).
+    send_times: VecDeque<(u64, Instant)>,
+    /// The backup is gone: published log is released unsent.
+    discarding: bool,
     ack_buf: Box<[u8]>,
     /// Bytes of a partial ack at the front of `ack_buf`.
     ack_have: usize,
@@ -185,6 +190,8 @@ impl SenderEngine {
             sending: false,
             sent_pos: 0,
             submitted_seq: before_first,
+            send_times: VecDeque::new(),
+            discarding: false,
             ack_buf: vec![0u8; ACK_BUF_LEN].into_boxed_slice(),
             ack_have: 0,
             ack_armed: false,
@@ -348,6 +355,10 @@ impl SenderEngine {
     /// Takes newly published segments and keeps one send and one ack
     /// receive in the ring, as far as the submission queue has room.
     pub fn pump(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        if self.discarding {
+            self.discard_published();
+            return;
+        }
         let Some(mode) = self.mode else { return };
         if self.closed {
             return;
@@ -438,7 +449,40 @@ impl SenderEngine {
         });
         if let Some(s) = last_seq {
             self.submitted_seq = self.submitted_seq.max(s);
+            self.send_times.push_back((s, Instant::now()));
         }
+    }
+
+    /// When the send that carried entry `seq` was pushed (the earliest send
+    /// whose entries reach `seq`); forgets the sends wholly acked before it.
+    fn sent_at(&mut self, seq: u64) -> Option<Instant> {
+        while self.send_times.front().is_some_and(|(last, _)| *last < seq) {
+            self.send_times.pop_front();
+        }
+        self.send_times
+            .front()
+            .filter(|(last, _)| *last >= seq)
+            .map(|(_, at)| *at)
+    }
+
+    /// The backup is gone for good (its peer's verdict): nothing more is
+    /// sent, and what the producer publishes is released at once, unsent, so
+    /// the vCPU never stalls on a log nobody will read. Operations in
+    /// flight finish first (the kernel may still read their bytes).
+    pub fn discard(&mut self) {
+        self.discarding = true;
+        self.shutdown();
+    }
+
+    /// Releases everything taken or published once nothing is in flight.
+    fn discard_published(&mut self) {
+        if !self.ops.is_empty() {
+            return;
+        }
+        self.outbox.take_published();
+        let end = self.outbox.take_pos();
+        self.outbox.mark_sent(end);
+        self.outbox.release_before(end);
     }
 
     /// Handles a CQE whose `user_data` carries this engine's tag (the whole
@@ -609,10 +653,12 @@ impl SenderEngine {
             self.stats.acked_seq = a.acked_seq;
             self.stats.replayed_seq = a.replayed_seq;
             self.stats.replayed_exit = a.replayed_exit;
+            let sent_at = self.sent_at(a.acked_seq);
             out(SenderEvent::Acked {
                 acked_seq: a.acked_seq,
                 replayed_seq: a.replayed_seq,
                 replayed_exit: a.replayed_exit,
+                sent_at,
             });
         }
         if let Some(e) = bad {

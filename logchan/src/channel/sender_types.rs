@@ -74,6 +74,12 @@ pub enum SenderEvent {
         acked_seq: u64,
         replayed_seq: u64,
         replayed_exit: u64,
+        /// When the send that carried entry `acked_seq` was handed to the
+        /// kernel: the backup received the entry no earlier, so a lease
+        /// counted from here never outlasts one the backup counts from its
+        /// receipt (`lockstep_ft::output_rule`). `None` for an ack of nothing
+        /// sent by this engine.
+        sent_at: Option<Instant>,
     },
     /// The connection is over; reported once, nothing is sent afterwards.
     Closed { reason: ChannelError },

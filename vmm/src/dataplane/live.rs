@@ -53,6 +53,9 @@ pub struct LiveIo {
     pub stream_log: Option<Duration>,
     rx_backlog: VecDeque<Vec<u8>>,
     outputs: Outputs,
+    /// Event bits to return with the next sync call (an exit begun by a
+    /// replay that ended in it).
+    pending_events: u32,
     /// Frames dropped because the guest had no RX buffers for too long.
     pub rx_dropped: u64,
 }
@@ -68,6 +71,7 @@ impl LiveIo {
             stream_log: None,
             rx_backlog: VecDeque::new(),
             outputs: Outputs::default(),
+            pending_events: 0,
             rx_dropped: 0,
         }
     }
@@ -78,6 +82,12 @@ impl LiveIo {
     pub fn queue_outputs(&mut self, frames: Vec<Vec<u8>>, requests: Vec<blkio::Request>) {
         self.outputs.frames.splice(0..0, frames);
         self.outputs.requests.splice(0..0, requests);
+    }
+
+    /// Event bits the next sync call returns besides its own (a backup
+    /// going live in the middle of an exit its replay began).
+    pub fn queue_events(&mut self, events: u32) {
+        self.pending_events |= events;
     }
 
     /// The log ends here when the host says so (an FT primary that won the
@@ -166,7 +176,12 @@ impl LiveIo {
                 }
                 Ok(false) => break,
                 Err(e) => {
+                    // The guest's RX chain was malformed and is consumed
+                    // anyway: logged, so a replay makes the same attempt.
                     tracing::debug!("frame not delivered: {e}");
+                    if let Some(r) = self.recorder.as_mut() {
+                        r.net_rx(exit_index, frame)?;
+                    }
                     self.rx_backlog.pop_front();
                     self.rx_dropped += 1;
                 }
@@ -186,7 +201,8 @@ impl SyncIo for LiveIo {
     fn sync(&mut self, mem: &GuestMemoryMmap, req: &SyncRequest) -> Result<SyncOutcome, LiveError> {
         self.check_log_stopped();
         self.shared.status.note_sync_call(req.exit_index);
-        let mut events = self.devices.take_outputs(mem, &mut self.outputs);
+        let mut events = self.devices.take_outputs(mem, &mut self.outputs)
+            | std::mem::take(&mut self.pending_events);
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
         let mut waited_ns = 0;

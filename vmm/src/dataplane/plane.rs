@@ -9,6 +9,7 @@ use std::time::Instant;
 use io_uring::{Submitter, cqueue, squeue};
 
 use blkio::DiskEngine;
+use ioengine::Lease;
 use netio::TapEngine;
 
 /// The I/O thread's engines, lent to a plane for one call.
@@ -40,6 +41,26 @@ impl<'a> Dataplane<'a> {
         }
         if let Some(t) = self.tap.as_deref_mut() {
             t.release(seq, sq);
+        }
+    }
+
+    /// The side's output lease, which the engines honour at the last step.
+    pub fn set_lease(&mut self, lease: Lease, sq: &mut squeue::SubmissionQueue<'_>) {
+        if let Some(d) = self.disk.as_deref_mut() {
+            d.set_lease(lease, sq);
+        }
+        if let Some(t) = self.tap.as_deref_mut() {
+            t.set_lease(lease, sq);
+        }
+    }
+
+    /// A side that lost the arbiter: nothing held or later leaves, for good.
+    pub fn revoke(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        if let Some(d) = self.disk.as_deref_mut() {
+            d.revoke(sq);
+        }
+        if let Some(t) = self.tap.as_deref_mut() {
+            t.revoke();
         }
     }
 

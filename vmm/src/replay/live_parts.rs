@@ -13,7 +13,7 @@ const RECENT_FRAMES: usize = 512;
 /// sent (duplicates are harmless; TCP drops them).
 #[derive(Default)]
 pub struct RecentFrames {
-    frames: std::collections::VecDeque<(u64, std::time::Instant, Vec<u8>)>,
+    frames: std::collections::VecDeque<(u64, Vec<u8>)>,
 }
 
 impl RecentFrames {
@@ -21,17 +21,16 @@ impl RecentFrames {
         if self.frames.len() == RECENT_FRAMES {
             self.frames.pop_front();
         }
-        self.frames
-            .push_back((seq, std::time::Instant::now(), frame));
+        self.frames.push_back((seq, frame));
     }
 
-    /// Frames the primary cannot have sent (tag above the last ack the
-    /// backup sent) or may not have sent yet (taken within `window`).
-    pub fn unsent(&self, last_ack_sent: u64, window: std::time::Duration) -> Vec<Vec<u8>> {
+    /// Frames the primary may not have sent: tagged above `released`, the
+    /// last release watermark it announced.
+    pub fn unsent(&self, released: u64) -> Vec<Vec<u8>> {
         self.frames
             .iter()
-            .filter(|(seq, at, _)| *seq > last_ack_sent || at.elapsed() < window)
-            .map(|(_, _, f)| f.clone())
+            .filter(|(seq, _)| *seq > released)
+            .map(|(_, f)| f.clone())
             .collect()
     }
 }
@@ -42,6 +41,8 @@ pub struct LiveParts {
     pub last_now_ns: u64,
     /// Outputs of the exit the log ended in, not yet sent by anyone.
     pub current: Outputs,
+    /// Event bits that exit collected before the log ended.
+    pub events: u32,
     pub recent: RecentFrames,
     /// Disk requests whose completions never reached the log: reissued.
     pub inflight: Vec<blkio::Request>,
@@ -49,26 +50,20 @@ pub struct LiveParts {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
-    fn unsent_frames_are_those_past_the_last_ack_or_within_the_window() {
+    fn unsent_frames_are_those_above_the_primarys_release_watermark() {
         let mut recent = RecentFrames::default();
         recent.push(3, vec![3]);
         recent.push(5, vec![5]);
         recent.push(8, vec![8]);
-        assert_eq!(recent.unsent(5, Duration::ZERO), vec![vec![8]]);
-        assert_eq!(recent.unsent(8, Duration::ZERO), Vec::<Vec<u8>>::new());
-        assert_eq!(recent.unsent(8, Duration::from_secs(60)).len(), 3);
+        assert_eq!(recent.unsent(5), vec![vec![8]]);
+        assert_eq!(recent.unsent(8), Vec::<Vec<u8>>::new());
+        assert_eq!(recent.unsent(0).len(), 3);
         for seq in 0..RECENT_FRAMES as u64 {
             recent.push(100 + seq, vec![0]);
         }
-        assert_eq!(
-            recent.unsent(0, Duration::ZERO).len(),
-            RECENT_FRAMES,
-            "the oldest go first"
-        );
+        assert_eq!(recent.unsent(0).len(), RECENT_FRAMES, "the oldest go first");
     }
 }

@@ -111,6 +111,8 @@ pub struct ReplayIo {
     pub last_now_ns: u64,
     /// The recording's End, once reached.
     pub recorded_end: Option<(u64, logchan::EndReason, i32)>,
+    /// Event bits of an exit the log ended in, for whoever finishes it.
+    carried_events: u32,
 }
 
 fn diverged(exit_index: u64, seq: u64, what: String) -> ReplayError {
@@ -136,6 +138,7 @@ impl ReplayIo {
             perturb: None,
             last_now_ns: 0,
             recorded_end: None,
+            carried_events: 0,
         }
     }
 
@@ -163,12 +166,170 @@ impl ReplayIo {
         Ok(())
     }
 
+    /// The sync exit's entries from the log; `events` collects the exit's
+    /// device event bits.
+    fn replay_sync(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        req: &SyncRequest,
+        events: &mut u32,
+    ) -> Result<SyncOutcome, ReplayError> {
+        let exit = req.exit_index;
+        *events |= self.devices.take_outputs(mem, &mut self.taken);
+        // Outputs in the recorder's order: frames, then disk writes. Each
+        // stays in `taken` until the log has matched it, so a backup going
+        // live at a log that ends mid-exit still has the rest to send.
+        while !self.taken.frames.is_empty() {
+            let frame = self.taken.frames.remove(0);
+            match self.check_output(exit, OutputKind::NetFrame, &frame) {
+                Ok(seq) => self.recent.push(seq, frame),
+                Err(e) => {
+                    self.taken.frames.insert(0, frame);
+                    return Err(e);
+                }
+            }
+        }
+        while !self.taken.requests.is_empty() {
+            let r = self.taken.requests.remove(0);
+            if let Err(e) = self.replay_request(exit, &r) {
+                self.taken.requests.insert(0, r);
+                return Err(e);
+            }
+            self.inflight.push(r);
+        }
+        loop {
+            let Some(entry) = self.next_for(exit)? else {
+                return Err(diverged(
+                    exit,
+                    self.next_seq(),
+                    "the log has no sync result for this exit".into(),
+                ));
+            };
+            if entry.exit_kind != ExitKind::SyncPort {
+                return Err(diverged(
+                    exit,
+                    entry.seq,
+                    format!(
+                        "the log was recorded at a {:?} exit, the replay is at a sync exit",
+                        entry.exit_kind
+                    ),
+                ));
+            }
+            match entry.entry {
+                Logged::NetRx(frame) => {
+                    self.stats.frames += 1;
+                    // A delivery the primary attempted and the guest's RX
+                    // chain refused fails here the same way (both sides
+                    // consume the same broken chain).
+                    if let Ok(false) = self.devices.deliver_frame(mem, &frame) {
+                        return Err(diverged(
+                            exit,
+                            entry.seq,
+                            "a logged frame could not be delivered: the guest has no RX buffer"
+                                .into(),
+                        ));
+                    }
+                }
+                Logged::BlkDone(c) => {
+                    self.stats.disk_completions += 1;
+                    self.inflight.retain(|r| r.id != c.id);
+                    let c = match (self.disk.as_mut(), &c.data) {
+                        (Some(disk), Some(logged)) if c.status == blkio::STATUS_OK => {
+                            // The log has the primary's data, or only its hash.
+                            let want = match <[u8; 8]>::try_from(logged.as_slice()) {
+                                Ok(h) => u64::from_le_bytes(h),
+                                Err(_) => logchan::content_hash(logged.as_slice()),
+                            };
+                            self.stats.backup_reads += 1;
+                            match disk.complete_read(c.id, want)? {
+                                Some(ours) => ours,
+                                None => c,
+                            }
+                        }
+                        (Some(disk), _) => {
+                            disk.forget(c.id);
+                            c
+                        }
+                        (None, Some(logged)) if logged.len() == 8 => {
+                            return Err(ReplayError::ReadsNotLogged);
+                        }
+                        (None, _) => c,
+                    };
+                    // The primary only warned when the guest's request was
+                    // gone (a device reset with requests in flight); the
+                    // replay meets the same and does the same.
+                    if let Err(e) = self.devices.complete_disk(mem, &c) {
+                        tracing::debug!(exit, "disk completion {} not applied: {e}", c.id);
+                    }
+                }
+                Logged::Sync {
+                    flags,
+                    events: logged,
+                    now_ns,
+                    deadline_ns,
+                } => {
+                    if flags != req.flags || deadline_ns != req.deadline_ns {
+                        return Err(diverged(
+                            exit,
+                            entry.seq,
+                            format!(
+                                "the guest's sync call has flags {:#x} and deadline {}, the log has flags {flags:#x} and deadline {deadline_ns}",
+                                req.flags, req.deadline_ns
+                            ),
+                        ));
+                    }
+                    *events |= self.devices.input_events();
+                    if *events & DEVICE_EVENTS != logged & DEVICE_EVENTS {
+                        return Err(diverged(
+                            exit,
+                            entry.seq,
+                            format!("device events {:#x}, the log has {logged:#x}", *events),
+                        ));
+                    }
+                    let mut now_ns = now_ns;
+                    if let Some(p) = self.perturb.filter(|p| p.at_exit == exit) {
+                        tracing::warn!(
+                            exit,
+                            "test switch: perturbing the time by {} ns",
+                            p.delta_ns
+                        );
+                        now_ns += p.delta_ns;
+                    }
+                    self.last_now_ns = now_ns;
+                    return Ok(SyncOutcome {
+                        events: logged,
+                        now_ns,
+                        waited_ns: 0,
+                    });
+                }
+                Logged::KeepAlive => {}
+                Logged::End { reason, status } => {
+                    self.recorded_end = Some((entry.exit_index, reason, status));
+                    return Err(ReplayStop::Recorded {
+                        exit_index: entry.exit_index,
+                        reason,
+                        status,
+                    }
+                    .into());
+                }
+                other => {
+                    return Err(diverged(
+                        exit,
+                        entry.seq,
+                        format!("unexpected {other:?} inside a sync exit"),
+                    ));
+                }
+            }
+        }
+    }
+
     /// Hands the replay's state to a backup going live.
     pub fn into_live_parts(self) -> LiveParts {
         LiveParts {
             devices: self.devices,
             last_now_ns: self.last_now_ns,
             current: self.taken,
+            events: self.carried_events,
             recent: self.recent,
             inflight: self.inflight,
         }
@@ -333,158 +494,16 @@ impl SyncIo for ReplayIo {
         mem: &GuestMemoryMmap,
         req: &SyncRequest,
     ) -> Result<SyncOutcome, ReplayError> {
-        let exit = req.exit_index;
         self.stats.syncs += 1;
-        let mut events = self.devices.take_outputs(mem, &mut self.taken);
-        // Outputs in the recorder's order: frames, then disk writes. Each
-        // stays in `taken` until the log has matched it, so a backup going
-        // live at a log that ends mid-exit still has the rest to send.
-        while !self.taken.frames.is_empty() {
-            let frame = self.taken.frames.remove(0);
-            match self.check_output(exit, OutputKind::NetFrame, &frame) {
-                Ok(seq) => self.recent.push(seq, frame),
-                Err(e) => {
-                    self.taken.frames.insert(0, frame);
-                    return Err(e);
-                }
-            }
+        // Event bits this exit collected before the log ran out stay for
+        // whoever finishes the exit (a backup going live mid-exit).
+        let mut events = std::mem::take(&mut self.carried_events);
+        let outcome = self.replay_sync(mem, req, &mut events);
+        if outcome.is_err() {
+            self.carried_events = events;
         }
-        while !self.taken.requests.is_empty() {
-            let r = self.taken.requests.remove(0);
-            if let Err(e) = self.replay_request(exit, &r) {
-                self.taken.requests.insert(0, r);
-                return Err(e);
-            }
-            self.inflight.push(r);
-        }
-        loop {
-            let Some(entry) = self.next_for(exit)? else {
-                return Err(diverged(
-                    exit,
-                    self.next_seq(),
-                    "the log has no sync result for this exit".into(),
-                ));
-            };
-            if entry.exit_kind != ExitKind::SyncPort {
-                return Err(diverged(
-                    exit,
-                    entry.seq,
-                    format!(
-                        "the log was recorded at a {:?} exit, the replay is at a sync exit",
-                        entry.exit_kind
-                    ),
-                ));
-            }
-            match entry.entry {
-                Logged::NetRx(frame) => {
-                    self.stats.frames += 1;
-                    match self.devices.deliver_frame(mem, &frame) {
-                        Ok(true) => {}
-                        other => {
-                            return Err(diverged(
-                                exit,
-                                entry.seq,
-                                format!(
-                                    "a logged frame could not be delivered ({other:?}): the guest has no RX buffer"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                Logged::BlkDone(c) => {
-                    self.stats.disk_completions += 1;
-                    self.inflight.retain(|r| r.id != c.id);
-                    let c = match (self.disk.as_mut(), &c.data) {
-                        (Some(disk), Some(logged)) if c.status == blkio::STATUS_OK => {
-                            // The log has the primary's data, or only its hash.
-                            let want = match <[u8; 8]>::try_from(logged.as_slice()) {
-                                Ok(h) => u64::from_le_bytes(h),
-                                Err(_) => logchan::content_hash(logged.as_slice()),
-                            };
-                            self.stats.backup_reads += 1;
-                            match disk.complete_read(c.id, want)? {
-                                Some(ours) => ours,
-                                None => c,
-                            }
-                        }
-                        (Some(disk), _) => {
-                            disk.forget(c.id);
-                            c
-                        }
-                        (None, Some(logged)) if logged.len() == 8 => {
-                            return Err(ReplayError::ReadsNotLogged);
-                        }
-                        (None, _) => c,
-                    };
-                    if let Err(e) = self.devices.complete_disk(mem, &c) {
-                        return Err(diverged(
-                            exit,
-                            entry.seq,
-                            format!("logged disk completion refused: {e}"),
-                        ));
-                    }
-                }
-                Logged::Sync {
-                    flags,
-                    events: logged,
-                    now_ns,
-                    deadline_ns,
-                } => {
-                    if flags != req.flags || deadline_ns != req.deadline_ns {
-                        return Err(diverged(
-                            exit,
-                            entry.seq,
-                            format!(
-                                "the guest's sync call has flags {:#x} and deadline {}, the log has flags {flags:#x} and deadline {deadline_ns}",
-                                req.flags, req.deadline_ns
-                            ),
-                        ));
-                    }
-                    events |= self.devices.input_events();
-                    if events & DEVICE_EVENTS != logged & DEVICE_EVENTS {
-                        return Err(diverged(
-                            exit,
-                            entry.seq,
-                            format!("device events {events:#x}, the log has {logged:#x}"),
-                        ));
-                    }
-                    let mut now_ns = now_ns;
-                    if let Some(p) = self.perturb.filter(|p| p.at_exit == exit) {
-                        tracing::warn!(
-                            exit,
-                            "test switch: perturbing the time by {} ns",
-                            p.delta_ns
-                        );
-                        now_ns += p.delta_ns;
-                    }
-                    self.last_now_ns = now_ns;
-                    return Ok(SyncOutcome {
-                        events: logged,
-                        now_ns,
-                        waited_ns: 0,
-                    });
-                }
-                Logged::KeepAlive => {}
-                Logged::End { reason, status } => {
-                    self.recorded_end = Some((entry.exit_index, reason, status));
-                    return Err(ReplayStop::Recorded {
-                        exit_index: entry.exit_index,
-                        reason,
-                        status,
-                    }
-                    .into());
-                }
-                other => {
-                    return Err(diverged(
-                        exit,
-                        entry.seq,
-                        format!("unexpected {other:?} inside a sync exit"),
-                    ));
-                }
-            }
-        }
+        outcome
     }
-
     fn mmio_read(&mut self, _mem: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> bool {
         self.devices.mmio_read(addr, data)
     }
