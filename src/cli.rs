@@ -175,7 +175,8 @@ pub struct VmArgs {
     /// The guest's MAC address.
     #[arg(long, value_name = "MAC", default_value = "52:54:00:12:34:56")]
     pub mac: String,
-    /// Guest workload: kv, compute, disk or idle.
+    /// Guest workload: kv, compute, disk, idle, or hostile (misuses its
+    /// devices, for tests).
     #[arg(long, default_value = "kv")]
     pub workload: String,
     /// Extra `key=value` words for the guest's command line.

@@ -382,3 +382,69 @@ fn an_injected_divergence_is_caught_at_the_exit_it_shows() {
     // Unperturbed, the same log replays cleanly.
     assert_replays(&rec, &[]);
 }
+
+#[test]
+fn a_guest_that_misuses_its_devices_replays_without_divergence() {
+    if !kvm_available() {
+        return;
+    }
+    let net = net_single("rh");
+    let dir = tempdir();
+    let log = dir.path().join("hostile.lslog");
+    let console = dir.path().join("hostile.rec.console");
+    let mut cmd = net.cmd("h", lockstep());
+    cmd.args([
+        "record",
+        "--mem",
+        "64",
+        "--workload",
+        "hostile",
+        "--append",
+        "duration_ms=3000",
+        "--tap",
+        &net.tap(),
+        "--log",
+    ])
+    .arg(&log)
+    .arg("--console")
+    .arg(&console)
+    .arg("--disk")
+    .arg(dir.path().join("hostile.img"));
+    let mut vmm = spawn_vmm(cmd);
+    wait_for(Duration::from_secs(30), "the guest's misuse", || {
+        std::fs::read_to_string(&console).is_ok_and(|c| c.contains("reset with a read in flight"))
+    });
+    // Broadcast frames: each one meets an RX chain that points outside
+    // guest memory.
+    let sent = spawn_in_netns(net.ns("c"), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_broadcast(true).expect("broadcast");
+        let mut sent = 0;
+        for i in 0..50u32 {
+            if s.send_to(&i.to_le_bytes(), "10.77.0.255:9").is_ok() {
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sent
+    })
+    .join()
+    .expect("sender");
+    assert!(sent > 0, "no broadcast frame could be sent");
+    let status = vmm.exit_status(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", vmm.log());
+    let log_text = vmm.log();
+    assert!(
+        log_text.contains("not applied"),
+        "the read's completion met a reset device:\n{log_text}"
+    );
+    let rec = Recording {
+        log,
+        console: std::fs::read_to_string(&console).expect("console"),
+    };
+    let out = assert_replays(&rec, &[]);
+    assert!(
+        !out.contains(" 0 frames"),
+        "deliveries into broken chains were replayed:\n{out}\nrecording:\n{log_text}"
+    );
+}

@@ -323,7 +323,10 @@ impl NetDevice {
     ///
     /// Malformed RX chains (broken, with device-readable buffers, smaller
     /// than `MIN_RX_BUFFER`) are returned with length 0 and the next chain
-    /// is tried.
+    /// is tried. `Ok(false)` means guest memory was not touched: if
+    /// malformed chains were returned and no good one followed, the result
+    /// is `Err(MalformedBuffers)` (the attempt changed the guest, and a
+    /// replay must make it too), and the frame is dropped.
     pub fn deliver_rx<M: GuestMemory>(&mut self, mem: &M, frame: &[u8]) -> Result<bool, NetError> {
         if self.rx.is_none() {
             return Err(NetError::NotActivated);
@@ -335,12 +338,17 @@ impl NetDevice {
                 room: MAX_FRAME_LEN,
             });
         }
+        let mut malformed = 0u32;
         loop {
             let Some(rx) = self.rx.as_mut() else {
                 return Err(NetError::NotActivated);
             };
             let head = match virtq::pop_head(rx, mem) {
                 Ok(Some(h)) => h,
+                Ok(None) if malformed > 0 => {
+                    self.stats.rx_dropped += 1;
+                    return Err(NetError::MalformedBuffers(malformed));
+                }
                 Ok(None) => return Ok(false),
                 Err(e) => {
                     self.stats.rx_dropped += 1;
@@ -354,7 +362,7 @@ impl NetDevice {
             self.segs = segs;
             match r {
                 RxOutcome::Delivered => return Ok(true),
-                RxOutcome::Malformed => continue,
+                RxOutcome::Malformed => malformed = malformed.saturating_add(1),
                 RxOutcome::TooSmall(room) => {
                     // A valid buffer, just not big enough for this one frame:
                     // leave it for the next frame.

@@ -30,4 +30,8 @@ pub enum NetError {
     /// the frame is dropped.
     #[error("virtio-net RX ring is broken")]
     RxRing(#[source] virtq::RingError),
+    /// Every RX chain the guest had posted was malformed (each is returned
+    /// with length 0): guest memory changed, and the frame is dropped.
+    #[error("all {0} RX buffers the guest posted were malformed; frame dropped")]
+    MalformedBuffers(u32),
 }

@@ -2,14 +2,14 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `workload` | `kv`, `compute`, `disk`, `idle` | `kv` |
+//! | `workload` | `kv`, `compute`, `disk`, `idle`, `hostile` | `kv` |
 //! | `ip` | address/prefix of the guest | `10.77.0.2/24` |
 //! | `gw` | default IPv4 gateway | none |
 //! | `iters` | compute: millions of steps | `100` |
 //! | `ops` | disk: operations | `1000` |
 //! | `inflight` | disk: operations in flight (1..=4) | `4` |
 //! | `race` | disk: rounds of two racing writes to one block first | `0` |
-//! | `duration_ms` | idle: how long | `1000` |
+//! | `duration_ms` | idle, hostile: how long | `1000` |
 //! | `tick_ms` | idle: wake-up period | `10` |
 
 use lockstep_guest_abi::BootParams;
@@ -23,6 +23,8 @@ pub enum Workload {
     Compute,
     Disk,
     Idle,
+    /// Misuses the devices (broken RX chains, a reset with I/O in flight).
+    Hostile,
 }
 
 impl Workload {
@@ -32,6 +34,7 @@ impl Workload {
             Workload::Compute => "compute",
             Workload::Disk => "disk",
             Workload::Idle => "idle",
+            Workload::Hostile => "hostile",
         }
     }
 }
@@ -73,7 +76,8 @@ pub fn parse(bp: &BootParams) -> Result<Settings, &'static str> {
         Some(b"compute") => Workload::Compute,
         Some(b"disk") => Workload::Disk,
         Some(b"idle") => Workload::Idle,
-        Some(_) => return Err("workload= must be kv, compute, disk or idle"),
+        Some(b"hostile") => Workload::Hostile,
+        Some(_) => return Err("workload= must be kv, compute, disk, idle or hostile"),
     };
     let (ip, prefix) = match bp.param("ip") {
         None => (Ipv4Address::new(10, 77, 0, 2), 24),

@@ -3,4 +3,5 @@
 
 pub mod compute;
 pub mod disk;
+pub mod hostile;
 pub mod idle;
