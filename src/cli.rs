@@ -103,6 +103,11 @@ pub struct PrimaryArgs {
     /// How long to keep trying to reach the backup at start.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub connect_timeout: u64,
+    /// Log buffers in MiB (1 MiB each, 2 to 1024): how far the primary may
+    /// run ahead of its backup's acks before its vCPU waits.
+    #[arg(long, value_name = "MIB", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(2..=1024))]
+    pub log_buffer_mib: u16,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]

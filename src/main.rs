@@ -5,6 +5,8 @@
 mod cli;
 mod commands;
 mod exit_status;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod launch;
 
 use std::process::ExitCode;
@@ -17,9 +19,9 @@ use exit_status::ExitStatus;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Test builds only: the fail points FAILPOINTS names (none otherwise).
+    // Test builds only: fail points from the environment (none otherwise).
     #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
+    let _failpoints = failpoints::setup();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -7,111 +7,34 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::ft::*;
 use common::*;
-use lockstep_bench::kvclient;
-
-fn addr() -> String {
-    format!("{GUEST_IP}:6379")
-}
-
-/// Writers in the client namespace that SET unique keys until stopped and
-/// remember every SET the guest acknowledged. They keep their TCP
-/// connections across a failover (the guest's TCP state moves with it).
-struct Writers {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<kvclient::WriterReport>,
-}
-
-impl Writers {
-    fn start(pair: &FtPair, n: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = spawn_in_netns(pair.net.ns("c"), move || kvclient::write(&addr(), n, flag));
-        Writers { stop, thread }
-    }
-
-    fn finish(self) -> (Vec<String>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let r = self.thread.join().expect("writers");
-        (r.acked, r.errors)
-    }
-}
-
-/// Reads every acknowledged key back; returns the ones missing or wrong.
-fn lost_writes(pair: &FtPair, acked: &[String]) -> Vec<String> {
-    in_netns(&pair.net.ns("c"), || {
-        kvclient::check(&addr(), acked).expect("read back")
-    })
-}
-
-/// A small deterministic generator for kill times (printed, so a failing
-/// trial can be rerun).
-fn next_rand(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
 
 #[test]
 fn failover_under_load_loses_no_acknowledged_write() {
     if !kvm_available() {
         return;
     }
-    let mut seed = std::env::var("LOCKSTEP_FT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::process::id() as u64 | 1);
-    eprintln!("kill times from seed {seed}");
-    let trials: usize = std::env::var("LOCKSTEP_FT_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let mut seed = Seed::from_env();
+    let trials = trials("LOCKSTEP_FT_TRIALS", 20);
     for trial in 0..trials {
         let mut pair = FtPair::start("fo", FtOptions::default());
         let writers = Writers::start(&pair, 3);
-        let kill_after = Duration::from_millis(150 + next_rand(&mut seed) % 700);
-        let deadline = Instant::now() + kill_after;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        pair.wait_acked(50);
+        // The fault's timing, not a synchronization.
+        let kill_after = Duration::from_millis(seed.between(0, 700));
+        std::thread::sleep(kill_after);
         pair.primary.signal(libc::SIGKILL);
         let killed = Instant::now();
         pair.wait_backup_live(Duration::from_secs(10));
-        // The writers go on against the new primary for a moment.
-        wait_for(Duration::from_secs(10), "writes after failover", || {
-            pair.redis(&["dbsize"]).parse::<u64>().is_ok()
-        });
-        std::thread::sleep(Duration::from_millis(200));
-        let (acked, errors) = writers.finish();
-        assert!(
-            errors.is_empty(),
-            "trial {trial}: clients saw errors: {:?}",
-            &errors[..errors.len().min(5)]
-        );
-        assert!(
-            !acked.is_empty(),
-            "trial {trial}: no write was acknowledged"
-        );
-        let lost = lost_writes(&pair, &acked);
-        assert!(
-            lost.is_empty(),
-            "trial {trial} (kill after {kill_after:?}): {} of {} acknowledged writes lost, e.g. {:?}\nbackup:\n{}",
-            lost.len(),
-            acked.len(),
-            &lost[..lost.len().min(5)],
-            pair.backup.log()
-        );
-        eprintln!(
-            "trial {trial}: killed after {kill_after:?}, {} acknowledged writes kept, live {:?} after the kill",
-            acked.len(),
-            killed.elapsed()
-        );
+        let live = killed.elapsed();
+        // The writers go on against the new primary.
+        pair.wait_served(50);
+        let what = format!("trial {trial} (kill after {kill_after:?})");
+        let n = pair.check_writes(writers, &what, false);
+        eprintln!("{what}: {n} acknowledged writes kept, live {live:?} after the kill");
     }
 }
 
@@ -174,56 +97,20 @@ fn a_partition_leaves_exactly_one_side_serving() {
     if !kvm_available() {
         return;
     }
+    let what = "the logging link cut for good";
     let mut pair = FtPair::start("pt", FtOptions::default());
+    let mut watch = SplitWatch::start(&pair);
     let writers = Writers::start(&pair, 2);
-    std::thread::sleep(Duration::from_millis(300));
+    pair.wait_acked(200);
     // Cut the link between A and B; both still reach the shared storage.
-    run_ok(
-        pair.net
-            .cmd("a", "ip")
-            .args(["link", "set", &format!("{}-ab", pair.net.name), "down"]),
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (mut p_done, mut b_done) = (None, None);
-    while Instant::now() < deadline && p_done.is_none() && b_done.is_none() {
-        p_done = pair.primary.try_wait().ok().flatten();
-        b_done = pair.backup.try_wait().ok().flatten();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    p_done = p_done.or_else(|| pair.primary.try_wait().ok().flatten());
-    b_done = b_done.or_else(|| pair.backup.try_wait().ok().flatten());
-    let (acked, _errors) = writers.finish();
-    match (p_done, b_done) {
-        (Some(s), None) => {
-            assert_eq!(
-                s.code(),
-                Some(7),
-                "the primary lost the arbiter:\n{}",
-                pair.primary.log()
-            );
-            pair.backup
-                .wait_for_line("going live", Duration::from_secs(10));
-        }
-        (None, Some(s)) => {
-            assert_eq!(
-                s.code(),
-                Some(7),
-                "the backup lost the arbiter:\n{}",
-                pair.backup.log()
-            );
-            pair.primary
-                .wait_for_line("continuing alone", Duration::from_secs(10));
-        }
-        other => panic!(
-            "exactly one side must stop, got {other:?}\nprimary:\n{}\nbackup:\n{}",
-            pair.primary.log(),
-            pair.backup.log()
-        ),
+    pair.logging_link(false);
+    let outcome = watch.settle(&mut pair, Duration::from_secs(20), false, what);
+    if outcome == Outcome::PrimaryAlone {
+        watch.backup_stops(&mut pair, Duration::from_secs(20), what);
     }
     assert_eq!(pair.redis(&["ping"]), "PONG", "the winner serves");
-    let lost = lost_writes(&pair, &acked);
-    assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
+    let n = pair.check_writes(writers, what, false);
+    eprintln!("{what}: {outcome:?}, {n} acknowledged writes kept");
 }
 
 #[test]
@@ -233,19 +120,17 @@ fn a_primary_that_loses_its_backup_continues_alone() {
     }
     let mut pair = FtPair::start("kb", FtOptions::default());
     let writers = Writers::start(&pair, 2);
-    std::thread::sleep(Duration::from_millis(300));
+    pair.wait_acked(200);
     pair.backup.signal(libc::SIGKILL);
     pair.primary
         .wait_for_line("continuing alone", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
-    let (acked, errors) = writers.finish();
-    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
-    assert!(lost_writes(&pair, &acked).is_empty());
+    pair.wait_served(50);
     let role = pair
         .status("primary")
         .map(|s| s["role"].to_string())
         .unwrap_or_default();
     assert!(role.to_lowercase().contains("alone"), "role {role}");
+    pair.check_writes(writers, "the backup killed", false);
 }
 
 /// Forwards TCP from `listen` to `to`, flipping one byte after `flip_at`
@@ -321,8 +206,6 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
     let mut pair = FtPair::launch(net, opts);
     let writers = Writers::start(&pair, 2);
     let status = pair.backup.exit_status(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(300));
-    let (acked, errors) = writers.finish();
     let log = pair.backup.log();
     assert_eq!(
         status.code(),
@@ -349,8 +232,8 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
     );
     pair.primary
         .wait_for_line("continuing alone", Duration::from_secs(10));
-    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
-    assert!(lost_writes(&pair, &acked).is_empty());
+    pair.wait_served(50);
+    pair.check_writes(writers, "a corrupt entry on the wire", false);
 }
 
 #[test]
@@ -366,13 +249,11 @@ fn etcd_arbitrates_a_failover() {
     };
     let mut pair = FtPair::launch(net, opts);
     let writers = Writers::start(&pair, 2);
-    std::thread::sleep(Duration::from_millis(300));
+    pair.wait_acked(200);
     pair.primary.signal(libc::SIGKILL);
     pair.wait_backup_live(Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(200));
-    let (acked, errors) = writers.finish();
-    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
-    assert!(lost_writes(&pair, &acked).is_empty());
+    pair.wait_served(50);
+    pair.check_writes(writers, "failover arbitrated by etcd", false);
     assert!(
         pair.backup.log().contains("won the arbiter"),
         "{}",

@@ -100,6 +100,11 @@ impl Vmm {
             .wait_timeout_while(out, DRAIN_TIMEOUT, |o| o.open > 0);
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `sig`.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.

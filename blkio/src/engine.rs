@@ -49,6 +49,9 @@ pub struct EngineStats {
     pub dropped_writes: u64,
     /// Short transfers resubmitted for the rest.
     pub short_retries: u64,
+    /// Writes the ring's fence refused in the kernel (the lease had run
+    /// out); each waited and was handed over again later, or dropped.
+    pub fenced_writes: u64,
 }
 
 #[derive(Debug)]
@@ -98,6 +101,9 @@ pub struct DiskEngine {
     /// Unfinished ops, in take order.
     order: VecDeque<u32>,
     gate: OutputGate,
+    /// The fixed-file slot writes go through (a fenced ring); `None`: the
+    /// image's own descriptor.
+    output_slot: Option<u32>,
     stats: EngineStats,
 }
 
@@ -112,6 +118,7 @@ impl DiskEngine {
             free: Vec::new(),
             order: VecDeque::new(),
             gate: OutputGate::new(),
+            output_slot: None,
             stats: EngineStats::default(),
         }
     }
@@ -168,6 +175,22 @@ impl DiskEngine {
     pub fn set_lease(&mut self, lease: Lease, sq: &mut squeue::SubmissionQueue<'_>) {
         self.gate.set_lease(lease);
         self.pump(sq);
+    }
+
+    /// Writes go through fixed-file slot `slot` of the ring, which the
+    /// ring's fence (`ioengine::Fence`) empties when the lease runs out: a
+    /// write the kernel refuses there (`EBADF`) has not happened and waits.
+    pub fn set_output_slot(&mut self, slot: u32) {
+        self.output_slot = Some(slot);
+    }
+
+    /// The ring's fence fired (`true`: no write is handed over) or was
+    /// restored.
+    pub fn set_fenced(&mut self, fenced: bool, sq: &mut squeue::SubmissionQueue<'_>) {
+        self.gate.set_fenced(fenced);
+        if !fenced {
+            self.pump(sq);
+        }
     }
 
     /// A side that lost: writes not started complete without reaching the
@@ -319,11 +342,22 @@ impl DiskEngine {
                 let e = opcode::Read::new(fd, ptr, rest).offset(*offset + *done as u64);
                 (e.build(), false)
             }
-            Work::Write { offset, buf, done } if op.state == State::Retry || !drop => {
+            // The rest of a short write goes out even when outputs are being
+            // dropped (a backup going live mid-write) — but never for a side
+            // that lost.
+            Work::Write { offset, buf, done }
+                if (op.state == State::Retry && !self.gate.revoked()) || !drop =>
+            {
                 let rest = (buf.len() - *done) as u32;
                 let ptr = buf.as_mut_ptr().wrapping_add(*done);
-                let e = opcode::Write::new(fd, ptr, rest).offset(*offset + *done as u64);
-                (e.build(), false)
+                let at = *offset + *done as u64;
+                let e = match self.output_slot {
+                    Some(slot) => opcode::Write::new(types::Fixed(slot), ptr, rest)
+                        .offset(at)
+                        .build(),
+                    None => opcode::Write::new(fd, ptr, rest).offset(at).build(),
+                };
+                (e, false)
             }
             Work::Flush if !drop => {
                 let e = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC);
@@ -372,6 +406,14 @@ impl DiskEngine {
             }
         } else {
             match &mut op.work {
+                Work::Write { .. } if result == -libc::EBADF && self.output_slot.is_some() => {
+                    // The fence fired before the kernel took the write:
+                    // nothing was written; it waits for the lease.
+                    self.stats.fenced_writes += 1;
+                    op.state = State::Retry;
+                    self.gate.set_fenced(true);
+                    None
+                }
                 Work::Read { buf, done, .. } | Work::Write { buf, done, .. } => {
                     if result < 0 {
                         let errno = -result;

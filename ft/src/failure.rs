@@ -92,18 +92,19 @@ impl FailureMonitor {
 
     /// This side looks at `now`: a gap since the last look longer than half
     /// the timeout was this side's own stall, and is not counted as the
-    /// peer's silence or lack of progress.
-    pub fn look(&mut self, now: Instant) {
+    /// peer's silence or lack of progress. Returns that stall, if any.
+    pub fn look(&mut self, now: Instant) -> Option<Duration> {
         let gap = now.saturating_duration_since(self.looked_at);
         self.looked_at = now;
         if gap <= self.timeout / 2 {
-            return;
+            return None;
         }
         if self.detector.ever_heard() {
             let last = self.detector.deadline() - self.timeout;
             self.detector.heard(last + gap);
         }
         self.progress_at += gap;
+        Some(gap)
     }
 
     /// The acks moved forward at `now` (or nothing is outstanding).

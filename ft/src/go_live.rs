@@ -55,6 +55,15 @@ pub fn take_over(
     exit: u64,
 ) -> Result<LiveIo, LiveError> {
     let parts = replay.into_live_parts();
+    let mut frames = parts.recent.unsent(primary_released);
+    let reissued = parts.inflight.len();
+    // Said before the first output, so that whoever reads the log knows
+    // everything this side sent came after it.
+    tracing::info!(
+        exit,
+        "going live: sending {} frames again, reissuing {reissued} disk requests",
+        frames.len() + parts.current.frames.len()
+    );
     // From here the I/O thread delivers received frames and lets outputs
     // out; the guest's address moves to this host first.
     let mut sent = io.send(ToIo::GoLive);
@@ -67,13 +76,6 @@ pub fn take_over(
     if !sent {
         return Err(LiveError::IoThreadGone);
     }
-    let mut frames = parts.recent.unsent(primary_released);
-    let reissued = parts.inflight.len();
-    tracing::info!(
-        exit,
-        "going live: sending {} frames again, reissuing {reissued} disk requests",
-        frames.len() + parts.current.frames.len()
-    );
     let mut live = LiveIo::new(shared.clone(), parts.devices, Some(io));
     live.clock = VirtualClock::starting_at(parts.last_now_ns);
     frames.extend(parts.current.frames);
@@ -156,11 +158,8 @@ mod tests {
     #[test]
     fn outputs_become_real_and_frames_reach_the_guest() {
         let mut deliver = false;
-        let mut dp = Dataplane {
-            disk: None,
-            tap: None,
-            deliver_rx: &mut deliver,
-        };
+        let (mut disk, mut tap) = (None, None);
+        let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
         outputs_become_real(&mut dp);
         assert!(deliver);
     }

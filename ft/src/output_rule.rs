@@ -36,9 +36,8 @@ use ioengine::Lease;
 const MAX_RECORDED_US: u64 = 60_000_000;
 
 /// What the primary takes off its lease: clocks of two hosts that run at
-/// rates up to 1 % apart (NTP keeps them within 0.05 %), and the few
-/// microseconds between the engine's check and the kernel taking the
-/// output.
+/// rates up to 1 % apart (NTP keeps them within 0.05 %), and timer slack
+/// (the kernel fence fires on an hrtimer; docs/failover.md, "Fencing").
 pub fn lease_margin(lease: Duration) -> Duration {
     lease / 100 + Duration::from_micros(500)
 }
@@ -125,6 +124,11 @@ impl OutputRule {
             }
         }
         effect
+    }
+
+    /// The lease's length.
+    pub fn lease_len(&self) -> Duration {
+        self.lease_len
     }
 
     /// The lease the gates must honour now.

@@ -47,6 +47,9 @@ pub struct OutputGate<T = ()> {
     lease: Lease,
     drop_outputs: bool,
     revoked: bool,
+    /// The kernel's fence fired: outputs would fail there, so none is
+    /// handed over until it is restored.
+    fenced: bool,
 }
 
 impl<T> Default for OutputGate<T> {
@@ -57,6 +60,7 @@ impl<T> Default for OutputGate<T> {
             lease: Lease::Unbounded,
             drop_outputs: false,
             revoked: false,
+            fenced: false,
         }
     }
 }
@@ -106,13 +110,18 @@ impl<T> OutputGate<T> {
 
     /// Whether an output may be handed to the kernel at `now`.
     pub fn lease_valid(&self, now: Instant) -> bool {
-        if self.revoked {
+        if self.revoked || self.fenced {
             return false;
         }
         match self.lease {
             Lease::Unbounded => true,
             Lease::Until(t) => now < t,
         }
+    }
+
+    /// The kernel's fence fired (`true`) or was restored.
+    pub fn set_fenced(&mut self, fenced: bool) {
+        self.fenced = fenced;
     }
 
     /// A side that lost: held outputs are dropped (returned count), later

@@ -57,6 +57,9 @@ pub struct TapStats {
     pub tx_dropped: u64,
     /// Frames dropped because `MAX_HELD_FRAMES` were already held.
     pub tx_overflow: u64,
+    /// Frames the ring's fence refused in the kernel (the lease had run
+    /// out); each waited and left later, or was dropped.
+    pub tx_fenced: u64,
 }
 
 #[derive(Debug)]
@@ -74,8 +77,15 @@ pub struct TapEngine {
     gate: OutputGate<Vec<u8>>,
     /// Released by the gate, waiting for room in the ring.
     ready: VecDeque<Vec<u8>>,
-    /// Frames in the ring, by TX slot.
-    tx: Vec<Option<Vec<u8>>>,
+    /// Frames in the ring, by TX slot, with the order they were sent in.
+    tx: Vec<Option<(u64, Vec<u8>)>>,
+    /// Frames the fence refused in the kernel, by send order: they go out
+    /// first once the fence is restored.
+    refused: std::collections::BTreeMap<u64, Vec<u8>>,
+    next_tx: u64,
+    /// The fixed-file slot frames leave through (a fenced ring); `None`:
+    /// the tap's own descriptor.
+    output_slot: Option<u32>,
     tx_free: Vec<u32>,
     stats: TapStats,
 }
@@ -106,6 +116,9 @@ impl TapEngine {
             gate: OutputGate::new(),
             ready: VecDeque::new(),
             tx: (0..TX_DEPTH).map(|_| None).collect(),
+            refused: std::collections::BTreeMap::new(),
+            next_tx: 0,
+            output_slot: None,
             tx_free: (0..TX_DEPTH as u32).rev().collect(),
             stats: TapStats::default(),
         })
@@ -155,9 +168,26 @@ impl TapEngine {
     /// A side that lost: every frame held or waiting is dropped, and every
     /// later one too, for good.
     pub fn revoke(&mut self) {
-        let held = self.gate.revoke() + self.ready.len();
+        let held = self.gate.revoke() + self.ready.len() + self.refused.len();
         self.ready.clear();
+        self.refused.clear();
         self.stats.tx_dropped += held as u64;
+    }
+
+    /// Frames leave through fixed-file slot `slot` of the ring, which the
+    /// ring's fence (`ioengine::Fence`) empties when the lease runs out: a
+    /// frame the kernel refuses there (`EBADF`) has not left and waits.
+    pub fn set_output_slot(&mut self, slot: u32) {
+        self.output_slot = Some(slot);
+    }
+
+    /// The ring's fence fired (`true`: no frame is handed over) or was
+    /// restored.
+    pub fn set_fenced(&mut self, fenced: bool, sq: &mut squeue::SubmissionQueue<'_>) {
+        self.gate.set_fenced(fenced);
+        if !fenced {
+            self.pump(sq);
+        }
     }
 
     /// True in backup mode.
@@ -215,6 +245,13 @@ impl TapEngine {
         // The lease is judged here, as the SQEs are pushed: the last step
         // before the kernel has the frame.
         let now = Instant::now();
+        if !self.refused.is_empty() && self.gate.lease_valid(now) {
+            // Refused frames were sent before everything still queued.
+            let mut first: VecDeque<Vec<u8>> =
+                std::mem::take(&mut self.refused).into_values().collect();
+            first.append(&mut self.ready);
+            self.ready = first;
+        }
         while let Some(frame) = self.gate.pop_ready(now) {
             self.ready.push_back(frame);
         }
@@ -226,9 +263,11 @@ impl TapEngine {
                 return;
             };
             let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-            let e = opcode::Write::new(fd, frame.as_ptr(), len)
-                .build()
-                .user_data(self.user_data(KIND_TX, idx as usize));
+            let e = match self.output_slot {
+                Some(slot) => opcode::Write::new(types::Fixed(slot), frame.as_ptr(), len).build(),
+                None => opcode::Write::new(fd, frame.as_ptr(), len).build(),
+            }
+            .user_data(self.user_data(KIND_TX, idx as usize));
             // SAFETY: on success the frame moves into `self.tx[idx]` below (a
             // move of the Vec, not of its heap buffer) and stays there until
             // the write's CQE has been handled; `Drop` leaks frames in flight.
@@ -236,7 +275,9 @@ impl TapEngine {
                 return;
             }
             self.tx_free.pop();
-            self.tx[idx as usize] = self.ready.pop_front();
+            let order = self.next_tx;
+            self.next_tx += 1;
+            self.tx[idx as usize] = self.ready.pop_front().map(|f| (order, f));
         }
     }
 
@@ -288,11 +329,21 @@ impl TapEngine {
     }
 
     fn on_tx(&mut self, index: usize, result: i32) {
-        let Some(frame) = self.tx.get_mut(index).and_then(Option::take) else {
+        let Some((order, frame)) = self.tx.get_mut(index).and_then(Option::take) else {
             tracing::error!(index, "tap engine: TX CQE for a write not in flight");
             return;
         };
         self.tx_free.push(index as u32);
+        if result == -libc::EBADF && self.output_slot.is_some() {
+            // The fence fired before the kernel took the frame: it has not
+            // left, and waits for the lease.
+            self.stats.tx_fenced += 1;
+            self.gate.set_fenced(true);
+            if !self.gate.revoked() {
+                self.refused.insert(order, frame);
+            }
+            return;
+        }
         if result < 0 || result as usize != frame.len() {
             self.stats.tx_errors += 1;
             if result < 0 {
@@ -313,7 +364,7 @@ impl Drop for TapEngine {
         for slot in self.rx.iter_mut().filter(|s| s.armed) {
             std::mem::forget(std::mem::take(&mut slot.buf));
         }
-        for frame in self.tx.iter_mut().filter_map(Option::take) {
+        for (_, frame) in self.tx.iter_mut().filter_map(Option::take) {
             std::mem::forget(frame);
         }
     }

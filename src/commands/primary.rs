@@ -88,13 +88,14 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
             .with_lease_ms(lease_ms);
             // The I/O thread sends what the vCPU thread publishes; the vCPU
             // wakes it (it does that for outputs anyway), not the log buffers.
-            // 16 MiB of log buffers: room for bursts, and quick to register
-            // (registration pins every page). A full set stalls the vCPU
-            // until the backup catches up or is failed (the ack timeout);
-            // a failed backup's log is discarded, so the stall ends there.
+            // 16 MiB of log buffers by default: room for bursts, and quick
+            // to register (registration pins every page). A full set stalls
+            // the vCPU until the backup catches up or is failed (the ack
+            // timeout); a failed backup's log is discarded, so the stall
+            // ends there.
             let mut config = LogConfig {
                 wake_consumer: false,
-                ..LogConfig::new(16, 1 << 20)
+                ..LogConfig::new(usize::from(args.log_buffer_mib), 1 << 20)
             };
             config.stall_timeout = config
                 .stall_timeout

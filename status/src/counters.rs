@@ -121,9 +121,13 @@ pub struct StatusCounters {
     /// Primary: times the backup was failed for acking nothing while log
     /// entries were outstanding (alive, but making no progress).
     pub ack_timeouts: AtomicU64,
-    /// Outputs dropped at the last step because this side was fenced (it
-    /// lost the arbiter): they never left the host.
+    /// Outputs the kernel fence refused at the last step (the output lease
+    /// had run out): each waited for a renewed lease, or was dropped when
+    /// this side lost. None of them left the host.
     pub outputs_refused: AtomicU64,
+    /// Backup: log chunks received and acknowledged but not yet taken by
+    /// the replay (its ring and the queue behind it).
+    pub replay_backlog: AtomicU64,
     /// Primary: milliseconds after `started` until which its output lease
     /// runs (`u64::MAX`: no lease needed; use [`StatusCounters::set_lease_until`]).
     pub lease_until_ms: AtomicU64,
@@ -155,6 +159,7 @@ impl Default for StatusCounters {
             failovers: AtomicU64::new(0),
             ack_timeouts: AtomicU64::new(0),
             outputs_refused: AtomicU64::new(0),
+            replay_backlog: AtomicU64::new(0),
             lease_until_ms: AtomicU64::new(NEVER),
             guest_exits: AtomicU64::new(0),
             guest_sync_calls: AtomicU64::new(0),

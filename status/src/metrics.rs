@@ -202,8 +202,14 @@ pub fn render(s: &StatusSnapshot) -> String {
     o.one(
         "outputs_refused_total",
         Counter,
-        "Outputs dropped at the last step because this side was fenced.",
+        "Outputs the kernel fence refused at the last step (the output lease had run out).",
         s.outputs_refused,
+    );
+    o.one(
+        "replay_backlog_chunks",
+        Gauge,
+        "Backup: acknowledged log chunks waiting for the replay.",
+        s.replay_backlog,
     );
     if let Some(ms) = s.lease_remaining_ms {
         o.one(

@@ -51,9 +51,12 @@ pub struct StatusSnapshot {
     /// Primary: backups failed for acking nothing while entries waited.
     #[serde(default)]
     pub ack_timeouts: u64,
-    /// Outputs dropped at the last step because this side was fenced.
+    /// Outputs the kernel fence refused at the last step (lease over).
     #[serde(default)]
     pub outputs_refused: u64,
+    /// Backup: acknowledged log chunks waiting for the replay.
+    #[serde(default)]
+    pub replay_backlog: u64,
     /// Primary with a backup: milliseconds of output lease left (0:
     /// expired, outputs wait); absent without a lease.
     #[serde(default)]
@@ -106,6 +109,7 @@ impl StatusSnapshot {
             failovers: get(&c.failovers),
             ack_timeouts: get(&c.ack_timeouts),
             outputs_refused: get(&c.outputs_refused),
+            replay_backlog: get(&c.replay_backlog),
             lease_remaining_ms: c.lease_remaining_ms(),
             guest_exits: get(&c.guest_exits),
             guest_sync_calls: get(&c.guest_sync_calls),

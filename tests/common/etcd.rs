@@ -140,6 +140,13 @@ impl Etcd {
         }
     }
 
+    /// Sends `sig` to etcd (SIGSTOP: an arbiter that accepts connections
+    /// and never answers; SIGCONT ends the outage).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -13,6 +13,9 @@ pub const PRIMARY_LOG: &str = "10.99.0.1";
 pub const BACKUP_LOG: &str = "10.99.0.2";
 pub const LOG_PORT: u16 = 7000;
 pub const STATUS_PORT: u16 = 7010;
+/// What the backup logs the moment it goes live: after it won the arbiter
+/// and waited out the primary's lease.
+pub const LIVE: &str = "going live: sending";
 
 /// How a pair is started.
 #[derive(Clone, Debug)]
@@ -48,18 +51,37 @@ pub struct FtPair {
     pub dir: tempfile::TempDir,
     pub net: Net,
     pub opts: FtOptions,
+    /// Held until everything above is torn down (fields drop in order).
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One pair at a time in a test process: a pair is two VMs pinned across
+/// this machine's two CPUs, and the faults under test are timed in tens of
+/// milliseconds (the failure timeout), which two pairs starving each other
+/// would blur into other faults.
+static ONE_PAIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl FtPair {
     pub fn disk(&self) -> PathBuf {
         self.dir.path().join("shared/disk.img")
     }
 
+    /// The default arbiter's directory (its own, so that a test can take
+    /// it away without taking the disk).
+    pub fn arbiter_dir(&self) -> PathBuf {
+        self.dir.path().join("arbiter")
+    }
+
     pub fn arbiter(&self) -> String {
         self.opts
             .arbiter
             .clone()
-            .unwrap_or_else(|| format!("file:{}", self.dir.path().join("shared/arbiter").display()))
+            .unwrap_or_else(|| format!("file:{}", self.arbiter_dir().join("arbiter").display()))
+    }
+
+    /// Where `side`'s fail points are configured at run time.
+    fn failpoints_file(&self, side: &str) -> PathBuf {
+        self.dir.path().join(format!("{side}.failpoints"))
     }
 
     fn ft_args(&self, name: &str, status_ip: &str) -> Vec<String> {
@@ -86,14 +108,17 @@ impl FtPair {
     /// [`start`](Self::start) on namespaces made beforehand (to start
     /// something else in them first).
     pub fn launch(net: Net, opts: FtOptions) -> FtPair {
+        let one_at_a_time = ONE_PAIR.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempdir();
         std::fs::create_dir_all(dir.path().join("shared")).expect("shared dir");
+        std::fs::create_dir_all(dir.path().join("arbiter")).expect("arbiter dir");
         let mut pair = FtPair {
             primary: spawn_vmm(Command::new("true")),
             backup: spawn_vmm(Command::new("true")),
             dir,
             net,
             opts,
+            _one_at_a_time: one_at_a_time,
         };
         let mut b = pair.net.cmd("b", lockstep());
         b.args([
@@ -110,7 +135,8 @@ impl FtPair {
         .arg("--console")
         .arg(pair.dir.path().join("backup.console"))
         .args(pair.ft_args("backup", BACKUP_LOG))
-        .args(&pair.opts.backup_extra);
+        .args(&pair.opts.backup_extra)
+        .env("LOCKSTEP_FAILPOINTS_FILE", pair.failpoints_file("backup"));
         pair.backup = spawn_vmm(b);
         pair.backup
             .wait_for_line("waiting for the primary", Duration::from_secs(20));
@@ -134,7 +160,8 @@ impl FtPair {
         .arg("--console")
         .arg(pair.dir.path().join("primary.console"))
         .args(pair.ft_args("primary", PRIMARY_LOG))
-        .args(&pair.opts.primary_extra);
+        .args(&pair.opts.primary_extra)
+        .env("LOCKSTEP_FAILPOINTS_FILE", pair.failpoints_file("primary"));
         pair.primary = spawn_vmm(p);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !(pair.console("primary").contains("kv: serving RESP")
@@ -197,9 +224,365 @@ impl FtPair {
     }
 
     /// Waits until the backup reports it went live.
+    /// Configures fail points in a running `side` (`name=actions` lines,
+    /// the `fail` crate's syntax; `name=` turns one off) and waits until it
+    /// says they are set. Needs a build with the `failpoints` feature
+    /// (`scripts/test` builds the tests with it).
+    pub fn set_failpoints(&mut self, side: &str, spec: &str) {
+        assert!(
+            failpoints_built(),
+            "this test sets fail point {spec:?}: cargo test --features lockstep/failpoints (scripts/test does)"
+        );
+        std::fs::write(self.failpoints_file(side), spec).expect("fail points file");
+        let vmm = if side == "primary" {
+            &mut self.primary
+        } else {
+            &mut self.backup
+        };
+        let before = vmm.log().matches("lockstep: fail point ").count();
+        vmm.signal(libc::SIGUSR2);
+        let want = before + spec.lines().filter(|l| !l.trim().is_empty()).count();
+        wait_for(Duration::from_secs(5), "the fail points to be set", || {
+            vmm.log().matches("lockstep: fail point ").count() >= want
+        });
+    }
+
+    /// A status counter of `side` (0 while it does not answer).
+    pub fn counter(&self, side: &str, name: &str) -> u64 {
+        self.status(side)
+            .and_then(|s| s[name].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Waits until whoever serves holds `n` more keys than now: the
+    /// clients' writes go on against it.
+    pub fn wait_served(&self, n: u64) {
+        let keys = || self.redis(&["dbsize"]).parse::<u64>().ok();
+        let mut from = None;
+        wait_for(Duration::from_secs(20), "writes to be served", || {
+            match (from, keys()) {
+                (None, k) => {
+                    from = k;
+                    false
+                }
+                (Some(f), Some(k)) => k >= f + n,
+                (Some(_), None) => false,
+            }
+        });
+    }
+
+    /// Waits until the backup acknowledged `n` more log entries (the load
+    /// has run for a while).
+    pub fn wait_acked(&self, n: u64) {
+        let from = self.counter("primary", "acked_seq");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.counter("primary", "acked_seq") < from + n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} more log entries were not acknowledged within 20 s (from {from})\nprimary ({:?}):\n{}\nbackup ({:?}):\n{}",
+                self.status("primary"),
+                self.primary.log(),
+                self.status("backup"),
+                self.backup.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Takes the logging link down (a full partition of A and B, the client
+    /// LAN and storage untouched) or back up.
+    pub fn logging_link(&self, up: bool) {
+        run_ok(self.net.cmd("a", "ip").args([
+            "link",
+            "set",
+            &format!("{}-ab", self.net.name),
+            if up { "up" } else { "down" },
+        ]));
+    }
+
+    /// Drops every packet host `from` ("a" or "b") sends on the logging
+    /// link (nftables in that host's namespace): a one-way partition.
+    pub fn drop_outgoing(&self, from: &str) {
+        let link = format!(
+            "{}-{}",
+            self.net.name,
+            if from == "a" { "ab" } else { "ba" }
+        );
+        let ns = self.net.ns(from);
+        run_ok(
+            self.net
+                .cmd(from, "nft")
+                .args(["add", "table", "inet", "fault"]),
+        );
+        run_ok(
+            self.net
+                .cmd(from, "nft")
+                .args(["add chain inet fault out { type filter hook output priority 0 ; }"]),
+        );
+        run_ok(self.net.cmd(from, "nft").args([
+            "add", "rule", "inet", "fault", "out", "oifname", &link, "drop",
+        ]));
+        eprintln!("{ns}: dropping everything out of {link}");
+    }
+
+    /// The host ("a" or "b") a side started on.
+    pub fn host_of(side: &str) -> &'static str {
+        if side == "primary" { "a" } else { "b" }
+    }
+
     pub fn wait_backup_live(&mut self, timeout: Duration) -> Duration {
         let started = Instant::now();
-        self.backup.wait_for_line("going live", timeout);
+        self.backup.wait_for_line(LIVE, timeout);
         started.elapsed()
+    }
+}
+
+/// The guest's key-value address on the client LAN.
+pub fn addr() -> String {
+    format!("{GUEST_IP}:6379")
+}
+
+/// Writers in the client namespace that SET unique keys until stopped and
+/// remember every SET the guest acknowledged. They keep their TCP
+/// connections across a failover (the guest's TCP state moves with it).
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<lockstep_bench::kvclient::WriterReport>,
+}
+
+impl Writers {
+    pub fn start(pair: &FtPair, n: usize) -> Writers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = spawn_in_netns(pair.net.ns("c"), move || {
+            lockstep_bench::kvclient::write(&addr(), n, flag)
+        });
+        Writers { stop, thread }
+    }
+
+    /// Stops the writers; returns the acknowledged keys and the errors.
+    pub fn finish(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = self.thread.join().expect("writers");
+        (r.acked, r.errors)
+    }
+}
+
+impl FtPair {
+    /// Reads every acknowledged key back through whoever serves now;
+    /// returns the ones missing or wrong.
+    pub fn lost_writes(&self, acked: &[String]) -> Vec<String> {
+        in_netns(&self.net.ns("c"), || {
+            lockstep_bench::kvclient::check(&addr(), acked).expect("read back")
+        })
+    }
+
+    /// Stops the writers and checks every write they saw acknowledged: read
+    /// back through whoever serves now, then from a reboot of the disk
+    /// image. `what` names the trial in failures; clients' errors fail it
+    /// unless `errors_ok` (a fault that outlasts the clients' timeouts).
+    /// Returns how many acknowledged writes were checked.
+    pub fn check_writes(&mut self, writers: Writers, what: &str, errors_ok: bool) -> usize {
+        let (acked, errors) = writers.finish();
+        assert!(
+            errors_ok || errors.is_empty(),
+            "{what}: clients saw errors: {:?}",
+            &errors[..errors.len().min(5)]
+        );
+        assert!(!acked.is_empty(), "{what}: no write was acknowledged");
+        let lost = self.lost_writes(&acked);
+        assert!(
+            lost.is_empty(),
+            "{what}: {} of {} acknowledged writes lost, e.g. {:?}\nprimary:\n{}\nbackup:\n{}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)],
+            self.primary.log(),
+            self.backup.log()
+        );
+        let lost = self.lost_after_reboot(&acked);
+        assert!(
+            lost.is_empty(),
+            "{what}: {} of {} acknowledged writes are not on the disk image, e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)]
+        );
+        acked.len()
+    }
+
+    /// Stops both sides, boots `lockstep run` on the shared disk image in
+    /// host A, and returns the acknowledged keys that reboot does not have:
+    /// what was acknowledged must be on the disk, not only in a guest's
+    /// memory.
+    pub fn lost_after_reboot(&mut self, acked: &[String]) -> Vec<String> {
+        for side in [&mut self.primary, &mut self.backup] {
+            side.signal(libc::SIGKILL);
+            let _ = side.wait_exit(Duration::from_secs(10));
+        }
+        let mut cmd = self.net.cmd("a", lockstep());
+        cmd.args(["run", "--tap", &self.net.tap(), "--mem", "128", "--disk"])
+            .arg(self.disk())
+            .arg("--console")
+            .arg(self.dir.path().join("reboot.console"));
+        let mut vmm = spawn_vmm(cmd);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(self.dir.path().join("reboot.console"))
+            .is_ok_and(|c| c.contains("kv: serving RESP"))
+        {
+            assert!(
+                Instant::now() < deadline && vmm.try_wait().ok().flatten().is_none(),
+                "the rebooted guest did not serve:\n{}",
+                vmm.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let lost = self.lost_writes(acked);
+        vmm.signal(libc::SIGKILL);
+        let _ = vmm.wait_exit(Duration::from_secs(10));
+        lost
+    }
+}
+
+/// Whether the `lockstep` under test has fail points (tests and binary
+/// are built with the same features).
+fn failpoints_built() -> bool {
+    cfg!(feature = "failpoints")
+}
+
+/// Who serves after a fault that may split the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backup went live; the old primary stopped.
+    BackupLive,
+    /// The primary continues alone; the backup does not serve.
+    PrimaryAlone,
+    /// The pair stayed whole: acks flow again, nobody claimed.
+    Whole,
+}
+
+/// Watches both hosts' taps while a fault plays out: the backup may not
+/// output before it went live, and the old primary not after.
+pub struct SplitWatch {
+    a: super::watch::TapWatch,
+    b: super::watch::TapWatch,
+}
+
+impl SplitWatch {
+    pub fn start(pair: &FtPair) -> SplitWatch {
+        SplitWatch {
+            a: super::watch::TapWatch::start(&pair.net.ns("a"), &pair.net.tap()),
+            b: super::watch::TapWatch::start(&pair.net.ns("b"), &pair.net.tap()),
+        }
+    }
+
+    /// Waits (up to `timeout`) until the fault has a winner, checking the
+    /// fencing rule all along: exactly one side serves, the loser stops
+    /// with "lost the arbiter" (exit 7; a backup whose channel broke, 8),
+    /// no frame from the backup before it went live and none from the old
+    /// primary after. With `may_stay_whole`, `Whole` is an outcome too: the
+    /// backup acknowledged `WHOLE_ACKS` more entries and no side claimed.
+    pub fn settle(
+        &mut self,
+        pair: &mut FtPair,
+        timeout: Duration,
+        may_stay_whole: bool,
+        what: &str,
+    ) -> Outcome {
+        const WHOLE_ACKS: u64 = 200;
+        let acked_from = pair.counter("primary", "acked_seq");
+        let deadline = Instant::now() + timeout;
+        let mut live_seen = false;
+        let outcome = loop {
+            let p_exit = pair.primary.try_wait().ok().flatten();
+            let b_exit = pair.backup.try_wait().ok().flatten();
+            // The backup's frames first, then its log: a frame it sent
+            // live always finds LIVE (logged before its first frame) there.
+            let from_b = self.b.take_from_vmm();
+            let live_now = pair.backup.log().contains(LIVE);
+            assert!(
+                live_now || from_b == 0,
+                "{what}: the backup sent {from_b} frames before it went live (the last: {:02x?})\nbackup:\n{}",
+                self.b.last,
+                pair.backup.log()
+            );
+            if live_now && !live_seen {
+                live_seen = true;
+                // What the old primary sent before now is forgiven: it may
+                // predate the go-live.
+                self.a.take_from_vmm();
+            } else if live_seen {
+                assert_eq!(
+                    self.a.take_from_vmm(),
+                    0,
+                    "{what}: the old primary sent frames after the backup went live\nprimary:\n{}",
+                    pair.primary.log()
+                );
+            }
+            let alone = pair.primary.log().contains("continuing alone");
+            assert!(
+                !(live_seen && alone),
+                "{what}: both sides serve\nprimary:\n{}\nbackup:\n{}",
+                pair.primary.log(),
+                pair.backup.log()
+            );
+            if let (Some(p), Some(b)) = (p_exit, b_exit) {
+                panic!(
+                    "{what}: both sides stopped ({p}, {b})\nprimary:\n{}\nbackup:\n{}",
+                    pair.primary.log(),
+                    pair.backup.log()
+                );
+            }
+            if live_seen && p_exit.is_some() {
+                break Outcome::BackupLive;
+            }
+            if alone {
+                break Outcome::PrimaryAlone;
+            }
+            if may_stay_whole
+                && !live_seen
+                && p_exit.is_none()
+                && b_exit.is_none()
+                && pair.counter("primary", "acked_seq") >= acked_from + WHOLE_ACKS
+                && pair.counter("primary", "failovers") == 0
+            {
+                break Outcome::Whole;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no side won within {timeout:?}\nprimary ({:?}):\n{}\nbackup ({:?}):\n{}",
+                pair.status("primary"),
+                pair.primary.log(),
+                pair.status("backup"),
+                pair.backup.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if outcome == Outcome::BackupLive {
+            use std::os::unix::process::ExitStatusExt;
+            let status = pair.primary.exit_status(Duration::from_secs(1));
+            assert!(
+                status.code() == Some(7) || status.signal() == Some(libc::SIGKILL),
+                "{what}: the old primary stops, killed or because it lost the arbiter, got {status}\n{}",
+                pair.primary.log()
+            );
+        }
+        outcome
+    }
+
+    /// After `PrimaryAlone`: the backup must stop (it lost the arbiter, or
+    /// its channel broke) within `timeout`, never having output a frame.
+    pub fn backup_stops(&mut self, pair: &mut FtPair, timeout: Duration, what: &str) {
+        let code = pair.backup.exit_status(timeout).code();
+        assert!(
+            matches!(code, Some(7) | Some(8)),
+            "{what}: the backup stops (lost the arbiter, or its channel broke), got {code:?}\n{}",
+            pair.backup.log()
+        );
+        assert_eq!(
+            self.b.take_from_vmm(),
+            0,
+            "{what}: the backup sent frames although it never went live"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod ft;
+pub mod watch;
 #[allow(unused_imports)]
 pub use lockstep_bench::netns::{GUEST_IP, Net};
 #[allow(unused_imports)]
@@ -231,4 +232,35 @@ pub fn spawn_in_netns<T: Send + 'static>(
         enter_netns(&ns);
         f()
     })
+}
+
+/// Random fault timings from a printed seed (`LOCKSTEP_SEED`, or the
+/// process id), so a failing trial can be rerun exactly.
+pub struct Seed(u64);
+
+impl Seed {
+    pub fn from_env() -> Seed {
+        let seed = std::env::var("LOCKSTEP_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| u64::from(std::process::id()) | 1);
+        eprintln!("fault timings from LOCKSTEP_SEED={seed}");
+        Seed(seed.max(1))
+    }
+
+    /// A number in `lo..hi` (xorshift).
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + self.0 % (hi - lo).max(1)
+    }
+}
+
+/// How many trials a randomized test runs (`var` overrides `default`).
+pub fn trials(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }

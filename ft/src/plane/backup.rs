@@ -207,12 +207,11 @@ impl IoPlane for BackupPlane {
         if self.chunks.flush() {
             self.shared.wake_vcpu();
         }
+        StatusCounters::set(&self.status.replay_backlog, self.chunks.queued() as u64);
         if let Some(h) = self.heartbeat.as_mut() {
             h.set_log_seq(FtShared::load(&self.ft.ack_sent));
             h.pump(sq, now);
         }
-        // A backup that stops reading (its acks stop with it).
-        fail::fail_point!("backup-read", |_| ());
         self.receiver.pump(sq);
     }
 
@@ -243,6 +242,9 @@ impl IoPlane for BackupPlane {
             }
             return;
         }
+        // A backup that stops reading: the channel's completions go
+        // unhandled, so no read or ack is issued again (heartbeats go on).
+        fail::fail_point!("backup-read", |_| ());
         let mut events = Vec::new();
         self.receiver.on_cqe(cqe, sq, &mut |ev| events.push(ev));
         for ev in events {
@@ -257,7 +259,11 @@ impl IoPlane for BackupPlane {
         _dp: &mut Dataplane<'_>,
     ) {
         self.report();
-        self.monitor.look(now);
+        if let Some(stall) = self.monitor.look(now) {
+            tracing::warn!(
+                "this side's I/O thread did not run for {stall:?}: the peer's silence meanwhile is not held against it"
+            );
+        }
         if self.went_live
             || FtShared::flag(&self.ft.stream_ended)
             || FtShared::flag(&self.ft.peer_dead)

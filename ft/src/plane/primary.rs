@@ -141,6 +141,12 @@ impl IoPlane for PrimaryPlane {
         tag == TAG_LOG || tag == TAG_HEARTBEAT
     }
 
+    fn fence_lag(&self) -> Option<Duration> {
+        // The kernel's deadline trails the lease by at most a quarter of it:
+        // a few timer updates per lease, never a late fence.
+        Some(self.rule.lease_len() / 4)
+    }
+
     fn pump(&mut self, sq: &mut squeue::SubmissionQueue<'_>, now: Instant) {
         if !self.rule.is_open() {
             self.sender.pump(sq);
@@ -183,7 +189,11 @@ impl IoPlane for PrimaryPlane {
 
     fn tick(&mut self, now: Instant, sq: &mut squeue::SubmissionQueue<'_>, dp: &mut Dataplane<'_>) {
         self.report();
-        self.monitor.look(now);
+        if let Some(stall) = self.monitor.look(now) {
+            tracing::warn!(
+                "this side's I/O thread did not run for {stall:?}: the peer's silence meanwhile is not held against it"
+            );
+        }
         // Lost: nothing held or produced later may leave, for good.
         if FtShared::flag(&self.ft.fenced) && !self.revoked {
             self.revoked = true;

@@ -15,13 +15,17 @@ use blkio::{Completion, DiskEngine, Request};
 use lockstep_status::StatusCounters;
 use netio::TapEngine;
 
-use super::plane::{AttachError, Dataplane, IoPlane};
+use ioengine::{Fence, FenceEvent};
+
+use super::plane::{AttachError, Dataplane, FenceCtl, IoPlane};
 use super::shared::{Handoff, VmShared};
 
 /// user_data tags (top byte) of the engines on the ring; a plane's engines
 /// use tags of their own (`IoPlane::owns`).
 pub const TAG_DISK: u8 = 1;
 pub const TAG_TAP: u8 = 2;
+/// The output fence's timer and slot updates (an FT primary).
+pub const TAG_FENCE: u8 = 5;
 const TAG_WAKE: u8 = 0xff;
 
 /// Ring depth; the engines keep what does not fit and retry.
@@ -142,6 +146,8 @@ pub enum IoThreadError {
     Enter(#[source] std::io::Error),
     #[error("setting up the logging channel")]
     Channel(#[source] AttachError),
+    #[error("setting up the output fence")]
+    Fence(#[source] ioengine::FenceError),
 }
 
 /// Starts the I/O thread with the engines it owns.
@@ -214,6 +220,23 @@ impl IoThread {
             let mode = plane.attach(&submitter).map_err(IoThreadError::Channel)?;
             tracing::info!("{mode}");
         }
+        // A side that holds a lease has the kernel enforce it on the
+        // descriptors its outputs leave through.
+        let mut output_fence = match plane.as_ref().and_then(|p| p.fence_lag()) {
+            Some(lag) => Some(start_fence(&submitter, &mut sq, disk, tap, lag)?),
+            None => None,
+        };
+        // The engines and the fence, lent to the plane for one call.
+        macro_rules! dataplane {
+            () => {
+                Dataplane::new(disk, tap, deliver_rx).with_fence(output_fence.as_mut().map(|f| {
+                    FenceCtl {
+                        fence: f,
+                        submitter: &submitter,
+                    }
+                }))
+            };
+        }
         let arm_wake = |sq: &mut io_uring::SubmissionQueue<'_>, buf: &mut [u8; 8]| {
             let read = opcode::Read::new(types::Fd(wake_fd), buf.as_mut_ptr(), 8)
                 .build()
@@ -264,7 +287,7 @@ impl IoThread {
                         // At once, in order: the frames queued behind it (the
                         // gratuitous ARP, frames to send again) must leave.
                         if let Some(plane) = plane.as_mut() {
-                            plane.go_live(&mut Dataplane::new(disk, tap, deliver_rx));
+                            plane.go_live(&mut dataplane!());
                         }
                     }
                 }
@@ -319,10 +342,24 @@ impl IoThread {
                         }
                     }
                     TAG_WAKE => wake_armed = false,
-                    tag => match plane.as_mut().filter(|p| p.owns(tag)) {
-                        Some(plane) => {
-                            plane.on_cqe(&cqe, &mut sq, &mut Dataplane::new(disk, tap, deliver_rx))
+                    TAG_FENCE => {
+                        let event = match output_fence.as_mut() {
+                            Some(f) => f.on_cqe(ud, cqe.result(), &submitter),
+                            None => Ok(None),
+                        };
+                        match event {
+                            // The kernel emptied the output slots: nothing
+                            // is handed over until a renewal restores them.
+                            Ok(Some(FenceEvent::Fired)) => dataplane!().set_fenced(true, &mut sq),
+                            Ok(Some(FenceEvent::Restored)) => {
+                                dataplane!().set_fenced(false, &mut sq)
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::error!("{e}"),
                         }
+                    }
+                    tag => match plane.as_mut().filter(|p| p.owns(tag)) {
+                        Some(plane) => plane.on_cqe(&cqe, &mut sq, &mut dataplane!()),
                         None => tracing::warn!("completion with unknown tag {tag:#x}"),
                     },
                 }
@@ -334,18 +371,18 @@ impl IoThread {
             // After the completions: a peer whose news just arrived is not
             // declared dead on stale evidence.
             if let Some(plane) = plane.as_mut() {
-                plane.tick(
-                    Instant::now(),
-                    &mut sq,
-                    &mut Dataplane::new(disk, tap, deliver_rx),
-                );
+                plane.tick(Instant::now(), &mut sq, &mut dataplane!());
             }
+            let mut refused = 0;
             if let Some(t) = tap.as_ref() {
                 StatusCounters::set(&shared.status.gate_frames, t.gated_len() as u64);
+                refused += t.stats().tx_fenced;
             }
             if let Some(d) = disk.as_ref() {
                 StatusCounters::set(&shared.status.gate_disk_writes, d.held_writes() as u64);
+                refused += d.stats().fenced_writes;
             }
+            StatusCounters::set(&shared.status.outputs_refused, refused);
             if let Some(since) = draining {
                 let disk_idle = disk.as_ref().is_none_or(|d| d.is_idle());
                 let log_flushed = plane.as_ref().is_none_or(|p| p.flushed());
@@ -394,4 +431,29 @@ impl IoThread {
             idle_since = None;
         }
     }
+}
+
+/// Registers the ring's fixed-file slots for the descriptors outputs leave
+/// through (the disk image: slot 0, the tap: slot 1), points the engines'
+/// writes at them and holds the engines: the slots start empty, and
+/// nothing leaves before the first renewal fills them.
+fn start_fence(
+    submitter: &io_uring::Submitter<'_>,
+    sq: &mut io_uring::SubmissionQueue<'_>,
+    disk: &mut Option<DiskEngine>,
+    tap: &mut Option<TapEngine>,
+    lag: Duration,
+) -> Result<Fence, IoThreadError> {
+    let mut fds = Vec::new();
+    if let Some(d) = disk.as_mut() {
+        d.set_output_slot(fds.len() as u32);
+        d.set_fenced(true, sq);
+        fds.push(d.image().file().as_raw_fd());
+    }
+    if let Some(t) = tap.as_mut() {
+        t.set_output_slot(fds.len() as u32);
+        t.set_fenced(true, sq);
+        fds.push(t.tap().as_raw_fd());
+    }
+    Fence::new(submitter, fds, TAG_FENCE, lag).map_err(IoThreadError::Fence)
 }

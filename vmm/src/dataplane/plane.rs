@@ -4,13 +4,19 @@
 //! go-live. The VMM knows nothing of FT beyond this trait; `lockstep-ft`
 //! implements it for the primary and the backup.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{Submitter, cqueue, squeue};
 
 use blkio::DiskEngine;
-use ioengine::Lease;
+use ioengine::{Fence, FenceState, Lease};
 use netio::TapEngine;
+
+/// The ring's output fence and what changes it.
+pub struct FenceCtl<'a> {
+    pub fence: &'a mut Fence,
+    pub submitter: &'a Submitter<'a>,
+}
 
 /// The I/O thread's engines, lent to a plane for one call.
 pub struct Dataplane<'a> {
@@ -19,6 +25,8 @@ pub struct Dataplane<'a> {
     /// Whether received frames go to the guest (false on a backup until it
     /// goes live).
     pub deliver_rx: &'a mut bool,
+    /// The kernel's half of the lease, on a side that holds one.
+    pub fence: Option<FenceCtl<'a>>,
 }
 
 impl<'a> Dataplane<'a> {
@@ -31,6 +39,23 @@ impl<'a> Dataplane<'a> {
             disk: disk.as_mut(),
             tap: tap.as_mut(),
             deliver_rx,
+            fence: None,
+        }
+    }
+
+    /// The same with the ring's fence.
+    pub fn with_fence(mut self, fence: Option<FenceCtl<'a>>) -> Self {
+        self.fence = fence;
+        self
+    }
+
+    /// Tells the engines whether the kernel's fence holds their outputs.
+    pub fn set_fenced(&mut self, fenced: bool, sq: &mut squeue::SubmissionQueue<'_>) {
+        if let Some(d) = self.disk.as_deref_mut() {
+            d.set_fenced(fenced, sq);
+        }
+        if let Some(t) = self.tap.as_deref_mut() {
+            t.set_fenced(fenced, sq);
         }
     }
 
@@ -44,18 +69,40 @@ impl<'a> Dataplane<'a> {
         }
     }
 
-    /// The side's output lease, which the engines honour at the last step.
+    /// The side's output lease, which the engines honour at the last step
+    /// and the kernel's fence enforces there too.
     pub fn set_lease(&mut self, lease: Lease, sq: &mut squeue::SubmissionQueue<'_>) {
+        let mut lifted = false;
+        if let Some(f) = self.fence.as_mut() {
+            let changed = match lease {
+                // A fired fence is restored asynchronously: outputs resume
+                // on its `Restored` event.
+                Lease::Until(t) => f.fence.renew(t, f.submitter, sq),
+                Lease::Unbounded => f.fence.lift(f.submitter, sq),
+            };
+            if let Err(e) = changed {
+                tracing::error!("{e}: outputs stay held");
+            }
+            lifted = f.fence.state() == FenceState::Lifted;
+        }
         if let Some(d) = self.disk.as_deref_mut() {
             d.set_lease(lease, sq);
         }
         if let Some(t) = self.tap.as_deref_mut() {
             t.set_lease(lease, sq);
         }
+        if lifted {
+            self.set_fenced(false, sq);
+        }
     }
 
     /// A side that lost the arbiter: nothing held or later leaves, for good.
     pub fn revoke(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
+        if let Some(f) = self.fence.as_mut()
+            && let Err(e) = f.fence.close(f.submitter, sq)
+        {
+            tracing::error!("{e}");
+        }
         if let Some(d) = self.disk.as_deref_mut() {
             d.revoke(sq);
         }
@@ -84,6 +131,12 @@ pub trait IoPlane: Send {
     /// Registers buffers and picks send/receive modes, before the first
     /// `pump`; returns a line for the operator.
     fn attach(&mut self, submitter: &Submitter<'_>) -> Result<String, AttachError>;
+    /// Whether this side's outputs leave under a lease the kernel enforces
+    /// (`ioengine::Fence`), and how far the kernel's deadline may lag behind
+    /// the lease (`None`: no fence).
+    fn fence_lag(&self) -> Option<Duration> {
+        None
+    }
     /// Whether completions with this `user_data` tag are the plane's.
     fn owns(&self, tag: u8) -> bool;
     /// Pushes the plane's SQEs.

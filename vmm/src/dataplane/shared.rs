@@ -134,4 +134,10 @@ impl<T> Handoff<T> {
     pub fn has_overflow(&self) -> bool {
         !self.overflow.is_empty()
     }
+
+    /// Messages not yet taken by the other thread: on the ring and behind it.
+    pub fn queued(&self) -> usize {
+        let on_ring = self.ring.buffer().capacity() - self.ring.slots();
+        on_ring + self.overflow.len()
+    }
 }
