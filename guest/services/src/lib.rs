@@ -7,7 +7,8 @@
 //! * [`http`]: a small HTTP/1.1 front end to the same store;
 //! * [`store`], [`engine`]: the key-value store and the group-commit rule;
 //! * [`journal`]: the checksummed on-disk log, recovery and compaction;
-//! * [`session`]: per-connection state with durability-tagged output.
+//! * [`session`]: per-connection state with durability-tagged output;
+//! * [`iperf`]: an iperf3-compatible throughput server (port 5201).
 #![no_std]
 
 extern crate alloc;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod glob;
 pub mod http;
 pub mod intfmt;
+pub mod iperf;
 pub mod journal;
 pub mod limits;
 pub mod resp;
