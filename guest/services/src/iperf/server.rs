@@ -352,12 +352,12 @@ impl Server {
             n => n,
         };
         let bounded_by_count = int("num") != 0 || int("blockcount") != 0;
-        let supported = !flag("udp")
-            && !flag("sctp")
-            && !flag("bidirectional")
-            && (1..=MAX_STREAMS as i64).contains(&parallel)
-            && !(reverse && bounded_by_count);
-        if !supported {
+        let unsupported = flag("udp")
+            || flag("sctp")
+            || flag("bidirectional")
+            || !(1..=MAX_STREAMS as i64).contains(&parallel)
+            || (reverse && bounded_by_count);
+        if unsupported {
             // The control connection is told and closed; the test is over.
             self.push_control(&[ACCESS_DENIED]);
             return self.end_test();
