@@ -6,6 +6,7 @@
 //!   lockstep-bench redis    guest KV service vs stock redis-server
 //!   lockstep-bench record   recording overhead, log bandwidth, replay speed
 //!   lockstep-bench channel  logging channel vs raw TCP on the logging link
+//!   lockstep-bench regress  the verdict of scripts/bench-compare
 //!
 //! Run it through `scripts/bench`, which builds everything first.
 
@@ -14,6 +15,7 @@ mod ft;
 mod link;
 mod record;
 mod redis;
+mod regress;
 mod report;
 
 use anyhow::Context;
@@ -70,6 +72,19 @@ enum Cmd {
         #[arg(long)]
         acked: std::path::PathBuf,
     },
+    /// The verdict of `scripts/bench-compare`: criterion results of
+    /// interleaved runs of two builds (one CRITERION_HOME per run under
+    /// each directory); fails if a hot path got slower than the threshold
+    /// beyond the measured noise.
+    Regress {
+        #[arg(long)]
+        base: std::path::PathBuf,
+        #[arg(long)]
+        head: std::path::PathBuf,
+        /// Allowed slowdown beyond the noise, in percent.
+        #[arg(long, default_value_t = 10.0)]
+        threshold_pct: f64,
+    },
     /// Reads every acknowledged key back; exit status 1 if any is lost.
     KvCheck {
         #[arg(long, default_value = "10.77.0.2:6379")]
@@ -109,6 +124,11 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Cmd::Regress {
+            base,
+            head,
+            threshold_pct,
+        } => return regress::run(base, head, *threshold_pct),
         Cmd::KvCheck { addr, acked } => {
             let keys = kvclient::load(acked)?;
             let lost = kvclient::check(addr, &keys)?;
@@ -130,6 +150,6 @@ fn main() -> anyhow::Result<()> {
             failovers,
         } => ft::compare(requests, failovers),
         Cmd::Channel { mib } => link::compare(mib),
-        Cmd::KvWriter { .. } | Cmd::KvCheck { .. } => Ok(()),
+        Cmd::KvWriter { .. } | Cmd::KvCheck { .. } | Cmd::Regress { .. } => Ok(()),
     }
 }
