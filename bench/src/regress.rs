@@ -3,11 +3,14 @@
 //! `CRITERION_HOME`), and fails when a hot path got slower than the
 //! threshold beyond the noise measured in those same runs.
 //!
-//! Per benchmark: the median over runs of criterion's median time per
-//! iteration, for each side; `change = head / base − 1`; `noise` = the
-//! larger relative spread (max − min over median) of either side's runs.
-//! A hot path regresses when `change > threshold + noise`: a slowdown must
-//! stand out from what the machine does between two runs of the same code.
+//! Per benchmark and side, criterion's median time per iteration of each
+//! run; the side's figure is its **best** run, because other load on a
+//! shared machine only ever slows a run down. `change = head / base − 1`
+//! of the best runs; `noise` = the larger relative gap between a side's
+//! median run and its best one (how much this machine inflated runs of
+//! the same code). A hot path regresses when `change > threshold + noise`:
+//! a slowdown must stand out from what the machine does between two runs
+//! of the same build.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,25 +85,26 @@ fn read_result(new: &Path) -> anyhow::Result<Option<(String, f64)>> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub id: String,
+    /// The best run of each side.
     pub base_ns: f64,
     pub head_ns: f64,
     /// head / base − 1.
     pub change: f64,
-    /// The larger relative spread of either side's runs.
+    /// The larger gap between median and best run of either side.
     pub noise: f64,
     pub hot: bool,
     pub regressed: bool,
 }
 
+fn best(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// How far the median run is above the best one, relative to the best.
 fn spread(v: &[f64]) -> f64 {
-    let (min, max) = v
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        });
-    let m = median(v.to_vec());
-    if m > 0.0 && v.len() > 1 {
-        (max - min) / m
+    let (b, m) = (best(v), median(v.to_vec()));
+    if b > 0.0 && b.is_finite() && v.len() > 1 {
+        (m - b) / b
     } else {
         0.0
     }
@@ -126,7 +130,7 @@ pub fn compare(
                 runs.iter().filter_map(|m| m.get(id).copied()).collect()
             };
             let (b, h) = (side(base), side(head));
-            let (base_ns, head_ns) = (median(b.clone()), median(h.clone()));
+            let (base_ns, head_ns) = (best(&b), best(&h));
             let change = head_ns / base_ns - 1.0;
             let noise = spread(&b).max(spread(&h));
             let is_hot = hot.iter().any(|p| id.starts_with(p));
@@ -147,8 +151,8 @@ pub fn compare(
 pub fn render(rows: &[Row], threshold: f64) -> String {
     let mut t = Table::new(&[
         "benchmark",
-        "base",
-        "head",
+        "base (best run)",
+        "head (best run)",
         "change",
         "noise",
         "limit",
@@ -165,7 +169,7 @@ pub fn render(rows: &[Row], threshold: f64) -> String {
             fmt_ns(r.base_ns),
             fmt_ns(r.head_ns),
             format!("{:+.1}%", r.change * 100.0),
-            format!("±{:.1}%", r.noise * 100.0),
+            format!("{:.1}%", r.noise * 100.0),
             format!("+{:.1}%", (threshold + r.noise) * 100.0),
             verdict.into(),
         ]);
@@ -263,11 +267,15 @@ mod tests {
 
     #[test]
     fn noise_widens_the_limit() {
-        let base = side(&[("log_entry/x", &[100.0, 140.0, 100.0])]);
+        let base = side(&[("log_entry/x", &[100.0, 140.0, 140.0])]);
         let head = side(&[("log_entry/x", &[125.0, 125.0, 125.0])]);
         let r = &compare(&base, &head, 0.10, &HOT_PATHS)[0];
         assert!((r.noise - 0.4).abs() < 1e-9);
+        assert!((r.change - 0.25).abs() < 1e-9, "best runs compared");
         assert!(!r.regressed, "+25% is within 10% + 40% noise");
+        // A side whose runs were all slowed still shows up.
+        let head = side(&[("log_entry/x", &[300.0, 310.0, 320.0])]);
+        assert!(compare(&base, &head, 0.10, &HOT_PATHS)[0].regressed);
     }
 
     #[test]
