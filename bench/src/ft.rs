@@ -176,7 +176,7 @@ pub struct Failovers {
 pub struct Placed<'a> {
     pub primary_cpus: String,
     pub backup_cpus: String,
-    pub place: &'a dyn Fn(Host, Command) -> Command,
+    pub adopt: &'a dyn Fn(Host, u32) -> anyhow::Result<()>,
 }
 
 /// `runs` failovers under client load, each on fresh hosts, with a 10 ms
@@ -202,7 +202,7 @@ pub fn failovers(
         if let Some(p) = placed {
             cfg.primary_cpus = p.primary_cpus.clone();
             cfg.backup_cpus = p.backup_cpus.clone();
-            cfg.place = p.place;
+            cfg.adopt = p.adopt;
         }
         let p = pair::start(&cfg)?;
         let (primary, backup) = (p.primary, p.backup);

@@ -4,7 +4,6 @@
 //! written here once.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -40,8 +39,8 @@ pub struct PairConfig<'a> {
     pub primary_extra: Vec<String>,
     /// Wait until the primary's console shows this (a service is up).
     pub ready: Option<&'a str>,
-    /// Wraps each side's command before it is spawned (CPU placement).
-    pub place: &'a dyn Fn(Host, Command) -> Command,
+    /// Told each side's pid right after it was spawned (CPU placement).
+    pub adopt: &'a dyn Fn(Host, u32) -> anyhow::Result<()>,
 }
 
 impl<'a> PairConfig<'a> {
@@ -57,7 +56,7 @@ impl<'a> PairConfig<'a> {
             backup_cpus: "1,0".into(),
             primary_extra: Vec::new(),
             ready: Some("kv: serving"),
-            place: &|_, c| c,
+            adopt: &|_, _| Ok(()),
         }
     }
 }
@@ -109,7 +108,8 @@ pub fn start(cfg: &PairConfig<'_>) -> anyhow::Result<Pair> {
         .arg("--console")
         .arg(cfg.dir.join("backup.console"))
         .args(ft_args(cfg, "backup"));
-    let mut backup = Vmm::spawn((cfg.place)(Host::B, b))?;
+    let mut backup = Vmm::spawn(b)?;
+    (cfg.adopt)(Host::B, backup.pid())?;
     backup.wait_for("waiting for the primary", Duration::from_secs(20))?;
     let mut p = cfg.net.cmd("a", &bin);
     p.args(["primary", "--backup", &listen, "--tap", &cfg.net.tap()])
@@ -125,7 +125,8 @@ pub fn start(cfg: &PairConfig<'_>) -> anyhow::Result<Pair> {
         .arg(cfg.dir.join("primary.console"))
         .args(ft_args(cfg, "primary"))
         .args(&cfg.primary_extra);
-    let primary = Vmm::spawn((cfg.place)(Host::A, p))?;
+    let primary = Vmm::spawn(p)?;
+    (cfg.adopt)(Host::A, primary.pid())?;
     backup.wait_for("following the primary", Duration::from_secs(30))?;
     if let Some(needle) = cfg.ready {
         let console = cfg.dir.join("primary.console");

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use lockstep_bench::pair;
-use lockstep_bench::vm::{Stats, Vmm};
+use lockstep_bench::vm::Stats;
 
 use super::Ctx;
-use super::session::{Kind, pair_config, run_cmd};
+use super::session::{Kind, pair_config, spawn_run};
 use super::stats::Samples;
 
 /// One batch workload of Table 1.
@@ -78,7 +78,7 @@ pub fn measure(
                 "--console".into(),
                 dir.join("console").display().to_string(),
             ]);
-            let mut v = Vmm::spawn(run_cmd(ctx, &dir.join("disk.img"), &extra))?;
+            let mut v = spawn_run(ctx, &dir.join("disk.img"), &extra)?;
             let (status, cpu) = v.wait_exit_cpu(TIMEOUT)?;
             let log = v.log();
             check(status, "lockstep run", &log)?;

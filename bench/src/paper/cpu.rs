@@ -1,7 +1,9 @@
 //! CPU time of a process and of each of its threads, from
-//! `/proc/PID/task/TID/stat` (utime + stime): snapshots before and after a
-//! measured window give the CPU each thread spent in it — the cost a
-//! second host would pay, whatever else shares this one.
+//! `/proc/PID/task/TID/schedstat` (nanoseconds on a CPU) where the kernel
+//! has it, else `/proc/PID/task/TID/stat` (utime + stime, in clock
+//! ticks): snapshots before and after a measured window give the CPU each
+//! thread spent in it — the cost a second host would pay, whatever else
+//! shares this one.
 
 use std::collections::BTreeMap;
 
@@ -63,9 +65,17 @@ pub fn snapshot(pid: u32) -> Snapshot {
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
             continue;
         };
-        if let Some((name, ticks)) = parse_stat(&stat) {
-            *threads.entry(name).or_insert(0.0) += ticks as f64 * tick_us;
-        }
+        let Some((name, ticks)) = parse_stat(&stat) else {
+            continue;
+        };
+        let ns = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        let us = match ns {
+            Some(ns) => ns as f64 / 1e3,
+            None => ticks as f64 * tick_us,
+        };
+        *threads.entry(name).or_insert(0.0) += us;
     }
     Snapshot { threads }
 }

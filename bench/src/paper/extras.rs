@@ -106,7 +106,7 @@ pub fn failovers(ctx: &Ctx, samples: &mut Samples, each: &dyn Fn(usize)) -> anyh
     let placed = crate::ft::Placed {
         primary_cpus: ctx.place.vmm_cpus(Host::A),
         backup_cpus: ctx.place.vmm_cpus(Host::B),
-        place: &*ctx.wrap,
+        adopt: &*ctx.adopt,
     };
     let f = crate::ft::failovers(&dir, ctx.opts.failovers, Some(&placed), each)?;
     for v in &f.live_ms {

@@ -25,7 +25,6 @@ mod session;
 mod stats;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use lockstep_bench::netns::Net;
 use lockstep_bench::pair::Host;
@@ -75,8 +74,8 @@ pub struct Ctx {
     pub opts: Options,
     pub net: Net,
     pub place: Placement,
-    /// `place.wrap` as the pair helper takes it.
-    pub wrap: Box<dyn Fn(Host, Command) -> Command>,
+    /// `place.adopt` as the pair helper takes it.
+    pub adopt: Box<dyn Fn(Host, u32) -> anyhow::Result<()>>,
     pub dir: tempfile::TempDir,
 }
 

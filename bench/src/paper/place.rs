@@ -129,8 +129,9 @@ impl Placement {
         format!("{first},{last}")
     }
 
-    /// `cmd` wrapped so that its process joins `host`'s CPUs before it
-    /// runs (a shell that moves itself into the cgroup, then `exec`s).
+    /// `cmd` (a client) wrapped so that its process joins `host`'s CPUs
+    /// before it runs (a shell that moves itself into the cgroup, then
+    /// `exec`s).
     pub fn wrap(&self, host: Host, cmd: Command) -> Command {
         let mut argv: Vec<std::ffi::OsString> = vec![cmd.get_program().to_owned()];
         argv.extend(cmd.get_args().map(|a| a.to_owned()));
@@ -161,6 +162,47 @@ impl Placement {
         w
     }
 
+    /// Moves running process `pid` (all its threads) onto `host`'s CPUs.
+    /// VMMs are placed this way, after they started, rather than by
+    /// [`Placement::wrap`]: `lockstep` checks `--cpus` against the CPUs its
+    /// process may use, so one confined to CPU 1 would refuse `--cpus 1`.
+    /// The VMM's pinned threads keep their CPU: it is in the host's set.
+    pub fn adopt(&self, host: Host, pid: u32) -> anyhow::Result<()> {
+        let pid = pid.to_string();
+        match (&self.how, host) {
+            (Mechanism::V2 { a, .. } | Mechanism::V1 { a, .. }, Host::A) => {
+                write(&a.join("cgroup.procs"), &pid)?;
+                if let Mechanism::V1 { a_cpu: Some(c), .. } = &self.how {
+                    write(&c.join("cgroup.procs"), &pid)?;
+                }
+                Ok(())
+            }
+            (Mechanism::V2 { rest, .. } | Mechanism::V1 { rest, .. }, Host::B) => {
+                write(&rest.join("cgroup.procs"), &pid)
+            }
+            (Mechanism::Taskset, _) => {
+                let cpus = match host {
+                    Host::A => &self.a,
+                    Host::B => &self.rest,
+                };
+                // More than one CPU: the VMM's own pinning is finer.
+                if cpus.len() == 1 {
+                    let st = Command::new("taskset")
+                        .args(["-a", "-p", "-c", &list(cpus), &pid])
+                        .output()
+                        .context("taskset")?;
+                    if !st.status.success() {
+                        bail!(
+                            "taskset -a -p {pid}: {}",
+                            String::from_utf8_lossy(&st.stderr)
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// One line for the results page.
     pub fn describe(&self) -> String {
         let how = match &self.how {
@@ -178,7 +220,7 @@ impl Placement {
             Mechanism::Taskset => "`taskset` only (no cpuset controller mounted)".into(),
         };
         format!(
-            "host A (the primary, or the single VM): CPU {}; host B (the backup) and the clients (redis-benchmark, ab, iperf3): CPU {}. VMM threads pinned with `--cpus` (vCPU thread, I/O thread): host A `{}`, host B `{}`; processes confined by {how}. Other work on the machine is not excluded.",
+            "host A (the primary, or the single VM): CPU {}; host B (the backup) and the clients (redis-benchmark, ab, iperf3): CPU {}. VMM threads pinned with `--cpus` (vCPU thread, I/O thread): host A `{}`, host B `{}`; processes confined by {how} (a VMM joins its host's cgroup right after it starts). Other work on the machine is not excluded.",
             list(&self.a),
             list(&self.rest),
             self.vmm_cpus(Host::A),

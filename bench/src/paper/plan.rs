@@ -193,10 +193,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let machine = crate::env::Machine::measure().context("measuring the host")?;
     let handoff = handoff_probe();
     let place = Placement::new(opts.host_a.clone())?;
-    let wrap_place = place.clone();
+    let adopt_place = place.clone();
     let ctx = Ctx {
         net: Net::ft("bpap")?,
-        wrap: Box::new(move |h, c| wrap_place.wrap(h, c)),
+        adopt: Box::new(move |h, pid| adopt_place.adopt(h, pid)),
         place,
         dir: tempfile::Builder::new()
             .prefix("lockstep-paper-")

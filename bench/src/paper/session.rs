@@ -3,7 +3,6 @@
 //! on it: the load's rate, the CPU each VMM process and thread spent per
 //! unit of work, and (FT) the logging bandwidth.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -38,15 +37,17 @@ pub struct Session<'a> {
     procs: Vec<(&'static str, Vmm)>,
 }
 
-/// The `lockstep run` command on host A (`extra`: workload options).
-pub fn run_cmd(ctx: &Ctx, disk: &std::path::Path, extra: &[String]) -> Command {
+/// `lockstep run` on host A (`extra`: workload options), placed.
+pub fn spawn_run(ctx: &Ctx, disk: &std::path::Path, extra: &[String]) -> anyhow::Result<Vmm> {
     let mut c = ctx.net.cmd("a", &vm::lockstep_bin().display().to_string());
     c.args(["run", "--tap", &ctx.net.tap()])
         .args(["--cpus", &ctx.place.vmm_cpus(Host::A)])
         .arg("--disk")
         .arg(disk)
         .args(extra);
-    ctx.place.wrap(Host::A, c)
+    let v = Vmm::spawn(c)?;
+    ctx.place.adopt(Host::A, v.pid())?;
+    Ok(v)
 }
 
 /// The pair's configuration on `dir` with this run's placement.
@@ -54,7 +55,7 @@ pub fn pair_config<'a>(ctx: &'a Ctx, dir: &'a std::path::Path) -> PairConfig<'a>
     let mut cfg = PairConfig::new(&ctx.net, dir);
     cfg.primary_cpus = ctx.place.vmm_cpus(Host::A);
     cfg.backup_cpus = ctx.place.vmm_cpus(Host::B);
-    cfg.place = &ctx.wrap;
+    cfg.adopt = &*ctx.adopt;
     cfg
 }
 
@@ -66,7 +67,7 @@ impl<'a> Session<'a> {
         std::fs::create_dir_all(&dir)?;
         let procs = match kind {
             Kind::Run => {
-                let mut v = Vmm::spawn(run_cmd(ctx, &dir.join("disk.img"), &[]))?;
+                let mut v = spawn_run(ctx, &dir.join("disk.img"), &[])?;
                 v.wait_for("kv: serving", Duration::from_secs(30))?;
                 vec![("run", v)]
             }
