@@ -81,7 +81,7 @@ enum Cmd {
         /// Short runs that check the whole command end to end.
         #[arg(long)]
         quick: bool,
-        /// Rounds per figure (default: 3, quick: 2).
+        /// Rounds per figure (default: 5, quick: 2).
         #[arg(long)]
         reps: Option<usize>,
         /// Host A's CPUs (the primary, or the single VM); the backup and the

@@ -18,6 +18,10 @@ pub const BACKUP_IP: &str = "10.99.0.2";
 pub const LOG_PORT: u16 = 7000;
 pub const STATUS_PORT: u16 = 7010;
 
+/// What a VMM that runs a guest logs once it has booted it (the disk line
+/// of its announcement): its options, `--cpus` among them, are applied.
+pub const STARTED: &str = "O_DSYNC";
+
 /// Which emulated host a process runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Host {
@@ -39,7 +43,8 @@ pub struct PairConfig<'a> {
     pub primary_extra: Vec<String>,
     /// Wait until the primary's console shows this (a service is up).
     pub ready: Option<&'a str>,
-    /// Told each side's pid right after it was spawned (CPU placement).
+    /// Told each side's pid once it has started (CPU placement): after its
+    /// own checks of `--cpus`, which a confined process would fail.
     pub adopt: &'a dyn Fn(Host, u32) -> anyhow::Result<()>,
 }
 
@@ -109,8 +114,8 @@ pub fn start(cfg: &PairConfig<'_>) -> anyhow::Result<Pair> {
         .arg(cfg.dir.join("backup.console"))
         .args(ft_args(cfg, "backup"));
     let mut backup = Vmm::spawn(b)?;
-    (cfg.adopt)(Host::B, backup.pid())?;
     backup.wait_for("waiting for the primary", Duration::from_secs(20))?;
+    (cfg.adopt)(Host::B, backup.pid())?;
     let mut p = cfg.net.cmd("a", &bin);
     p.args(["primary", "--backup", &listen, "--tap", &cfg.net.tap()])
         .args([
@@ -125,7 +130,8 @@ pub fn start(cfg: &PairConfig<'_>) -> anyhow::Result<Pair> {
         .arg(cfg.dir.join("primary.console"))
         .args(ft_args(cfg, "primary"))
         .args(&cfg.primary_extra);
-    let primary = Vmm::spawn(p)?;
+    let mut primary = Vmm::spawn(p)?;
+    primary.wait_for(STARTED, Duration::from_secs(30))?;
     (cfg.adopt)(Host::A, primary.pid())?;
     backup.wait_for("following the primary", Duration::from_secs(30))?;
     if let Some(needle) = cfg.ready {

@@ -18,9 +18,17 @@ use crate::redis::parse_csv;
 const REDIS_CLIENTS: u32 = 50;
 const HTTP_CLIENTS: u32 = 16;
 
-fn client(ctx: &Ctx, program: &str) -> Command {
-    ctx.place.wrap(Host::B, ctx.net.cmd("c", program))
+/// `program` on the clients' CPUs in the client namespace, killed after
+/// `limit_s` seconds: a client that hangs (a guest bug) fails its step
+/// instead of the whole run.
+fn client(ctx: &Ctx, program: &str, limit_s: u64) -> Command {
+    let mut c = ctx.net.cmd("c", "timeout");
+    c.args(["-k", "5", &limit_s.to_string(), program]);
+    ctx.place.wrap(Host::B, c)
 }
+
+/// Longest a redis-benchmark or ab run may take.
+const LOAD_LIMIT_S: u64 = 300;
 
 fn run(mut cmd: Command, what: &str) -> anyhow::Result<Output> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
@@ -38,7 +46,7 @@ fn run(mut cmd: Command, what: &str) -> anyhow::Result<Output> {
 /// `redis-benchmark -t TEST -P PIPELINE`: (requests/s, requests).
 pub fn redis(ctx: &Ctx, test: &str, pipeline: u32) -> anyhow::Result<(f64, f64)> {
     let n = ctx.opts.kv_requests;
-    let mut cmd = client(ctx, "redis-benchmark");
+    let mut cmd = client(ctx, "redis-benchmark", LOAD_LIMIT_S);
     cmd.args(["-h", GUEST_IP, "-p", "6379", "-n", &n.to_string()])
         .args([
             "-c",
@@ -85,7 +93,7 @@ pub fn http(ctx: &Ctx, put: bool) -> anyhow::Result<(f64, f64)> {
     std::fs::write(&body, [b'v'; 100])?;
     // The key exists before it is read.
     let mut seed = ctx.net.cmd("c", "curl");
-    seed.args(["-sf", "-X", "PUT", "--data-binary"])
+    seed.args(["-sf", "--max-time", "10", "-X", "PUT", "--data-binary"])
         .arg(format!("@{}", body.display()))
         .arg(HTTP_URL);
     run(seed, "curl PUT")?;
@@ -94,7 +102,7 @@ pub fn http(ctx: &Ctx, put: bool) -> anyhow::Result<(f64, f64)> {
     } else {
         ctx.opts.http_requests
     };
-    let mut cmd = client(ctx, "ab");
+    let mut cmd = client(ctx, "ab", LOAD_LIMIT_S);
     cmd.args(["-k", "-q", "-n", &n.to_string()])
         .args(["-c", &HTTP_CLIENTS.to_string()]);
     if put {
@@ -107,7 +115,7 @@ pub fn http(ctx: &Ctx, put: bool) -> anyhow::Result<(f64, f64)> {
 
 /// `iperf3 -c GUEST -J [-R]`: (Mbit/s the receiver counted, MB moved).
 pub fn iperf(ctx: &Ctx, reverse: bool) -> anyhow::Result<(f64, f64)> {
-    let mut cmd = client(ctx, "iperf3");
+    let mut cmd = client(ctx, "iperf3", ctx.opts.iperf_secs + 30);
     cmd.args(["-c", GUEST_IP, "-J", "-t", &ctx.opts.iperf_secs.to_string()]);
     if reverse {
         cmd.arg("-R");

@@ -49,17 +49,17 @@ pub struct Options {
 }
 
 impl Options {
-    /// The full run (about 15 minutes on an idle 2-core machine) or the
+    /// The full run (about 15 minutes on a 2-core machine) or the
     /// quick one that checks the whole command end to end (a few minutes;
     /// its numbers are not for the page).
     pub fn new(quick: bool, reps: Option<usize>, host_a: Vec<usize>, out: PathBuf) -> Options {
         let full = !quick;
         Options {
             quick,
-            reps: reps.unwrap_or(if full { 3 } else { 2 }),
-            kv_requests: if full { 50_000 } else { 10_000 },
-            http_requests: if full { 20_000 } else { 4_000 },
-            iperf_secs: if full { 8 } else { 2 },
+            reps: reps.unwrap_or(if full { 5 } else { 2 }),
+            kv_requests: if full { 100_000 } else { 10_000 },
+            http_requests: if full { 40_000 } else { 4_000 },
+            iperf_secs: if full { 10 } else { 2 },
             compute_iters: if full { 1500 } else { 300 },
             disk_ops: if full { 20_000 } else { 4_000 },
             failovers: if full { 10 } else { 2 },

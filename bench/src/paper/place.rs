@@ -167,7 +167,11 @@ impl Placement {
     /// [`Placement::wrap`]: `lockstep` checks `--cpus` against the CPUs its
     /// process may use, so one confined to CPU 1 would refuse `--cpus 1`.
     /// The VMM's pinned threads keep their CPU: it is in the host's set.
+    /// A process that has already ended is not an error.
     pub fn adopt(&self, host: Host, pid: u32) -> anyhow::Result<()> {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Ok(());
+        }
         let pid = pid.to_string();
         match (&self.how, host) {
             (Mechanism::V2 { a, .. } | Mechanism::V1 { a, .. }, Host::A) => {

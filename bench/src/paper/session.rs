@@ -45,7 +45,8 @@ pub fn spawn_run(ctx: &Ctx, disk: &std::path::Path, extra: &[String]) -> anyhow:
         .arg("--disk")
         .arg(disk)
         .args(extra);
-    let v = Vmm::spawn(c)?;
+    let mut v = Vmm::spawn(c)?;
+    v.wait_for(pair::STARTED, Duration::from_secs(30))?;
     ctx.place.adopt(Host::A, v.pid())?;
     Ok(v)
 }

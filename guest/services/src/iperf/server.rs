@@ -61,8 +61,6 @@ struct Test {
     cookie: Vec<u8>,
     reverse: bool,
     parallel: usize,
-    /// The client's block size (`len`, `-l`).
-    block: u64,
     /// Bytes per stream, by stream index.
     bytes: Vec<u64>,
     start_ns: u64,
@@ -85,11 +83,6 @@ impl Default for Server {
         Self::new()
     }
 }
-
-/// iperf3's TCP block size when the client names none (128 KiB).
-const DEFAULT_BLOCK: u64 = 128 * 1024;
-/// Largest block accepted (iperf3's own limit is 1 MiB for TCP).
-const MAX_BLOCK: i64 = 1 << 20;
 
 /// iperf3's stream numbering (`iperf_add_stream`): 1, then 3, 4, 5, …
 fn stream_id(index: usize) -> u32 {
@@ -162,26 +155,13 @@ impl Server {
     }
 
     /// Payload bytes the guest may queue on `id` now: unbounded while a
-    /// reverse test runs; after its `TEST_END` only the rest of the current
-    /// block, because iperf3's client reads whole blocks (`-l`) with a
-    /// blocking read once the test is over and would wait forever for a
-    /// block cut short; 0 for any other connection.
+    /// reverse test runs and `id` is one of its streams, else 0.
     pub fn payload_room(&self, id: ConnId) -> usize {
-        let Some(t) = self.test.as_ref().filter(|t| t.reverse) else {
-            return 0;
-        };
-        let Some(Role::Data(s)) = self.index(id).map(|i| &self.conns[i].role) else {
-            return 0;
-        };
-        let sent = t.bytes.get(*s).copied().unwrap_or(0);
-        match self.phase {
-            Phase::Running => usize::MAX,
-            Phase::Results | Phase::Display => {
-                let rest = (t.block - sent % t.block) % t.block;
-                usize::try_from(rest).unwrap_or(usize::MAX)
-            }
-            Phase::Idle | Phase::Params | Phase::Streams => 0,
-        }
+        let reverse = self.phase == Phase::Running && self.test.as_ref().is_some_and(|t| t.reverse);
+        let stream = self
+            .index(id)
+            .is_some_and(|i| matches!(self.conns[i].role, Role::Data(_)));
+        if reverse && stream { usize::MAX } else { 0 }
     }
 
     /// `n` payload bytes were queued on `id`.
@@ -247,7 +227,6 @@ impl Server {
                     cookie,
                     reverse: false,
                     parallel: 1,
-                    block: DEFAULT_BLOCK,
                     bytes: Vec::new(),
                     start_ns: 0,
                     end_ns: 0,
@@ -323,6 +302,15 @@ impl Server {
                         t.end_ns = now_ns;
                         self.phase = Phase::Results;
                         self.push_control(&[EXCHANGE_RESULTS]);
+                        // As iperf3's server does: the streams close now.
+                        // A reverse client reads them with blocking reads
+                        // of whole blocks once the test is over, and only
+                        // the end of the stream ends a block cut short.
+                        for c in &mut self.conns {
+                            if matches!(c.role, Role::Data(_)) {
+                                c.close = true;
+                            }
+                        }
                         true
                     }
                     (Phase::Display, IPERF_DONE) => {
@@ -365,10 +353,6 @@ impl Server {
         if let Some(t) = self.test.as_mut() {
             t.reverse = reverse;
             t.parallel = parallel as usize;
-            t.block = match int("len") {
-                n @ 1..=MAX_BLOCK => n as u64,
-                _ => DEFAULT_BLOCK,
-            };
         }
         self.phase = Phase::Streams;
         self.push_control(&[CREATE_STREAMS]);
