@@ -33,7 +33,7 @@ fn stock_iperf3_measures_the_guest_both_ways() {
     {
         panic!("iperf3 is missing: scripts/test installs it (apt-get install iperf3)");
     }
-    let vm = KvVm::start("iperf", &[]);
+    let vm = KvVm::start("ipf", &[]);
     let received = iperf(&vm, &[]);
     let sent = iperf(&vm, &["-R", "-P", "2"]);
     // The guest prints what it counted: the same bytes the client reports
