@@ -54,6 +54,15 @@ pub fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((name, utime.saturating_add(stime)))
 }
 
+/// A thread's kind: io_uring's workers (`iou-wrk-1234`) and other
+/// numbered threads add up under one name.
+pub fn kind_of(name: &str) -> String {
+    match name.rsplit_once('-') {
+        Some((stem, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => stem.into(),
+        _ => name.into(),
+    }
+}
+
 /// The threads of process `pid` now; empty if it is gone.
 pub fn snapshot(pid: u32) -> Snapshot {
     let tick_us = 1e6 / ticks_per_second();
@@ -68,6 +77,7 @@ pub fn snapshot(pid: u32) -> Snapshot {
         let Some((name, ticks)) = parse_stat(&stat) else {
             continue;
         };
+        let name = kind_of(&name);
         let ns = std::fs::read_to_string(t.path().join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
@@ -91,6 +101,9 @@ mod tests {
         assert_eq!(parse_stat(line), Some(("io (x) 1".into(), 325)));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (a) S 1"), None);
+        assert_eq!(kind_of("iou-wrk-13092"), "iou-wrk");
+        assert_eq!(kind_of("status-http"), "status-http");
+        assert_eq!(kind_of("vcpu"), "vcpu");
     }
 
     #[test]

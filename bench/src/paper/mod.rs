@@ -70,6 +70,7 @@ impl Options {
 }
 
 /// What every step shares: the hosts, the placement, scratch space.
+/// Dropping it removes the namespaces (`Net`) and the cgroups.
 pub struct Ctx {
     pub opts: Options,
     pub net: Net,
@@ -77,6 +78,12 @@ pub struct Ctx {
     /// `place.adopt` as the pair helper takes it.
     pub adopt: Box<dyn Fn(Host, u32) -> anyhow::Result<()>>,
     pub dir: tempfile::TempDir,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        self.place.remove();
+    }
 }
 
 /// `lockstep-bench paper`.

@@ -207,6 +207,26 @@ impl Placement {
         }
     }
 
+    /// Removes the cgroups this placement made (best effort: a cgroup that
+    /// still holds a process stays).
+    pub fn remove(&self) {
+        let dirs: Vec<&PathBuf> = match &self.how {
+            Mechanism::V2 { a, rest } => vec![a, rest],
+            Mechanism::V1 { a, rest, a_cpu } => {
+                let mut v = vec![a, rest];
+                v.extend(a_cpu.iter());
+                v
+            }
+            Mechanism::Taskset => vec![],
+        };
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+            if let Some(parent) = d.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+
     /// One line for the results page.
     pub fn describe(&self) -> String {
         let how = match &self.how {

@@ -225,23 +225,25 @@ fn cpu_table(out: &mut String, ctx: &Ctx, s: &Samples) -> std::fmt::Result {
         out,
         "| workload | unit | non-FT VMM | FT primary | FT backup | primary ÷ non-FT | (primary + backup) ÷ non-FT |\n|---|---|---|---|---|---|---|"
     )?;
-    let mut rows: Vec<(String, String, &str, &str)> = rows1(ctx)
+    // (key, what, unit, FT label, scale of the µs figures).
+    let mut rows: Vec<(String, String, &str, &str, f64)> = rows1(ctx)
         .into_iter()
-        .map(|r| {
-            let unit = if r.key == "compute" {
-                "run"
-            } else if r.key == "disk" {
-                "disk op"
-            } else {
-                "request"
-            };
-            (r.key, r.what, unit, "ft")
+        .map(|r| match r.key.as_str() {
+            "compute" => (r.key, r.what, "CPU-ms per run", "ft", 1e-3),
+            "disk" => (r.key, r.what, "CPU-µs per disk op", "ft", 1.0),
+            _ => (r.key, r.what, "CPU-µs per request", "ft", 1.0),
         })
         .collect();
     for (key, what) in [("net/rx", "iperf3 receive"), ("net/tx", "iperf3 transmit")] {
-        rows.push((key.into(), format!("{what} (1 Gbit/s link)"), "MB", "ft1g"));
+        rows.push((
+            key.into(),
+            format!("{what} (1 Gbit/s link)"),
+            "CPU-µs per MB",
+            "ft1g",
+            1.0,
+        ));
     }
-    for (key, what, unit, ft) in rows {
+    for (key, what, unit, ft, scale) in rows {
         let run = format!("{key}/run/cpu/run");
         let p = format!("{key}/{ft}/cpu/primary");
         let b = format!("{key}/{ft}/cpu/backup");
@@ -257,12 +259,23 @@ fn cpu_table(out: &mut String, ctx: &Ctx, s: &Samples) -> std::fmt::Result {
             .filter(|(_, r)| **r > 0.0)
             .map(|(x, r)| x / r)
             .collect();
+        let show = |k: &str| {
+            s.get(k).map_or("—".to_string(), |x| {
+                let x = super::stats::Stat {
+                    median: x.median * scale,
+                    min: x.min * scale,
+                    max: x.max * scale,
+                    n: x.n,
+                };
+                x.show(if x.median >= 100.0 { 0 } else { 1 })
+            })
+        };
         writeln!(
             out,
-            "| {what} | CPU-µs per {unit} | {} | {} | {} | {} | {} |",
-            s.show(&run, 1),
-            s.show(&p, 1),
-            s.show(&b, 1),
+            "| {what} | {unit} | {} | {} | {} | {} | {} |",
+            show(&run),
+            show(&p),
+            show(&b),
             s.ratio(&p, &run).map_or("—".into(), |x| x.show(2)),
             super::stats::Stat::of(&both_ratio).map_or("—".into(), |x| x.show(2)),
         )?;
