@@ -102,7 +102,7 @@ enum Cmd {
         #[arg(long)]
         head: std::path::PathBuf,
         /// Allowed slowdown beyond the noise, in percent.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 25.0)]
         threshold_pct: f64,
     },
     /// Reads every acknowledged key back; exit status 1 if any is lost.

@@ -76,9 +76,13 @@ impl Placement {
         if controllers.is_some_and(|c| c.split_whitespace().any(|x| x == "cpuset")) {
             let top = v2.join(GROUP);
             std::fs::create_dir_all(&top).ok()?;
-            // Controllers must be enabled on the way down.
-            let _ = write(&v2.join("cgroup.subtree_control"), "+cpuset +cpu");
-            let _ = write(&top.join("cgroup.subtree_control"), "+cpuset +cpu");
+            // Controllers must be enabled on the way down; one at a time,
+            // so a missing `cpu` controller does not cost the cpuset.
+            for dir in [v2, top.as_path()] {
+                for c in ["+cpuset", "+cpu"] {
+                    let _ = write(&dir.join("cgroup.subtree_control"), c);
+                }
+            }
             let (ga, gr) = (top.join("host-a"), top.join("rest"));
             for (g, cpus) in [(&ga, a), (&gr, rest)] {
                 std::fs::create_dir_all(g).ok()?;
