@@ -91,6 +91,9 @@ enum Cmd {
         /// Where results.md and the plots go.
         #[arg(long, default_value = "docs")]
         out: std::path::PathBuf,
+        /// A sentence for the page about the run's conditions.
+        #[arg(long)]
+        conditions: Option<String>,
     },
     /// The verdict of `scripts/bench-compare`: criterion results of
     /// interleaved runs of two builds (one CRITERION_HOME per run under
@@ -154,8 +157,10 @@ fn main() -> anyhow::Result<()> {
             reps,
             host_a,
             out,
+            conditions,
         } => {
-            let opts = paper::Options::new(*quick, *reps, host_a.clone(), out.clone());
+            let mut opts = paper::Options::new(*quick, *reps, host_a.clone(), out.clone());
+            opts.conditions = conditions.clone();
             return paper::run(opts);
         }
         Cmd::KvCheck { addr, acked } => {

@@ -46,6 +46,9 @@ pub struct Options {
     pub host_a: Vec<usize>,
     /// Where results.md and the plots go.
     pub out: PathBuf,
+    /// What the page should say about the conditions of the run (e.g.
+    /// "other builds ran on the machine").
+    pub conditions: Option<String>,
 }
 
 impl Options {
@@ -65,6 +68,7 @@ impl Options {
             failovers: if full { 10 } else { 2 },
             host_a,
             out,
+            conditions: None,
         }
     }
 }

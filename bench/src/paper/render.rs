@@ -145,6 +145,9 @@ fn header(out: &mut String, ctx: &Ctx, m: &Machine, meta: &Meta) -> std::fmt::Re
         meta.load_before,
         meta.load_after,
     )?;
+    if let Some(c) = &o.conditions {
+        writeln!(out, "**Conditions of this run:** {c}\n")?;
+    }
     writeln!(
         out,
         "![Table 1 analogue](results-table1.svg)\n![Table 2 analogue](results-table2.svg)\n![CPU per unit of work](results-cpu.svg)\n"
