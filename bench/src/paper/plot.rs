@@ -44,7 +44,8 @@ fn bars(
         .iter()
         .flat_map(|s| s.values.iter().flatten().map(|v| v.max))
         .fold(0.0f64, f64::max);
-    let y_max = if top > 0.0 { top * 1.15 } else { 1.0 };
+    // Headroom above the tallest whisker for the legend.
+    let y_max = if top > 0.0 { top * 1.35 } else { 1.0 };
     let n = cats.len().max(1);
     let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
