@@ -7,9 +7,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use lockstep_bench::netns::{GUEST_IP, Net};
+use lockstep_bench::pair::{self, Host, PairConfig};
 use lockstep_bench::vm::{self, Vmm};
 
 use crate::redis::{Result as BenchResult, run_benchmark};
@@ -22,68 +23,11 @@ fn start_pair(
     heartbeat_ms: u64,
     timeout_ms: u64,
 ) -> anyhow::Result<(Vmm, Vmm)> {
-    let bin = vm::lockstep_bin().display().to_string();
-    let ft = |name: &str| {
-        vec![
-            "--arbiter".to_string(),
-            format!("file:{}", dir.join("arbiter").display()),
-            "--name".into(),
-            name.into(),
-            "--heartbeat-ms".into(),
-            heartbeat_ms.to_string(),
-            "--failure-timeout-ms".into(),
-            timeout_ms.to_string(),
-        ]
-    };
-    let mut b = net.cmd("b", &bin);
-    b.args([
-        "backup",
-        "--listen",
-        "10.99.0.2:7000",
-        "--tap",
-        &net.tap(),
-        "--cpus",
-        "1,0",
-        "--status",
-        "10.99.0.2:7010",
-        "--disk",
-    ])
-    .arg(dir.join("disk.img"))
-    .arg("--console")
-    .arg(dir.join("backup.console"))
-    .args(ft("backup"));
-    let mut backup = Vmm::spawn(b)?;
-    backup.wait_for("waiting for the primary", Duration::from_secs(20))?;
-    let mut p = net.cmd("a", &bin);
-    p.args([
-        "primary",
-        "--backup",
-        "10.99.0.2:7000",
-        "--tap",
-        &net.tap(),
-        "--cpus",
-        "0,1",
-        "--status",
-        "10.99.0.1:7010",
-        "--disk",
-    ])
-    .arg(dir.join("disk.img"))
-    .arg("--console")
-    .arg(dir.join("primary.console"))
-    .args(ft("primary"));
-    let primary = Vmm::spawn(p)?;
-    backup.wait_for("following the primary", Duration::from_secs(30))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(dir.join("primary.console"))
-        .unwrap_or_default()
-        .contains("kv: serving")
-    {
-        if Instant::now() > deadline {
-            bail!("the primary's guest did not come up:\n{}", primary.log());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok((primary, backup))
+    let mut cfg = PairConfig::new(net, dir);
+    cfg.heartbeat_ms = heartbeat_ms;
+    cfg.failure_timeout_ms = timeout_ms;
+    let p = pair::start(&cfg)?;
+    Ok((p.primary, p.backup))
 }
 
 fn benchmark(net: &Net, pipeline: u32, n: u64) -> anyhow::Result<Vec<BenchResult>> {
@@ -95,16 +39,6 @@ fn benchmark(net: &Net, pipeline: u32, n: u64) -> anyhow::Result<Vec<BenchResult
         50,
         pipeline,
     )
-}
-
-/// `lockstep status --json` of one side.
-fn status(net: &Net, ns: &str, addr: &str) -> Option<serde_json::Value> {
-    let out = net
-        .cmd(ns, &vm::lockstep_bin().display().to_string())
-        .args(["status", "--json", addr])
-        .output()
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// The `output rule:` line the primary logs when it stops.
@@ -169,7 +103,7 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
         let round_dir = dir.path().join(format!("pair{round}"));
         std::fs::create_dir_all(&round_dir)?;
         let (primary, backup) = start_pair(&net, &round_dir, 100, 1000)?;
-        let before = status(&net, "a", "10.99.0.1:7010");
+        let before = pair::log_bytes(&net);
         let started = Instant::now();
         pair.push(
             [1, 16]
@@ -178,13 +112,8 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?,
         );
         let secs = started.elapsed().as_secs_f64();
-        let after = status(&net, "a", "10.99.0.1:7010");
-        let log_bytes = |s: &Option<serde_json::Value>| {
-            s.as_ref()
-                .and_then(|v| v["log_bytes"].as_u64())
-                .unwrap_or(0)
-        };
-        bandwidth.push((log_bytes(&after) - log_bytes(&before)) as f64 * 8.0 / secs / 1e6);
+        let after = pair::log_bytes(&net);
+        bandwidth.push(after.saturating_sub(before) as f64 * 8.0 / secs / 1e6);
         let primary_log = primary.stop_log()?;
         drop(backup);
         if let Some(r) = output_rule_line(&primary_log) {
@@ -232,19 +161,51 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
     failover_times(dir.path(), failovers)
 }
 
-/// Client-visible failover with a 10 ms heartbeat and a 50 ms timeout.
-fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
+/// What a series of failovers measured.
+#[derive(Clone, Debug, Default)]
+pub struct Failovers {
+    /// From the `kill -9` of the primary to the backup's "going live".
+    pub live_ms: Vec<f64>,
+    /// The longest pause between two acknowledged SETs across it.
+    pub outage_ms: Vec<f64>,
+    /// Runs in which an acknowledged write was lost.
+    pub lost: u64,
+}
+
+/// Where the pair of a failover run is placed.
+pub struct Placed<'a> {
+    pub primary_cpus: String,
+    pub backup_cpus: String,
+    pub adopt: &'a dyn Fn(Host, u32) -> anyhow::Result<()>,
+}
+
+/// `runs` failovers under client load, each on fresh hosts, with a 10 ms
+/// heartbeat and a 50 ms timeout; `placed` overrides the pair's CPU
+/// placement, and `each` is told when a run ended.
+pub fn failovers(
+    dir: &Path,
+    runs: usize,
+    placed: Option<&Placed<'_>>,
+    each: &dyn Fn(usize),
+) -> anyhow::Result<Failovers> {
     let tools = vm::repo().join("target/release/lockstep-bench");
-    let mut live_ms = Vec::new();
-    let mut outage_ms = Vec::new();
-    let mut lost = 0u64;
+    let mut f = Failovers::default();
     for run in 0..runs {
         let run_dir = dir.join(format!("failover{run}"));
         std::fs::create_dir_all(&run_dir)?;
         // Fresh hosts and LAN each time: no switch remembers the last run.
         let fresh = Net::ft("bfo")?;
         let net = &fresh;
-        let (primary, backup) = start_pair(net, &run_dir, 10, 50)?;
+        let mut cfg = PairConfig::new(net, &run_dir);
+        cfg.heartbeat_ms = 10;
+        cfg.failure_timeout_ms = 50;
+        if let Some(p) = placed {
+            cfg.primary_cpus = p.primary_cpus.clone();
+            cfg.backup_cpus = p.backup_cpus.clone();
+            cfg.adopt = p.adopt;
+        }
+        let p = pair::start(&cfg)?;
+        let (primary, backup) = (p.primary, p.backup);
         let acked = run_dir.join("acked.txt");
         let writer = net
             .cmd("c", &tools.display().to_string())
@@ -270,7 +231,7 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
         let out = writer.wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         if let Some(at) = logged_at_ms(&backup.log(), "going live") {
-            live_ms.push(at.saturating_sub(killed) as f64);
+            f.live_ms.push(at.saturating_sub(killed) as f64);
         }
         if let Some(ms) = text
             .split("longest pause between acknowledgements: ")
@@ -278,7 +239,7 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
             .and_then(|t| t.split_whitespace().next())
             .and_then(|n| n.parse::<f64>().ok())
         {
-            outage_ms.push(ms);
+            f.outage_ms.push(ms);
         }
         let check = net
             .cmd("c", &tools.display().to_string())
@@ -286,10 +247,21 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
             .arg(&acked)
             .output()?;
         if !check.status.success() {
-            lost += 1;
+            f.lost += 1;
         }
         drop(backup);
+        each(run);
     }
+    Ok(f)
+}
+
+/// Client-visible failover with a 10 ms heartbeat and a 50 ms timeout.
+fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
+    let Failovers {
+        mut live_ms,
+        mut outage_ms,
+        lost,
+    } = failovers(dir, runs, None, &|_| {})?;
     let stat = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         if v.is_empty() {

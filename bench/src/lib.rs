@@ -8,5 +8,6 @@
 pub mod channel;
 pub mod kvclient;
 pub mod netns;
+pub mod pair;
 pub mod resp;
 pub mod vm;

@@ -6,14 +6,18 @@
 //!   lockstep-bench redis    guest KV service vs stock redis-server
 //!   lockstep-bench record   recording overhead, log bandwidth, replay speed
 //!   lockstep-bench channel  logging channel vs raw TCP on the logging link
+//!   lockstep-bench paper    the paper's tables: docs/results.md and plots
+//!   lockstep-bench regress  the verdict of scripts/bench-compare
 //!
 //! Run it through `scripts/bench`, which builds everything first.
 
 mod env;
 mod ft;
 mod link;
+mod paper;
 mod record;
 mod redis;
+mod regress;
 mod report;
 
 use anyhow::Context;
@@ -70,6 +74,40 @@ enum Cmd {
         #[arg(long)]
         acked: std::path::PathBuf,
     },
+    /// The paper's tables (1 and 2, and the extra rows) from one command,
+    /// on a fair emulation of two hosts: writes docs/results.md and SVG
+    /// plots beside it.
+    Paper {
+        /// Short runs that check the whole command end to end.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds per figure (default: 5, quick: 2).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Host A's CPUs (the primary, or the single VM); the backup and the
+        /// clients get the others.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        host_a: Vec<usize>,
+        /// Where results.md and the plots go.
+        #[arg(long, default_value = "docs")]
+        out: std::path::PathBuf,
+        /// A sentence for the page about the run's conditions.
+        #[arg(long)]
+        conditions: Option<String>,
+    },
+    /// The verdict of `scripts/bench-compare`: criterion results of
+    /// interleaved runs of two builds (one CRITERION_HOME per run under
+    /// each directory); fails if a hot path got slower than the threshold
+    /// beyond the measured noise.
+    Regress {
+        #[arg(long)]
+        base: std::path::PathBuf,
+        #[arg(long)]
+        head: std::path::PathBuf,
+        /// Allowed slowdown beyond the noise, in percent.
+        #[arg(long, default_value_t = 25.0)]
+        threshold_pct: f64,
+    },
     /// Reads every acknowledged key back; exit status 1 if any is lost.
     KvCheck {
         #[arg(long, default_value = "10.77.0.2:6379")]
@@ -109,6 +147,22 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Cmd::Regress {
+            base,
+            head,
+            threshold_pct,
+        } => return regress::run(base, head, *threshold_pct),
+        Cmd::Paper {
+            quick,
+            reps,
+            host_a,
+            out,
+            conditions,
+        } => {
+            let mut opts = paper::Options::new(*quick, *reps, host_a.clone(), out.clone());
+            opts.conditions = conditions.clone();
+            return paper::run(opts);
+        }
         Cmd::KvCheck { addr, acked } => {
             let keys = kvclient::load(acked)?;
             let lost = kvclient::check(addr, &keys)?;
@@ -130,6 +184,8 @@ fn main() -> anyhow::Result<()> {
             failovers,
         } => ft::compare(requests, failovers),
         Cmd::Channel { mib } => link::compare(mib),
-        Cmd::KvWriter { .. } | Cmd::KvCheck { .. } => Ok(()),
+        Cmd::KvWriter { .. } | Cmd::KvCheck { .. } | Cmd::Regress { .. } | Cmd::Paper { .. } => {
+            Ok(())
+        }
     }
 }

@@ -100,15 +100,46 @@ impl Vmm {
             .wait_timeout_while(out, DRAIN_TIMEOUT, |o| o.open > 0);
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Sends `sig`.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// The process id (the VMM's own: `ip netns exec` and the placement
+    /// wrapper `exec` it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the exit; returns its status and the CPU time the whole
+    /// process used (all threads, from `wait4`'s rusage: exact even for
+    /// threads that ended before the process).
+    pub fn wait_exit_cpu(&mut self, timeout: Duration) -> anyhow::Result<(i32, Duration)> {
+        let deadline = Instant::now() + timeout;
+        let pid = self.child.id() as libc::pid_t;
+        loop {
+            let mut status = 0;
+            // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: wait4 on our own child with live out-pointers.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+            if r == pid {
+                self.wait_drained();
+                let tv = |t: libc::timeval| {
+                    Duration::from_secs(t.tv_sec.max(0) as u64)
+                        + Duration::from_micros(t.tv_usec.max(0) as u64)
+                };
+                return Ok((status, tv(ru.ru_utime) + tv(ru.ru_stime)));
+            }
+            if r < 0 {
+                bail!("wait4({pid}): {}", std::io::Error::last_os_error());
+            }
+            if Instant::now() > deadline {
+                bail!("lockstep did not exit within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The exit status, if the VMM has exited.

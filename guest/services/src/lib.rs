@@ -8,7 +8,8 @@
 //! * [`store`], [`engine`]: the key-value store and the group-commit rule;
 //! * [`journal`], [`journal_format`]: the checksummed on-disk log, recovery
 //!   and compaction;
-//! * [`session`]: per-connection state with durability-tagged output.
+//! * [`session`]: per-connection state with durability-tagged output;
+//! * [`iperf`]: an iperf3-compatible throughput server (port 5201).
 #![no_std]
 
 extern crate alloc;
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod glob;
 pub mod http;
 pub mod intfmt;
+pub mod iperf;
 pub mod journal;
 pub mod journal_format;
 pub mod limits;

@@ -563,7 +563,12 @@ mod session_tests {
         assert!(e.next_write().is_some());
         e.write_done(true);
         let out = std::string::String::from_utf8_lossy(s.sendable(e.durable())).into_owned();
-        assert!(out.starts_with("HTTP/1.1 204 No Content\r\n"), "{out}");
+        assert!(
+            out.starts_with(
+                "HTTP/1.1 204 No Content\r\nServer: lockstep-guest\r\nConnection: keep-alive\r\n"
+            ),
+            "{out}"
+        );
         assert!(out.contains("HTTP/1.1 404 Not Found\r\n"));
         assert!(out.contains("Connection: close\r\n"));
         let n = out.len();

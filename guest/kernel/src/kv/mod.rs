@@ -1,5 +1,6 @@
 //! The key-value workload: recovery, then RESP on 6379 and HTTP on 80 over
-//! smoltcp, with every write durable before its reply leaves.
+//! smoltcp, with every write durable before its reply leaves; and an
+//! iperf3-compatible throughput server on 5201 (`iperf.rs`).
 //!
 //! One loop iteration = one sync call:
 //! sync → disk completions (→ batches durable) → TX reap/RX refill →
@@ -9,6 +10,7 @@
 //! work is left over.
 
 mod boot;
+mod iperf;
 mod server;
 
 use alloc::vec;
@@ -76,6 +78,7 @@ pub fn run(
     }
     let mut sockets = SocketSet::new(vec![]);
     let mut server = server::Server::new(&mut sockets, (heap_bytes / CONNECTION_SHARE) as usize);
+    let mut perf = iperf::Service::new(&mut sockets);
     say!(
         "kv: serving RESP on {}:{} and HTTP on :{}",
         s.ip,
@@ -111,7 +114,7 @@ pub fn run(
         net.maintain();
         iface.poll(ts, &mut net, &mut sockets);
         let turn = server.service(&mut engine, &mut sockets, !stopping);
-        busy = turn.more;
+        busy = turn.more | perf.service(&mut sockets, now);
 
         if let Some(d) = disk.as_mut()
             && let Some(w) = engine.next_write()

@@ -66,7 +66,11 @@ pub fn respond(
         out.extend_from_slice(a.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !keep_alive {
+    // Said both ways: an HTTP/1.0 client (ab -k) keeps a connection only
+    // when the response says keep-alive, and waits for the close otherwise.
+    if keep_alive {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    } else {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
