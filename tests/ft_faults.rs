@@ -11,6 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ft::*;
+use common::split::{Outcome, SplitWatch};
 use common::*;
 
 /// One direction of the logging link drops everything: the side that

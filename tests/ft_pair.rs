@@ -10,6 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::ft::*;
+use common::split::{Outcome, SplitWatch};
 use common::*;
 
 #[test]

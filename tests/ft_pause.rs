@@ -10,6 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ft::*;
+use common::split::{Outcome, SplitWatch};
 use common::watch::{TapWatch, wait_zombie, write_bytes};
 use common::*;
 

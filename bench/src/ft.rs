@@ -179,12 +179,28 @@ pub struct Placed<'a> {
     pub adopt: &'a dyn Fn(Host, u32) -> anyhow::Result<()>,
 }
 
+/// What the backup logs the moment it goes live (after the arbiter and the
+/// wait for the primary's lease), before its first output.
+const LIVE: &str = "going live: sending";
+
 /// `runs` failovers under client load, each on fresh hosts, with a 10 ms
 /// heartbeat and a 50 ms timeout; `placed` overrides the pair's CPU
 /// placement, and `each` is told when a run ended.
 pub fn failovers(
     dir: &Path,
     runs: usize,
+    placed: Option<&Placed<'_>>,
+    each: &dyn Fn(usize),
+) -> anyhow::Result<Failovers> {
+    failovers_with_lease(dir, runs, None, placed, each)
+}
+
+/// [`failovers`] with the primary's output lease set (`None`: the
+/// default, the failure timeout).
+pub fn failovers_with_lease(
+    dir: &Path,
+    runs: usize,
+    lease_ms: Option<u64>,
     placed: Option<&Placed<'_>>,
     each: &dyn Fn(usize),
 ) -> anyhow::Result<Failovers> {
@@ -199,6 +215,7 @@ pub fn failovers(
         let mut cfg = PairConfig::new(net, &run_dir);
         cfg.heartbeat_ms = 10;
         cfg.failure_timeout_ms = 50;
+        cfg.lease_ms = lease_ms;
         if let Some(p) = placed {
             cfg.primary_cpus = p.primary_cpus.clone();
             cfg.backup_cpus = p.backup_cpus.clone();
@@ -225,12 +242,12 @@ pub fn failovers(
         let killed = now_ms();
         primary.signal(libc::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !backup.log().contains("going live") && Instant::now() < deadline {
+        while !backup.log().contains(LIVE) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let out = writer.wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if let Some(at) = logged_at_ms(&backup.log(), "going live") {
+        if let Some(at) = logged_at_ms(&backup.log(), LIVE) {
             f.live_ms.push(at.saturating_sub(killed) as f64);
         }
         if let Some(ms) = text
@@ -255,6 +272,15 @@ pub fn failovers(
     Ok(f)
 }
 
+/// "median X ms, max Y ms" of a sample.
+fn median_max(v: &mut [f64]) -> String {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.last() {
+        None => "n/a".to_string(),
+        Some(max) => format!("median {:.0} ms, max {max:.0} ms", v[v.len() / 2]),
+    }
+}
+
 /// Client-visible failover with a 10 ms heartbeat and a 50 ms timeout.
 fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
     let Failovers {
@@ -262,18 +288,7 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
         mut outage_ms,
         lost,
     } = failovers(dir, runs, None, &|_| {})?;
-    let stat = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            "n/a".to_string()
-        } else {
-            format!(
-                "median {:.0} ms, max {:.0} ms",
-                v[v.len() / 2],
-                v[v.len() - 1]
-            )
-        }
-    };
+    let stat = |v: &mut Vec<f64>| median_max(v);
     let mut t = Table::new(&[
         "failovers",
         "kill → backup live",
@@ -290,6 +305,57 @@ fn failover_times(dir: &Path, runs: usize) -> anyhow::Result<()> {
     println!(
         "\nHeartbeat every 10 ms, peer declared dead after 50 ms of silence. Outage: the longest pause between two \
          acknowledged SETs of 4 writers across the failover (goal < 150 ms; the paper's failovers take seconds)."
+    );
+    Ok(())
+}
+
+/// The output lease's trade-off (docs/failover.md, "Fencing"): for each
+/// lease length, failovers under load (kill → live, client-visible
+/// outage), the gap between acks the primary's outputs ride through
+/// without stalling (the lease less its margin), and the pause after which
+/// the backup takes over (the failure timeout, the same for all).
+pub fn lease_tradeoff(runs: usize) -> anyhow::Result<()> {
+    println!("## The output lease: failover time against tolerated ack gaps\n");
+    let dir = tempfile::tempdir()?;
+    let mut t = Table::new(&[
+        "lease",
+        "kill → backup live",
+        "client-visible outage",
+        "ack gap outputs ride through",
+        "primary pause that fails over",
+        "runs that lost a write",
+    ]);
+    // Interleaved: one failover per lease length per round.
+    let leases = [25u64, 50, 100, 200];
+    let mut live: Vec<Vec<f64>> = vec![Vec::new(); leases.len()];
+    let mut outage: Vec<Vec<f64>> = vec![Vec::new(); leases.len()];
+    let mut lost = vec![0u64; leases.len()];
+    for round in 0..runs {
+        for (i, lease) in leases.iter().enumerate() {
+            let d = dir.path().join(format!("l{lease}r{round}"));
+            let f = failovers_with_lease(&d, 1, Some(*lease), None, &|_| {})?;
+            live[i].extend(f.live_ms);
+            outage[i].extend(f.outage_ms);
+            lost[i] += f.lost;
+        }
+        eprintln!("round {} of {runs} done", round + 1);
+    }
+    for (i, lease) in leases.iter().enumerate() {
+        let margin = *lease as f64 / 100.0 + 0.5;
+        t.row(vec![
+            format!("{lease} ms"),
+            median_max(&mut live[i]),
+            median_max(&mut outage[i]),
+            format!("{:.1} ms", *lease as f64 - margin),
+            "> 50 ms".to_string(),
+            lost[i].to_string(),
+        ]);
+    }
+    print!("{}", t.markdown());
+    println!(
+        "\nHeartbeat every 10 ms, failure timeout 50 ms, {runs} failovers per lease, interleaved. The backup goes live \
+         no sooner than its last ack plus the lease: a lease up to the failure timeout costs no failover time; a longer \
+         one delays go-live by the difference, and lets outputs ride through longer gaps between acks."
     );
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! Run it through `scripts/bench`, which builds everything first.
 
 mod env;
+mod faults;
 mod ft;
 mod link;
 mod paper;
@@ -50,6 +51,22 @@ enum Cmd {
     Ft {
         #[arg(long, default_value_t = 50_000)]
         requests: u64,
+        #[arg(long, default_value_t = 5)]
+        failovers: usize,
+    },
+    /// The fault tests' scenarios as a soak (randomized fault kind and
+    /// timing), with a summary per fault kind.
+    Faults {
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+        /// Rerun a soak exactly (its summary prints the seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// The output lease's trade-off: failover time for several lease
+    /// lengths against the ack gaps outputs ride through.
+    Lease {
+        /// Failovers per lease length.
         #[arg(long, default_value_t = 5)]
         failovers: usize,
     },
@@ -184,6 +201,8 @@ fn main() -> anyhow::Result<()> {
             failovers,
         } => ft::compare(requests, failovers),
         Cmd::Channel { mib } => link::compare(mib),
+        Cmd::Lease { failovers } => ft::lease_tradeoff(failovers),
+        Cmd::Faults { trials, seed } => faults::soak(trials, seed),
         Cmd::KvWriter { .. } | Cmd::KvCheck { .. } | Cmd::Regress { .. } | Cmd::Paper { .. } => {
             Ok(())
         }

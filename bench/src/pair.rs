@@ -36,6 +36,8 @@ pub struct PairConfig<'a> {
     pub dir: &'a Path,
     pub heartbeat_ms: u64,
     pub failure_timeout_ms: u64,
+    /// The primary's `--lease-ms` (default: the failure timeout).
+    pub lease_ms: Option<u64>,
     /// `--cpus` of each side (vCPU thread, I/O thread).
     pub primary_cpus: String,
     pub backup_cpus: String,
@@ -57,6 +59,7 @@ impl<'a> PairConfig<'a> {
             dir,
             heartbeat_ms: 100,
             failure_timeout_ms: 1000,
+            lease_ms: None,
             primary_cpus: "0,1".into(),
             backup_cpus: "1,0".into(),
             primary_extra: Vec::new(),
@@ -74,7 +77,7 @@ pub struct Pair {
 
 /// The options both sides of the pair take.
 fn ft_args(cfg: &PairConfig<'_>, name: &str) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--arbiter".into(),
         format!("file:{}", cfg.dir.join("arbiter").display()),
         "--name".into(),
@@ -83,7 +86,11 @@ fn ft_args(cfg: &PairConfig<'_>, name: &str) -> Vec<String> {
         cfg.heartbeat_ms.to_string(),
         "--failure-timeout-ms".into(),
         cfg.failure_timeout_ms.to_string(),
-    ]
+    ];
+    if let Some(ms) = cfg.lease_ms {
+        args.extend(["--lease-ms".into(), ms.to_string()]);
+    }
+    args
 }
 
 /// `status` address of a side.

@@ -337,6 +337,18 @@ impl FtPair {
     }
 }
 
+/// What the clients' acknowledged writes came to.
+pub struct WriteCheck {
+    pub acked: usize,
+    pub errors: Vec<String>,
+    /// The longest time between two acknowledgements.
+    pub longest_gap: Duration,
+    /// Acknowledged keys whoever serves now lacks.
+    pub lost_live: Vec<String>,
+    /// Acknowledged keys a reboot of the disk image lacks.
+    pub lost_reboot: Vec<String>,
+}
+
 /// The guest's key-value address on the client LAN.
 pub fn addr() -> String {
     format!("{GUEST_IP}:6379")
@@ -362,9 +374,14 @@ impl Writers {
 
     /// Stops the writers; returns the acknowledged keys and the errors.
     pub fn finish(self) -> (Vec<String>, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let r = self.thread.join().expect("writers");
+        let r = self.report();
         (r.acked, r.errors)
+    }
+
+    /// Stops the writers; everything they saw.
+    pub fn report(self) -> lockstep_bench::kvclient::WriterReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("writers")
     }
 }
 
@@ -383,32 +400,45 @@ impl FtPair {
     /// unless `errors_ok` (a fault that outlasts the clients' timeouts).
     /// Returns how many acknowledged writes were checked.
     pub fn check_writes(&mut self, writers: Writers, what: &str, errors_ok: bool) -> usize {
-        let (acked, errors) = writers.finish();
+        let c = self.verify_writes(writers);
         assert!(
-            errors_ok || errors.is_empty(),
+            errors_ok || c.errors.is_empty(),
             "{what}: clients saw errors: {:?}",
-            &errors[..errors.len().min(5)]
+            &c.errors[..c.errors.len().min(5)]
         );
-        assert!(!acked.is_empty(), "{what}: no write was acknowledged");
-        let lost = self.lost_writes(&acked);
+        assert!(c.acked > 0, "{what}: no write was acknowledged");
         assert!(
-            lost.is_empty(),
+            c.lost_live.is_empty(),
             "{what}: {} of {} acknowledged writes lost, e.g. {:?}\nprimary:\n{}\nbackup:\n{}",
-            lost.len(),
-            acked.len(),
-            &lost[..lost.len().min(5)],
+            c.lost_live.len(),
+            c.acked,
+            &c.lost_live[..c.lost_live.len().min(5)],
             self.primary.log(),
             self.backup.log()
         );
-        let lost = self.lost_after_reboot(&acked);
         assert!(
-            lost.is_empty(),
+            c.lost_reboot.is_empty(),
             "{what}: {} of {} acknowledged writes are not on the disk image, e.g. {:?}",
-            lost.len(),
-            acked.len(),
-            &lost[..lost.len().min(5)]
+            c.lost_reboot.len(),
+            c.acked,
+            &c.lost_reboot[..c.lost_reboot.len().min(5)]
         );
-        acked.len()
+        c.acked
+    }
+
+    /// Stops the writers and reads back every write they saw acknowledged,
+    /// through whoever serves and from a reboot of the disk image.
+    pub fn verify_writes(&mut self, writers: Writers) -> WriteCheck {
+        let report = writers.report();
+        let lost_live = self.lost_writes(&report.acked);
+        let lost_reboot = self.lost_after_reboot(&report.acked);
+        WriteCheck {
+            acked: report.acked.len(),
+            errors: report.errors,
+            longest_gap: report.longest_gap,
+            lost_live,
+            lost_reboot,
+        }
     }
 
     /// Stops both sides, boots `lockstep run` on the shared disk image in
@@ -448,141 +478,4 @@ impl FtPair {
 /// are built with the same features).
 fn failpoints_built() -> bool {
     cfg!(feature = "failpoints")
-}
-
-/// Who serves after a fault that may split the pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The backup went live; the old primary stopped.
-    BackupLive,
-    /// The primary continues alone; the backup does not serve.
-    PrimaryAlone,
-    /// The pair stayed whole: acks flow again, nobody claimed.
-    Whole,
-}
-
-/// Watches both hosts' taps while a fault plays out: the backup may not
-/// output before it went live, and the old primary not after.
-pub struct SplitWatch {
-    a: super::watch::TapWatch,
-    b: super::watch::TapWatch,
-}
-
-impl SplitWatch {
-    pub fn start(pair: &FtPair) -> SplitWatch {
-        SplitWatch {
-            a: super::watch::TapWatch::start(&pair.net.ns("a"), &pair.net.tap()),
-            b: super::watch::TapWatch::start(&pair.net.ns("b"), &pair.net.tap()),
-        }
-    }
-
-    /// Waits (up to `timeout`) until the fault has a winner, checking the
-    /// fencing rule all along: exactly one side serves, the loser stops
-    /// with "lost the arbiter" (exit 7; a backup whose channel broke, 8),
-    /// no frame from the backup before it went live and none from the old
-    /// primary after. With `may_stay_whole`, `Whole` is an outcome too: the
-    /// backup acknowledged `WHOLE_ACKS` more entries and no side claimed.
-    pub fn settle(
-        &mut self,
-        pair: &mut FtPair,
-        timeout: Duration,
-        may_stay_whole: bool,
-        what: &str,
-    ) -> Outcome {
-        const WHOLE_ACKS: u64 = 200;
-        let acked_from = pair.counter("primary", "acked_seq");
-        let deadline = Instant::now() + timeout;
-        let mut live_seen = false;
-        let outcome = loop {
-            let p_exit = pair.primary.try_wait().ok().flatten();
-            let b_exit = pair.backup.try_wait().ok().flatten();
-            // The backup's frames first, then its log: a frame it sent
-            // live always finds LIVE (logged before its first frame) there.
-            let from_b = self.b.take_from_vmm();
-            let live_now = pair.backup.log().contains(LIVE);
-            assert!(
-                live_now || from_b == 0,
-                "{what}: the backup sent {from_b} frames before it went live (the last: {:02x?})\nbackup:\n{}",
-                self.b.last,
-                pair.backup.log()
-            );
-            if live_now && !live_seen {
-                live_seen = true;
-                // What the old primary sent before now is forgiven: it may
-                // predate the go-live.
-                self.a.take_from_vmm();
-            } else if live_seen {
-                assert_eq!(
-                    self.a.take_from_vmm(),
-                    0,
-                    "{what}: the old primary sent frames after the backup went live\nprimary:\n{}",
-                    pair.primary.log()
-                );
-            }
-            let alone = pair.primary.log().contains("continuing alone");
-            assert!(
-                !(live_seen && alone),
-                "{what}: both sides serve\nprimary:\n{}\nbackup:\n{}",
-                pair.primary.log(),
-                pair.backup.log()
-            );
-            if let (Some(p), Some(b)) = (p_exit, b_exit) {
-                panic!(
-                    "{what}: both sides stopped ({p}, {b})\nprimary:\n{}\nbackup:\n{}",
-                    pair.primary.log(),
-                    pair.backup.log()
-                );
-            }
-            if live_seen && p_exit.is_some() {
-                break Outcome::BackupLive;
-            }
-            if alone {
-                break Outcome::PrimaryAlone;
-            }
-            if may_stay_whole
-                && !live_seen
-                && p_exit.is_none()
-                && b_exit.is_none()
-                && pair.counter("primary", "acked_seq") >= acked_from + WHOLE_ACKS
-                && pair.counter("primary", "failovers") == 0
-            {
-                break Outcome::Whole;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: no side won within {timeout:?}\nprimary ({:?}):\n{}\nbackup ({:?}):\n{}",
-                pair.status("primary"),
-                pair.primary.log(),
-                pair.status("backup"),
-                pair.backup.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if outcome == Outcome::BackupLive {
-            use std::os::unix::process::ExitStatusExt;
-            let status = pair.primary.exit_status(Duration::from_secs(1));
-            assert!(
-                status.code() == Some(7) || status.signal() == Some(libc::SIGKILL),
-                "{what}: the old primary stops, killed or because it lost the arbiter, got {status}\n{}",
-                pair.primary.log()
-            );
-        }
-        outcome
-    }
-
-    /// After `PrimaryAlone`: the backup must stop (it lost the arbiter, or
-    /// its channel broke) within `timeout`, never having output a frame.
-    pub fn backup_stops(&mut self, pair: &mut FtPair, timeout: Duration, what: &str) {
-        let code = pair.backup.exit_status(timeout).code();
-        assert!(
-            matches!(code, Some(7) | Some(8)),
-            "{what}: the backup stops (lost the arbiter, or its channel broke), got {code:?}\n{}",
-            pair.backup.log()
-        );
-        assert_eq!(
-            self.b.take_from_vmm(),
-            0,
-            "{what}: the backup sent frames although it never went live"
-        );
-    }
 }

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod ft;
+pub mod split;
 pub mod watch;
 #[allow(unused_imports)]
 pub use lockstep_bench::netns::{GUEST_IP, Net};
@@ -236,7 +237,7 @@ pub fn spawn_in_netns<T: Send + 'static>(
 
 /// Random fault timings from a printed seed (`LOCKSTEP_SEED`, or the
 /// process id), so a failing trial can be rerun exactly.
-pub struct Seed(u64);
+pub struct Seed(u64, u64);
 
 impl Seed {
     pub fn from_env() -> Seed {
@@ -245,7 +246,12 @@ impl Seed {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| u64::from(std::process::id()) | 1);
         eprintln!("fault timings from LOCKSTEP_SEED={seed}");
-        Seed(seed.max(1))
+        Seed(seed.max(1), seed)
+    }
+
+    /// The seed this generator started from.
+    pub fn initial(&self) -> u64 {
+        self.1
     }
 
     /// A number in `lo..hi` (xorshift).

@@ -23,12 +23,16 @@ impl TapWatch {
         let tap = tap.to_string();
         let fd = in_netns(ns, move || {
             let proto = (libc::ETH_P_ALL as u16).to_be();
+            // Protocol 0: the socket receives nothing until bind(2) names
+            // the protocol and the interface. Created with ETH_P_ALL it
+            // would take every interface's packets until then, and the
+            // logging link's would be counted as the tap's.
             // SAFETY: socket(2) with constant arguments.
             let fd = unsafe {
                 libc::socket(
                     libc::AF_PACKET,
                     libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    i32::from(proto),
+                    0,
                 )
             };
             assert!(
