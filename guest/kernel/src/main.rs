@@ -159,11 +159,8 @@ fn main(bp: *const BootParams) -> ! {
         Workload::Idle => {
             workloads::idle::run(settings.duration_ms, settings.tick_ms, first.now_ns)
         }
-        Workload::Hostile => workloads::hostile::run(
-            bp.net_mmio,
-            bp.blk_mmio,
-            settings.duration_ms,
-            first.now_ns,
-        ),
+        Workload::Hostile => {
+            workloads::hostile::run(bp.net_mmio, bp.blk_mmio, settings.duration_ms, first.now_ns)
+        }
     }
 }
