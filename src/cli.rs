@@ -120,6 +120,8 @@ pub struct BackupArgs {
     pub ft: FtArgs,
     #[command(flatten)]
     pub monitor: MonitorArgs,
+    #[command(flatten)]
+    pub app: crate::app::AppArgs,
 }
 
 #[derive(Args, Debug)]
@@ -162,7 +164,8 @@ pub struct VmArgs {
     /// The guest's MAC address.
     #[arg(long, value_name = "MAC", default_value = "52:54:00:12:34:56")]
     pub mac: String,
-    /// Guest workload: kv, compute, disk or idle.
+    /// Guest workload: kv, compute, disk, idle, or app (the program --app
+    /// installed on the disk earlier).
     #[arg(long, default_value = "kv")]
     pub workload: String,
     /// Extra `key=value` words for the guest's command line.
@@ -183,6 +186,8 @@ pub struct VmArgs {
     pub stop_timeout: u64,
     #[command(flatten)]
     pub monitor: MonitorArgs,
+    #[command(flatten)]
+    pub app: crate::app::AppArgs,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 //! (`devices`), the per-exit dispatch (`machine`) and the dataplane threads;
 //! the `lockstep` binary wires them to the command line.
 
+pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod dataplane;

@@ -161,6 +161,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<u8> {
             args.disk.display()
         );
     }
+    crate::app::check_backup(&args.app, &spec)?;
     let vm = spec.build_vm(&kernel)?;
     let announce = match (spec.mac, spec.guest_ip()) {
         (Some(mac), Some(ip)) => Some(Announce { mac, ip }),

@@ -73,7 +73,8 @@ pub struct Booted {
 /// Opens everything `args` names and starts the I/O thread.
 pub fn boot(args: &VmArgs, make_log: Option<Box<MakeLog>>) -> anyhow::Result<Booted> {
     let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
-    let cmdline = launch::guest_cmdline(args)?;
+    let app = crate::app::prepare(&args.app)?;
+    let cmdline = crate::app::cmdline(launch::guest_cmdline(args)?, app.as_ref());
     let mac = launch::parse_mac(&args.mac)?;
     let seed = args.seed.unwrap_or_else(launch::random_seed);
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
@@ -94,6 +95,9 @@ pub fn boot(args: &VmArgs, make_log: Option<Box<MakeLog>>) -> anyhow::Result<Boo
         );
     }
     let disk_direct = image.direct();
+    if let Some(app) = &app {
+        app.install(&args.disk)?;
+    }
     let tap = match &args.tap {
         Some(name) => Some(Tap::open(name).with_context(|| format!("opening tap {name}"))?),
         None => None,

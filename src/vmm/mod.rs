@@ -4,5 +4,6 @@ pub mod elf;
 pub mod exit;
 pub mod fault;
 pub mod runner;
+pub mod syscall_entry;
 pub mod tables;
 pub mod vm;

@@ -58,6 +58,7 @@ pub fn system_tables(mem_size: u64) -> Vec<Blob> {
             addr: abi::STUBS_ADDR,
             bytes: stubs(),
         },
+        super::syscall_entry::stub_blob(),
     ]
 }
 
