@@ -1,0 +1,290 @@
+//! File contents: the block cache, reads, writes, truncation and `sync`.
+//!
+//! Disk blocks are allocated when a block is first written (so a full disk
+//! fails the `write`, not a later `fsync`), next to the file's previous
+//! block so files stay contiguous. Bytes past a file's size in its last
+//! block are always zero, in the cache and on disk, so growing a file
+//! shows zeros.
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::layout::BLOCK;
+use super::meta::{Kind, MAX_FILE_BLOCKS};
+use super::{BlockDev, Fs, FsError};
+
+/// Blocks read at once when a read misses the cache.
+const READ_AHEAD: usize = 32;
+
+/// One cached block of a file.
+pub(super) struct Cached {
+    data: Box<[u8]>,
+    dirty: bool,
+}
+
+impl<D: BlockDev> Fs<D> {
+    fn file(&self, ino: u32) -> Result<&super::Inode, FsError> {
+        let i = self.inode(ino)?;
+        if i.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        Ok(i)
+    }
+
+    /// The size of file `ino`.
+    pub fn size(&self, ino: u32) -> Result<u64, FsError> {
+        Ok(self.file(ino)?.size)
+    }
+
+    fn insert(&mut self, key: (u32, u32), data: Box<[u8]>, dirty: bool) {
+        if self.cache.insert(key, Cached { data, dirty }).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    /// Loads the run of uncached, mapped blocks starting at `fb`.
+    fn load_run(&mut self, ino: u32, fb: u32) -> Result<(), FsError> {
+        let i = self.file(ino)?;
+        let first = i.blocks.get(fb as usize).copied().unwrap_or(0);
+        if first == 0 {
+            return Ok(());
+        }
+        let mut n = 1;
+        while n < READ_AHEAD
+            && i.blocks.get(fb as usize + n).copied() == Some(first + n as u32)
+            && !self.cache.contains_key(&(ino, fb + n as u32))
+        {
+            n += 1;
+        }
+        let mut buf = vec![0u8; n * BLOCK];
+        self.dev.read(u64::from(first), &mut buf)?;
+        self.stats.blocks_read += n as u64;
+        for (k, chunk) in buf.chunks_exact(BLOCK).enumerate() {
+            self.insert((ino, fb + k as u32), chunk.into(), false);
+        }
+        Ok(())
+    }
+
+    /// Reads from `off`; returns the bytes read (0 at or past the end).
+    pub fn read(&mut self, ino: u32, off: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        let size = self.file(ino)?.size;
+        if off >= size {
+            return Ok(0);
+        }
+        let n = buf.len().min((size - off) as usize);
+        let mut done = 0;
+        while done < n {
+            let pos = off + done as u64;
+            let fb = (pos / BLOCK as u64) as u32;
+            let within = (pos % BLOCK as u64) as usize;
+            let len = (BLOCK - within).min(n - done);
+            if !self.cache.contains_key(&(ino, fb)) {
+                self.load_run(ino, fb)?;
+            }
+            let out = &mut buf[done..done + len];
+            match self.cache.get(&(ino, fb)) {
+                Some(c) => out.copy_from_slice(&c.data[within..within + len]),
+                None => out.fill(0),
+            }
+            done += len;
+        }
+        self.evict()?;
+        Ok(n)
+    }
+
+    /// The cached block `fb` of `ino`, loaded (`load`) or zero, with a disk
+    /// block allocated for it.
+    fn block_for_write(&mut self, ino: u32, fb: u32, load: bool) -> Result<&mut Cached, FsError> {
+        let mapped = self
+            .file(ino)?
+            .blocks
+            .get(fb as usize)
+            .copied()
+            .unwrap_or(0);
+        if !self.cache.contains_key(&(ino, fb)) {
+            if load && mapped != 0 {
+                self.load_run(ino, fb)?;
+            } else {
+                self.insert((ino, fb), vec![0u8; BLOCK].into(), false);
+            }
+        }
+        if mapped == 0 {
+            let i = self.inodes.get(&ino).ok_or(FsError::NotFound)?;
+            let hint = i.blocks[..(fb as usize).min(i.blocks.len())]
+                .iter()
+                .rev()
+                .find(|b| **b != 0)
+                .map_or(0, |b| u64::from(*b) + 1);
+            let b = self.space.alloc(hint).ok_or(FsError::NoSpace)?;
+            let i = self.inodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+            if i.blocks.len() <= fb as usize {
+                i.blocks.resize(fb as usize + 1, 0);
+            }
+            i.blocks[fb as usize] = b;
+            self.meta_dirty = true;
+        }
+        self.cache.get_mut(&(ino, fb)).ok_or(FsError::Io)
+    }
+
+    /// Writes `data` at `off`; returns the bytes written (fewer only when
+    /// the disk filled up after some were).
+    pub fn write(
+        &mut self,
+        ino: u32,
+        off: u64,
+        data: &[u8],
+        now_ns: u64,
+    ) -> Result<usize, FsError> {
+        let size = self.file(ino)?.size;
+        let end = off.checked_add(data.len() as u64).ok_or(FsError::TooBig)?;
+        if end > MAX_FILE_BLOCKS * BLOCK as u64 {
+            return Err(FsError::TooBig);
+        }
+        let mut done = 0;
+        while done < data.len() {
+            let pos = off + done as u64;
+            let fb = (pos / BLOCK as u64) as u32;
+            let within = (pos % BLOCK as u64) as usize;
+            let len = (BLOCK - within).min(data.len() - done);
+            let whole = within == 0 && (len == BLOCK || pos + len as u64 >= size);
+            let c = match self.block_for_write(ino, fb, !whole) {
+                Ok(c) => c,
+                Err(FsError::NoSpace) if done > 0 => break,
+                Err(e) => return Err(e),
+            };
+            c.data[within..within + len].copy_from_slice(&data[done..done + len]);
+            c.dirty = true;
+            done += len;
+        }
+        let new_end = off + done as u64;
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            if new_end > i.size {
+                i.size = new_end;
+                self.meta_dirty = true;
+            }
+            i.mtime_ns = now_ns;
+        }
+        self.evict()?;
+        Ok(done)
+    }
+
+    /// Sets the size of `ino`, freeing blocks past it or leaving a hole.
+    pub fn truncate(&mut self, ino: u32, size: u64, now_ns: u64) -> Result<(), FsError> {
+        let old = self.file(ino)?.size;
+        if size > MAX_FILE_BLOCKS * BLOCK as u64 {
+            return Err(FsError::TooBig);
+        }
+        let keep = size.div_ceil(BLOCK as u64) as usize;
+        if size < old {
+            let tail = (size % BLOCK as u64) as usize;
+            if tail != 0 {
+                let c = self.block_for_write(ino, (size / BLOCK as u64) as u32, true)?;
+                c.data[tail..].fill(0);
+                c.dirty = true;
+            }
+            let i = self.inodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+            let freed: Vec<u32> = i.blocks.drain(keep.min(i.blocks.len())..).collect();
+            for b in freed {
+                self.space.release_later(b);
+            }
+            self.drop_cached(ino, keep as u32);
+        }
+        let i = self.inodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+        i.blocks.resize(keep, 0);
+        i.size = size;
+        i.mtime_ns = now_ns;
+        self.meta_dirty = true;
+        Ok(())
+    }
+
+    /// Forgets cached blocks of `ino` from file block `from` on.
+    pub(super) fn drop_cached(&mut self, ino: u32, from: u32) {
+        let doomed: Vec<(u32, u32)> = self
+            .cache
+            .range((ino, from)..=(ino, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in doomed {
+            self.cache.remove(&k);
+        }
+    }
+
+    /// Writes every dirty block (merged into runs of consecutive disk
+    /// blocks) and waits for them.
+    fn write_dirty(&mut self) -> Result<(), FsError> {
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut keys = Vec::new();
+        for (&(ino, fb), c) in self.cache.iter().filter(|(_, c)| c.dirty) {
+            let Some(&b) = self
+                .inodes
+                .get(&ino)
+                .and_then(|i| i.blocks.get(fb as usize))
+            else {
+                continue;
+            };
+            if b == 0 {
+                continue;
+            }
+            let b = u64::from(b);
+            match runs.last_mut() {
+                Some((start, d)) if *start + (d.len() / BLOCK) as u64 == b => {
+                    d.extend_from_slice(&c.data)
+                }
+                _ => runs.push((b, c.data.to_vec())),
+            }
+            keys.push((ino, fb));
+        }
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let writes: Vec<(u64, &[u8])> = runs.iter().map(|(b, d)| (*b, d.as_slice())).collect();
+        self.dev.write(&writes)?;
+        self.stats.blocks_written += keys.len() as u64;
+        for k in keys {
+            if let Some(c) = self.cache.get_mut(&k) {
+                c.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything durable: data first, then the metadata if it
+    /// changed (fsync, fdatasync, syncfs, sync all do this).
+    pub fn sync(&mut self) -> Result<(), FsError> {
+        self.stats.syncs += 1;
+        self.write_dirty()?;
+        if self.meta_dirty {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Whether `sync` would write anything.
+    pub fn dirty(&self) -> bool {
+        self.meta_dirty || self.cache.values().any(|c| c.dirty)
+    }
+
+    /// Keeps the cache within its budget: dirty blocks are written (not
+    /// committed) and the oldest clean blocks dropped.
+    fn evict(&mut self) -> Result<(), FsError> {
+        if self.cache.len() <= self.cache_budget {
+            return Ok(());
+        }
+        if self.cache.values().any(|c| c.dirty) {
+            self.write_dirty()?;
+        }
+        let target = self.cache_budget * 3 / 4;
+        while self.cache.len() > target {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            self.cache.remove(&k);
+        }
+        // Keys of blocks dropped earlier may remain; keep the queue bounded.
+        if self.order.len() > 2 * self.cache_budget {
+            self.order.retain(|k| self.cache.contains_key(k));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,483 @@
+//! The personality's file system on the virtio disk: small, durable,
+//! deterministic (`docs/linux-personality.md`).
+//!
+//! Files live in a block cache; `sync` (fsync, fdatasync) writes every
+//! dirty block first and then, if any inode, block map or directory
+//! changed, the whole metadata to the other of two slots ([`layout`]). The
+//! disk is write-through (a completed write is durable), so waiting for the
+//! data writes before writing the metadata orders them: a crash leaves
+//! either the old commit with its blocks intact or the new one with all of
+//! its data. An append followed by `fdatasync` is therefore durable with
+//! its new size before the call returns, which is what redis's
+//! `appendfsync always` relies on before it replies.
+//!
+//! The caller owns the I/O (a [`BlockDev`] that blocks until done) and the
+//! clock (`now_ns` arguments): this crate stays pure and testable.
+
+mod data;
+pub mod layout;
+pub mod meta;
+mod space;
+#[cfg(test)]
+mod tests;
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use layout::{BLOCK, FIRST_DATA, MIN_BLOCKS, Super};
+use meta::{Inode, valid_name};
+pub use meta::{Kind, NAME_MAX, ROOT};
+use space::Space;
+
+/// A block device in units of [`BLOCK`] bytes, relative to the file
+/// system's start. Both calls return when the I/O is complete (writes:
+/// durable).
+pub trait BlockDev {
+    fn read(&mut self, block: u64, out: &mut [u8]) -> Result<(), IoError>;
+    fn write(&mut self, writes: &[(u64, &[u8])]) -> Result<(), IoError>;
+}
+
+/// The device failed a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoError;
+
+/// What a file-system call can fail with (the personality maps these to
+/// errno values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsError {
+    NotFound,
+    Exists,
+    NotDir,
+    IsDir,
+    NotEmpty,
+    NoSpace,
+    NameTooLong,
+    Invalid,
+    TooBig,
+    Io,
+    /// Mount found neither a blank disk nor a valid commit.
+    Damaged,
+}
+
+impl From<IoError> for FsError {
+    fn from(_: IoError) -> FsError {
+        FsError::Io
+    }
+}
+
+/// What `stat` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: u32,
+    pub kind: Kind,
+    pub mode: u16,
+    pub size: u64,
+    pub mtime_ns: u64,
+    pub nlink: u32,
+    /// 512-byte sectors allocated.
+    pub sectors: u64,
+}
+
+/// How mount went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mounted {
+    pub formatted: bool,
+    pub inodes: usize,
+    pub free_blocks: u64,
+    pub seq: u64,
+}
+
+/// Counters for the report at exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsStats {
+    pub syncs: u64,
+    pub commits: u64,
+    pub blocks_written: u64,
+    pub blocks_read: u64,
+}
+
+/// A mounted file system.
+pub struct Fs<D: BlockDev> {
+    dev: D,
+    blocks: u64,
+    inodes: BTreeMap<u32, Inode>,
+    /// Parent of each directory (in memory; rebuilt at mount).
+    parents: BTreeMap<u32, u32>,
+    next_ino: u32,
+    seq: u64,
+    /// Slot holding the newest commit.
+    slot: usize,
+    space: Space,
+    meta_dirty: bool,
+    cache: BTreeMap<(u32, u32), data::Cached>,
+    order: VecDeque<(u32, u32)>,
+    cache_budget: usize,
+    pub stats: FsStats,
+}
+
+impl<D: BlockDev> Fs<D> {
+    /// Mounts the file system in `blocks` blocks of `dev`, formatting a
+    /// disk that holds none; keeps at most `cache_bytes` of file data cached.
+    pub fn mount(
+        mut dev: D,
+        blocks: u64,
+        cache_bytes: usize,
+        now_ns: u64,
+    ) -> Result<(Fs<D>, Mounted), FsError> {
+        let blocks = blocks.min(u64::from(u32::MAX));
+        if blocks < MIN_BLOCKS {
+            return Err(FsError::NoSpace);
+        }
+        let mut b0 = vec![0u8; BLOCK];
+        dev.read(0, &mut b0)?;
+        let mut fs = Fs {
+            dev,
+            blocks,
+            inodes: BTreeMap::new(),
+            parents: BTreeMap::new(),
+            next_ino: ROOT + 1,
+            seq: 0,
+            slot: 1,
+            space: Space::new(FIRST_DATA, blocks),
+            meta_dirty: true,
+            cache: BTreeMap::new(),
+            order: VecDeque::new(),
+            cache_budget: (cache_bytes / BLOCK).max(16),
+            stats: FsStats::default(),
+        };
+        let formatted = match Super::decode(&b0) {
+            None => {
+                let mut root = Inode::new(Kind::Dir, 0o755, now_ns);
+                root.links = 1;
+                fs.inodes.insert(ROOT, root);
+                fs.commit()?;
+                fs.dev.write(&[(0, &Super { blocks }.encode())])?;
+                true
+            }
+            Some(s) if s.blocks > blocks => return Err(FsError::Damaged),
+            Some(s) => {
+                fs.blocks = s.blocks;
+                fs.space = Space::new(FIRST_DATA, s.blocks);
+                fs.load_commit()?;
+                false
+            }
+        };
+        let m = Mounted {
+            formatted,
+            inodes: fs.inodes.len(),
+            free_blocks: fs.space.free(),
+            seq: fs.seq,
+        };
+        Ok((fs, m))
+    }
+
+    /// Reads both slots and takes the newest valid commit.
+    fn load_commit(&mut self) -> Result<(), FsError> {
+        let mut best: Option<(u64, usize, Vec<u8>)> = None;
+        for slot in 0..2 {
+            let start = layout::slot_start(slot);
+            let mut first = vec![0u8; BLOCK];
+            self.dev.read(start, &mut first)?;
+            let Some((seq, len)) = layout::meta_header(&first) else {
+                continue;
+            };
+            if best.as_ref().is_some_and(|b| b.0 >= seq) {
+                continue;
+            }
+            let mut rec = vec![0u8; layout::meta_blocks_for(len) * BLOCK];
+            self.dev.read(start, &mut rec)?;
+            if layout::meta_payload(&rec).is_some() {
+                best = Some((seq, slot, rec));
+            }
+        }
+        let (seq, slot, rec) = best.ok_or(FsError::Damaged)?;
+        let payload = layout::meta_payload(&rec).ok_or(FsError::Damaged)?;
+        let (next_ino, mut inodes) =
+            meta::decode(payload, FIRST_DATA, self.blocks).ok_or(FsError::Damaged)?;
+        for i in inodes.values() {
+            for &b in i.blocks.iter().filter(|b| **b != 0) {
+                if !self.space.claim(b) {
+                    return Err(FsError::Damaged);
+                }
+            }
+        }
+        // Entries naming missing inodes are dropped; links and parents are
+        // counted from what remains.
+        let valid: BTreeSet<u32> = inodes.keys().copied().collect();
+        let mut parents = BTreeMap::new();
+        let mut links: BTreeMap<u32, u32> = BTreeMap::new();
+        links.insert(ROOT, 1);
+        for (ino, i) in inodes.iter_mut() {
+            i.entries.retain(|_, c| valid.contains(c));
+            for child in i.entries.values() {
+                *links.entry(*child).or_default() += 1;
+                parents.insert(*child, *ino);
+            }
+        }
+        for (ino, i) in inodes.iter_mut() {
+            i.links = links.get(ino).copied().unwrap_or(0);
+        }
+        parents.retain(|c, _| inodes.get(c).is_some_and(|i| i.kind == Kind::Dir));
+        self.inodes = inodes;
+        self.parents = parents;
+        self.next_ino = next_ino;
+        self.seq = seq;
+        self.slot = slot;
+        self.meta_dirty = false;
+        Ok(())
+    }
+
+    /// Writes the metadata to the other slot; the blocks it no longer names
+    /// become free once it is durable.
+    fn commit(&mut self) -> Result<(), FsError> {
+        let payload = meta::encode(self.next_ino, &self.inodes);
+        let seq = self.seq + 1;
+        let rec = layout::encode_meta(seq, &payload).ok_or(FsError::NoSpace)?;
+        let slot = 1 - self.slot;
+        self.dev.write(&[(layout::slot_start(slot), &rec)])?;
+        self.stats.commits += 1;
+        self.stats.blocks_written += (rec.len() / BLOCK) as u64;
+        self.seq = seq;
+        self.slot = slot;
+        self.meta_dirty = false;
+        self.space.committed();
+        Ok(())
+    }
+
+    fn inode(&self, ino: u32) -> Result<&Inode, FsError> {
+        self.inodes.get(&ino).ok_or(FsError::NotFound)
+    }
+
+    fn dir(&self, ino: u32) -> Result<&Inode, FsError> {
+        let i = self.inode(ino)?;
+        if i.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(i)
+    }
+
+    /// The inode `name` names in directory `dir`.
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Result<u32, FsError> {
+        match name {
+            b"" | b"." => return self.dir(dir).map(|_| dir),
+            b".." => {
+                return self
+                    .dir(dir)
+                    .map(|_| self.parents.get(&dir).copied().unwrap_or(ROOT));
+            }
+            _ => {}
+        }
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        self.dir(dir)?
+            .entries
+            .get(name)
+            .copied()
+            .ok_or(FsError::NotFound)
+    }
+
+    pub fn stat(&self, ino: u32) -> Result<Stat, FsError> {
+        let i = self.inode(ino)?;
+        let nlink = match i.kind {
+            Kind::File => i.links,
+            Kind::Dir => 2 + self.parents.values().filter(|p| **p == ino).count() as u32,
+        };
+        Ok(Stat {
+            ino,
+            kind: i.kind,
+            mode: i.mode,
+            size: i.size,
+            mtime_ns: i.mtime_ns,
+            nlink,
+            sectors: i.blocks.iter().filter(|b| **b != 0).count() as u64 * (BLOCK as u64 / 512),
+        })
+    }
+
+    /// Creates `name` in `dir`.
+    pub fn create(
+        &mut self,
+        dir: u32,
+        name: &[u8],
+        kind: Kind,
+        mode: u16,
+        now_ns: u64,
+    ) -> Result<u32, FsError> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if !valid_name(name) {
+            return Err(FsError::Invalid);
+        }
+        if self.dir(dir)?.entries.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        let ino = self.next_ino;
+        self.next_ino = ino.checked_add(1).ok_or(FsError::NoSpace)?;
+        let mut i = Inode::new(kind, mode & 0o7777, now_ns);
+        i.links = 1;
+        self.inodes.insert(ino, i);
+        if kind == Kind::Dir {
+            self.parents.insert(ino, dir);
+        }
+        self.entry_change(dir, now_ns, |d| {
+            d.entries.insert(name.to_vec(), ino);
+        });
+        Ok(ino)
+    }
+
+    fn entry_change(&mut self, dir: u32, now_ns: u64, f: impl FnOnce(&mut Inode)) {
+        if let Some(d) = self.inodes.get_mut(&dir) {
+            f(d);
+            d.mtime_ns = now_ns;
+        }
+        self.meta_dirty = true;
+    }
+
+    /// Removes a file's name (`dir_ok`: or an empty directory's).
+    pub fn remove(
+        &mut self,
+        dir: u32,
+        name: &[u8],
+        want_dir: bool,
+        now_ns: u64,
+    ) -> Result<(), FsError> {
+        let ino = self.lookup(dir, name)?;
+        if !valid_name(name) {
+            return Err(FsError::Invalid);
+        }
+        let i = self.inode(ino)?;
+        match (i.kind, want_dir) {
+            (Kind::Dir, false) => return Err(FsError::IsDir),
+            (Kind::File, true) => return Err(FsError::NotDir),
+            (Kind::Dir, true) if !i.entries.is_empty() => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        self.entry_change(dir, now_ns, |d| {
+            d.entries.remove(name);
+        });
+        self.parents.remove(&ino);
+        self.unlink_inode(ino);
+        Ok(())
+    }
+
+    fn unlink_inode(&mut self, ino: u32) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.links = i.links.saturating_sub(1);
+        }
+        self.maybe_free(ino);
+    }
+
+    /// Drops an inode with no name and no opener, and its blocks.
+    fn maybe_free(&mut self, ino: u32) {
+        if self
+            .inodes
+            .get(&ino)
+            .is_some_and(|i| i.links == 0 && i.opens == 0)
+        {
+            if let Some(i) = self.inodes.remove(&ino) {
+                for b in i.blocks {
+                    self.space.release_later(b);
+                }
+            }
+            self.drop_cached(ino, 0);
+            self.meta_dirty = true;
+        }
+    }
+
+    /// `rename(2)`: replaces a file (or an empty directory) at the target.
+    pub fn rename(
+        &mut self,
+        from_dir: u32,
+        from: &[u8],
+        to_dir: u32,
+        to: &[u8],
+        now_ns: u64,
+    ) -> Result<(), FsError> {
+        let ino = self.lookup(from_dir, from)?;
+        if !valid_name(from) || !valid_name(to) {
+            return Err(FsError::Invalid);
+        }
+        self.dir(to_dir)?;
+        let kind = self.inode(ino)?.kind;
+        if kind == Kind::Dir {
+            // A directory cannot move below itself.
+            let mut at = to_dir;
+            loop {
+                if at == ino {
+                    return Err(FsError::Invalid);
+                }
+                match self.parents.get(&at) {
+                    Some(p) if *p != at => at = *p,
+                    _ => break,
+                }
+            }
+        }
+        if let Ok(old) = self.lookup(to_dir, to) {
+            if old == ino {
+                return Ok(());
+            }
+            let o = self.inode(old)?;
+            match (kind, o.kind) {
+                (Kind::File, Kind::Dir) => return Err(FsError::IsDir),
+                (Kind::Dir, Kind::File) => return Err(FsError::NotDir),
+                (Kind::Dir, Kind::Dir) if !o.entries.is_empty() => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            self.parents.remove(&old);
+            self.unlink_inode(old);
+        }
+        self.entry_change(from_dir, now_ns, |d| {
+            d.entries.remove(from);
+        });
+        self.entry_change(to_dir, now_ns, |d| {
+            d.entries.insert(to.to_vec(), ino);
+        });
+        if kind == Kind::Dir {
+            self.parents.insert(ino, to_dir);
+        }
+        Ok(())
+    }
+
+    /// A directory's entries in name order: (name, inode, kind).
+    pub fn readdir(&self, dir: u32) -> Result<Vec<(Vec<u8>, u32, Kind)>, FsError> {
+        let d = self.dir(dir)?;
+        Ok(d.entries
+            .iter()
+            .filter_map(|(n, c)| Some((n.clone(), *c, self.inodes.get(c)?.kind)))
+            .collect())
+    }
+
+    /// An open file description now refers to `ino`.
+    pub fn open(&mut self, ino: u32) -> Result<(), FsError> {
+        let i = self.inodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+        i.opens = i.opens.saturating_add(1);
+        Ok(())
+    }
+
+    /// The last descriptor of an open file description is closed.
+    pub fn close(&mut self, ino: u32) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.opens = i.opens.saturating_sub(1);
+        }
+        self.maybe_free(ino);
+    }
+
+    /// Sets the modification time (`utimensat`).
+    pub fn touch(&mut self, ino: u32, mtime_ns: u64) -> Result<(), FsError> {
+        let i = self.inodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+        i.mtime_ns = mtime_ns;
+        Ok(())
+    }
+
+    /// Free data bytes (for `statfs`).
+    pub fn free_bytes(&self) -> u64 {
+        self.space.free() * BLOCK as u64
+    }
+
+    /// Total data bytes (for `statfs`).
+    pub fn total_bytes(&self) -> u64 {
+        self.blocks.saturating_sub(FIRST_DATA) * BLOCK as u64
+    }
+}
