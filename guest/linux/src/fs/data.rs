@@ -23,7 +23,7 @@ pub(super) struct Cached {
     dirty: bool,
 }
 
-impl<D: BlockDev> Fs<D> {
+impl Fs {
     fn file(&self, ino: u32) -> Result<&super::Inode, FsError> {
         let i = self.inode(ino)?;
         if i.kind == Kind::Dir {
@@ -44,7 +44,7 @@ impl<D: BlockDev> Fs<D> {
     }
 
     /// Loads the run of uncached, mapped blocks starting at `fb`.
-    fn load_run(&mut self, ino: u32, fb: u32) -> Result<(), FsError> {
+    fn load_run(&mut self, dev: &mut impl BlockDev, ino: u32, fb: u32) -> Result<(), FsError> {
         let i = self.file(ino)?;
         let first = i.blocks.get(fb as usize).copied().unwrap_or(0);
         if first == 0 {
@@ -58,7 +58,7 @@ impl<D: BlockDev> Fs<D> {
             n += 1;
         }
         let mut buf = vec![0u8; n * BLOCK];
-        self.dev.read(u64::from(first), &mut buf)?;
+        dev.read(u64::from(first), &mut buf)?;
         self.stats.blocks_read += n as u64;
         for (k, chunk) in buf.chunks_exact(BLOCK).enumerate() {
             self.insert((ino, fb + k as u32), chunk.into(), false);
@@ -67,7 +67,13 @@ impl<D: BlockDev> Fs<D> {
     }
 
     /// Reads from `off`; returns the bytes read (0 at or past the end).
-    pub fn read(&mut self, ino: u32, off: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+    pub fn read(
+        &mut self,
+        dev: &mut impl BlockDev,
+        ino: u32,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, FsError> {
         let size = self.file(ino)?.size;
         if off >= size {
             return Ok(0);
@@ -80,7 +86,7 @@ impl<D: BlockDev> Fs<D> {
             let within = (pos % BLOCK as u64) as usize;
             let len = (BLOCK - within).min(n - done);
             if !self.cache.contains_key(&(ino, fb)) {
-                self.load_run(ino, fb)?;
+                self.load_run(dev, ino, fb)?;
             }
             let out = &mut buf[done..done + len];
             match self.cache.get(&(ino, fb)) {
@@ -89,13 +95,19 @@ impl<D: BlockDev> Fs<D> {
             }
             done += len;
         }
-        self.evict()?;
+        self.evict(dev)?;
         Ok(n)
     }
 
     /// The cached block `fb` of `ino`, loaded (`load`) or zero, with a disk
     /// block allocated for it.
-    fn block_for_write(&mut self, ino: u32, fb: u32, load: bool) -> Result<&mut Cached, FsError> {
+    fn block_for_write(
+        &mut self,
+        dev: &mut impl BlockDev,
+        ino: u32,
+        fb: u32,
+        load: bool,
+    ) -> Result<&mut Cached, FsError> {
         let mapped = self
             .file(ino)?
             .blocks
@@ -104,7 +116,7 @@ impl<D: BlockDev> Fs<D> {
             .unwrap_or(0);
         if !self.cache.contains_key(&(ino, fb)) {
             if load && mapped != 0 {
-                self.load_run(ino, fb)?;
+                self.load_run(dev, ino, fb)?;
             } else {
                 self.insert((ino, fb), vec![0u8; BLOCK].into(), false);
             }
@@ -131,6 +143,7 @@ impl<D: BlockDev> Fs<D> {
     /// the disk filled up after some were).
     pub fn write(
         &mut self,
+        dev: &mut impl BlockDev,
         ino: u32,
         off: u64,
         data: &[u8],
@@ -148,7 +161,7 @@ impl<D: BlockDev> Fs<D> {
             let within = (pos % BLOCK as u64) as usize;
             let len = (BLOCK - within).min(data.len() - done);
             let whole = within == 0 && (len == BLOCK || pos + len as u64 >= size);
-            let c = match self.block_for_write(ino, fb, !whole) {
+            let c = match self.block_for_write(dev, ino, fb, !whole) {
                 Ok(c) => c,
                 Err(FsError::NoSpace) if done > 0 => break,
                 Err(e) => return Err(e),
@@ -165,12 +178,18 @@ impl<D: BlockDev> Fs<D> {
             }
             i.mtime_ns = now_ns;
         }
-        self.evict()?;
+        self.evict(dev)?;
         Ok(done)
     }
 
     /// Sets the size of `ino`, freeing blocks past it or leaving a hole.
-    pub fn truncate(&mut self, ino: u32, size: u64, now_ns: u64) -> Result<(), FsError> {
+    pub fn truncate(
+        &mut self,
+        dev: &mut impl BlockDev,
+        ino: u32,
+        size: u64,
+        now_ns: u64,
+    ) -> Result<(), FsError> {
         let old = self.file(ino)?.size;
         if size > MAX_FILE_BLOCKS * BLOCK as u64 {
             return Err(FsError::TooBig);
@@ -179,7 +198,7 @@ impl<D: BlockDev> Fs<D> {
         if size < old {
             let tail = (size % BLOCK as u64) as usize;
             if tail != 0 {
-                let c = self.block_for_write(ino, (size / BLOCK as u64) as u32, true)?;
+                let c = self.block_for_write(dev, ino, (size / BLOCK as u64) as u32, true)?;
                 c.data[tail..].fill(0);
                 c.dirty = true;
             }
@@ -212,7 +231,7 @@ impl<D: BlockDev> Fs<D> {
 
     /// Writes every dirty block (merged into runs of consecutive disk
     /// blocks) and waits for them.
-    fn write_dirty(&mut self) -> Result<(), FsError> {
+    fn write_dirty(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
         let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut keys = Vec::new();
         for (&(ino, fb), c) in self.cache.iter().filter(|(_, c)| c.dirty) {
@@ -239,7 +258,7 @@ impl<D: BlockDev> Fs<D> {
             return Ok(());
         }
         let writes: Vec<(u64, &[u8])> = runs.iter().map(|(b, d)| (*b, d.as_slice())).collect();
-        self.dev.write(&writes)?;
+        dev.write(&writes)?;
         self.stats.blocks_written += keys.len() as u64;
         for k in keys {
             if let Some(c) = self.cache.get_mut(&k) {
@@ -251,11 +270,11 @@ impl<D: BlockDev> Fs<D> {
 
     /// Makes everything durable: data first, then the metadata if it
     /// changed (fsync, fdatasync, syncfs, sync all do this).
-    pub fn sync(&mut self) -> Result<(), FsError> {
+    pub fn sync(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
         self.stats.syncs += 1;
-        self.write_dirty()?;
+        self.write_dirty(dev)?;
         if self.meta_dirty {
-            self.commit()?;
+            self.commit(dev)?;
         }
         Ok(())
     }
@@ -267,12 +286,12 @@ impl<D: BlockDev> Fs<D> {
 
     /// Keeps the cache within its budget: dirty blocks are written (not
     /// committed) and the oldest clean blocks dropped.
-    fn evict(&mut self) -> Result<(), FsError> {
+    fn evict(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
         if self.cache.len() <= self.cache_budget {
             return Ok(());
         }
         if self.cache.values().any(|c| c.dirty) {
-            self.write_dirty()?;
+            self.write_dirty(dev)?;
         }
         let target = self.cache_budget * 3 / 4;
         while self.cache.len() > target {

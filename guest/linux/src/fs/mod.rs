@@ -98,8 +98,7 @@ pub struct FsStats {
 }
 
 /// A mounted file system.
-pub struct Fs<D: BlockDev> {
-    dev: D,
+pub struct Fs {
     blocks: u64,
     inodes: BTreeMap<u32, Inode>,
     /// Parent of each directory (in memory; rebuilt at mount).
@@ -116,15 +115,15 @@ pub struct Fs<D: BlockDev> {
     pub stats: FsStats,
 }
 
-impl<D: BlockDev> Fs<D> {
+impl Fs {
     /// Mounts the file system in `blocks` blocks of `dev`, formatting a
     /// disk that holds none; keeps at most `cache_bytes` of file data cached.
     pub fn mount(
-        mut dev: D,
+        dev: &mut impl BlockDev,
         blocks: u64,
         cache_bytes: usize,
         now_ns: u64,
-    ) -> Result<(Fs<D>, Mounted), FsError> {
+    ) -> Result<(Fs, Mounted), FsError> {
         let blocks = blocks.min(u64::from(u32::MAX));
         if blocks < MIN_BLOCKS {
             return Err(FsError::NoSpace);
@@ -132,7 +131,6 @@ impl<D: BlockDev> Fs<D> {
         let mut b0 = vec![0u8; BLOCK];
         dev.read(0, &mut b0)?;
         let mut fs = Fs {
-            dev,
             blocks,
             inodes: BTreeMap::new(),
             parents: BTreeMap::new(),
@@ -151,15 +149,15 @@ impl<D: BlockDev> Fs<D> {
                 let mut root = Inode::new(Kind::Dir, 0o755, now_ns);
                 root.links = 1;
                 fs.inodes.insert(ROOT, root);
-                fs.commit()?;
-                fs.dev.write(&[(0, &Super { blocks }.encode())])?;
+                fs.commit(dev)?;
+                dev.write(&[(0, &Super { blocks }.encode())])?;
                 true
             }
             Some(s) if s.blocks > blocks => return Err(FsError::Damaged),
             Some(s) => {
                 fs.blocks = s.blocks;
                 fs.space = Space::new(FIRST_DATA, s.blocks);
-                fs.load_commit()?;
+                fs.load_commit(dev)?;
                 false
             }
         };
@@ -173,12 +171,12 @@ impl<D: BlockDev> Fs<D> {
     }
 
     /// Reads both slots and takes the newest valid commit.
-    fn load_commit(&mut self) -> Result<(), FsError> {
+    fn load_commit(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
         let mut best: Option<(u64, usize, Vec<u8>)> = None;
         for slot in 0..2 {
             let start = layout::slot_start(slot);
             let mut first = vec![0u8; BLOCK];
-            self.dev.read(start, &mut first)?;
+            dev.read(start, &mut first)?;
             let Some((seq, len)) = layout::meta_header(&first) else {
                 continue;
             };
@@ -186,7 +184,7 @@ impl<D: BlockDev> Fs<D> {
                 continue;
             }
             let mut rec = vec![0u8; layout::meta_blocks_for(len) * BLOCK];
-            self.dev.read(start, &mut rec)?;
+            dev.read(start, &mut rec)?;
             if layout::meta_payload(&rec).is_some() {
                 best = Some((seq, slot, rec));
             }
@@ -230,12 +228,12 @@ impl<D: BlockDev> Fs<D> {
 
     /// Writes the metadata to the other slot; the blocks it no longer names
     /// become free once it is durable.
-    fn commit(&mut self) -> Result<(), FsError> {
+    fn commit(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
         let payload = meta::encode(self.next_ino, &self.inodes);
         let seq = self.seq + 1;
         let rec = layout::encode_meta(seq, &payload).ok_or(FsError::NoSpace)?;
         let slot = 1 - self.slot;
-        self.dev.write(&[(layout::slot_start(slot), &rec)])?;
+        dev.write(&[(layout::slot_start(slot), &rec)])?;
         self.stats.commits += 1;
         self.stats.blocks_written += (rec.len() / BLOCK) as u64;
         self.seq = seq;

@@ -52,41 +52,62 @@ impl BlockDev for MemDev {
 
 const BLOCKS: u64 = 1024;
 
-fn fresh() -> Fs<MemDev> {
-    let (fs, m) = Fs::mount(MemDev::new(BLOCKS), BLOCKS, 1 << 20, 1).unwrap();
+/// A file system and its disk.
+struct T {
+    fs: Fs,
+    dev: MemDev,
+}
+
+fn fresh() -> T {
+    let mut dev = MemDev::new(BLOCKS);
+    let (fs, m) = Fs::mount(&mut dev, BLOCKS, 1 << 20, 1).unwrap();
     assert!(m.formatted);
-    fs
+    T { fs, dev }
 }
 
-fn remount(dev: MemDev) -> Fs<MemDev> {
-    let (fs, m) = Fs::mount(dev, BLOCKS, 1 << 20, 2).unwrap();
+fn remount(mut dev: MemDev) -> T {
+    let (fs, m) = Fs::mount(&mut dev, BLOCKS, 1 << 20, 2).unwrap();
     assert!(!m.formatted);
-    fs
+    T { fs, dev }
 }
 
-fn read_all(fs: &mut Fs<MemDev>, ino: u32) -> Vec<u8> {
-    let mut v = vec![0u8; fs.size(ino).unwrap() as usize];
-    assert_eq!(fs.read(ino, 0, &mut v).unwrap(), v.len());
-    v
+impl T {
+    fn read_all(&mut self, ino: u32) -> Vec<u8> {
+        let mut v = vec![0u8; self.fs.size(ino).unwrap() as usize];
+        assert_eq!(
+            self.fs.read(&mut self.dev, ino, 0, &mut v).unwrap(),
+            v.len()
+        );
+        v
+    }
+    fn write(&mut self, ino: u32, off: u64, data: &[u8], now: u64) -> Result<usize, FsError> {
+        self.fs.write(&mut self.dev, ino, off, data, now)
+    }
+    fn sync(&mut self) -> Result<(), FsError> {
+        self.fs.sync(&mut self.dev)
+    }
+    fn truncate(&mut self, ino: u32, size: u64, now: u64) -> Result<(), FsError> {
+        self.fs.truncate(&mut self.dev, ino, size, now)
+    }
 }
 
 #[test]
 fn files_and_directories_survive_a_remount() {
-    let mut fs = fresh();
-    let dir = fs
-        .create(ROOT, b"appendonlydir", Kind::Dir, 0o755, 5)
-        .unwrap();
-    let f = fs
-        .create(dir, b"appendonly.aof.1.incr.aof", Kind::File, 0o644, 5)
-        .unwrap();
+    let mut t = fresh();
+    let dir =
+        t.fs.create(ROOT, b"appendonlydir", Kind::Dir, 0o755, 5)
+            .unwrap();
+    let f =
+        t.fs.create(dir, b"appendonly.aof.1.incr.aof", Kind::File, 0o644, 5)
+            .unwrap();
     let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-    assert_eq!(fs.write(f, 0, &payload, 6).unwrap(), payload.len());
-    assert_eq!(fs.write(f, 20_000, b"tail", 7).unwrap(), 4);
-    fs.sync().unwrap();
-    let mut fs = remount(fs.dev.clone());
-    let dir2 = fs.lookup(ROOT, b"appendonlydir").unwrap();
-    let f2 = fs.lookup(dir2, b"appendonly.aof.1.incr.aof").unwrap();
-    let back = read_all(&mut fs, f2);
+    assert_eq!(t.write(f, 0, &payload, 6).unwrap(), payload.len());
+    assert_eq!(t.write(f, 20_000, b"tail", 7).unwrap(), 4);
+    t.sync().unwrap();
+    let mut t = remount(t.dev.clone());
+    let dir2 = t.fs.lookup(ROOT, b"appendonlydir").unwrap();
+    let f2 = t.fs.lookup(dir2, b"appendonly.aof.1.incr.aof").unwrap();
+    let back = t.read_all(f2);
     assert_eq!(back.len(), 20_004);
     assert_eq!(&back[..10_000], &payload[..]);
     assert!(
@@ -94,88 +115,88 @@ fn files_and_directories_survive_a_remount() {
         "a hole reads as zeros"
     );
     assert_eq!(&back[20_000..], b"tail");
-    assert_eq!(fs.stat(dir2).unwrap().nlink, 2);
-    assert_eq!(fs.lookup(dir2, b"..").unwrap(), ROOT);
-    assert_eq!(fs.readdir(ROOT).unwrap()[0].0, b"appendonlydir");
+    assert_eq!(t.fs.stat(dir2).unwrap().nlink, 2);
+    assert_eq!(t.fs.lookup(dir2, b"..").unwrap(), ROOT);
+    assert_eq!(t.fs.readdir(ROOT).unwrap()[0].0, b"appendonlydir");
 }
 
 #[test]
 fn namespace_rules_match_linux() {
-    let mut fs = fresh();
-    let a = fs.create(ROOT, b"a", Kind::Dir, 0o755, 1).unwrap();
-    let b = fs.create(a, b"b", Kind::Dir, 0o755, 1).unwrap();
-    let f = fs.create(ROOT, b"f", Kind::File, 0o644, 1).unwrap();
+    let mut t = fresh();
+    let a = t.fs.create(ROOT, b"a", Kind::Dir, 0o755, 1).unwrap();
+    let b = t.fs.create(a, b"b", Kind::Dir, 0o755, 1).unwrap();
+    let f = t.fs.create(ROOT, b"f", Kind::File, 0o644, 1).unwrap();
     assert_eq!(
-        fs.create(ROOT, b"f", Kind::File, 0o644, 1),
+        t.fs.create(ROOT, b"f", Kind::File, 0o644, 1),
         Err(FsError::Exists)
     );
     assert_eq!(
-        fs.rename(ROOT, b"a", b, b"x", 1),
+        t.fs.rename(ROOT, b"a", b, b"x", 1),
         Err(FsError::Invalid),
         "below itself"
     );
-    assert_eq!(fs.remove(ROOT, b"a", true, 1), Err(FsError::NotEmpty));
-    assert_eq!(fs.remove(ROOT, b"a", false, 1), Err(FsError::IsDir));
-    assert_eq!(fs.remove(ROOT, b"f", true, 1), Err(FsError::NotDir));
-    assert_eq!(fs.rename(ROOT, b"f", ROOT, b"a", 1), Err(FsError::IsDir));
-    assert_eq!(fs.lookup(ROOT, b"missing"), Err(FsError::NotFound));
-    assert_eq!(fs.lookup(f, b"x"), Err(FsError::NotDir));
-    assert_eq!(fs.lookup(ROOT, &[b'n'; 300]), Err(FsError::NameTooLong));
+    assert_eq!(t.fs.remove(ROOT, b"a", true, 1), Err(FsError::NotEmpty));
+    assert_eq!(t.fs.remove(ROOT, b"a", false, 1), Err(FsError::IsDir));
+    assert_eq!(t.fs.remove(ROOT, b"f", true, 1), Err(FsError::NotDir));
+    assert_eq!(t.fs.rename(ROOT, b"f", ROOT, b"a", 1), Err(FsError::IsDir));
+    assert_eq!(t.fs.lookup(ROOT, b"missing"), Err(FsError::NotFound));
+    assert_eq!(t.fs.lookup(f, b"x"), Err(FsError::NotDir));
+    assert_eq!(t.fs.lookup(ROOT, &[b'n'; 300]), Err(FsError::NameTooLong));
     // rename over an existing file replaces it; an open file outlives its name
-    let g = fs.create(ROOT, b"g", Kind::File, 0o644, 1).unwrap();
-    fs.write(g, 0, b"old", 1).unwrap();
-    fs.open(g).unwrap();
-    fs.write(f, 0, b"new", 1).unwrap();
-    fs.rename(ROOT, b"f", ROOT, b"g", 1).unwrap();
-    assert_eq!(fs.lookup(ROOT, b"g").unwrap(), f);
-    assert_eq!(read_all(&mut fs, g), b"old", "still readable while open");
-    fs.close(g);
-    assert_eq!(fs.stat(g), Err(FsError::NotFound));
-    fs.remove(a, b"b", true, 1).unwrap();
-    fs.remove(ROOT, b"a", true, 1).unwrap();
+    let g = t.fs.create(ROOT, b"g", Kind::File, 0o644, 1).unwrap();
+    t.write(g, 0, b"old", 1).unwrap();
+    t.fs.open(g).unwrap();
+    t.write(f, 0, b"new", 1).unwrap();
+    t.fs.rename(ROOT, b"f", ROOT, b"g", 1).unwrap();
+    assert_eq!(t.fs.lookup(ROOT, b"g").unwrap(), f);
+    assert_eq!(t.read_all(g), b"old", "still readable while open");
+    t.fs.close(g);
+    assert_eq!(t.fs.stat(g), Err(FsError::NotFound));
+    t.fs.remove(a, b"b", true, 1).unwrap();
+    t.fs.remove(ROOT, b"a", true, 1).unwrap();
 }
 
 #[test]
 fn truncate_frees_blocks_only_after_the_commit_and_zeroes_the_tail() {
-    let mut fs = fresh();
-    let f = fs.create(ROOT, b"f", Kind::File, 0o644, 1).unwrap();
-    fs.write(f, 0, &vec![7u8; 3 * BLOCK], 1).unwrap();
-    fs.sync().unwrap();
-    let free = fs.free_bytes();
-    fs.truncate(f, 100, 2).unwrap();
-    assert_eq!(fs.free_bytes(), free, "pending until committed");
-    fs.sync().unwrap();
-    assert_eq!(fs.free_bytes(), free + 2 * BLOCK as u64);
-    fs.truncate(f, 5000, 3).unwrap();
-    let back = read_all(&mut fs, f);
+    let mut t = fresh();
+    let f = t.fs.create(ROOT, b"f", Kind::File, 0o644, 1).unwrap();
+    t.write(f, 0, &vec![7u8; 3 * BLOCK], 1).unwrap();
+    t.sync().unwrap();
+    let free = t.fs.free_bytes();
+    t.truncate(f, 100, 2).unwrap();
+    assert_eq!(t.fs.free_bytes(), free, "pending until committed");
+    t.sync().unwrap();
+    assert_eq!(t.fs.free_bytes(), free + 2 * BLOCK as u64);
+    t.truncate(f, 5000, 3).unwrap();
+    let back = t.read_all(f);
     assert!(back[..100].iter().all(|b| *b == 7));
     assert!(back[100..].iter().all(|b| *b == 0), "growing shows zeros");
 }
 
 #[test]
 fn a_full_disk_fails_the_write_and_io_errors_fail_the_sync() {
-    let mut fs = fresh();
-    let f = fs.create(ROOT, b"big", Kind::File, 0o644, 1).unwrap();
+    let mut t = fresh();
+    let f = t.fs.create(ROOT, b"big", Kind::File, 0o644, 1).unwrap();
     let huge = vec![1u8; BLOCKS as usize * BLOCK];
-    let n = fs.write(f, 0, &huge, 1).unwrap();
+    let n = t.write(f, 0, &huge, 1).unwrap();
     assert!(
         n > 0 && n < huge.len(),
         "a short write when the disk fills: {n}"
     );
-    assert_eq!(fs.write(f, n as u64, b"x", 1), Err(FsError::NoSpace));
-    fs.dev.fail_writes = true;
-    assert_eq!(fs.sync(), Err(FsError::Io));
-    fs.dev.fail_writes = false;
-    fs.sync().unwrap();
+    assert_eq!(t.write(f, n as u64, b"x", 1), Err(FsError::NoSpace));
+    t.dev.fail_writes = true;
+    assert_eq!(t.sync(), Err(FsError::Io));
+    t.dev.fail_writes = false;
+    t.sync().unwrap();
 }
 
 #[test]
 fn a_crash_after_any_block_write_keeps_every_synced_append() {
     // The redis pattern: append a record, fdatasync, repeat.
-    let mut fs = fresh();
-    let f = fs.create(ROOT, b"aof", Kind::File, 0o644, 1).unwrap();
-    fs.sync().unwrap();
-    let base = fs.dev.clone();
+    let mut t = fresh();
+    let f = t.fs.create(ROOT, b"aof", Kind::File, 0o644, 1).unwrap();
+    t.sync().unwrap();
+    let base = t.dev.clone();
     let start = base.log.len();
     let mut synced: Vec<(usize, Vec<u8>)> = Vec::new(); // (log length, content)
     let mut content = Vec::new();
@@ -186,21 +207,21 @@ fn a_crash_after_any_block_write_keeps_every_synced_append() {
         )
         .into_bytes();
         let off = content.len() as u64;
-        fs.write(f, off, &rec, 10 + u64::from(i)).unwrap();
+        t.write(f, off, &rec, 10 + u64::from(i)).unwrap();
         content.extend_from_slice(&rec);
-        fs.sync().unwrap();
-        synced.push((fs.dev.log.len(), content.clone()));
+        t.sync().unwrap();
+        synced.push((t.dev.log.len(), content.clone()));
     }
-    let log = fs.dev.log.clone();
+    let log = t.dev.log.clone();
     for cut in start..=log.len() {
         let mut dev = base.clone();
         for (b, d) in &log[start..cut] {
             let at = *b as usize * BLOCK;
             dev.data[at..at + BLOCK].copy_from_slice(d);
         }
-        let mut fs = remount(dev);
-        let f = fs.lookup(ROOT, b"aof").unwrap();
-        let got = read_all(&mut fs, f);
+        let mut t = remount(dev);
+        let f = t.fs.lookup(ROOT, b"aof").unwrap();
+        let got = t.read_all(f);
         let must = synced
             .iter()
             .rev()
