@@ -12,6 +12,14 @@ use lockstep_guest_abi::linux as abi;
 
 use super::tables::Blob;
 
+/// Page-table flags of the stubs page: present, read-only, and
+/// user-accessible. On this host's PVM the `SYSCALL` target runs in the
+/// guest's supervisor mode at hardware ring 3 and fetches with user
+/// permissions (measured: a user-mode #PF at LSTAR when the page was
+/// supervisor-only, and CS reads 0x33 there); read-only keeps the stubs
+/// tamper-proof on every host. Nothing on the page is secret.
+pub const STUBS_PAGE_FLAGS: u64 = 1 | 4;
+
 /// Why the syscall MSRs could not be set.
 #[derive(Debug, thiserror::Error)]
 pub enum SyscallEntryError {
