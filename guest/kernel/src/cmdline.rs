@@ -2,7 +2,8 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `workload` | `kv`, `compute`, `disk`, `idle` | `kv` |
+//! | `workload` | `kv`, `compute`, `disk`, `idle`, `app` | `kv` |
+//! | `app` | app: CRC-32C (hex) the app on the disk must have | any |
 //! | `ip` | address/prefix of the guest | `10.77.0.2/24` |
 //! | `gw` | default IPv4 gateway | none |
 //! | `iters` | compute: millions of steps | `100` |
@@ -23,6 +24,8 @@ pub enum Workload {
     Compute,
     Disk,
     Idle,
+    /// The Linux personality runs the app on the disk.
+    App,
 }
 
 impl Workload {
@@ -32,6 +35,7 @@ impl Workload {
             Workload::Compute => "compute",
             Workload::Disk => "disk",
             Workload::Idle => "idle",
+            Workload::App => "app",
         }
     }
 }
@@ -73,7 +77,8 @@ pub fn parse(bp: &BootParams) -> Result<Settings, &'static str> {
         Some(b"compute") => Workload::Compute,
         Some(b"disk") => Workload::Disk,
         Some(b"idle") => Workload::Idle,
-        Some(_) => return Err("workload= must be kv, compute, disk or idle"),
+        Some(b"app") => Workload::App,
+        Some(_) => return Err("workload= must be kv, compute, disk, idle or app"),
     };
     let (ip, prefix) = match bp.param("ip") {
         None => (Ipv4Address::new(10, 77, 0, 2), 24),
