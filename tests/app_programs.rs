@@ -69,7 +69,11 @@ fn the_personality_edges_behave_like_linux() {
     }
     let probe = build("probes").remove(0);
     let dir = tempdir();
-    let (code, out) = run_app(&probe, &dir.path().join("disk.img"), &["one", "", "two words"]);
+    let (code, out) = run_app(
+        &probe,
+        &dir.path().join("disk.img"),
+        &["one", "", "two words"],
+    );
     assert_eq!(code, Some(7), "the app's exit status is the VMM's:\n{out}");
     for line in [
         "linux: unsupported system call acct (163): ENOSYS",
@@ -94,6 +98,12 @@ fn a_glibc_static_program_is_refused_naming_the_instruction() {
     let (code, out) = run_app(&hello, &dir.path().join("disk.img"), &[]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("refusing to run"), "{out}");
-    assert!(out.contains("`cpuid` in "), "names the instruction and its function:\n{out}");
-    assert!(!dir.path().join("disk.img").exists(), "refused before the disk is touched");
+    assert!(
+        out.contains("`cpuid` in "),
+        "names the instruction and its function:\n{out}"
+    );
+    assert!(
+        !dir.path().join("disk.img").exists(),
+        "refused before the disk is touched"
+    );
 }

@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod etcd;
 pub mod ft;
+pub mod hog;
 #[allow(unused_imports)]
 pub use lockstep_bench::netns::{GUEST_IP, Net};
 #[allow(unused_imports)]
