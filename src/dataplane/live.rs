@@ -186,6 +186,7 @@ impl SyncIo for LiveIo {
         self.check_alone();
         self.shared.status.note_sync_call(req.exit_index);
         let mut events = self.devices.take_outputs(mem, &mut self.outputs);
+        let had_outputs = !self.outputs.frames.is_empty() || !self.outputs.requests.is_empty();
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
         let mut waited_ns = 0;
@@ -195,6 +196,11 @@ impl SyncIo for LiveIo {
             // An FT primary wakes now and then while the guest idles, so
             // the backup keeps hearing from it (keep-alive entries).
             let keepalive = self.ft.is_some() && self.recorder.is_some();
+            // This exit's outputs wait for the backup's ack of the log up
+            // to them: the log goes out now, not at the first keep-alive.
+            if keepalive && had_outputs {
+                self.keep_alive(req.exit_index)?;
+            }
             loop {
                 let until = if keepalive {
                     host_deadline.min(Instant::now() + KEEPALIVE_EVERY)
