@@ -163,6 +163,9 @@ impl Kernel {
 
     /// Stops the guest: everything written is made durable first.
     pub fn shutdown(&mut self, status: u32) -> ! {
+        if let Some(d) = self.disk.as_mut() {
+            d.now = d.now.max(self.now);
+        }
         if let (Some(fs), Some(d)) = (self.fs.as_mut(), self.disk.as_mut())
             && fs.dirty()
             && fs.sync(d).is_err()

@@ -118,7 +118,14 @@ extern "C" fn syscall(frame: &mut Frame) {
     let k = kernel();
     let call = Call::of(frame, None);
     k.stats.count(call.nr);
-    match dispatch::dispatch(k, &call, frame) {
+    // Only an unbroken run of polls that find nothing counts towards the
+    // spin limit: any other call is progress.
+    let polls = k.idle_polls;
+    let r = dispatch::dispatch(k, &call, frame);
+    if k.idle_polls == polls {
+        k.idle_polls = 0;
+    }
+    match r {
         Ok(v) => frame.rax = v,
         Err(Fail::E(e)) => frame.rax = (-i64::from(e)) as u64,
         Err(Fail::Block(w)) => sched::block(k, frame, w),

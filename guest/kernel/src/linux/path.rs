@@ -43,6 +43,8 @@ fn with_fs<T>(
     let (Some(fs), Some(d)) = (k.fs.as_mut(), k.disk.as_mut()) else {
         return Err(ENOENT.into());
     };
+    // The disk's waits set their deadlines from the current time.
+    d.now = d.now.max(k.now);
     let r = op(fs, d);
     k.absorb_disk();
     Ok(r?)
