@@ -10,9 +10,14 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use lockstep_guest_services::crc32c::crc32c;
+
 use super::layout::BLOCK;
 use super::meta::{Kind, MAX_FILE_BLOCKS};
 use super::{BlockDev, Fs, FsError};
+
+/// Consecutive disk blocks to write: the first block and the bytes.
+pub(super) type Run = (u64, Vec<u8>);
 
 /// Blocks read at once when a read misses the cache.
 const READ_AHEAD: usize = 32;
@@ -121,14 +126,23 @@ impl Fs {
                 self.insert((ino, fb), vec![0u8; BLOCK].into(), false);
             }
         }
-        if mapped == 0 {
+        // A block the newest commit verifies is not overwritten in place
+        // (a crash before the next commit would fail that verification and
+        // lose the commit): it moves, and the old copy is freed by the next
+        // commit, which no longer names it.
+        let moving = mapped != 0 && self.verified.contains(&mapped);
+        if mapped == 0 || moving {
             let i = self.inodes.get(&ino).ok_or(FsError::NotFound)?;
             let hint = i.blocks[..(fb as usize).min(i.blocks.len())]
                 .iter()
                 .rev()
                 .find(|b| **b != 0)
-                .map_or(0, |b| u64::from(*b) + 1);
+                .map_or(u64::from(mapped), |b| u64::from(*b) + 1);
             let b = self.space.alloc(hint).ok_or(FsError::NoSpace)?;
+            if moving {
+                self.verified.remove(&mapped);
+                self.space.release_later(mapped);
+            }
             let i = self.inodes.get_mut(&ino).ok_or(FsError::NotFound)?;
             if i.blocks.len() <= fb as usize {
                 i.blocks.resize(fb as usize + 1, 0);
@@ -229,10 +243,10 @@ impl Fs {
         }
     }
 
-    /// Writes every dirty block (merged into runs of consecutive disk
-    /// blocks) and waits for them.
-    fn write_dirty(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+    /// Every dirty block, merged into runs of consecutive disk blocks,
+    /// and the cache keys they came from.
+    fn dirty_runs(&self) -> (Vec<Run>, Vec<(u32, u32)>) {
+        let mut runs: Vec<Run> = Vec::new();
         let mut keys = Vec::new();
         for (&(ino, fb), c) in self.cache.iter().filter(|(_, c)| c.dirty) {
             let Some(&b) = self
@@ -254,28 +268,55 @@ impl Fs {
             }
             keys.push((ino, fb));
         }
-        if runs.is_empty() {
-            return Ok(());
-        }
-        let writes: Vec<(u64, &[u8])> = runs.iter().map(|(b, d)| (*b, d.as_slice())).collect();
-        dev.write(&writes)?;
+        (runs, keys)
+    }
+
+    fn mark_clean(&mut self, keys: Vec<(u32, u32)>) {
         self.stats.blocks_written += keys.len() as u64;
         for k in keys {
             if let Some(c) = self.cache.get_mut(&k) {
                 c.dirty = false;
             }
         }
+    }
+
+    /// Writes every dirty block and waits for them (no commit).
+    fn write_dirty(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
+        let (runs, keys) = self.dirty_runs();
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let writes: Vec<(u64, &[u8])> = runs.iter().map(|(b, d)| (*b, d.as_slice())).collect();
+        dev.write(&writes)?;
+        self.mark_clean(keys);
         Ok(())
     }
 
-    /// Makes everything durable: data first, then the metadata if it
-    /// changed (fsync, fdatasync, syncfs, sync all do this).
+    /// Makes everything durable (fsync, fdatasync, syncfs, sync). With a
+    /// metadata change, data and metadata go in one round of writes: the
+    /// metadata carries a CRC of every data block of the round, and mount
+    /// takes the newest commit only if they all match (else the previous
+    /// one, whose data was durable before this round began).
     pub fn sync(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
         self.stats.syncs += 1;
-        self.write_dirty(dev)?;
-        if self.meta_dirty {
-            self.commit(dev)?;
+        if !self.meta_dirty {
+            return self.write_dirty(dev);
         }
+        let (runs, keys) = self.dirty_runs();
+        let verify: Vec<(u32, u32)> = runs
+            .iter()
+            .flat_map(|(b, d)| {
+                d.chunks(BLOCK)
+                    .enumerate()
+                    .map(move |(k, c)| ((*b + k as u64) as u32, crc32c(c)))
+            })
+            .collect();
+        if verify.len() > super::MAX_VERIFY {
+            self.write_dirty(dev)?;
+            return self.commit(dev, &[], &[]);
+        }
+        self.commit(dev, &runs, &verify)?;
+        self.mark_clean(keys);
         Ok(())
     }
 

@@ -30,6 +30,27 @@ use meta::{Inode, valid_name};
 pub use meta::{Kind, NAME_MAX, ROOT};
 use space::Space;
 
+/// Most data blocks one commit writes together with its metadata (more go
+/// first, in a round of their own).
+const MAX_VERIFY: usize = 4096;
+
+/// Data blocks of a commit's round and their CRC-32Cs.
+type Verify = Vec<(u32, u32)>;
+
+/// A payload's verification list (block, CRC) and the inode table after it.
+fn split_verify(payload: &[u8]) -> Option<(Verify, &[u8])> {
+    let n = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+    let list = payload.get(4..4 + n.checked_mul(8)?)?;
+    let verify = list
+        .chunks_exact(8)
+        .map(|c| {
+            let w = |o: usize| u32::from_le_bytes([c[o], c[o + 1], c[o + 2], c[o + 3]]);
+            (w(0), w(4))
+        })
+        .collect();
+    Some((verify, &payload[4 + n * 8..]))
+}
+
 /// A block device in units of [`BLOCK`] bytes, relative to the file
 /// system's start. Both calls return when the I/O is complete (writes:
 /// durable).
@@ -112,6 +133,8 @@ pub struct Fs {
     cache: BTreeMap<(u32, u32), data::Cached>,
     order: VecDeque<(u32, u32)>,
     cache_budget: usize,
+    /// Data blocks whose CRC the newest commit carries.
+    verified: BTreeSet<u32>,
     pub stats: FsStats,
 }
 
@@ -142,6 +165,7 @@ impl Fs {
             cache: BTreeMap::new(),
             order: VecDeque::new(),
             cache_budget: (cache_bytes / BLOCK).max(16),
+            verified: BTreeSet::new(),
             stats: FsStats::default(),
         };
         let formatted = match Super::decode(&b0) {
@@ -149,7 +173,7 @@ impl Fs {
                 let mut root = Inode::new(Kind::Dir, 0o755, now_ns);
                 root.links = 1;
                 fs.inodes.insert(ROOT, root);
-                fs.commit(dev)?;
+                fs.commit(dev, &[], &[])?;
                 dev.write(&[(0, &Super { blocks }.encode())])?;
                 true
             }
@@ -172,7 +196,7 @@ impl Fs {
 
     /// Reads both slots and takes the newest valid commit.
     fn load_commit(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
-        let mut best: Option<(u64, usize, Vec<u8>)> = None;
+        let mut valid: Vec<(u64, usize, Vec<u8>)> = Vec::new();
         for slot in 0..2 {
             let start = layout::slot_start(slot);
             let mut first = vec![0u8; BLOCK];
@@ -180,17 +204,30 @@ impl Fs {
             let Some((seq, len)) = layout::meta_header(&first) else {
                 continue;
             };
-            if best.as_ref().is_some_and(|b| b.0 >= seq) {
-                continue;
-            }
             let mut rec = vec![0u8; layout::meta_blocks_for(len) * BLOCK];
             dev.read(start, &mut rec)?;
             if layout::meta_payload(&rec).is_some() {
-                best = Some((seq, slot, rec));
+                valid.push((seq, slot, rec));
             }
         }
-        let (seq, slot, rec) = best.ok_or(FsError::Damaged)?;
-        let payload = layout::meta_payload(&rec).ok_or(FsError::Damaged)?;
+        valid.sort_by_key(|v| core::cmp::Reverse(v.0));
+        // The newest commit counts only if the data written with it is all
+        // there; the one before needs no check (its round was complete
+        // before the newer one began).
+        let mut chosen = None;
+        for (i, (seq, slot, rec)) in valid.iter().enumerate() {
+            let payload = layout::meta_payload(rec).ok_or(FsError::Damaged)?;
+            let (verify, rest) = split_verify(payload).ok_or(FsError::Damaged)?;
+            if i == 0 && !self.verify(dev, &verify)? {
+                continue;
+            }
+            if i == 0 {
+                self.verified = verify.iter().map(|v| v.0).collect();
+            }
+            chosen = Some((*seq, *slot, rest));
+            break;
+        }
+        let (seq, slot, payload) = chosen.ok_or(FsError::Damaged)?;
         let (next_ino, mut inodes) =
             meta::decode(payload, FIRST_DATA, self.blocks).ok_or(FsError::Damaged)?;
         for i in inodes.values() {
@@ -226,21 +263,51 @@ impl Fs {
         Ok(())
     }
 
-    /// Writes the metadata to the other slot; the blocks it no longer names
-    /// become free once it is durable.
-    fn commit(&mut self, dev: &mut impl BlockDev) -> Result<(), FsError> {
-        let payload = meta::encode(self.next_ino, &self.inodes);
+    /// Writes the metadata to the other slot, together with `runs` of data
+    /// whose blocks `verify` names with their CRCs; the blocks it no longer
+    /// names become free once all of it is durable.
+    fn commit(
+        &mut self,
+        dev: &mut impl BlockDev,
+        runs: &[data::Run],
+        verify: &[(u32, u32)],
+    ) -> Result<(), FsError> {
+        let mut payload = Vec::with_capacity(4 + verify.len() * 8);
+        payload.extend_from_slice(&(verify.len() as u32).to_le_bytes());
+        for (b, crc) in verify {
+            payload.extend_from_slice(&b.to_le_bytes());
+            payload.extend_from_slice(&crc.to_le_bytes());
+        }
+        payload.extend_from_slice(&meta::encode(self.next_ino, &self.inodes));
         let seq = self.seq + 1;
         let rec = layout::encode_meta(seq, &payload).ok_or(FsError::NoSpace)?;
         let slot = 1 - self.slot;
-        dev.write(&[(layout::slot_start(slot), &rec)])?;
+        let mut writes: Vec<(u64, &[u8])> = vec![(layout::slot_start(slot), &rec)];
+        writes.extend(runs.iter().map(|(b, d)| (*b, d.as_slice())));
+        dev.write(&writes)?;
         self.stats.commits += 1;
         self.stats.blocks_written += (rec.len() / BLOCK) as u64;
         self.seq = seq;
         self.slot = slot;
         self.meta_dirty = false;
         self.space.committed();
+        self.verified = verify.iter().map(|v| v.0).collect();
         Ok(())
+    }
+
+    /// Whether every (block, CRC) of a commit's round reads back.
+    fn verify(&self, dev: &mut impl BlockDev, verify: &[(u32, u32)]) -> Result<bool, FsError> {
+        let mut buf = vec![0u8; BLOCK];
+        for (b, crc) in verify {
+            if u64::from(*b) >= self.blocks {
+                return Ok(false);
+            }
+            dev.read(u64::from(*b), &mut buf)?;
+            if lockstep_guest_services::crc32c::crc32c(&buf) != *crc {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn inode(&self, ino: u32) -> Result<&Inode, FsError> {
