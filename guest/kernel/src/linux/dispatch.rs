@@ -7,7 +7,7 @@ use linux_raw_sys::general as g;
 
 use super::entry::Frame;
 use super::kernel::Kernel;
-use super::{Call, Fail, Sys, files, info, mem, path, pipe, poll, sched, sock, time};
+use super::{Call, Fail, Sys, files, info, mem, path, pipe, poll, sched, sock, sockopt, time};
 
 /// A call that needs the caller's registers (it creates, ends or switches
 /// threads), or `None`.
@@ -133,15 +133,15 @@ fn table(k: &mut Kernel, c: &Call) -> Option<Sys> {
         g::__NR_accept => sock::accept(k, a[0], a[1], a[2], 0, c),
         g::__NR_accept4 => sock::accept(k, a[0], a[1], a[2], a[3], c),
         g::__NR_connect => sock::connect(k, a[0], a[1], a[2], c),
-        g::__NR_sendto => sock::sendto(k, a[0], a[1], a[2], a[3], c),
-        g::__NR_recvfrom => sock::recvfrom(k, a[0], a[1], a[2], a[3], a[4], a[5], c),
-        g::__NR_sendmsg => sock::sendmsg(k, a[0], a[1], a[2], c),
-        g::__NR_recvmsg => sock::recvmsg(k, a[0], a[1], a[2], c),
+        g::__NR_sendto => sockopt::sendto(k, a[0], a[1], a[2], a[3], c),
+        g::__NR_recvfrom => sockopt::recvfrom(k, a[0], a[1], a[2], a[3], a[4], a[5], c),
+        g::__NR_sendmsg => sockopt::sendmsg(k, a[0], a[1], a[2], c),
+        g::__NR_recvmsg => sockopt::recvmsg(k, a[0], a[1], a[2], c),
         g::__NR_shutdown => sock::shutdown(k, a[0], a[1]),
         g::__NR_getsockname => sock::name(k, a[0], a[1], a[2], false),
         g::__NR_getpeername => sock::name(k, a[0], a[1], a[2], true),
-        g::__NR_setsockopt => sock::setsockopt(k, a[0], a[1], a[2], a[3], a[4]),
-        g::__NR_getsockopt => sock::getsockopt(k, a[0], a[1], a[2], a[3], a[4]),
+        g::__NR_setsockopt => sockopt::setsockopt(k, a[0], a[1], a[2], a[3], a[4]),
+        g::__NR_getsockopt => sockopt::getsockopt(k, a[0], a[1], a[2], a[3], a[4]),
         // readiness
         g::__NR_epoll_create | g::__NR_epoll_create1 => poll::epoll_create(k, a[0], c.nr),
         g::__NR_epoll_ctl => poll::epoll_ctl(k, a[0], a[1], a[2], a[3]),
