@@ -172,7 +172,10 @@ fn table(k: &mut Kernel, c: &Call) -> Option<Sys> {
             Ok(u64::from(sched::PID))
         }
         g::__NR_getppid => Ok(1),
-        g::__NR_fork | g::__NR_vfork => Err(EAGAIN.into()),
+        g::__NR_fork | g::__NR_vfork => {
+            k.stats.forks_refused += 1;
+            Err(EAGAIN.into())
+        }
         g::__NR_wait4 | g::__NR_waitid => Err(ECHILD.into()),
         g::__NR_execve | g::__NR_execveat => Err(linux_raw_sys::errno::EACCES.into()),
         g::__NR_kill | g::__NR_tkill | g::__NR_tgkill => info::kill(k, c),
