@@ -104,7 +104,7 @@ fn redis_in_the_pair_survives_kill_9_of_the_primary_without_losing_a_write() {
         // of replay, which it finishes before it goes live.
         pair.wait_backup_live(Duration::from_secs(30));
         wait_for(
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             "redis to answer after the failover",
             || pair.redis(&["dbsize"]).parse::<u64>().is_ok(),
         );
