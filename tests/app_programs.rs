@@ -3,7 +3,9 @@
 //! glibc-static program, naming the instruction and the function; an
 //! unsupported system call is ENOSYS and reported by name; fork is EAGAIN;
 //! a writable and executable mapping is refused; threads, files, pipes and
-//! the exit status behave.
+//! the exit status behave; 50 system calls with hostile arguments (bad
+//! pointers, descriptors, lengths, flags) all fail without hurting the
+//! personality.
 
 mod common;
 
@@ -85,6 +87,7 @@ fn the_personality_edges_behave_like_linux() {
         "pipe: pipe",
         "time: monotonic random: 8",
         "args: [one] [] [two words]",
+        "hostile: 50 of 50 refused",
         "linux: unsupported: acct=1",
     ] {
         assert!(out.contains(line), "missing {line:?}:\n{out}");

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -26,6 +27,74 @@ static void *worker(void *arg) {
   pthread_cond_broadcast(&cv);
   pthread_mutex_unlock(&mu);
   return arg;
+}
+
+/* System calls with hostile arguments: bad pointers (low, past the end of
+ * RAM, non-canonical), bad descriptors, absurd lengths and flags. Every one
+ * must fail with an error; the personality must not fault. Returns how many
+ * failed (of `total`). */
+static int hostile(int *total) {
+  char buf[64];
+  void *low = (void *)1, *far = (void *)0x7fff00000000UL, *wild = (void *)0xffff800000001000UL;
+  int ep = epoll_create1(0);
+  int dir = open(".", O_RDONLY | O_DIRECTORY);
+  struct timespec neg = {-1, 0};
+  long r[] = {
+      syscall(SYS_write, 1, low, 10),
+      syscall(SYS_write, 1, far, 100),
+      syscall(SYS_read, 0, wild, 10),
+      syscall(SYS_open, (char *)0, O_RDONLY),
+      syscall(SYS_open, far, O_RDONLY),
+      syscall(SYS_stat, ".", low),
+      syscall(SYS_fstat, -1, buf),
+      syscall(SYS_fstat, 999999, buf),
+      syscall(SYS_fstat, 1, (void *)0),
+      syscall(SYS_epoll_ctl, -1, 1, 1, buf),
+      syscall(SYS_epoll_wait, ep, (void *)0, 10, 0),
+      syscall(SYS_epoll_wait, ep, buf, -1, 0),
+      syscall(SYS_epoll_wait, ep, buf, 1 << 30, 0),
+      syscall(SYS_epoll_ctl, ep, 1, ep, buf),
+      syscall(SYS_poll, (void *)0, 1 << 20, 0),
+      syscall(SYS_select, 100000, 0, 0, 0, 0),
+      syscall(SYS_readv, 1, far, 5),
+      syscall(SYS_writev, 1, buf, 1 << 20),
+      syscall(SYS_mmap, 0, 0, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+      syscall(SYS_mmap, 0, 1UL << 62, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+      syscall(SYS_munmap, 1, 4096),
+      syscall(SYS_mremap, 4096, 4096, 8192, 1),
+      syscall(SYS_futex, (void *)0, 0, 0, 0),
+      syscall(SYS_futex, buf + 1, 0, 0, 0),
+      syscall(SYS_clock_gettime, 0, (void *)0),
+      syscall(SYS_clock_gettime, 999, buf),
+      syscall(SYS_nanosleep, (void *)0, 0),
+      syscall(SYS_nanosleep, &neg, 0),
+      syscall(SYS_getrandom, (void *)0, 10, 0),
+      syscall(SYS_uname, far),
+      syscall(SYS_sysinfo, low),
+      syscall(SYS_getdents64, -1, buf, sizeof buf),
+      syscall(SYS_getdents64, dir, far, 100),
+      syscall(SYS_lseek, 1, 0, 99),
+      syscall(SYS_fcntl, 1, 9999, 0),
+      syscall(SYS_rt_sigaction, 0, 0, 0, 8),
+      syscall(SYS_rt_sigaction, 100, 0, 0, 8),
+      syscall(SYS_rt_sigaction, 2, far, 0, 8),
+      syscall(SYS_prlimit64, 0, 999, 0, buf),
+      syscall(SYS_arch_prctl, 0x9999, 0),
+      syscall(SYS_getcwd, (void *)0, 100),
+      syscall(SYS_getcwd, buf, 1),
+      syscall(SYS_pipe, (void *)0),
+      syscall(SYS_clone, 0, 0, 0, 0, 0),
+      syscall(SYS_dup2, 1, -1),
+      syscall(SYS_close, 999999),
+      syscall(SYS_openat, 999999, "x", O_RDONLY),
+      syscall(SYS_rename, wild, "y"),
+      syscall(SYS_mkdir, "", 0755),
+      syscall(SYS_unlink, "/"),
+  };
+  int failed = 0;
+  *total = sizeof r / sizeof r[0];
+  for (int i = 0; i < *total; i++) failed += r[i] < 0;
+  return failed;
 }
 
 int main(int argc, char **argv) {
@@ -74,6 +143,8 @@ int main(int argc, char **argv) {
   unsigned char rnd[8];
   getrandom(rnd, sizeof rnd, 0);
   printf("time: %s random: %d\n", (b.tv_sec > a.tv_sec || (b.tv_sec == a.tv_sec && b.tv_nsec >= a.tv_nsec)) ? "monotonic" : "BACKWARDS", (int)getrandom(rnd, sizeof rnd, 0));
+  int total, failed = hostile(&total);
+  printf("hostile: %d of %d refused\n", failed, total);
   printf("args:");
   for (int i = 1; i < argc; i++) printf(" [%s]", argv[i]);
   printf("\nprobe: done\n");
