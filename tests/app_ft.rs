@@ -103,6 +103,7 @@ fn redis_in_the_pair_survives_kill_9_of_the_primary_without_losing_a_write() {
         // Generous: on a loaded 2-core host the backup may lag by a second
         // of replay, which it finishes before it goes live.
         pair.wait_backup_live(Duration::from_secs(30));
+        let live = killed.elapsed();
         wait_for(
             Duration::from_secs(30),
             "redis to answer after the failover",
@@ -124,8 +125,7 @@ fn redis_in_the_pair_survives_kill_9_of_the_primary_without_losing_a_write() {
             pair.backup.log()
         );
         eprintln!(
-            "trial {trial}: killed after {kill_after:?}, live after {:?}, {} acknowledged writes kept ({} client errors across the failover)",
-            killed.elapsed(),
+            "trial {trial}: killed after {kill_after:?}, live after {live:?}, {} acknowledged writes kept ({} client errors across the failover)",
             report.acked.len(),
             report.errors.len()
         );
