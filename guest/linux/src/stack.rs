@@ -1,12 +1,14 @@
 //! The process's initial stack as Linux builds it at `execve` (x86-64 SysV
 //! ABI §3.4.1): from RSP upwards argc, argv pointers and NULL, envp
 //! pointers and NULL, the auxiliary vector ending in AT_NULL; above them the
-//! strings and AT_RANDOM's 16 bytes. No AT_SYSINFO_EHDR: there is no vDSO,
-//! so libc makes real system calls for the time.
+//! strings and AT_RANDOM's 16 bytes. AT_SYSINFO_EHDR only if the
+//! personality offers its optional vDSO; otherwise libc makes real system
+//! calls for the time.
 
 use alloc::vec::Vec;
 
 pub const AT_NULL: u64 = 0;
+pub const AT_IGNORE: u64 = 1;
 pub const AT_PHDR: u64 = 3;
 pub const AT_PHENT: u64 = 4;
 pub const AT_PHNUM: u64 = 5;
@@ -25,6 +27,7 @@ pub const AT_SECURE: u64 = 23;
 pub const AT_RANDOM: u64 = 25;
 pub const AT_HWCAP2: u64 = 26;
 pub const AT_EXECFN: u64 = 31;
+pub const AT_SYSINFO_EHDR: u64 = 33;
 
 /// What goes on the stack besides argv and envp.
 pub struct Exec<'a> {
@@ -35,6 +38,8 @@ pub struct Exec<'a> {
     pub phnum: u64,
     pub entry: u64,
     pub random: [u8; 16],
+    /// A vDSO's address, or 0 for none.
+    pub vdso: u64,
 }
 
 /// The stack contents for a stack whose top (exclusive) is `top`: the bytes
@@ -90,6 +95,14 @@ pub fn build(top: u64, e: &Exec<'_>) -> Option<(Vec<u8>, u64)> {
         (AT_SECURE, 0),
         (AT_RANDOM, start_of(end_random, 16)),
         (AT_EXECFN, execfn),
+        (
+            if e.vdso != 0 {
+                AT_SYSINFO_EHDR
+            } else {
+                AT_IGNORE
+            },
+            e.vdso,
+        ),
         (AT_NULL, 0),
     ];
     for (k, v) in aux {
@@ -134,6 +147,7 @@ mod tests {
             phnum: 6,
             entry: 0x40271f,
             random: [7; 16],
+            vdso: 0x5000_0000,
         };
         let (img, sp) = build(top, &e).unwrap();
         assert_eq!(sp % 16, 0);
@@ -156,6 +170,7 @@ mod tests {
         }
         assert_eq!(aux[&AT_PHDR], 0x400040);
         assert_eq!(aux[&AT_ENTRY], 0x40271f);
+        assert_eq!(aux[&AT_SYSINFO_EHDR], 0x5000_0000);
         assert_eq!(cstr(&img, sp, aux[&AT_PLATFORM]), b"x86_64");
         assert_eq!(cstr(&img, sp, aux[&AT_EXECFN]), b"redis-server");
         let r = (aux[&AT_RANDOM] - sp) as usize;

@@ -25,6 +25,7 @@ use super::sched::Threads;
 use super::sock::NetStack;
 use super::stats::Stats;
 use super::uaccess;
+use super::vdso::Vdso;
 use crate::blk::Disk;
 use crate::cmdline::Settings;
 use crate::net::Net;
@@ -113,6 +114,10 @@ pub fn boot(
         .unwrap_or_else(|_| fail("linux: no memory for the app's stack"));
     let mut random = [0u8; 16];
     rng.fill(&mut random);
+    let mut vdso = (bp.param("vdso") == Some(b"1")).then(Vdso::new);
+    if let Some(v) = vdso.as_mut() {
+        v.publish(now, 1_000_000_000);
+    }
     let exec = Exec {
         argv: &argv,
         envp: &envp,
@@ -121,6 +126,7 @@ pub fn boot(
         phnum: u64::from(prog.phnum),
         entry: prog.entry,
         random,
+        vdso: vdso.as_ref().map_or(0, Vdso::addr),
     };
     let (img, sp) = stack::build(stack_base + STACK, &exec)
         .unwrap_or_else(|| fail("linux: the arguments do not fit on the stack"));
@@ -177,6 +183,7 @@ pub fn boot(
         stop: false,
         idle_polls: 0,
         mem_size: bp.mem_size,
+        vdso,
         code: prog
             .segments
             .iter()
@@ -187,10 +194,11 @@ pub fn boot(
     k.absorb_disk();
     let shown = alloc::string::String::from_utf8_lossy(&k.name).into_owned();
     k.say(format_args!(
-        "linux: running {shown}: {} loaded, entry {:#x}, {} arguments; file system {fs_note}",
+        "linux: running {shown}: {} loaded, entry {:#x}, {} arguments{}; file system {fs_note}",
         Size(image.len() as u64),
         prog.entry,
         argv.len().saturating_sub(1),
+        if k.vdso.is_some() { ", vDSO" } else { "" },
     ));
     (k, frame)
 }

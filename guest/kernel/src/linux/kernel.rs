@@ -90,6 +90,8 @@ pub struct Kernel {
     pub mem_size: u64,
     /// The app's executable segments.
     pub code: Vec<(u64, u64)>,
+    /// The optional vDSO (boot word `vdso=1`).
+    pub vdso: Option<super::vdso::Vdso>,
 }
 
 impl Kernel {
@@ -110,6 +112,15 @@ impl Kernel {
         self.stats.syncs += 1;
         self.stats.waits += u64::from(wait);
         self.idle_polls = 0;
+        self.publish_time();
+    }
+
+    /// The vDSO's clocks follow the sync calls.
+    fn publish_time(&mut self) {
+        let mono = self.monotonic();
+        if let Some(v) = self.vdso.as_mut() {
+            v.publish(self.now, mono);
+        }
     }
 
     /// Counts a poll that found nothing; past [`SPIN_LIMIT`] of them in a
@@ -126,7 +137,11 @@ impl Kernel {
         if let Some(d) = self.disk.as_mut() {
             self.now = self.now.max(d.now);
             self.stop |= d.stop;
-            self.stats.syncs += d.take_syncs();
+            let syncs = d.take_syncs();
+            self.stats.syncs += syncs;
+            if syncs > 0 {
+                self.publish_time();
+            }
         }
     }
 

@@ -31,6 +31,7 @@ mod stats;
 mod synth;
 mod time;
 mod uaccess;
+mod vdso;
 
 use core::cell::UnsafeCell;
 
