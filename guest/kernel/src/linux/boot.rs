@@ -194,8 +194,8 @@ pub fn boot(
     k.absorb_disk();
     let shown = alloc::string::String::from_utf8_lossy(&k.name).into_owned();
     k.say(format_args!(
-        "linux: running {shown}: {} loaded, entry {:#x}, {} arguments{}; file system {fs_note}",
-        Size(image.len() as u64),
+        "linux: running {shown}: {} KiB loaded, entry {:#x}, {} arguments{}; file system {fs_note}",
+        image.len() / 1024,
         prog.entry,
         argv.len().saturating_sub(1),
         if k.vdso.is_some() { ", vDSO" } else { "" },
