@@ -2,8 +2,10 @@
 //! real processes, all cleaned up on drop (also when a test fails).
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod etcd;
 pub mod ft;
+pub mod hog;
 pub mod watch;
 #[allow(unused_imports)]
 pub use lockstep_bench::netns::{GUEST_IP, Net};

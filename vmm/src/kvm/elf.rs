@@ -142,7 +142,7 @@ pub fn parse(image: &[u8], mem_size: u64, reserved_top: u64) -> Result<KernelIma
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal ELF64 EXEC with one PT_LOAD segment, built by hand.
