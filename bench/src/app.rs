@@ -5,18 +5,19 @@
 //! the guest's system calls and exits per request, and the CPU cost of one
 //! system call in the guest beside the same call native.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
 
+use lockstep_bench::apps::{REDIS_ARGS, REDIS_READY as READY, build};
 use lockstep_bench::netns::{GUEST_IP, Net};
 use lockstep_bench::pair::{self, PairConfig};
 use lockstep_bench::vm::{self, Stats, Vmm};
 
-use crate::redis::{Result as BenchResult, run_benchmark};
+use crate::redis::{Result as BenchResult, Server, run_benchmark};
 use crate::report::{Table, ratio};
 
 #[derive(Args, Debug)]
@@ -32,38 +33,9 @@ pub struct AppArgs {
     syscalls: u64,
 }
 
-const REDIS_ARGS: [&str; 10] = [
-    "--appendonly",
-    "yes",
-    "--appendfsync",
-    "always",
-    "--save",
-    "",
-    "--io-threads",
-    "1",
-    "--protected-mode",
-    "no",
-];
-const READY: &str = "Ready to accept connections";
 /// Where the native server listens: the VM host's bridge, so clients cross
 /// the same veth and bridge as to the guest (all but the tap and the VMM).
 const HOST_IP: &str = "10.77.0.3";
-
-/// `scripts/build-apps GROUP`: the programs' paths.
-fn build(group: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new(vm::repo().join("scripts/build-apps"))
-        .arg(group)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running scripts/build-apps")?;
-    if !out.status.success() {
-        bail!("scripts/build-apps {group} failed");
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(PathBuf::from)
-        .collect())
-}
 
 /// A `name=N` field of the personality's closing `linux:` line.
 fn linux_field(log: &str, name: &str) -> Option<u64> {
@@ -77,44 +49,16 @@ fn linux_field(log: &str, name: &str) -> Option<u64> {
 }
 
 /// The native redis-server in the VM host's namespace, killed on drop.
-struct Native {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Native {
-    fn start(net: &Net, redis: &Path) -> anyhow::Result<Native> {
-        let dir = tempfile::tempdir_in(vm::repo().join("target"))?;
-        let mut cmd = net.cmd("h", &redis.display().to_string());
-        cmd.args(["--bind", HOST_IP])
-            .args(REDIS_ARGS)
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null());
-        let child = cmd.spawn().context("starting the native redis-server")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !String::from_utf8_lossy(
-            &net.cmd("c", "redis-cli")
-                .args(["-h", HOST_IP, "ping"])
-                .output()?
-                .stdout,
-        )
-        .contains("PONG")
-        {
-            if Instant::now() > deadline {
-                bail!("the native redis-server did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Native { child, _dir: dir })
-    }
-}
-
-impl Drop for Native {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn native(net: &Net, redis: &Path) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir_in(vm::repo().join("target"))?;
+    let mut cmd = net.cmd("h", &redis.display().to_string());
+    cmd.args(["--bind", HOST_IP]).args(REDIS_ARGS);
+    Server::spawn(cmd, dir, || {
+        net.cmd("c", "redis-cli")
+            .args(["-h", HOST_IP, "ping"])
+            .output()
+    })
+    .context("starting the native redis-server")
 }
 
 fn bench(net: &Net, host: &str, a: &AppArgs, pipeline: u32) -> anyhow::Result<Vec<BenchResult>> {
@@ -240,7 +184,7 @@ pub fn compare(a: &AppArgs) -> anyhow::Result<()> {
             if !s.success() {
                 bail!("cannot give the bridge an address");
             }
-            let _server = Native::start(&net, &redis)?;
+            let _server = native(&net, &redis)?;
             bench(&net, HOST_IP, a, pipeline)?
         };
         let (run, stats, log) = run_one(&redis, a, pipeline, false)?;

@@ -8,30 +8,13 @@ use std::time::Duration;
 
 use super::*;
 
-/// redis-server as the tests and the issue run it: every write durable
-/// before its reply, no fork-based saves, one I/O thread.
-pub const REDIS_ARGS: [&str; 10] = [
-    "--appendonly",
-    "yes",
-    "--appendfsync",
-    "always",
-    "--save",
-    "",
-    "--io-threads",
-    "1",
-    "--protected-mode",
-    "no",
-];
-pub const REDIS_READY: &str = "Ready to accept connections";
+#[allow(unused_imports)]
+pub use lockstep_bench::apps::{REDIS_ARGS, REDIS_READY};
 
 /// The programs `scripts/build-apps GROUP` builds (`redis`, `sqlite`,
 /// `probes`), built if missing; their paths.
 pub fn build(group: &str) -> Vec<PathBuf> {
-    let out = run_ok(Command::new(repo().join("scripts/build-apps")).arg(group));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(PathBuf::from)
-        .collect()
+    lockstep_bench::apps::build(group).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// `redis-benchmark --csv` rows: (test, requests per second).
@@ -94,25 +77,14 @@ impl AppVm {
         self.vmm.wait_for_line(ready, Duration::from_secs(60));
     }
 
+    /// Runs a client program in the client namespace; returns its output.
     pub fn client(&self, program: &str, args: &[&str]) -> Output {
-        self.net
-            .cmd("c", program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"))
+        client_in(&self.net, program, args)
     }
 
     /// `redis-cli -h 10.77.0.2 ARGS`, trimmed stdout.
     pub fn redis(&self, args: &[&str]) -> String {
-        let mut all = vec!["-h", GUEST_IP];
-        all.extend_from_slice(args);
-        let out = self.client("redis-cli", &all);
-        assert!(
-            out.status.success(),
-            "redis-cli {args:?}: {}",
-            output_text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        redis_in(&self.net, args)
     }
 
     /// SIGTERM; the guest syncs its files and exits 0.

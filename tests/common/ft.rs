@@ -196,11 +196,7 @@ impl FtPair {
 
     /// A client program in the client namespace.
     pub fn client(&self, program: &str, args: &[&str]) -> Output {
-        self.net
-            .cmd("c", program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"))
+        client_in(&self.net, program, args)
     }
 
     pub fn redis(&self, args: &[&str]) -> String {

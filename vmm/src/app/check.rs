@@ -20,6 +20,8 @@ use object::{LittleEndian, StringTable};
 
 use lockstep_guest_abi::linux::APP_ELF_MAX;
 
+use crate::kvm::elf::ElfHeaders;
+
 /// Lowest address an app segment may use: the personality lives below.
 pub const APP_MIN_ADDR: u64 = 0x40_0000;
 
@@ -108,19 +110,11 @@ type Header = FileHeader64<LittleEndian>;
 
 /// Checks `elf` (a whole file).
 pub fn check(elf: &[u8]) -> Result<Checked, CheckError> {
-    let header = Header::parse(elf).map_err(|e| CheckError::NotElf(e.to_string()))?;
-    let e = header
-        .endian()
-        .map_err(|e| CheckError::NotElf(e.to_string()))?;
-    if header.e_machine(e) != object::elf::EM_X86_64 {
-        return Err(CheckError::NotElf(format!(
-            "machine {}",
-            header.e_machine(e)
-        )));
-    }
-    let phdrs = header
-        .program_headers(e, elf)
-        .map_err(|err| CheckError::NotElf(err.to_string()))?;
+    let ElfHeaders {
+        header,
+        endian: e,
+        phdrs,
+    } = ElfHeaders::parse(elf).map_err(CheckError::NotElf)?;
     match header.e_type(e) {
         ET_EXEC => {}
         ET_DYN if phdrs.iter().any(|p| p.p_type(e) == PT_INTERP) => {

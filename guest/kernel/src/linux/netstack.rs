@@ -6,21 +6,16 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress};
+use smoltcp::time::Duration;
 
 use crate::cmdline::Settings;
-use crate::net::Net;
+use crate::net::{self, Net, instant};
 
 /// Receive and send buffer of each connection.
 pub const RX_BUF: usize = 32 * 1024;
 pub const TX_BUF: usize = 32 * 1024;
-
-fn instant(ns: u64) -> Instant {
-    Instant::from_micros((ns / 1000) as i64)
-}
 
 /// The interface, its device and every socket.
 pub struct NetStack {
@@ -34,15 +29,7 @@ pub struct NetStack {
 
 impl NetStack {
     pub fn new(mut dev: Net, s: &Settings, seed: u64, now: u64) -> NetStack {
-        let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(dev.mac())));
-        cfg.random_seed = seed;
-        let mut iface = Interface::new(cfg, &mut dev, instant(now));
-        iface.update_ip_addrs(|a| {
-            let _ = a.push(s.cidr());
-        });
-        if let Some(gw) = s.gateway {
-            let _ = iface.routes_mut().add_default_ipv4_route(gw);
-        }
+        let iface = net::interface(&mut dev, s, seed, now);
         NetStack {
             dev,
             iface,
