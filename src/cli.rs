@@ -138,6 +138,8 @@ pub struct BackupArgs {
     pub ft: FtArgs,
     #[command(flatten)]
     pub monitor: MonitorArgs,
+    #[command(flatten)]
+    pub app: AppArgs,
 }
 
 #[derive(Args, Debug)]
@@ -180,8 +182,9 @@ pub struct VmArgs {
     /// The guest's MAC address.
     #[arg(long, value_name = "MAC", default_value = "52:54:00:12:34:56")]
     pub mac: String,
-    /// Guest workload: kv, compute, disk, idle, or hostile (misuses its
-    /// devices, for tests).
+    /// Guest workload: kv, compute, disk, idle, hostile (misuses its
+    /// devices, for tests), or app (the program --app installed on the
+    /// disk earlier).
     #[arg(long, default_value = "kv")]
     pub workload: String,
     /// Extra `key=value` words for the guest's command line.
@@ -202,6 +205,21 @@ pub struct VmArgs {
     pub stop_timeout: u64,
     #[command(flatten)]
     pub monitor: MonitorArgs,
+    #[command(flatten)]
+    pub app: AppArgs,
+}
+
+/// The program to run in the guest through its Linux personality.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AppArgs {
+    /// Run this static Linux x86-64 program (e.g. built with musl-gcc
+    /// -static) as the guest, through its Linux personality. It goes to the
+    /// start of the disk; the program's files live behind it on the same disk.
+    #[arg(long, value_name = "ELF")]
+    pub app: Option<PathBuf>,
+    /// The program's arguments (after `--`; argv[0] is its file name).
+    #[arg(last = true, value_name = "ARGS")]
+    pub app_args: Vec<String>,
 }
 
 #[derive(Args, Debug)]

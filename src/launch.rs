@@ -44,9 +44,9 @@ pub fn guest_cmdline(vm: &VmArgs) -> anyhow::Result<String> {
         Ok(p) if (1..=32).contains(&p) => {}
         _ => bail!("--guest-ip {}: prefix must be 1..32", vm.guest_ip),
     }
-    if !["kv", "compute", "disk", "idle", "hostile"].contains(&vm.workload.as_str()) {
+    if !["kv", "compute", "disk", "idle", "hostile", "app"].contains(&vm.workload.as_str()) {
         bail!(
-            "--workload {}: expected kv, compute, disk, idle or hostile",
+            "--workload {}: expected kv, compute, disk, idle, hostile or app",
             vm.workload
         );
     }

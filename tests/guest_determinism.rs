@@ -1,7 +1,8 @@
 //! The determinism guard: the guest binary must not contain instructions
 //! whose results this host does not control (CPUID, RDTSC, RDTSCP, RDRAND,
-//! RDSEED, RDPID are not trapped at ring 3 here), nor HLT, nor port I/O to a
-//! port the ABI does not define (docs/architecture.md, docs/guest-abi.md).
+//! RDSEED, RDPID, XGETBV are not trapped at ring 3 here), nor HLT, nor port
+//! I/O to a port the ABI does not define (docs/architecture.md,
+//! docs/guest-abi.md).
 
 mod common;
 
@@ -9,8 +10,8 @@ use std::process::Command;
 
 use lockstep_guest_abi as abi;
 
-const FORBIDDEN: [&str; 7] = [
-    "cpuid", "rdtsc", "rdtscp", "rdrand", "rdseed", "rdpid", "hlt",
+const FORBIDDEN: [&str; 8] = [
+    "cpuid", "rdtsc", "rdtscp", "rdrand", "rdseed", "rdpid", "xgetbv", "hlt",
 ];
 
 struct Insn {
@@ -148,7 +149,7 @@ fn the_guest_contains_no_untrapped_or_forbidden_instruction() {
 #[test]
 fn the_checker_catches_what_it_must() {
     let dir = common::tempdir();
-    let src = ".globl _start\n.text\n_start:\n  mov $0x510,%dx\n  out %eax,(%dx)\n  mov %rcx,%rdx\n  out %eax,(%dx)\n  out %al,$0x80\n  rdtsc\n  cpuid\n  hlt\n";
+    let src = ".globl _start\n.text\n_start:\n  mov $0x510,%dx\n  out %eax,(%dx)\n  mov %rcx,%rdx\n  out %eax,(%dx)\n  out %al,$0x80\n  rdtsc\n  cpuid\n  xgetbv\n  hlt\n";
     let elf = common::asm_guest(dir.path(), "bad", Some(src));
     let insns = disassemble(&std::fs::read(elf).unwrap());
     let i_out: Vec<usize> = insns
@@ -168,5 +169,5 @@ fn the_checker_catches_what_it_must() {
         .map(|i| i.mnemonic.as_str())
         .filter(|m| FORBIDDEN.contains(m))
         .collect();
-    assert_eq!(found, ["rdtsc", "cpuid", "hlt"]);
+    assert_eq!(found, ["rdtsc", "cpuid", "xgetbv", "hlt"]);
 }

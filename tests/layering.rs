@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &str)] = &[
     ("guest/abi", "lockstep-guest-abi"),
     ("guest/services", "lockstep-guest-services"),
+    ("guest/linux", "lockstep-guest-linux"),
     ("ioengine", "ioengine"),
     ("virtq", "virtq"),
     ("status", "lockstep-status"),

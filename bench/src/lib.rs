@@ -3,8 +3,10 @@
 //! demo's client and the integration tests), the drivers of the logging
 //! channel's engines against raw TCP (used by the `log_channel` bench on
 //! loopback and by `lockstep-bench channel` across namespaces), and test
-//! hosts and VMM processes (used by the harness and the integration tests).
+//! hosts and VMM processes, and the stock programs of the guest's Linux
+//! personality (used by the harness and the integration tests).
 
+pub mod apps;
 pub mod channel;
 pub mod kvclient;
 pub mod netns;

@@ -11,6 +11,7 @@
 //!
 //! Run it through `scripts/bench`, which builds everything first.
 
+mod app;
 mod env;
 mod faults;
 mod ft;
@@ -44,6 +45,8 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         clients: u32,
     },
+    /// Stock redis-server native, in `lockstep run` and in the FT pair.
+    App(app::AppArgs),
     /// Recording overhead, log bandwidth and replay speed per workload.
     Record,
     /// The FT pair against one VM: throughput, output-rule latency,
@@ -195,6 +198,7 @@ fn main() -> anyhow::Result<()> {
     print!("{}", machine.report());
     match cli.command {
         Cmd::Redis { requests, clients } => redis::compare(&machine, requests, clients),
+        Cmd::App(a) => app::compare(&a),
         Cmd::Record => record::compare(),
         Cmd::Ft {
             requests,

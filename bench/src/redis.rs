@@ -75,13 +75,15 @@ pub fn run_benchmark(
     Ok(rows)
 }
 
-/// A stock redis-server on loopback, stopped on drop.
-struct Server {
+/// A stock redis-server, with its data directory; stopped on drop.
+pub struct Server {
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
+    /// A stock redis-server on loopback (`always`: `appendonly yes,
+    /// appendfsync always`).
     fn start(port: u16, always: bool) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let mut cmd = Command::new("redis-server");
@@ -92,30 +94,37 @@ impl Server {
             "127.0.0.1",
             "--save",
             "",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null());
+        ]);
         if always {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         }
-        let child = cmd
-            .spawn()
-            .context("starting redis-server (apt-get install redis-server)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ping = Command::new("redis-cli")
+        Server::spawn(cmd, dir, || {
+            Command::new("redis-cli")
                 .args(["-p", &port.to_string(), "ping"])
-                .output()?;
-            if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
-                break;
-            }
+                .output()
+        })
+        .context("starting redis-server (apt-get install redis-server)")
+    }
+
+    /// Starts `cmd` (a redis-server, given `--dir DIR`) and waits until
+    /// `ping` (a `redis-cli ... ping`) answers PONG.
+    pub fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        ping: impl Fn() -> std::io::Result<std::process::Output>,
+    ) -> anyhow::Result<Server> {
+        cmd.arg("--dir").arg(dir.path()).stdout(Stdio::null());
+        let child = cmd.spawn().context("spawning redis-server")?;
+        // From here on a failure stops the child (drop).
+        let server = Server { child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while String::from_utf8_lossy(&ping()?.stdout).trim() != "PONG" {
             if Instant::now() > deadline {
-                bail!("redis-server on port {port} did not come up");
+                bail!("redis-server did not come up");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Server { child, _dir: dir })
+        Ok(server)
     }
 }
 

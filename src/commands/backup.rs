@@ -27,6 +27,7 @@ use lockstep_vmm::replay::replayer::{ReplayIo, ReplayStop};
 use lockstep_vmm::spec::GuestSpec;
 
 use crate::cli::BackupArgs;
+use crate::commands::app;
 use crate::commands::drive::{Served, VmParts, drain, drive};
 use crate::commands::live::report;
 use crate::commands::pair::{claimant, liveness, open_arbiter, resolve};
@@ -168,6 +169,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
             args.disk.display()
         );
     }
+    app::check_backup(&args.app, &spec)?;
     let vm = spec.build_vm(&kernel).context("building the VM")?;
     let announce = match (spec.mac, spec.guest_ip()) {
         (Some(mac), Some(ip)) => Some(Announce { mac, ip }),

@@ -19,6 +19,7 @@ use lockstep_vmm::replay::recorder::Recorder;
 use lockstep_vmm::spec::GuestSpec;
 
 use crate::cli::VmArgs;
+use crate::commands::app;
 use crate::launch;
 
 /// Reads posted on the tap at any time.
@@ -74,7 +75,8 @@ pub struct Booted {
 /// Opens everything `args` names and starts the I/O thread.
 pub fn boot(args: &VmArgs, make_log: Option<Box<MakeLog>>) -> anyhow::Result<Booted> {
     let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
-    let cmdline = launch::guest_cmdline(args)?;
+    let app = app::prepare(&args.app)?;
+    let cmdline = lockstep_vmm::app::cmdline(launch::guest_cmdline(args)?, app.as_ref());
     let mac = launch::parse_mac(&args.mac)?;
     let seed = args.seed.unwrap_or_else(launch::random_seed);
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
@@ -95,6 +97,9 @@ pub fn boot(args: &VmArgs, make_log: Option<Box<MakeLog>>) -> anyhow::Result<Boo
         );
     }
     let disk_direct = image.direct();
+    if let Some(app) = &app {
+        app.install(&args.disk)?;
+    }
     let tap = match &args.tap {
         Some(name) => Some(Tap::open(name).with_context(|| format!("opening tap {name}"))?),
         None => None,

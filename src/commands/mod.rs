@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod app;
 mod backup;
 mod boot;
 mod drive;

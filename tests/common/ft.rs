@@ -29,6 +29,8 @@ pub struct FtOptions {
     pub mem_mib: u64,
     /// What the primary's --backup names (default: the backup itself).
     pub backup_target: Option<String>,
+    /// The primary console's line that says the guest serves.
+    pub ready: &'static str,
 }
 
 impl Default for FtOptions {
@@ -41,6 +43,7 @@ impl Default for FtOptions {
             backup_extra: Vec::new(),
             mem_mib: 128,
             backup_target: None,
+            ready: "kv: serving RESP",
         }
     }
 }
@@ -164,7 +167,7 @@ impl FtPair {
         .env("LOCKSTEP_FAILPOINTS_FILE", pair.failpoints_file("primary"));
         pair.primary = spawn_vmm(p);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(pair.console("primary").contains("kv: serving RESP")
+        while !(pair.console("primary").contains(pair.opts.ready)
             && pair.backup.log().contains("following the primary"))
         {
             assert!(
@@ -193,11 +196,7 @@ impl FtPair {
 
     /// A client program in the client namespace.
     pub fn client(&self, program: &str, args: &[&str]) -> Output {
-        self.net
-            .cmd("c", program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"))
+        client_in(&self.net, program, args)
     }
 
     pub fn redis(&self, args: &[&str]) -> String {

@@ -2,8 +2,10 @@
 //! real processes, all cleaned up on drop (also when a test fails).
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod etcd;
 pub mod ft;
+pub mod hog;
 pub mod split;
 pub mod watch;
 #[allow(unused_imports)]
@@ -159,6 +161,28 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Runs a client program in `net`'s client namespace; returns its output.
+pub fn client_in(net: &Net, program: &str, args: &[&str]) -> Output {
+    net.cmd("c", program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+/// `redis-cli -h 10.77.0.2 ARGS` from `net`'s client namespace: its
+/// trimmed stdout; the command must succeed.
+pub fn redis_in(net: &Net, args: &[&str]) -> String {
+    let mut all = vec!["-h", GUEST_IP];
+    all.extend_from_slice(args);
+    let out = client_in(net, "redis-cli", &all);
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A running single VM with its namespaces, reachable at 10.77.0.2 from
 /// `NAME-c`. Everything is torn down on drop.
 pub struct KvVm {
@@ -198,22 +222,12 @@ impl KvVm {
 
     /// Runs a client program in the client namespace; returns its output.
     pub fn client(&self, program: &str, args: &[&str]) -> Output {
-        let mut cmd = self.net.cmd("c", program);
-        cmd.args(args);
-        cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"))
+        client_in(&self.net, program, args)
     }
 
     /// `redis-cli -h 10.77.0.2 ARGS`, trimmed stdout.
     pub fn redis(&self, args: &[&str]) -> String {
-        let mut all = vec!["-h", GUEST_IP];
-        all.extend_from_slice(args);
-        let out = self.client("redis-cli", &all);
-        assert!(
-            out.status.success(),
-            "redis-cli {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        redis_in(&self.net, args)
     }
 
     /// Stops the VMM with SIGTERM and waits for a clean exit.

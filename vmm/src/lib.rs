@@ -5,7 +5,10 @@
 //! Modules, each depending only on those listed before it
 //! (docs/architecture.md has the picture):
 //! * [`cpu`]: thread placement.
-//! * [`kvm`]: the VM, guest memory, the kernel image, the system tables.
+//! * [`kvm`]: the VM, guest memory, the kernel image, the system tables,
+//!   the `SYSCALL` entry of the guest's Linux personality.
+//! * [`app`]: a stock Linux program as the guest (`--app`): the admission
+//!   check and the disk's app area.
 //! * [`devices`]: the console, the sync call's clock, virtio-mmio around
 //!   `blkio`/`netio`.
 //! * [`machine`]: the per-exit dispatch, the exit index (the replayable
@@ -15,6 +18,7 @@
 //! * [`spec`]: the guest configuration a replay must share.
 //! * [`dataplane`]: the live sync call and the I/O thread behind it.
 
+pub mod app;
 pub mod cpu;
 pub mod dataplane;
 pub mod devices;

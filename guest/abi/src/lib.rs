@@ -6,6 +6,11 @@
 //! Guest physical addresses equal guest virtual addresses (identity map).
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
+pub mod linux;
+
 /// Bumped whenever a layout, port or structure below changes meaning.
 pub const ABI_VERSION: u32 = 1;
 

@@ -2,7 +2,8 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `workload` | `kv`, `compute`, `disk`, `idle`, `hostile` | `kv` |
+//! | `workload` | `kv`, `compute`, `disk`, `idle`, `hostile`, `app` | `kv` |
+//! | `app` | app: CRC-32C (hex) the app on the disk must have | any |
 //! | `ip` | address/prefix of the guest | `10.77.0.2/24` |
 //! | `gw` | default IPv4 gateway | none |
 //! | `iters` | compute: millions of steps | `100` |
@@ -25,6 +26,8 @@ pub enum Workload {
     Idle,
     /// Misuses the devices (broken RX chains, a reset with I/O in flight).
     Hostile,
+    /// The Linux personality runs the app on the disk.
+    App,
 }
 
 impl Workload {
@@ -35,6 +38,7 @@ impl Workload {
             Workload::Disk => "disk",
             Workload::Idle => "idle",
             Workload::Hostile => "hostile",
+            Workload::App => "app",
         }
     }
 }
@@ -77,7 +81,8 @@ pub fn parse(bp: &BootParams) -> Result<Settings, &'static str> {
         Some(b"disk") => Workload::Disk,
         Some(b"idle") => Workload::Idle,
         Some(b"hostile") => Workload::Hostile,
-        Some(_) => return Err("workload= must be kv, compute, disk, idle or hostile"),
+        Some(b"app") => Workload::App,
+        Some(_) => return Err("workload= must be kv, compute, disk, idle, hostile or app"),
     };
     let (ip, prefix) = match bp.param("ip") {
         None => (Ipv4Address::new(10, 77, 0, 2), 24),

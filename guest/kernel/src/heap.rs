@@ -18,6 +18,10 @@ use talc::source::Source;
 
 static HEAP_BASE: AtomicUsize = AtomicUsize::new(0);
 static HEAP_SIZE: AtomicUsize = AtomicUsize::new(0);
+/// A second region, claimed when the first runs out (the Linux
+/// personality adds what the app's brk area leaves free).
+static EXTRA_BASE: AtomicUsize = AtomicUsize::new(0);
+static EXTRA_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// Claims the boot heap once, on the first allocation.
 #[derive(Debug)]
@@ -27,8 +31,14 @@ pub struct BootHeap;
 // it never allocates.
 unsafe impl Source for BootHeap {
     fn acquire<B: Binning>(talc: &mut Talc<Self, B>, _layout: Layout) -> Result<(), ()> {
-        let base = HEAP_BASE.swap(0, Ordering::Relaxed);
-        let size = HEAP_SIZE.swap(0, Ordering::Relaxed);
+        let (mut base, mut size) = (
+            HEAP_BASE.swap(0, Ordering::Relaxed),
+            HEAP_SIZE.swap(0, Ordering::Relaxed),
+        );
+        if base == 0 || size == 0 {
+            base = EXTRA_BASE.swap(0, Ordering::Relaxed);
+            size = EXTRA_SIZE.swap(0, Ordering::Relaxed);
+        }
         if base == 0 || size == 0 {
             return Err(());
         }
@@ -50,4 +60,10 @@ static ALLOC: TalcSyncCell<BootHeap, DefaultBinning> =
 pub fn init(start: u64, end: u64) {
     HEAP_BASE.store(start as usize, Ordering::Relaxed);
     HEAP_SIZE.store(end.saturating_sub(start) as usize, Ordering::Relaxed);
+}
+
+/// Adds `[start, end)` to the heap, claimed once the first region is used up.
+pub fn add(start: u64, end: u64) {
+    EXTRA_BASE.store(start as usize, Ordering::Relaxed);
+    EXTRA_SIZE.store(end.saturating_sub(start) as usize, Ordering::Relaxed);
 }

@@ -18,6 +18,7 @@ mod devices;
 mod hal;
 mod heap;
 mod kv;
+mod linux;
 mod net;
 mod ports;
 mod rt;
@@ -72,7 +73,7 @@ fn check_params(bp: *const BootParams) -> Result<&'static BootParams, &'static s
     Ok(p)
 }
 
-fn fail(msg: &str) -> ! {
+pub(crate) fn fail(msg: &str) -> ! {
     say!("lockstep guest: {msg}");
     ports::exit(BAD_BOOT)
 }
@@ -92,18 +93,28 @@ impl core::fmt::Display for Size {
 
 fn main(bp: *const BootParams) -> ! {
     let bp = check_params(bp).unwrap_or_else(|e| fail(e));
-    heap::init(bp.heap_start, bp.heap_end);
+    if bp.param("workload") == Some(b"app") {
+        // The lower half of RAM holds the app's image and brk area.
+        heap::init(
+            linux::heap_start(bp.mem_size).max(bp.heap_start),
+            bp.heap_end,
+        );
+    } else {
+        heap::init(bp.heap_start, bp.heap_end);
+    }
     let settings: Settings = cmdline::parse(bp).unwrap_or_else(|e| fail(e));
     let first = ports::sync(false, 0);
     let w = settings.workload;
 
     // Devices the workload uses are opened (MMIO exits happen only here).
     let net = match (w, bp.net_mmio) {
-        (Workload::Kv, a) if a != 0 => Some(net::Net::open(a).unwrap_or_else(|e| fail(e))),
+        (Workload::Kv | Workload::App, a) if a != 0 => {
+            Some(net::Net::open(a).unwrap_or_else(|e| fail(e)))
+        }
         _ => None,
     };
     let disk = match (w, bp.blk_mmio) {
-        (Workload::Kv | Workload::Disk, a) if a != 0 => {
+        (Workload::Kv | Workload::Disk | Workload::App, a) if a != 0 => {
             Some(blk::Disk::open(a).unwrap_or_else(|e| fail(e)))
         }
         _ => None,
@@ -162,5 +173,6 @@ fn main(bp: *const BootParams) -> ! {
         Workload::Hostile => {
             workloads::hostile::run(bp.net_mmio, bp.blk_mmio, settings.duration_ms, first.now_ns)
         }
+        Workload::App => linux::run(bp, &settings, net, disk, first.now_ns),
     }
 }

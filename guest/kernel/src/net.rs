@@ -12,14 +12,37 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
+use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::DeviceType;
 use virtio_drivers::transport::mmio::MmioTransport;
 
+use crate::cmdline::Settings;
 use crate::devices;
 use crate::hal::GuestHal;
+
+/// smoltcp's time for the guest's virtual time in nanoseconds.
+pub fn instant(now_ns: u64) -> Instant {
+    Instant::from_micros((now_ns / 1000) as i64)
+}
+
+/// The guest's IP interface on `dev`: its address and default route from
+/// the command line, smoltcp's randomness from the boot seed.
+pub fn interface(dev: &mut Net, s: &Settings, seed: u64, now_ns: u64) -> Interface {
+    let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(dev.mac())));
+    cfg.random_seed = seed;
+    let mut iface = Interface::new(cfg, dev, instant(now_ns));
+    iface.update_ip_addrs(|a| {
+        let _ = a.push(s.cidr());
+    });
+    if let Some(gw) = s.gateway {
+        let _ = iface.routes_mut().add_default_ipv4_route(gw);
+    }
+    iface
+}
 
 /// Descriptors per queue (the device must offer at least this many).
 pub const QUEUE_SIZE: usize = 256;

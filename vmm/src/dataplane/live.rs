@@ -203,6 +203,7 @@ impl SyncIo for LiveIo {
         self.shared.status.note_sync_call(req.exit_index);
         let mut events = self.devices.take_outputs(mem, &mut self.outputs)
             | std::mem::take(&mut self.pending_events);
+        let had_outputs = !self.outputs.frames.is_empty() || !self.outputs.requests.is_empty();
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
         let mut waited_ns = 0;
@@ -212,6 +213,11 @@ impl SyncIo for LiveIo {
             // An FT primary wakes now and then while the guest idles, so
             // the backup keeps hearing from it (keep-alive entries).
             let keepalive = self.stream_log.filter(|_| self.recorder.is_some());
+            // This exit's outputs wait for the backup's ack of the log up
+            // to them: the log goes out now, not at the first keep-alive.
+            if keepalive.is_some() && had_outputs {
+                self.keep_alive(req.exit_index)?;
+            }
             loop {
                 let until = match keepalive {
                     Some(every) => host_deadline.min(Instant::now() + every),

@@ -6,7 +6,7 @@
 //! the `object` crate and checked here before a byte reaches guest memory.
 
 use object::LittleEndian;
-use object::elf::{ET_EXEC, FileHeader64, PT_DYNAMIC, PT_INTERP, PT_LOAD};
+use object::elf::{ET_EXEC, FileHeader64, PT_DYNAMIC, PT_INTERP, PT_LOAD, ProgramHeader64};
 use object::read::elf::{FileHeader, ProgramHeader};
 
 use lockstep_guest_abi as abi;
@@ -61,27 +61,46 @@ pub struct KernelImage<'a> {
     pub end: u64,
 }
 
+/// The headers of an ELF64 little-endian x86-64 file: what the kernel's
+/// loader and the app check (`crate::app::check`) both start from.
+pub struct ElfHeaders<'a> {
+    pub header: &'a FileHeader64<LittleEndian>,
+    pub endian: LittleEndian,
+    pub phdrs: &'a [ProgramHeader64<LittleEndian>],
+}
+
+impl<'a> ElfHeaders<'a> {
+    /// Reads the file header and the program headers of `image`, or says
+    /// why it is not an ELF64 little-endian x86-64 file.
+    pub fn parse(image: &'a [u8]) -> Result<ElfHeaders<'a>, String> {
+        let header = FileHeader64::<LittleEndian>::parse(image).map_err(|e| e.to_string())?;
+        let endian = header.endian().map_err(|e| e.to_string())?;
+        if header.e_machine(endian) != object::elf::EM_X86_64 {
+            return Err(format!("machine {}", header.e_machine(endian)));
+        }
+        let phdrs = header
+            .program_headers(endian, image)
+            .map_err(|e| e.to_string())?;
+        Ok(ElfHeaders {
+            header,
+            endian,
+            phdrs,
+        })
+    }
+}
+
 /// Parses and checks `image` for a guest of `mem_size` bytes whose top
 /// `reserved_top` bytes (the stack) must stay free.
 pub fn parse(image: &[u8], mem_size: u64, reserved_top: u64) -> Result<KernelImage<'_>, ElfError> {
-    let header = FileHeader64::<LittleEndian>::parse(image)
-        .map_err(|e| ElfError::NotElf64(e.to_string()))?;
-    let endian = header
-        .endian()
-        .map_err(|e| ElfError::NotElf64(e.to_string()))?;
-    if header.e_machine(endian) != object::elf::EM_X86_64 {
-        return Err(ElfError::NotElf64(format!(
-            "machine {}",
-            header.e_machine(endian)
-        )));
-    }
+    let ElfHeaders {
+        header,
+        endian,
+        phdrs,
+    } = ElfHeaders::parse(image).map_err(ElfError::NotElf64)?;
     let kind = header.e_type(endian);
     if kind != ET_EXEC {
         return Err(ElfError::NotExec(kind));
     }
-    let phdrs = header
-        .program_headers(endian, image)
-        .map_err(|e| ElfError::NotElf64(e.to_string()))?;
     let low = abi::KERNEL_BASE;
     let high = mem_size.saturating_sub(reserved_top);
     let mut segments = Vec::new();
@@ -142,7 +161,7 @@ pub fn parse(image: &[u8], mem_size: u64, reserved_top: u64) -> Result<KernelIma
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal ELF64 EXEC with one PT_LOAD segment, built by hand.

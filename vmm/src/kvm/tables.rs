@@ -59,6 +59,7 @@ pub fn system_tables(mem_size: u64) -> Vec<Blob> {
             addr: abi::STUBS_ADDR,
             bytes: stubs(),
         },
+        super::syscall_entry::stub_blob(),
     ]
 }
 
@@ -185,7 +186,9 @@ fn page_tables(mem_size: u64) -> Blob {
     put(abi::PD_ADDR, abi::PT_LOW_ADDR | PRESENT | WRITABLE | USER);
     for page in 1..PAGE_2M / PAGE_4K {
         let addr = page * PAGE_4K;
-        let flags = if addr < abi::BOOT_PARAMS_ADDR {
+        let flags = if addr == abi::STUBS_ADDR {
+            super::syscall_entry::STUBS_PAGE_FLAGS
+        } else if addr < abi::BOOT_PARAMS_ADDR {
             PRESENT | WRITABLE
         } else {
             PRESENT | WRITABLE | USER
@@ -252,10 +255,12 @@ mod tests {
         let mem = 64 << 20;
         let pt = page_tables(mem);
         assert_eq!(walk(&pt, 0), None, "null page unmapped");
-        for sys in [abi::GDT_ADDR, abi::IDT_ADDR, abi::TSS_ADDR, abi::STUBS_ADDR] {
+        for sys in [abi::GDT_ADDR, abi::IDT_ADDR, abi::TSS_ADDR] {
             let flags = walk(&pt, sys).expect("system page mapped");
             assert_eq!(flags & USER, 0, "{sys:#x} must be supervisor-only");
         }
+        let stubs = walk(&pt, abi::STUBS_ADDR).expect("stubs mapped");
+        assert_eq!(stubs & WRITABLE, 0, "the stubs are read-only");
         assert_ne!(walk(&pt, abi::BOOT_PARAMS_ADDR).unwrap() & USER, 0);
         assert_ne!(walk(&pt, abi::KERNEL_BASE).unwrap() & USER, 0);
         assert_ne!(walk(&pt, mem - 1).unwrap() & USER, 0);

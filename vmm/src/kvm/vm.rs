@@ -48,6 +48,8 @@ pub enum VmError {
     Memory(u64),
     #[error("command line is {0} bytes; the ABI allows {max}", max = abi::CMDLINE_MAX)]
     CmdlineTooLong(usize),
+    #[error("setting up the SYSCALL entry")]
+    SyscallEntry(#[from] super::syscall_entry::SyscallEntryError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -219,6 +221,7 @@ impl Vm {
             entry: image.entry,
         };
         vm.reset_vcpu()?;
+        super::syscall_entry::configure(&vm.vcpu, &cpuid)?;
         Ok(vm)
     }
 

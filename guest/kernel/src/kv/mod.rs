@@ -17,13 +17,12 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use lockstep_guest_abi::EV_STOP;
-use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress};
+use smoltcp::iface::SocketSet;
+use smoltcp::time::Duration;
 
 use crate::blk::Disk;
 use crate::cmdline::Settings;
-use crate::net::Net;
+use crate::net::{self, Net, instant};
 use crate::{ports, say};
 
 /// Longest WAIT of one sync call.
@@ -31,10 +30,6 @@ const MAX_WAIT_NS: u64 = 1_000_000_000;
 /// Exit status when the disk log fails (fail-stop: no reply can be made
 /// durable any more).
 const DISK_FAILED: u32 = 3;
-
-fn instant(now_ns: u64) -> Instant {
-    Instant::from_micros((now_ns / 1000) as i64)
-}
 
 /// Share of the heap the live data may take: the store's own overhead, a
 /// compaction snapshot and the connections need the rest.
@@ -67,15 +62,7 @@ pub fn run(
         }
     };
 
-    let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(net.mac())));
-    cfg.random_seed = seed;
-    let mut iface = Interface::new(cfg, &mut net, instant(now));
-    iface.update_ip_addrs(|a| {
-        let _ = a.push(s.cidr());
-    });
-    if let Some(gw) = s.gateway {
-        let _ = iface.routes_mut().add_default_ipv4_route(gw);
-    }
+    let mut iface = net::interface(&mut net, s, seed, now);
     let mut sockets = SocketSet::new(vec![]);
     let mut server = server::Server::new(&mut sockets, (heap_bytes / CONNECTION_SHARE) as usize);
     let mut perf = iperf::Service::new(&mut sockets);

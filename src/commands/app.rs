@@ -1,0 +1,29 @@
+//! `--app PATH [-- ARGS...]`: a stock Linux program as the guest
+//! (`lockstep_vmm::app`). A primary or a lone VM checks it and writes it to
+//! the disk; a backup checks that its copy is the primary's program.
+
+use anyhow::bail;
+
+use lockstep_vmm::app::{self, PreparedApp};
+use lockstep_vmm::spec::GuestSpec;
+
+use crate::cli::AppArgs;
+
+/// Reads and checks `--app`, if given.
+pub fn prepare(args: &AppArgs) -> anyhow::Result<Option<PreparedApp>> {
+    let Some(path) = &args.app else {
+        if !args.app_args.is_empty() {
+            bail!("arguments after `--` are for an app; name it with --app");
+        }
+        return Ok(None);
+    };
+    Ok(Some(PreparedApp::prepare(path, &args.app_args)?))
+}
+
+/// A backup given `--app` refuses a primary that runs another program.
+pub fn check_backup(args: &AppArgs, spec: &GuestSpec) -> anyhow::Result<()> {
+    match &args.app {
+        Some(path) => Ok(app::check_same(path, &spec.cmdline)?),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,270 @@
+//! What a program must be before the guest's Linux personality runs it: a
+//! static, non-PIE ELF64 x86-64 executable, linked above the personality,
+//! without writable+executable segments, and without an instruction whose
+//! result this host cannot control.
+//!
+//! The instruction check runs here, on the host, when the operator names the
+//! program: it is an admission decision with a precise message and exit
+//! code before anything boots; it reads the symbol table, which never goes
+//! to the guest (only the loadable prefix does); and iced-x86 and its tables
+//! stay out of the guest binary. A replay or a backup gets the program's
+//! bytes from the log (they are disk reads) and needs no second check.
+
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic};
+use object::elf::{
+    ET_DYN, ET_EXEC, FileHeader64, PF_W, PF_X, PT_DYNAMIC, PT_INTERP, PT_LOAD, SHF_EXECINSTR,
+    STT_FUNC,
+};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
+use object::{LittleEndian, StringTable};
+
+use lockstep_guest_abi::linux::APP_ELF_MAX;
+
+use crate::kvm::elf::ElfHeaders;
+
+/// Lowest address an app segment may use: the personality lives below.
+pub const APP_MIN_ADDR: u64 = 0x40_0000;
+
+/// Instructions the app must not contain: this host does not trap them at
+/// ring 3 (DESIGN.md §2), so they would return the host's values and a
+/// replay would diverge.
+pub const FORBIDDEN: [Mnemonic; 7] = [
+    Mnemonic::Cpuid,
+    Mnemonic::Rdtsc,
+    Mnemonic::Rdtscp,
+    Mnemonic::Rdrand,
+    Mnemonic::Rdseed,
+    Mnemonic::Rdpid,
+    Mnemonic::Xgetbv,
+];
+
+/// Why a program cannot run in the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("not an ELF64 little-endian x86-64 executable ({0})")]
+    NotElf(String),
+    #[error("a position-independent executable; link it with -static -no-pie (musl-gcc -static)")]
+    Pie,
+    #[error("ELF type {0} is not an executable")]
+    NotExec(u16),
+    #[error("dynamically linked ({0}); link it statically (musl-gcc -static)")]
+    Dynamic(&'static str),
+    #[error(
+        "segment {index} at {addr:#x} lies below {APP_MIN_ADDR:#x}, where the guest's personality lives"
+    )]
+    TooLow { index: usize, addr: u64 },
+    #[error(
+        "segment {index} at {addr:#x} is writable and executable: code that changes at run time cannot be checked"
+    )]
+    WritableCode { index: usize, addr: u64 },
+    #[error("segment {index}'s file range is outside the file")]
+    Truncated { index: usize },
+    #[error("its loadable part is {len} bytes; the disk's app area holds {APP_ELF_MAX}")]
+    TooBig { len: u64 },
+    #[error("it has no loadable segment")]
+    NoSegments,
+    #[error(
+        "it contains {} instruction(s) the guest cannot make deterministic \
+         (this host does not trap them at ring 3): {}{}",
+        .found.len(),
+        .found.iter().take(5).map(|f| f.to_string()).collect::<Vec<_>>().join("; "),
+        if .found.len() > 5 { "; ..." } else { "" }
+    )]
+    Forbidden { found: Vec<Found> },
+}
+
+/// One forbidden instruction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub mnemonic: String,
+    pub addr: u64,
+    /// The function it is in and the offset, if the file has symbols.
+    pub symbol: Option<(String, u64)>,
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.symbol {
+            Some((name, off)) => write!(
+                f,
+                "`{}` in {name}+{off:#x} ({:#x})",
+                self.mnemonic, self.addr
+            ),
+            None => write!(f, "`{}` at {:#x}", self.mnemonic, self.addr),
+        }
+    }
+}
+
+/// A program that passed every check.
+#[derive(Debug)]
+pub struct Checked {
+    /// Bytes of the file the guest needs: headers and every `PT_LOAD`'s
+    /// file range (symbols and debug information stay behind).
+    pub prefix_len: u64,
+    /// Function symbols decoded (0: no symbol table; whole code sections
+    /// were decoded instead).
+    pub functions: usize,
+}
+
+type Header = FileHeader64<LittleEndian>;
+
+/// Checks `elf` (a whole file).
+pub fn check(elf: &[u8]) -> Result<Checked, CheckError> {
+    let ElfHeaders {
+        header,
+        endian: e,
+        phdrs,
+    } = ElfHeaders::parse(elf).map_err(CheckError::NotElf)?;
+    match header.e_type(e) {
+        ET_EXEC => {}
+        ET_DYN if phdrs.iter().any(|p| p.p_type(e) == PT_INTERP) => {
+            return Err(CheckError::Dynamic("it names an interpreter"));
+        }
+        ET_DYN => return Err(CheckError::Pie),
+        t => return Err(CheckError::NotExec(t)),
+    }
+    let phdr_end = header
+        .e_phoff(e)
+        .saturating_add(u64::from(header.e_phnum(e)) * u64::from(header.e_phentsize(e)));
+    let mut prefix_len = phdr_end;
+    let mut loads = 0;
+    for (index, ph) in phdrs.iter().enumerate() {
+        match ph.p_type(e) {
+            PT_INTERP => return Err(CheckError::Dynamic("it names an interpreter")),
+            PT_DYNAMIC => return Err(CheckError::Dynamic("it has a dynamic section")),
+            PT_LOAD => {}
+            _ => continue,
+        }
+        loads += 1;
+        let addr = ph.p_vaddr(e);
+        if addr < APP_MIN_ADDR {
+            return Err(CheckError::TooLow { index, addr });
+        }
+        let flags = ph.p_flags(e);
+        if flags & PF_W != 0 && flags & PF_X != 0 {
+            return Err(CheckError::WritableCode { index, addr });
+        }
+        let end = ph.p_offset(e).saturating_add(ph.p_filesz(e));
+        if end > elf.len() as u64 {
+            return Err(CheckError::Truncated { index });
+        }
+        prefix_len = prefix_len.max(end);
+    }
+    if loads == 0 {
+        return Err(CheckError::NoSegments);
+    }
+    if prefix_len > APP_ELF_MAX {
+        return Err(CheckError::TooBig { len: prefix_len });
+    }
+    let (found, functions) = scan(elf, header, e)?;
+    if !found.is_empty() {
+        return Err(CheckError::Forbidden { found });
+    }
+    Ok(Checked {
+        prefix_len,
+        functions,
+    })
+}
+
+/// Code ranges to decode: (address, bytes, symbol name).
+type Ranges<'a> = Vec<(u64, &'a [u8], Option<String>)>;
+
+/// Decodes the code inside every function symbol, or, without symbols,
+/// every executable section from its start.
+fn scan(elf: &[u8], header: &Header, e: LittleEndian) -> Result<(Vec<Found>, usize), CheckError> {
+    let bad = |err: object::Error| CheckError::NotElf(err.to_string());
+    let sections = header.sections(e, elf).map_err(bad)?;
+    let mut code: Vec<(u64, &[u8])> = sections
+        .iter()
+        .filter(|s| s.sh_flags(e) & u64::from(SHF_EXECINSTR) != 0)
+        .filter_map(|s| Some((s.sh_addr(e), s.data(e, elf).ok()?)))
+        .collect();
+    if code.is_empty() {
+        // No section headers (stripped hard): the executable segments.
+        code = header
+            .program_headers(e, elf)
+            .map_err(bad)?
+            .iter()
+            .filter(|p| p.p_type(e) == PT_LOAD && p.p_flags(e) & PF_X != 0)
+            .filter_map(|p| Some((p.p_vaddr(e), p.data(e, elf).ok()?)))
+            .collect();
+    }
+    let symbols = sections
+        .symbols(e, elf, object::elf::SHT_SYMTAB)
+        .map_err(bad)?;
+    let strings: StringTable<'_> = symbols.strings();
+    let mut ranges: Ranges<'_> = Vec::new();
+    for sym in symbols.iter() {
+        if sym.st_type() != STT_FUNC || sym.st_size(e) == 0 {
+            continue;
+        }
+        let (addr, size) = (sym.st_value(e), sym.st_size(e));
+        let Some((base, bytes)) = code
+            .iter()
+            .find(|(b, d)| addr >= *b && addr - *b < d.len() as u64)
+        else {
+            continue;
+        };
+        let start = (addr - base) as usize;
+        let end = start.saturating_add(size as usize).min(bytes.len());
+        let name = sym
+            .name(e, strings)
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .ok();
+        ranges.push((addr, &bytes[start..end], name));
+    }
+    let functions = ranges.len();
+    if ranges.is_empty() {
+        ranges = code.iter().map(|(a, d)| (*a, *d, None)).collect();
+    }
+    let mut found = Vec::new();
+    let mut insn = Instruction::default();
+    for (addr, bytes, name) in ranges {
+        let mut decoder = Decoder::with_ip(64, bytes, addr, DecoderOptions::NONE);
+        while decoder.can_decode() {
+            decoder.decode_out(&mut insn);
+            if insn.code() == Code::INVALID || !FORBIDDEN.contains(&insn.mnemonic()) {
+                continue;
+            }
+            found.push(Found {
+                mnemonic: format!("{:?}", insn.mnemonic()).to_lowercase(),
+                addr: insn.ip(),
+                symbol: name.clone().map(|n| (n, insn.ip().saturating_sub(addr))),
+            });
+        }
+    }
+    found.sort_by_key(|f| f.addr);
+    found.dedup();
+    Ok((found, functions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvm::elf::tests::tiny_elf;
+
+    #[test]
+    fn forbidden_instructions_and_unloadable_files_are_refused() {
+        // nop; cpuid; xgetbv; ret
+        let code = [0x90, 0x0f, 0xa2, 0x0f, 0x01, 0xd0, 0xc3];
+        let bad = tiny_elf(ET_EXEC, APP_MIN_ADDR, &code, None);
+        match check(&bad) {
+            Err(CheckError::Forbidden { found }) => {
+                let names: Vec<&str> = found.iter().map(|f| f.mnemonic.as_str()).collect();
+                assert_eq!(names, ["cpuid", "xgetbv"]);
+                assert_eq!(found[0].addr, APP_MIN_ADDR + 1);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let good = tiny_elf(ET_EXEC, APP_MIN_ADDR, &[0x90, 0xc3], None);
+        let ok = check(&good).unwrap();
+        assert_eq!(ok.prefix_len, good.len() as u64);
+        let low = tiny_elf(ET_EXEC, 0x20_0000, &[0xc3], None);
+        assert!(matches!(check(&low), Err(CheckError::TooLow { .. })));
+        let pie = tiny_elf(ET_DYN, APP_MIN_ADDR, &[0xc3], None);
+        assert!(matches!(check(&pie), Err(CheckError::Pie)));
+        let dynamic = tiny_elf(ET_EXEC, APP_MIN_ADDR, &[0xc3], Some(PT_INTERP));
+        assert!(matches!(check(&dynamic), Err(CheckError::Dynamic(_))));
+        assert!(matches!(check(b"#!/bin/sh"), Err(CheckError::NotElf(_))));
+    }
+}
