@@ -3,6 +3,7 @@
 mod backup;
 mod boot;
 mod drive;
+mod keygen;
 mod live;
 mod pair;
 mod primary;
@@ -12,6 +13,7 @@ mod run;
 mod status;
 
 pub use backup::backup;
+pub use keygen::keygen;
 pub use primary::primary;
 pub use record::record;
 pub use replay::replay;

@@ -29,6 +29,8 @@ pub struct FtOptions {
     pub mem_mib: u64,
     /// What the primary's --backup names (default: the backup itself).
     pub backup_target: Option<String>,
+    /// Both sides with --insecure instead of the pair's key file.
+    pub insecure: bool,
 }
 
 impl Default for FtOptions {
@@ -41,6 +43,7 @@ impl Default for FtOptions {
             backup_extra: Vec::new(),
             mem_mib: 128,
             backup_target: None,
+            insecure: false,
         }
     }
 }
@@ -84,8 +87,13 @@ impl FtPair {
         self.dir.path().join(format!("{side}.failpoints"))
     }
 
-    fn ft_args(&self, name: &str, status_ip: &str) -> Vec<String> {
-        vec![
+    /// The pair key both sides are given (made by `launch`).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("pair.key")
+    }
+
+    fn ft_args(&self, name: &str) -> Vec<String> {
+        let mut args = vec![
             "--arbiter".into(),
             self.arbiter(),
             "--name".into(),
@@ -94,9 +102,17 @@ impl FtPair {
             self.opts.heartbeat_ms.to_string(),
             "--failure-timeout-ms".into(),
             self.opts.failure_timeout_ms.to_string(),
+            // Each host's own loopback (the endpoint needs no token there).
             "--status".into(),
-            format!("{status_ip}:{STATUS_PORT}"),
-        ]
+            format!("127.0.0.1:{STATUS_PORT}"),
+        ];
+        if self.opts.insecure {
+            args.push("--insecure".into());
+        } else {
+            args.push("--key-file".into());
+            args.push(self.key_file().display().to_string());
+        }
+        args
     }
 
     /// Starts a backup on B and a primary on A and waits until the backup
@@ -112,6 +128,7 @@ impl FtPair {
         let dir = tempdir();
         std::fs::create_dir_all(dir.path().join("shared")).expect("shared dir");
         std::fs::create_dir_all(dir.path().join("arbiter")).expect("arbiter dir");
+        logchan::secure::PairKey::write_new(&dir.path().join("pair.key")).expect("pair key");
         let mut pair = FtPair {
             primary: spawn_vmm(Command::new("true")),
             backup: spawn_vmm(Command::new("true")),
@@ -134,7 +151,7 @@ impl FtPair {
         .arg(pair.disk())
         .arg("--console")
         .arg(pair.dir.path().join("backup.console"))
-        .args(pair.ft_args("backup", BACKUP_LOG))
+        .args(pair.ft_args("backup"))
         .args(&pair.opts.backup_extra)
         .env("LOCKSTEP_FAILPOINTS_FILE", pair.failpoints_file("backup"));
         pair.backup = spawn_vmm(b);
@@ -159,7 +176,7 @@ impl FtPair {
         .arg(pair.disk())
         .arg("--console")
         .arg(pair.dir.path().join("primary.console"))
-        .args(pair.ft_args("primary", PRIMARY_LOG))
+        .args(pair.ft_args("primary"))
         .args(&pair.opts.primary_extra)
         .env("LOCKSTEP_FAILPOINTS_FILE", pair.failpoints_file("primary"));
         pair.primary = spawn_vmm(p);
@@ -209,15 +226,11 @@ impl FtPair {
 
     /// `lockstep status --json` of one side, parsed.
     pub fn status(&self, side: &str) -> Option<serde_json::Value> {
-        let (ns, ip) = if side == "primary" {
-            ("a", PRIMARY_LOG)
-        } else {
-            ("b", BACKUP_LOG)
-        };
+        let ns = Self::host_of(side);
         let out = self
             .net
             .cmd(ns, lockstep())
-            .args(["status", "--json", &format!("{ip}:{STATUS_PORT}")])
+            .args(["status", "--json", &format!("127.0.0.1:{STATUS_PORT}")])
             .output()
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()
