@@ -9,6 +9,7 @@
 //! its reason, and the backup keeps waiting for the right one.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use lockstep_vmm::spec::GuestSpec;
 use logchan::GuestIdentity;
@@ -25,12 +26,36 @@ pub struct Expected {
     pub guest_ip: Option<Ipv4Addr>,
 }
 
+/// Where the backup learns its disk's size.
+pub enum DiskCheck {
+    /// The image at this path, opened when a primary asks.
+    Image(PathBuf),
+    /// A known number of sectors (tests).
+    Sectors(u64),
+}
+
+impl DiskCheck {
+    fn sectors(&self) -> Result<u64, String> {
+        match self {
+            DiskCheck::Sectors(n) => Ok(*n),
+            DiskCheck::Image(path) => {
+                blkio::DiskImage::open(path, blkio::DiskOpenOptions::default())
+                    .map(|i| i.capacity_sectors())
+                    .map_err(|e| {
+                        format!("this backup cannot open its disk {}: {e}", path.display())
+                    })
+            }
+        }
+    }
+}
+
 /// The backup's side of the checks.
 pub struct Admission {
     /// The kernel this backup would run.
     pub kernel: Vec<u8>,
-    /// Sectors of the disk this backup opened.
-    pub disk_sectors: u64,
+    /// The disk this backup will open (the primary creates it, so it is
+    /// looked at when a primary asks, not before).
+    pub disk: DiskCheck,
     pub expected: Expected,
     pub arbiter: Box<dyn Arbiter>,
 }
@@ -49,10 +74,11 @@ impl Admission {
         header
             .check_identity(&ours)
             .map_err(|e| format!("it runs another guest than this backup can: {e}"))?;
-        if spec.disk_sectors != self.disk_sectors {
+        let sectors = self.disk.sectors()?;
+        if spec.disk_sectors != sectors {
             return Err(format!(
-                "its disk has {} sectors, this backup's {}: not the same disk",
-                spec.disk_sectors, self.disk_sectors
+                "its disk has {} sectors, this backup's {sectors}: not the same disk",
+                spec.disk_sectors
             ));
         }
         let x = &self.expected;
@@ -138,7 +164,7 @@ mod tests {
             .expect("begin");
         let admission = Admission {
             kernel: b"kernel".to_vec(),
-            disk_sectors: 1000,
+            disk: DiskCheck::Sectors(1000),
             expected: Expected::default(),
             arbiter: Box::new(arbiter),
         };

@@ -14,7 +14,7 @@ use logchan::channel::{ReceiverEngine, ReceiverOptions};
 use logchan::secure::{Attached, ChannelListener, ListenerEvent, ListenerOptions};
 use netio::{Tap, TapEngine};
 
-use lockstep_ft::admission::{Admission, Expected};
+use lockstep_ft::admission::{Admission, DiskCheck, Expected};
 use lockstep_ft::backup_io::BackupIo;
 use lockstep_ft::channel_source::ChannelChunks;
 use lockstep_ft::go_live::Announce;
@@ -61,7 +61,7 @@ fn wait_for_primary(
 }
 
 /// What this backup checks a primary's attach request against.
-fn admission(args: &BackupArgs, kernel: &[u8], disk_sectors: u64) -> anyhow::Result<Admission> {
+fn admission(args: &BackupArgs, kernel: &[u8]) -> anyhow::Result<Admission> {
     let guest_ip = match &args.guest_ip {
         Some(ip) => {
             let addr = ip.split('/').next().unwrap_or_default();
@@ -71,7 +71,7 @@ fn admission(args: &BackupArgs, kernel: &[u8], disk_sectors: u64) -> anyhow::Res
     };
     Ok(Admission {
         kernel: kernel.to_vec(),
-        disk_sectors,
+        disk: DiskCheck::Image(args.disk.clone()),
         expected: Expected {
             mem_size: match args.mem {
                 Some(mib) => Some(mib.checked_mul(1 << 20).context("--mem is too large")?),
@@ -101,10 +101,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         None => None,
     };
     let security = security(&args.ft, "backup")?;
-    let image = DiskImage::open(&args.disk, DiskOpenOptions::default())
-        .with_context(|| format!("opening the shared disk {}", args.disk.display()))?;
-    let disk_sectors = image.capacity_sectors();
-    let admission = admission(&args, &kernel, disk_sectors)?;
+    let admission = admission(&args, &kernel)?;
     let shared = Arc::new(VmShared::default());
     shared.status.set_role(Role::Backup);
     let _ = shared.status.name.set(name.clone());
@@ -170,6 +167,9 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         shared.clone(),
         chunk_tx,
     ));
+    let image = DiskImage::open(&args.disk, DiskOpenOptions::default())
+        .with_context(|| format!("opening the shared disk {}", args.disk.display()))?;
+    let disk_sectors = image.capacity_sectors();
     let mut disk = DiskEngine::new(image, TAG_DISK);
     disk.set_drop_outputs(true);
     let tap = match tap {
@@ -218,6 +218,13 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         }
         _ => bail!("the primary's stream does not start with a boot entry"),
     };
+    if spec.disk_sectors != disk_sectors {
+        bail!(
+            "the primary's disk has {} sectors, {} has {disk_sectors}: not the same disk",
+            spec.disk_sectors,
+            args.disk.display()
+        );
+    }
     let vm = spec.build_vm(&kernel).context("building the VM")?;
     let announce = match (spec.mac, spec.guest_ip()) {
         (Some(mac), Some(ip)) => Some(Announce { mac, ip }),

@@ -124,6 +124,14 @@ impl FtPair {
     /// [`start`](Self::start) on namespaces made beforehand (to start
     /// something else in them first).
     pub fn launch(net: Net, opts: FtOptions) -> FtPair {
+        let mut pair = Self::launch_backup(net, opts);
+        pair.start_primary();
+        pair
+    }
+
+    /// Only the backup, waiting for its primary ([`FtPair::start_primary`]
+    /// starts it): to do something to the waiting backup first.
+    pub fn launch_backup(net: Net, opts: FtOptions) -> FtPair {
         let one_at_a_time = ONE_PAIR.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempdir();
         std::fs::create_dir_all(dir.path().join("shared")).expect("shared dir");
@@ -157,43 +165,53 @@ impl FtPair {
         pair.backup = spawn_vmm(b);
         pair.backup
             .wait_for_line("waiting for the primary", Duration::from_secs(20));
-        let target = pair
+        pair
+    }
+
+    /// The primary's command (not started).
+    pub fn primary_command(&self) -> Command {
+        let target = self
             .opts
             .backup_target
             .clone()
             .unwrap_or_else(|| format!("{BACKUP_LOG}:{LOG_PORT}"));
-        let mut p = pair.net.cmd("a", lockstep());
+        let mut p = self.net.cmd("a", lockstep());
         p.args([
             "primary",
             "--backup",
             &target,
             "--tap",
-            &pair.net.tap(),
+            &self.net.tap(),
             "--cpus",
             "0,1",
         ])
-        .args(["--mem", &pair.opts.mem_mib.to_string(), "--disk"])
-        .arg(pair.disk())
+        .args(["--mem", &self.opts.mem_mib.to_string(), "--disk"])
+        .arg(self.disk())
         .arg("--console")
-        .arg(pair.dir.path().join("primary.console"))
-        .args(pair.ft_args("primary"))
-        .args(&pair.opts.primary_extra)
-        .env("LOCKSTEP_FAILPOINTS_FILE", pair.failpoints_file("primary"));
-        pair.primary = spawn_vmm(p);
+        .arg(self.dir.path().join("primary.console"))
+        .args(self.ft_args("primary"))
+        .args(&self.opts.primary_extra)
+        .env("LOCKSTEP_FAILPOINTS_FILE", self.failpoints_file("primary"));
+        p
+    }
+
+    /// Starts the primary and waits until the backup follows it and the
+    /// guest serves.
+    pub fn start_primary(&mut self) {
+        self.primary = spawn_vmm(self.primary_command());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(pair.console("primary").contains("kv: serving RESP")
-            && pair.backup.log().contains("following the primary"))
+        while !(self.console("primary").contains("kv: serving RESP")
+            && self.backup.log().contains("following the primary"))
         {
             assert!(
                 Instant::now() < deadline,
                 "the pair did not come up within 30 s\nprimary:\n{}\nprimary console:\n{}\nbackup:\n{}",
-                pair.primary.log(),
-                pair.console("primary"),
-                pair.backup.log()
+                self.primary.log(),
+                self.console("primary"),
+                self.backup.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        pair
     }
 
     pub fn console(&self, side: &str) -> String {
