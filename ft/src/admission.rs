@@ -210,13 +210,13 @@ mod tests {
                 .unwrap_err()
                 .contains("another guest")
         );
-        adm.disk_sectors = 2000;
+        adm.disk = DiskCheck::Sectors(2000);
         assert!(
             adm.judge(&attach(&spec(), epoch))
                 .unwrap_err()
                 .contains("sectors")
         );
-        adm.disk_sectors = 1000;
+        adm.disk = DiskCheck::Sectors(1000);
         adm.expected.mem_size = Some(256 << 20);
         assert!(
             adm.judge(&attach(&spec(), epoch))
