@@ -14,6 +14,7 @@
 mod env;
 mod ft;
 mod link;
+mod link_crypto;
 mod paper;
 mod record;
 mod redis;
@@ -58,6 +59,14 @@ enum Cmd {
     /// stream throughput and round trips.
     Channel {
         /// MiB streamed per run (whole NetRx entries).
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+    },
+    /// The logging channel authenticated and encrypted against --insecure
+    /// on the same logging link, interleaved: throughput, CPU per MiB,
+    /// round trips.
+    ChannelCrypto {
+        /// MiB streamed per run.
         #[arg(long, default_value_t = 256)]
         mib: u64,
     },
@@ -184,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             failovers,
         } => ft::compare(requests, failovers),
         Cmd::Channel { mib } => link::compare(mib),
+        Cmd::ChannelCrypto { mib } => link_crypto::compare(mib),
         Cmd::KvWriter { .. } | Cmd::KvCheck { .. } | Cmd::Regress { .. } | Cmd::Paper { .. } => {
             Ok(())
         }
