@@ -49,11 +49,13 @@ use std::time::Instant;
 
 use io_uring::{Submitter, cqueue, opcode, squeue, types};
 
-use super::ack::{ACK_LEN, Ack};
+use super::ack::Ack;
 use super::error::{ChannelError, SetupError};
 use super::fixed::{self, Registration};
 use super::outbox::Outbox;
 use super::sealed::SealedSend;
+
+mod sealed_path;
 pub use super::sender_types::{SendMode, SenderEvent, SenderOptions, SenderStats};
 use super::{
     SEND_FLAGS, configure_stream, is_transient, probe, user_data, user_data_id, user_data_kind,
@@ -62,7 +64,7 @@ use super::{
 use crate::buffers::LogStats;
 use crate::consumer::LogConsumer;
 use crate::header::{STREAM_HEADER_LEN, StreamHeader};
-use crate::secure::{RecordError, RecordLayer};
+use crate::secure::RecordLayer;
 
 const KIND_SEND: u8 = 1;
 const KIND_ACK: u8 = 2;
@@ -500,98 +502,9 @@ impl SenderEngine {
     }
 
     /// Entries up to `seq` are in a send SQE from now on.
-    fn note_submitted(&mut self, seq: u64) {
+    pub(super) fn note_submitted(&mut self, seq: u64) {
         self.submitted_seq = self.submitted_seq.max(seq);
         self.send_times.push_back((seq, Instant::now()));
-    }
-
-    /// The sealed path of `send_next`: seals the next plaintext (the
-    /// header, then published log bytes) into a free ciphertext buffer if
-    /// no batch is being sent, then sends the batch's unsent rest.
-    fn send_sealed(&mut self, mode: SendMode, sq: &mut squeue::SubmissionQueue<'_>) {
-        let Some(sealed) = self.sealed.as_mut() else {
-            return;
-        };
-        if !sealed.has_batch() {
-            let max = if mode.is_zero_copy() && self.opts.mode.is_none() && !self.zc_proven {
-                self.opts.max_send.min(ZC_PROBE_SEND)
-            } else {
-                self.opts.max_send
-            };
-            let from = sealed.sealed_pos();
-            let result = if from < STREAM_HEADER_LEN as u64 {
-                sealed.seal_batch(&self.header[from as usize..], None)
-            } else {
-                match self.outbox.next_range(from, max) {
-                    // SAFETY: the range lies in published, held log bytes
-                    // the producer does not write until they are released,
-                    // which happens only after they are sealed and sent.
-                    Some(r) => sealed.seal_batch(
-                        unsafe { std::slice::from_raw_parts(r.ptr, r.len as usize) },
-                        Some(r.last_seq),
-                    ),
-                    None => return,
-                }
-            };
-            match result {
-                Ok(true) => {}
-                // Every ciphertext buffer is still read by the kernel.
-                Ok(false) => return,
-                Err(e) => {
-                    // Cannot happen with buffers sized for `max_send`.
-                    tracing::error!("logging channel: sealing failed: {e}");
-                    let mut ignore = |_| {};
-                    self.close(ChannelError::Record(e), &mut ignore);
-                    return;
-                }
-            }
-        }
-        let Some(sealed) = self.sealed.as_mut() else {
-            return;
-        };
-        let Some(rest) = sealed.unsent() else { return };
-        let fd = types::Fd(self.stream.as_raw_fd());
-        let id = self.next_id;
-        let e = match mode {
-            SendMode::Copy => opcode::Send::new(fd, rest.ptr, rest.len)
-                .flags(SEND_FLAGS)
-                .build(),
-            SendMode::ZeroCopy => opcode::SendZc::new(fd, rest.ptr, rest.len)
-                .flags(SEND_FLAGS)
-                .zc_flags(self.zc_flags)
-                .build(),
-            SendMode::ZeroCopyFixed => opcode::SendZc::new(fd, rest.ptr, rest.len)
-                .buf_index(Some(self.buf_base + rest.buffer_index))
-                .flags(SEND_FLAGS)
-                .zc_flags(self.zc_flags)
-                .build(),
-        }
-        .user_data(user_data(self.tag, KIND_SEND, id));
-        // SAFETY: the bytes are the unsent rest of a ciphertext buffer the
-        // engine owns; it is not written again until every send reading it
-        // has completed and, for SEND_ZC, been notified (`SealedSend`
-        // counts them; `retire` frees it). For the fixed variant it is
-        // registered buffer `buf_base + buffer_index`. `Drop` leaks the
-        // buffers while operations are in flight.
-        if unsafe { sq.push(&e) }.is_err() {
-            return;
-        }
-        let first_push = sealed.pushed(rest.buffer_index);
-        self.next_id += 1;
-        self.sending = true;
-        self.ops.push_back(SendOp {
-            id,
-            start: self.sent_pos,
-            len: rest.len,
-            zc: mode.is_zero_copy(),
-            completed: false,
-            notif_pending: false,
-            notified: false,
-            sealed_buf: Some(usize::from(rest.buffer_index)),
-        });
-        if let Some(seq) = first_push {
-            self.note_submitted(seq);
-        }
     }
 
     /// When the send that carried entry `seq` was pushed (the earliest send
@@ -827,25 +740,6 @@ impl SenderEngine {
         }
         if let Some(e) = bad {
             self.close(e, out);
-        }
-    }
-
-    /// The next whole ack in `ack_buf[*off..ack_have]` (opened from its
-    /// record when sealed), advancing `off`; `None` if it has not all come.
-    fn next_ack(&mut self, off: &mut usize) -> Option<Result<[u8; ACK_LEN], RecordError>> {
-        let have = &self.ack_buf[*off..self.ack_have];
-        let mut raw = [0u8; ACK_LEN];
-        match self.sealed.as_mut() {
-            None => {
-                raw.copy_from_slice(have.get(..ACK_LEN)?);
-                *off += ACK_LEN;
-                Some(Ok(raw))
-            }
-            Some(sealed) => {
-                let (used, opened) = sealed.open_ack(have, &mut raw)?;
-                *off += used;
-                Some(opened.map(|()| raw))
-            }
         }
     }
 

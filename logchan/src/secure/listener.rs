@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::handshake::{Rejection, Responder, Security, Session, Step};
+use super::handshake::{Rejection, Security, Session};
 use super::messages::{AttachRequest, Verdict};
+use super::responder::{Responder, Step};
 
 /// How long the listener sleeps at most between looks at its stop flag.
 const TICK: Duration = Duration::from_millis(100);
@@ -329,43 +330,44 @@ impl Listening {
             Ok(answer) => answer,
             Err(reason) => return self.reject(p.peer, &reason),
         };
+        let Some(session) = session else {
+            // Refused: counted before the primary can learn it, so a
+            // counter never lags what a peer saw.
+            let reason = match &verdict {
+                Verdict::Refused(r) => r.as_str(),
+                Verdict::Accepted => "no session",
+            };
+            tracing::warn!(
+                "logging channel: refused the primary at {}: {reason}",
+                p.peer
+            );
+            (self.observe)(ListenerEvent::Refused {
+                peer: p.peer,
+                reason,
+            });
+            // A refused peer that does not read loses only its reason.
+            let _ = send_now(&mut p.stream, &bytes);
+            return;
+        };
         if let Err(reason) = send_now(&mut p.stream, &bytes) {
             return self.reject(p.peer, &reason);
         }
-        match (verdict, session) {
-            (Verdict::Accepted, Some(session)) => {
-                if let Err(e) = p.stream.set_nonblocking(false) {
-                    return self.reject(p.peer, &Rejection::Io(e.to_string()));
-                }
-                tracing::info!(
-                    "logging channel: primary at {} attached ({})",
-                    p.peer,
-                    session.mode().name()
-                );
-                self.attached_peer = Some(p.peer);
-                (self.observe)(ListenerEvent::Attached { peer: p.peer });
-                let _ = self.handed.send(Attached {
-                    stream: p.stream,
-                    peer: p.peer,
-                    session,
-                    attach,
-                });
-            }
-            (verdict, _) => {
-                let reason = match verdict {
-                    Verdict::Refused(r) => r,
-                    Verdict::Accepted => "no session".to_string(),
-                };
-                tracing::warn!(
-                    "logging channel: refused the primary at {}: {reason}",
-                    p.peer
-                );
-                (self.observe)(ListenerEvent::Refused {
-                    peer: p.peer,
-                    reason: &reason,
-                });
-            }
+        if let Err(e) = p.stream.set_nonblocking(false) {
+            return self.reject(p.peer, &Rejection::Io(e.to_string()));
         }
+        tracing::info!(
+            "logging channel: primary at {} attached ({})",
+            p.peer,
+            session.mode().name()
+        );
+        self.attached_peer = Some(p.peer);
+        (self.observe)(ListenerEvent::Attached { peer: p.peer });
+        let _ = self.handed.send(Attached {
+            stream: p.stream,
+            peer: p.peer,
+            session,
+            attach,
+        });
     }
 }
 

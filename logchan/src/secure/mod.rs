@@ -6,6 +6,7 @@
 //! * [`key`]: the pair key (and bearer tokens) on disk, private files only.
 //! * [`handshake`]: the opening of a connection — preamble, Noise
 //!   `NNpsk0`, the primary's attach request, the backup's verdict.
+//! * [`responder`]: the backup's side of the opening, fed bytes.
 //! * [`messages`]: the attach request and the verdict.
 //! * [`record`]: sealing and opening records.
 //! * [`beat_key`]: heartbeat keys (HMAC-SHA256).
@@ -22,13 +23,14 @@ pub mod key;
 pub mod listener;
 pub mod messages;
 pub mod record;
+pub mod responder;
 
 pub use beat_key::{BEAT_KEY_LEN, BEAT_MAC_LEN, BeatKey, BeatKeys};
 pub use handshake::{
-    CHANNEL_VERSION, HandshakeError, Mode, NOISE_PARAMS, Rejection, Responder, Security, Session,
-    Step, initiate,
+    CHANNEL_VERSION, HandshakeError, Mode, NOISE_PARAMS, Rejection, Security, Session, initiate,
 };
 pub use key::{KeyError, PairKey, read_token, write_new_token};
 pub use listener::{Attached, ChannelListener, ListenerEvent, ListenerOptions};
 pub use messages::{AttachRequest, Verdict};
 pub use record::{RecordError, RecordLayer, RecordReader};
+pub use responder::{Responder, Step};
