@@ -35,6 +35,20 @@ pub enum Command {
     Backup(BackupArgs),
     /// Show a running lockstep VMM's role, log positions, lag and bandwidth.
     Status(StatusArgs),
+    /// Write a new pair key (or, with --token, a status bearer token) to a
+    /// file only its owner can read.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// The file to create (never overwritten). Copy a pair key to both
+    /// hosts of the pair (e.g. /etc/lockstep/pair.key), mode 600.
+    pub path: PathBuf,
+    /// Write a bearer token for --status-token-file / status --token-file
+    /// instead of a pair key.
+    #[arg(long)]
+    pub token: bool,
 }
 
 /// Options both sides of an FT pair take.
@@ -80,6 +94,16 @@ pub struct FtArgs {
     /// wait for nothing).
     #[arg(long, value_name = "MS")]
     pub lease_ms: Option<u64>,
+    /// The pair key both sides hold (`lockstep keygen`): it authenticates
+    /// and encrypts the logging channel and the heartbeats.
+    #[arg(long, value_name = "PATH", default_value = "/etc/lockstep/pair.key")]
+    pub key_file: PathBuf,
+    /// Run the logging channel and heartbeats WITHOUT authentication or
+    /// encryption (benchmarks on a private link only; both sides must
+    /// agree). Anyone who reaches the ports can then become the primary,
+    /// pose as the backup, read client data and block failover.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Where a VMM reports on itself.
@@ -91,6 +115,11 @@ pub struct MonitorArgs {
     /// Also serve Prometheus metrics (GET /metrics) here.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
+    /// Bearer token (`lockstep keygen --token`) the endpoints require of
+    /// every request; needed to serve on an address beyond loopback. A
+    /// bare PORT in --status/--metrics means 127.0.0.1:PORT.
+    #[arg(long, value_name = "PATH")]
+    pub status_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +163,17 @@ pub struct BackupArgs {
     /// CPUs for the vCPU thread and the I/O thread.
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
+    /// Follow only a primary whose guest has this much memory (MiB).
+    #[arg(long, value_name = "MiB")]
+    pub mem: Option<u64>,
+    /// Follow only a primary whose guest has this MAC address (the one
+    /// this backup would announce when it goes live).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// Follow only a primary whose guest has this address (ADDR or
+    /// ADDR/PREFIX).
+    #[arg(long, value_name = "ADDR")]
+    pub guest_ip: Option<String>,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]
@@ -152,6 +192,10 @@ pub struct StatusArgs {
     /// Print again every this many milliseconds until interrupted.
     #[arg(long, value_name = "MS")]
     pub watch: Option<u64>,
+    /// The endpoint's bearer token (needed for an endpoint beyond
+    /// loopback).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Options every command that boots a VM shares.

@@ -185,15 +185,29 @@ pub fn stats_line(s: &lockstep_vmm::machine::ExitStats, exits: u64, wall: Durati
 }
 
 /// Starts the status and metrics endpoints the options ask for; they serve
-/// as long as the returned servers live.
+/// as long as the returned servers live. A bare PORT means
+/// 127.0.0.1:PORT; an address beyond loopback needs the token file.
 pub fn serve_status(
     monitor: &crate::cli::MonitorArgs,
     counters: &std::sync::Arc<lockstep_status::StatusCounters>,
 ) -> anyhow::Result<Vec<lockstep_status::StatusServer>> {
+    let token = match &monitor.status_token_file {
+        Some(path) => Some(
+            logchan::secure::read_token(path)
+                .with_context(|| format!("--status-token-file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let opts = lockstep_status::ServerOptions { token };
     let mut servers = Vec::new();
     for addr in [&monitor.status, &monitor.metrics].into_iter().flatten() {
+        let addr = if addr.parse::<u16>().is_ok() {
+            format!("127.0.0.1:{addr}")
+        } else {
+            addr.clone()
+        };
         servers.push(
-            lockstep_status::StatusServer::spawn(addr, counters.clone())
+            lockstep_status::StatusServer::spawn_with(&addr, counters.clone(), opts.clone())
                 .with_context(|| format!("serving status on {addr}"))?,
         );
     }

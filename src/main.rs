@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::status(args),
         Command::Primary(args) => commands::primary(args),
         Command::Backup(args) => commands::backup(args),
+        Command::Keygen(args) => commands::keygen(args),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

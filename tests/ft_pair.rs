@@ -181,6 +181,17 @@ fn corrupting_proxy(
 
 #[test]
 fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
+    corrupt_on_the_wire(true);
+}
+
+#[test]
+fn a_flipped_bit_on_an_encrypted_link_fails_its_record_and_nothing_of_it_is_applied() {
+    corrupt_on_the_wire(false);
+}
+
+/// A proxy flips one bit of the channel; `insecure`: the entry's crc
+/// catches it (and names the entry), else the record's tag.
+fn corrupt_on_the_wire(insecure: bool) {
     if !kvm_available() {
         return;
     }
@@ -202,6 +213,7 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
             "--heartbeat-peer".into(),
             format!("{BACKUP_LOG}:{LOG_PORT}"),
         ],
+        insecure,
         ..FtOptions::default()
     };
     let mut pair = FtPair::launch(net, opts);
@@ -213,6 +225,17 @@ fn a_corrupt_entry_on_the_wire_is_detected_and_never_applied() {
         Some(8),
         "the backup stops: its primary lives on\n{log}"
     );
+    if !insecure {
+        assert!(
+            log.contains("a record failed authentication"),
+            "the record layer refuses the flipped bit:\n{log}"
+        );
+        pair.primary
+            .wait_for_line("continuing alone", Duration::from_secs(10));
+        pair.wait_served(50);
+        pair.check_writes(writers, "a flipped bit on an encrypted link", false);
+        return;
+    }
     let corrupt_seq: u64 = log
         .lines()
         .find(|l| l.contains("corrupt"))

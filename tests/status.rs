@@ -255,8 +255,21 @@ fn slow_and_silent_clients_do_not_stall_the_endpoint() {
         .collect();
     let mut trickle = TcpStream::connect(addr).expect("connect");
     trickle.write_all(b"GET /sta").expect("send");
+    // Another client is served at once (these hold at most their own
+    // address's share of the slots).
     let t = Instant::now();
-    assert_eq!(get_snapshot(addr).epoch, 7);
+    let mut other = connect_from("127.0.0.2", addr);
+    other
+        .write_all(b"GET /status HTTP/1.1\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    other.read_to_string(&mut answer).expect("answer");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let snapshot: StatusSnapshot = serde_json::from_str(body).expect("snapshot");
+    assert_eq!(snapshot.epoch, 7);
     assert!(
         t.elapsed() < Duration::from_millis(1000),
         "{:?}",
@@ -397,4 +410,118 @@ fn status_command_watch_repeats() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "{epochs:?}");
+}
+
+#[test]
+fn an_endpoint_beyond_loopback_needs_a_token_and_refuses_requests_without_it() {
+    let c = primary_counters();
+    // Every address (not loopback) without a token: refused at start.
+    let e = StatusServer::spawn("0.0.0.0:0", c.clone())
+        .err()
+        .expect("an endpoint beyond loopback needs a token");
+    assert!(e.to_string().contains("bearer token"), "{e}");
+    let dir = tempfile::tempdir().expect("dir");
+    let token_file = dir.path().join("token");
+    let token = logchan::secure::write_new_token(&token_file).expect("token");
+    let server = StatusServer::spawn_with(
+        "0.0.0.0:0",
+        c.clone(),
+        lockstep_status::ServerOptions {
+            token: Some(token.clone()),
+        },
+    )
+    .expect("with a token");
+    let addr: SocketAddr = format!("127.0.0.1:{}", server.local_addr().port())
+        .parse()
+        .expect("addr");
+    assert_eq!(get(addr, "/status").0, 401);
+    let wrong = format!(
+        "GET /status HTTP/1.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        "0".repeat(64)
+    );
+    assert_eq!(exchange(addr, wrong.as_bytes()).0, 401);
+    let right = format!("GET /metrics HTTP/1.1\r\nauthorization:  Bearer {token}\r\n\r\n");
+    assert_eq!(exchange(addr, right.as_bytes()).0, 200);
+    assert_eq!(StatusCounters::get(&c.status_unauthorized), 2);
+    // The command: refused without the token file, served with it.
+    let out = run_status(&[&addr.to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+    let tf = token_file.display().to_string();
+    let out = run_status(&["--token-file", &tf, &addr.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vm-a: primary"));
+}
+
+#[test]
+fn terminal_escapes_in_a_remote_name_are_shown_harmlessly() {
+    let evil = "vm\x1b]0;owned\x07\x1b[2J\u{9b}31m\u{202e}kcatta";
+    let c = Arc::new(StatusCounters::new(Role::Backup, evil, Some("peer\x1b[1A")));
+    let server = spawn(&c);
+    let addr = server.local_addr().to_string();
+    for args in [vec![addr.as_str()], vec!["--json", addr.as_str()]] {
+        let out = run_status(&args);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|ch| (ch.is_control() && *ch != '\n') || *ch == '\u{202e}')
+            .collect();
+        assert!(bad.is_empty(), "{args:?} printed {bad:?}: {text:?}");
+        if args.len() == 1 {
+            assert!(
+                text.contains("vm\\x1b]0;owned\\x07\\x1b[2J\\u{9b}31m\\u{202e}kcatta"),
+                "{text}"
+            );
+        } else {
+            let s: StatusSnapshot = serde_json::from_str(&text).expect("still JSON");
+            assert_eq!(s.name, evil, "the JSON keeps the value, escaped");
+        }
+    }
+}
+
+#[test]
+fn one_client_cannot_take_every_slot() {
+    let c = primary_counters();
+    let server = spawn(&c);
+    let addr = server.local_addr();
+    // Many silent connections from 127.0.0.1: only a few are held.
+    let hogs: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    // Another client (127.0.0.2) is served at once.
+    let t = Instant::now();
+    let mut s = connect_from("127.0.0.2", addr);
+    s.write_all(b"GET /status HTTP/1.1\r\n\r\n").expect("send");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    drop(hogs);
+}
+
+/// A TCP connection from a chosen loopback address.
+fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .expect("socket");
+    let local: std::net::SocketAddrV4 = format!("{local}:0").parse().expect("addr");
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    bind(fd.as_raw_fd(), &SockaddrIn::from(local)).expect("bind");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
+    // SAFETY: a connected stream socket we own; the TcpStream takes it.
+    unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
 }

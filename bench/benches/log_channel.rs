@@ -68,7 +68,13 @@ fn bench_stream(c: &mut Criterion) {
             let mut sum = Duration::ZERO;
             for _ in 0..iters {
                 let run = ok(
-                    channel_stream(&hosts, bytes, send_options(), ReceiverOptions::default()),
+                    channel_stream(
+                        &hosts,
+                        bytes,
+                        send_options(),
+                        ReceiverOptions::default(),
+                        None,
+                    ),
                     "channel stream",
                 );
                 sum += run.took;
@@ -121,7 +127,14 @@ fn bench_round_trip(c: &mut Criterion) {
     g.bench_function("publish_to_ack_sync", |b| {
         b.iter_custom(|iters| {
             ok(
-                channel_round_trips(&hosts, 0, iters, send_options(), ReceiverOptions::default()),
+                channel_round_trips(
+                    &hosts,
+                    0,
+                    iters,
+                    send_options(),
+                    ReceiverOptions::default(),
+                    None,
+                ),
                 "channel round trips",
             )
             .took
@@ -154,6 +167,7 @@ fn bench_round_trip(c: &mut Criterion) {
             samples,
             send_options(),
             ReceiverOptions::default(),
+            None,
         ),
         "channel round trips",
     );

@@ -22,10 +22,12 @@ fn start_pair(
     dir: &Path,
     heartbeat_ms: u64,
     timeout_ms: u64,
+    insecure: bool,
 ) -> anyhow::Result<(Vmm, Vmm)> {
     let mut cfg = PairConfig::new(net, dir);
     cfg.heartbeat_ms = heartbeat_ms;
     cfg.failure_timeout_ms = timeout_ms;
+    cfg.insecure = insecure;
     let p = pair::start(&cfg)?;
     Ok((p.primary, p.backup))
 }
@@ -81,9 +83,11 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
         "`redis-benchmark -n {n} -c 50 -t set,get [-P 16]` from the client LAN; one VM on host A, then the pair (primary on A, backup on B); three rounds alternately, medians.\n"
     );
 
-    // One VM on host A and the pair, alternately, three rounds; medians.
+    // One VM on host A, the pair, and the pair with --insecure,
+    // alternately, three rounds; medians.
     let mut single: Vec<Vec<Vec<BenchResult>>> = Vec::new();
     let mut pair: Vec<Vec<Vec<BenchResult>>> = Vec::new();
+    let mut plain: Vec<Vec<Vec<BenchResult>>> = Vec::new();
     let mut bandwidth = Vec::new();
     let mut rule = String::from("not reported");
     for round in 0..3 {
@@ -100,9 +104,21 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
         );
         vmm.stop()?;
 
+        let plain_dir = dir.path().join(format!("insecure{round}"));
+        std::fs::create_dir_all(&plain_dir)?;
+        let (primary, backup) = start_pair(&net, &plain_dir, 100, 1000, true)?;
+        plain.push(
+            [1, 16]
+                .iter()
+                .map(|p| benchmark(&net, *p, n))
+                .collect::<anyhow::Result<_>>()?,
+        );
+        primary.stop_log()?;
+        drop(backup);
+
         let round_dir = dir.path().join(format!("pair{round}"));
         std::fs::create_dir_all(&round_dir)?;
-        let (primary, backup) = start_pair(&net, &round_dir, 100, 1000)?;
+        let (primary, backup) = start_pair(&net, &round_dir, 100, 1000, false)?;
         let before = pair::log_bytes(&net);
         let started = Instant::now();
         pair.push(
@@ -125,8 +141,10 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
     let mut t = Table::new(&[
         "test",
         "lockstep run",
-        "FT pair",
+        "FT pair (encrypted)",
         "FT ÷ run",
+        "FT --insecure",
+        "encrypted ÷ insecure",
         "p99 run",
         "p99 FT",
     ]);
@@ -136,6 +154,7 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
                 median(runs.iter().map(|r| f(&r[i][j])).collect())
             };
             let (s_rps, f_rps) = (pick(&single, |r| r.rps), pick(&pair, |r| r.rps));
+            let i_rps = pick(&plain, |r| r.rps);
             let test = &single[0][i][j].test;
             let name = if *p > 1 {
                 format!("{test} -P {p}")
@@ -147,6 +166,8 @@ pub fn compare(n: u64, failovers: usize) -> anyhow::Result<()> {
                 format!("{s_rps:.0}"),
                 format!("{f_rps:.0}"),
                 ratio(f_rps, s_rps),
+                format!("{i_rps:.0}"),
+                ratio(f_rps, i_rps),
                 format!("{:.2} ms", pick(&single, |r| r.p99_ms)),
                 format!("{:.2} ms", pick(&pair, |r| r.p99_ms)),
             ]);

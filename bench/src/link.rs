@@ -20,6 +20,26 @@ fn median_by<T: Clone>(runs: &[T], key: impl Fn(&T) -> std::time::Duration) -> O
     v.get(v.len() / 2).cloned()
 }
 
+/// Bytes of whole NetRx entries in `mib` MiB (at least one entry).
+pub fn stream_total(mib: u64) -> anyhow::Result<u64> {
+    match mib.checked_mul(1 << 20) {
+        Some(b) if b >= channel::netrx_len() => Ok(channel::stream_bytes(b)),
+        _ => bail!("--mib must be at least 1 (and fit in 64 bits as bytes)"),
+    }
+}
+
+/// Hosts A and B of `scripts/net ft-up` (namespaces `PREFIX-…`) and their
+/// logging link, A 10.99.0.1 → B 10.99.0.2.
+pub fn logging_link(prefix: &str) -> anyhow::Result<(netns::Net, Hosts)> {
+    let net = netns::Net::ft(prefix)?;
+    let hosts = Hosts {
+        a: net.side("a"),
+        b: net.side("b"),
+        b_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 99, 0, 2)),
+    };
+    Ok((net, hosts))
+}
+
 /// `lockstep-bench channel`: the logging channel against raw TCP on the
 /// logging link of `scripts/net ft-up` (A 10.99.0.1 → B 10.99.0.2 over a
 /// veth), in the same run: stream throughput (median of 3 runs each,
@@ -30,29 +50,22 @@ pub fn compare(mib: u64) -> anyhow::Result<()> {
     const RTT_WARMUP: u64 = 2_000;
     const WARMUP_BYTES: u64 = 32 << 20;
 
-    let total = match mib.checked_mul(1 << 20) {
-        Some(b) if b >= channel::netrx_len() => channel::stream_bytes(b),
-        _ => bail!("--mib must be at least 1 (and fit in 64 bits as bytes)"),
-    };
+    let total = stream_total(mib)?;
     println!("## The logging channel against raw TCP on the logging link\n");
-    let net = netns::Net::ft("bchan")?;
-    let hosts = Hosts {
-        a: net.side("a"),
-        b: net.side("b"),
-        b_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 99, 0, 2)),
-    };
+    let (net, hosts) = logging_link("bchan")?;
     // 1 MiB of encoded entries: the raw stream writes the channel's bytes.
     let chunk = Arc::new(channel::encoded_chunk(1 << 20)?);
     let (send, recv) = (SenderOptions::default(), ReceiverOptions::default());
 
     // One short run of each first (connections, caches, clocks), then the
     // measured runs, interleaved so that drift hits both alike.
-    channel::channel_stream(&hosts, total.min(WARMUP_BYTES), send, recv).context("warm-up")?;
+    channel::channel_stream(&hosts, total.min(WARMUP_BYTES), send, recv, None)
+        .context("warm-up")?;
     channel::raw_stream(&hosts, total.min(WARMUP_BYTES), chunk.clone()).context("warm-up")?;
     let mut chan: Vec<StreamRun> = Vec::new();
     let mut raw: Vec<RawRun> = Vec::new();
     for i in 1..=RUNS {
-        let c = channel::channel_stream(&hosts, total, send, recv)
+        let c = channel::channel_stream(&hosts, total, send, recv, None)
             .with_context(|| format!("channel stream, run {i}"))?;
         let r = channel::raw_stream(&hosts, total, chunk.clone())
             .with_context(|| format!("raw TCP stream, run {i}"))?;
@@ -79,7 +92,7 @@ pub fn compare(mib: u64) -> anyhow::Result<()> {
         .context("raw ping-pong")?;
     let raw_spin = channel::raw_round_trips(&hosts, RTT_WARMUP, RTT_SAMPLES, true)
         .context("raw ping-pong, spinning")?;
-    let chan_rtt = channel::channel_round_trips(&hosts, RTT_WARMUP, RTT_SAMPLES, send, recv)
+    let chan_rtt = channel::channel_round_trips(&hosts, RTT_WARMUP, RTT_SAMPLES, send, recv, None)
         .context("channel publish→ack")?;
     let (n, ns_a, ns_b) = (net.name.clone(), net.ns("a"), net.ns("b"));
     // The namespaces go now; on an error above they go with `net` too.

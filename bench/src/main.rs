@@ -16,6 +16,7 @@ mod env;
 mod faults;
 mod ft;
 mod link;
+mod link_crypto;
 mod paper;
 mod record;
 mod redis;
@@ -78,6 +79,14 @@ enum Cmd {
     /// stream throughput and round trips.
     Channel {
         /// MiB streamed per run (whole NetRx entries).
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+    },
+    /// The logging channel authenticated and encrypted against --insecure
+    /// on the same logging link, interleaved: throughput, CPU per MiB,
+    /// round trips.
+    ChannelCrypto {
+        /// MiB streamed per run.
         #[arg(long, default_value_t = 256)]
         mib: u64,
     },
@@ -207,6 +216,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Channel { mib } => link::compare(mib),
         Cmd::Lease { failovers } => ft::lease_tradeoff(failovers),
         Cmd::Faults { trials, seed } => faults::soak(trials, seed),
+        Cmd::ChannelCrypto { mib } => link_crypto::compare(mib),
         Cmd::KvWriter { .. } | Cmd::KvCheck { .. } | Cmd::Regress { .. } | Cmd::Paper { .. } => {
             Ok(())
         }

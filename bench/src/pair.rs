@@ -1,7 +1,7 @@
 //! The one place the harness starts `lockstep backup` and `lockstep
 //! primary` (hosts B and A of `scripts/net ft-up`): every option both sides
-//! need — arbiter, names, heartbeats, and later authentication — is
-//! written here once.
+//! need — arbiter, names, heartbeats, the pair key (or `--insecure`) —
+//! is written here once.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,6 +48,9 @@ pub struct PairConfig<'a> {
     /// Told each side's pid once it has started (CPU placement): after its
     /// own checks of `--cpus`, which a confined process would fail.
     pub adopt: &'a dyn Fn(Host, u32) -> anyhow::Result<()>,
+    /// Both sides with `--insecure` (the plaintext baseline of a
+    /// benchmark) instead of the pair key in `dir`.
+    pub insecure: bool,
 }
 
 impl<'a> PairConfig<'a> {
@@ -65,6 +68,7 @@ impl<'a> PairConfig<'a> {
             primary_extra: Vec::new(),
             ready: Some("kv: serving"),
             adopt: &|_, _| Ok(()),
+            insecure: false,
         }
     }
 }
@@ -90,22 +94,33 @@ fn ft_args(cfg: &PairConfig<'_>, name: &str) -> Vec<String> {
     if let Some(ms) = cfg.lease_ms {
         args.extend(["--lease-ms".into(), ms.to_string()]);
     }
+    if cfg.insecure {
+        args.push("--insecure".into());
+    } else {
+        args.push("--key-file".into());
+        args.push(key_file(cfg.dir).display().to_string());
+    }
     args
 }
 
-/// `status` address of a side.
-pub fn status_addr(host: Host) -> String {
-    let ip = match host {
-        Host::A => PRIMARY_IP,
-        Host::B => BACKUP_IP,
-    };
-    format!("{ip}:{STATUS_PORT}")
+/// The pair key both sides read (made once per directory).
+fn key_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("pair.key")
+}
+
+/// `status` address of a side: its host's own loopback (the endpoint
+/// needs no token there; query it from inside that host's namespace).
+pub fn status_addr(_host: Host) -> String {
+    format!("127.0.0.1:{STATUS_PORT}")
 }
 
 /// Starts a backup on B, then a primary on A; returns when the backup
 /// follows the primary (and the primary's guest is `ready`).
 pub fn start(cfg: &PairConfig<'_>) -> anyhow::Result<Pair> {
     let bin = vm::lockstep_bin().display().to_string();
+    if !cfg.insecure && !key_file(cfg.dir).exists() {
+        logchan::secure::PairKey::write_new(&key_file(cfg.dir))?;
+    }
     let listen = format!("{BACKUP_IP}:{LOG_PORT}");
     let mut b = cfg.net.cmd("b", &bin);
     b.args(["backup", "--listen", &listen, "--tap", &cfg.net.tap()])

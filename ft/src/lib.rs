@@ -8,6 +8,8 @@
 //! * [`output_rule`]: an output leaves only once the backup has acked the
 //!   log entry that recorded it.
 //! * [`failure`]: heartbeats and channel traffic → the peer's verdict.
+//! * [`admission`]: which primary a backup follows (checked before it
+//!   builds anything).
 //! * [`arbiter`]: the atomic test-and-set that prevents split brain.
 //! * [`go_live`]: the backup's hand-over from replay to serving.
 //! * [`plane`]: the primary's and the backup's engines on the I/O thread.
@@ -16,6 +18,7 @@
 //! * [`supervisor`]: the main thread acting on verdicts through the arbiter.
 //! * [`shared`]: what the FT threads share.
 
+pub mod admission;
 pub mod arbiter;
 pub mod backup_io;
 pub mod channel_source;

@@ -24,6 +24,7 @@ pub mod hash;
 pub mod header;
 mod pair;
 pub mod producer;
+pub mod secure;
 pub mod stream;
 mod wait;
 mod wire;

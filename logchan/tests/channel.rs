@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use common::chan::{
     DEADLINE, ReceiverSide, SenderSide, Workload, drive_receiver, drive_sender, finish_receiver,
-    finish_sender, ring, small_log, spawn_producer, tcp_pair,
+    finish_sender, opened_pair, ring, small_log, spawn_producer, tcp_pair,
 };
 use common::header;
 use logchan::channel::io_uring::{Probe, opcode};
@@ -18,6 +18,7 @@ use logchan::channel::{
     ChannelError, ReceiverEvent, ReceiverOptions, RecvMode, Registration, SendMode, SenderEvent,
     SenderOptions, SenderStats,
 };
+use logchan::secure::PairKey;
 use logchan::{LogConfig, STREAM_HEADER_LEN};
 
 struct Case {
@@ -27,6 +28,8 @@ struct Case {
     send_reg: Registration,
     recv: ReceiverOptions,
     recv_reg: Registration,
+    /// Through an authenticated channel (records under a fresh session).
+    sealed: bool,
 }
 
 struct Outcome {
@@ -46,8 +49,6 @@ fn kernel_has_send_zc() -> bool {
 
 /// Runs one whole stream and checks everything the contract promises.
 fn run_case(case: Case) -> Outcome {
-    let (client, server) = tcp_pair();
-    let deadline = Instant::now() + DEADLINE;
     let Case {
         wl,
         log,
@@ -55,11 +56,22 @@ fn run_case(case: Case) -> Outcome {
         send_reg,
         recv,
         recv_reg,
+        sealed,
     } = case;
+    let ((client, send_session), (server, recv_session)) = if sealed {
+        let key = PairKey::generate().expect("key");
+        let ((c, cs), (s, ss)) = opened_pair(&key);
+        ((c, cs.records), (s, ss.records))
+    } else {
+        let (c, s) = tcp_pair();
+        ((c, None), (s, None))
+    };
+    let deadline = Instant::now() + DEADLINE;
 
     let sender = std::thread::spawn(move || {
         let mut ring = ring();
-        let (mut side, producer) = SenderSide::new(&ring, client, &log, send, send_reg);
+        let (mut side, producer) =
+            SenderSide::sealed(&ring, client, &log, send, send_reg, send_session);
         let producer = spawn_producer(producer, wl);
         drive_sender(&mut ring, &mut side, deadline, "every entry acked", |s| {
             s.closed_or_all_acked()
@@ -70,7 +82,7 @@ fn run_case(case: Case) -> Outcome {
     });
     let receiver = std::thread::spawn(move || {
         let mut ring = ring();
-        let mut side = ReceiverSide::new(&ring, server, recv, recv_reg);
+        let mut side = ReceiverSide::sealed(&ring, server, recv, recv_reg, recv_session);
         drive_receiver(&mut ring, &mut side, deadline, "end of stream", |s| {
             s.ended()
         })?;
@@ -127,13 +139,20 @@ fn run_case(case: Case) -> Outcome {
     assert_eq!(next_seq, last_seq + 1);
     let rstats = receiver.engine.stats();
     assert_eq!(rstats.entries_received, last_seq);
-    assert_eq!(rstats.bytes_received, expected.len() as u64);
+    // Sealed, the wire carries the records: the stream plus a prefix and a
+    // tag per record.
+    let wire = if sealed {
+        expected.len() as u64..=expected.len() as u64 * 2
+    } else {
+        expected.len() as u64..=expected.len() as u64
+    };
+    assert!(wire.contains(&rstats.bytes_received), "{rstats:?}");
     assert_eq!(receiver.engine.received_seq(), last_seq);
 
     // The sender: everything sent, acked up to the last seq, all released.
     let stats = sender.engine.stats();
     assert!(!sender.closed(), "sender closed: {:?}", sender.events);
-    assert_eq!(stats.bytes_sent, expected.len() as u64);
+    assert_eq!(stats.bytes_sent, rstats.bytes_received);
     assert_eq!(stats.entries_sent, last_seq);
     assert_eq!(stats.segments_in_flight, 0, "every segment released");
     assert_eq!(stats.acked_seq, last_seq);
@@ -188,6 +207,7 @@ fn default_case(seed: u64) -> Case {
         send_reg: Registration::Table,
         recv: ReceiverOptions::default(),
         recv_reg: Registration::Table,
+        sealed: false,
     }
 }
 
@@ -227,6 +247,47 @@ fn stream_arrives_exactly_and_is_acked_with_send_zc_from_registered_buffers() {
     assert_eq!(out.attached, SendMode::ZeroCopyFixed);
     assert_eq!(out.mode, SendMode::ZeroCopyFixed);
     assert_eq!(out.stats.zc_notifications, out.stats.send_ops - 1);
+}
+
+#[test]
+fn a_sealed_stream_arrives_exactly_and_is_acked_in_the_automatic_mode() {
+    let out = run_case(Case {
+        sealed: true,
+        ..default_case(11)
+    });
+    assert_eq!(out.recv_mode, RecvMode::Fixed);
+    assert!(out.stats.acks_received > 0);
+}
+
+#[test]
+fn a_sealed_stream_arrives_exactly_with_send_zc_from_the_sealed_buffers() {
+    if !kernel_has_send_zc() {
+        eprintln!("SKIP: this kernel's io_uring lacks IORING_OP_SEND_ZC");
+        return;
+    }
+    let out = run_case(Case {
+        sealed: true,
+        send: SenderOptions::forced(SendMode::ZeroCopyFixed),
+        ..default_case(12)
+    });
+    assert_eq!(out.mode, SendMode::ZeroCopyFixed);
+    // Sealed, the header goes as a record like everything else.
+    assert_eq!(out.stats.zc_notifications, out.stats.send_ops);
+}
+
+#[test]
+fn a_sealed_stream_through_two_small_buffers_with_plain_sends_releases_every_segment() {
+    let out = run_case(Case {
+        sealed: true,
+        wl: Workload::new(13, 60_000, 1500),
+        log: small_log(2, 64 << 10),
+        send: SenderOptions {
+            max_send: 100 << 10,
+            ..SenderOptions::forced(SendMode::Copy)
+        },
+        ..default_case(13)
+    });
+    assert_eq!(out.stats.segments_in_flight, 0);
 }
 
 #[test]

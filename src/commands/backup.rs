@@ -11,8 +11,10 @@ use anyhow::{Context, bail};
 
 use blkio::{DiskEngine, DiskImage, DiskOpenOptions};
 use logchan::channel::{ReceiverEngine, ReceiverOptions};
+use logchan::secure::{Attached, ChannelListener, ListenerEvent, ListenerOptions};
 use netio::{Tap, TapEngine};
 
+use lockstep_ft::admission::{Admission, DiskCheck, Expected};
 use lockstep_ft::backup_io::BackupIo;
 use lockstep_ft::channel_source::ChannelChunks;
 use lockstep_ft::go_live::Announce;
@@ -30,7 +32,7 @@ use crate::cli::BackupArgs;
 use crate::commands::app;
 use crate::commands::drive::{Served, VmParts, drain, drive};
 use crate::commands::live::report;
-use crate::commands::pair::{claimant, liveness, open_arbiter, resolve};
+use crate::commands::pair::{claimant, liveness, open_arbiter, resolve, security};
 use crate::exit_status::ExitStatus;
 use crate::launch;
 
@@ -43,26 +45,45 @@ impl Served for BackupIo {
     }
 }
 
-/// Accepts the primary's connection, or returns `None` on SIGINT/SIGTERM.
-fn accept(
-    listener: &TcpListener,
+/// Waits for the primary the listener accepts, or returns `None` on
+/// SIGINT/SIGTERM.
+fn wait_for_primary(
+    listener: &ChannelListener,
     signals: &nix::sys::signal::SigSet,
-) -> anyhow::Result<Option<(std::net::TcpStream, SocketAddr)>> {
-    listener.set_nonblocking(true).context("listening socket")?;
+) -> Option<Attached> {
     loop {
-        match listener.accept() {
-            Ok((s, peer)) => {
-                s.set_nonblocking(false).context("logging channel")?;
-                return Ok(Some((s, peer)));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if launch::poll_signal(signals, Duration::from_millis(20)).is_some() {
-                    return Ok(None);
-                }
-            }
-            Err(e) => return Err(e).context("accepting the primary's connection"),
+        if let Some(a) = listener.next(Duration::from_millis(20)) {
+            return Some(a);
+        }
+        if launch::poll_signal(signals, Duration::ZERO).is_some() {
+            return None;
         }
     }
+}
+
+/// What this backup checks a primary's attach request against.
+fn admission(args: &BackupArgs, kernel: &[u8]) -> anyhow::Result<Admission> {
+    let guest_ip = match &args.guest_ip {
+        Some(ip) => {
+            let addr = ip.split('/').next().unwrap_or_default();
+            Some(addr.parse().with_context(|| format!("--guest-ip {ip}"))?)
+        }
+        None => None,
+    };
+    Ok(Admission {
+        kernel: kernel.to_vec(),
+        disk: DiskCheck::Image(args.disk.clone()),
+        expected: Expected {
+            mem_size: match args.mem {
+                Some(mib) => Some(mib.checked_mul(1 << 20).context("--mem is too large")?),
+                None => None,
+            },
+            mac: args.mac.as_deref().map(launch::parse_mac).transpose()?,
+            guest_ip,
+        },
+        // Its own handle on the same arbiter: the listener's thread asks it.
+        arbiter: open_arbiter(&args.ft)?,
+    })
 }
 
 pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
@@ -80,31 +101,67 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         Some(t) => Some(Tap::open(t).with_context(|| format!("opening tap {t}"))?),
         None => None,
     };
-    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let security = security(&args.ft, "backup")?;
+    let admission = admission(&args, &kernel)?;
+    let shared = Arc::new(VmShared::default());
+    shared.status.set_role(Role::Backup);
+    let _ = shared.status.name.set(name.clone());
+    let _ = shared
+        .status
+        .channel
+        .set(security.mode().name().to_string());
+    let _status = launch::serve_status(&args.monitor, &shared.status)?;
+    let counters = shared.status.clone();
+    let listener = ChannelListener::spawn(
+        TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?,
+        security,
+        ListenerOptions::default(),
+        Box::new(move |peer, attach| {
+            tracing::info!(
+                "primary at {peer} asks to attach (epoch {})",
+                attach.header.epoch
+            );
+            admission.judge(attach).map(drop)
+        }),
+        Box::new(move |ev| match ev {
+            ListenerEvent::Rejected { .. } => {
+                lockstep_status::StatusCounters::add(&counters.channel_rejected, 1)
+            }
+            ListenerEvent::Refused { .. } => {
+                lockstep_status::StatusCounters::add(&counters.primaries_refused, 1)
+            }
+            ListenerEvent::Attached { .. } => {}
+        }),
+    )
+    .with_context(|| format!("listening on {listen}"))?;
     tracing::info!("backup {name}: waiting for the primary on {listen}");
-    let Some((stream, peer)) = accept(&listener, &signals)? else {
-        tracing::info!("stopped before a primary connected");
+    let Some(attached) = wait_for_primary(&listener, &signals) else {
+        tracing::info!("stopped before a primary attached");
         return Ok(ExitStatus::Ok);
     };
-    drop(listener);
-    tracing::info!("primary connected from {peer}");
+    // The listener stays: it refuses any other primary while this one runs.
+    let Attached {
+        stream,
+        peer,
+        session,
+        attach,
+    } = attached;
+    tracing::info!("primary attached from {peer}");
     let hb_port = args.ft.heartbeat_port.unwrap_or(listen.port());
     let udp = UdpSocket::bind((listen.ip(), hb_port))
         .with_context(|| format!("binding the heartbeat port {}:{hb_port}", listen.ip()))?;
 
     let ft = Arc::new(FtShared::default());
     let _ = ft.main_thread.set(std::thread::current());
-    let shared = Arc::new(VmShared::default());
-    shared.status.set_role(Role::Backup);
-    let _ = shared.status.name.set(name.clone());
     let _ = shared.status.peer.set(peer.to_string());
-    let _status = launch::serve_status(&args.monitor, &shared.status)?;
     let (chunk_tx, chunk_rx) = rtrb::RingBuffer::new(4096);
     let receiver = ReceiverEngine::new(stream, TAG_LOG, ReceiverOptions::default())
-        .context("setting up the logging channel")?;
+        .context("setting up the logging channel")?
+        .secured(session.records);
     let plane = Box::new(BackupPlane::new(
         receiver,
         udp,
+        session.beats,
         SocketAddr::new(peer.ip(), hb_port),
         live,
         ft.clone(),
@@ -147,21 +204,21 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         shared.clone(),
     )))
     .context("reading the stream header")?;
+    // The stream must be what the primary asked to attach with (and the
+    // admission checked): the same header, the same boot configuration.
     let header = *cursor.header();
-    if header.lease_ms == 0 {
-        bail!(
-            "the primary holds no output lease (a log file's header, or an older build): this backup could not know when going live is safe"
-        );
+    if header != attach.header {
+        bail!("the primary's stream header is not the one it attached with");
     }
     let spec = match cursor.pop_boot() {
-        Some(Logged::Boot(config)) => {
+        Some(Logged::Boot(config)) if config == attach.boot => {
             GuestSpec::decode(&config).context("reading the boot entry")?
+        }
+        Some(Logged::Boot(_)) => {
+            bail!("the primary's boot entry is not the configuration it attached with")
         }
         _ => bail!("the primary's stream does not start with a boot entry"),
     };
-    header
-        .check_identity(&spec.identity(&kernel))
-        .context("the primary runs another guest than this backup can")?;
     if spec.disk_sectors != disk_sectors {
         bail!(
             "the primary's disk has {} sectors, {} has {disk_sectors}: not the same disk",

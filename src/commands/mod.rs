@@ -4,6 +4,7 @@ mod app;
 mod backup;
 mod boot;
 mod drive;
+mod keygen;
 mod live;
 mod pair;
 mod primary;
@@ -13,6 +14,7 @@ mod run;
 mod status;
 
 pub use backup::backup;
+pub use keygen::keygen;
 pub use primary::primary;
 pub use record::record;
 pub use replay::replay;

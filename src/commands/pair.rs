@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 
 use lockstep_ft::arbiter::{self, Arbiter, Claimant};
 use lockstep_ft::failure::Liveness;
+use logchan::secure::{PairKey, Security};
 
 use crate::cli::FtArgs;
 
@@ -71,4 +72,28 @@ pub fn lease(ft: &FtArgs, keepalive: Duration) -> anyhow::Result<u32> {
         bail!("--lease-ms ({ms}) must be at least {min} (twice the keep-alive period)");
     }
     u32::try_from(ms).context("--lease-ms is too large")
+}
+
+/// What protects the logging channel: the pair key `--key-file` names, or
+/// nothing with `--insecure` (said loudly, at every start).
+pub fn security(ft: &FtArgs, role: &str) -> anyhow::Result<Security> {
+    if ft.insecure {
+        for line in [
+            "--insecure: the logging channel and heartbeats are NOT authenticated and NOT encrypted.",
+            "  Anyone who can reach this pair's ports can act as its primary (choose the guest, its MAC and address, its epoch),",
+            "  pose as its backup (every output is then released with no backup behind it), read every byte clients send,",
+            "  and forge heartbeats that stop a failover. Use it only for benchmarks on a link nobody else can reach.",
+        ] {
+            tracing::warn!("{line}");
+        }
+        return Ok(Security::Insecure);
+    }
+    let key = PairKey::read(&ft.key_file).with_context(|| {
+        format!(
+            "the {role} needs the pair key (--key-file; `lockstep keygen PATH` makes one), or --insecure"
+        )
+    })?;
+    let security = Security::Key(key);
+    tracing::info!("logging channel: {}", security.describe());
+    Ok(security)
 }

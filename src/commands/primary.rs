@@ -4,9 +4,10 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
+use logchan::secure::{AttachRequest, Security, Session, initiate};
 use logchan::{LogConfig, StreamHeader};
 
 use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
@@ -20,29 +21,51 @@ use lockstep_vmm::spec::GuestSpec;
 use crate::cli::PrimaryArgs;
 use crate::commands::boot::{LogSetup, LogTarget};
 use crate::commands::live::{KEEPALIVE_EVERY, LiveOptions, run_live};
-use crate::commands::pair::{claimant, lease, liveness, open_arbiter, resolve};
+use crate::commands::pair::{claimant, lease, liveness, open_arbiter, resolve, security};
 use crate::exit_status::ExitStatus;
 
-/// Connects to the backup, retrying while it is not up yet.
-fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+/// How long one opening (handshake, attach, verdict) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to the backup and opens the channel, retrying while there is
+/// no backup of this pair there yet. Whatever does not prove it holds the
+/// pair key — nobody, an impostor, a backup of another pair — is no backup
+/// at all: tried again until `timeout`, never sent a byte of the log. A
+/// backup that answers and refuses ends the attempt with its reason.
+fn open_channel(
+    addr: SocketAddr,
+    timeout: Duration,
+    security: &Security,
+    attach: &AttachRequest,
+) -> anyhow::Result<(TcpStream, Session)> {
     let deadline = Instant::now() + timeout;
     let mut said = false;
     loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() < deadline => {
-                if !said {
-                    tracing::info!("waiting for the backup at {addr} ({e})");
-                    said = true;
+        let failed: anyhow::Error = match TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        {
+            Err(e) => e.into(),
+            Ok(mut stream) => {
+                let until = deadline.min(Instant::now() + HANDSHAKE_TIMEOUT);
+                match initiate(&mut stream, security, attach, until) {
+                    Ok(session) => return Ok((stream, session)),
+                    Err(e) if !e.is_no_backup() => {
+                        return Err(e)
+                            .with_context(|| format!("opening the logging channel to {addr}"));
+                    }
+                    Err(e) => e.into(),
                 }
-                std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot reach the backup at {addr} within {timeout:?}")
-                });
-            }
+        };
+        if Instant::now() >= deadline {
+            return Err(failed).with_context(|| {
+                format!("no backup of this pair answered at {addr} within {timeout:?}")
+            });
         }
+        if !said {
+            tracing::warn!("no backup of this pair at {addr} yet ({failed:#}); trying again");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -53,6 +76,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let lease_ms = lease(&args.ft, KEEPALIVE_EVERY)?;
     let arbiter = open_arbiter(&args.ft)?;
     let backup = resolve("--backup", &args.backup)?;
+    let security = security(&args.ft, "primary")?;
     let epoch = arbiter.begin_next(&who).with_context(|| {
         format!(
             "starting a new pair run at the arbiter {}",
@@ -74,18 +98,29 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
             StatusCounters::set(&shared.status.epoch, epoch);
             let _ = shared.status.name.set(name.clone());
             let _ = shared.status.peer.set(backup.to_string());
-            let stream = connect(backup, connect_timeout)?;
-            let local = stream
-                .local_addr()
-                .context("local address of the logging channel")?;
-            let udp = UdpSocket::bind((local.ip(), hb_port))
-                .with_context(|| format!("binding the heartbeat port {}:{hb_port}", local.ip()))?;
             let header = StreamHeader::new(
                 spec.identity(kernel),
                 logchan::header::flags::READ_DATA_LOGGED,
                 epoch,
             )
             .with_lease_ms(lease_ms);
+            let attach = AttachRequest {
+                header,
+                boot: spec.encode(),
+            };
+            let (stream, session) = open_channel(backup, connect_timeout, &security, &attach)?;
+            if session.mode() != security.mode() {
+                bail!("the opened channel is not the one asked for");
+            }
+            let local = stream
+                .local_addr()
+                .context("local address of the logging channel")?;
+            let udp = UdpSocket::bind((local.ip(), hb_port))
+                .with_context(|| format!("binding the heartbeat port {}:{hb_port}", local.ip()))?;
+            let _ = shared
+                .status
+                .channel
+                .set(security.mode().name().to_string());
             // The I/O thread sends what the vCPU thread publishes; the vCPU
             // wakes it (it does that for outputs anyway), not the log buffers.
             // 16 MiB of log buffers by default: room for bursts, and quick
@@ -104,7 +139,8 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
                 logchan::log_buffers_with(&config).context("allocating log buffers")?;
             let sender =
                 SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
-                    .context("setting up the logging channel")?;
+                    .context("setting up the logging channel")?
+                    .secured(session.records);
             let heartbeat = HeartbeatEngine::new(
                 udp,
                 hb_peer,
@@ -113,7 +149,8 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
                 live.period,
                 TAG_HEARTBEAT,
             )
-            .context("setting up heartbeats")?;
+            .context("setting up heartbeats")?
+            .with_keys(session.beats);
             let mut recorder = Recorder::new(producer, true, policy);
             recorder
                 .boot(&spec.encode())

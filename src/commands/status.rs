@@ -5,6 +5,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use lockstep_status::client::{FETCH_TIMEOUT, fetch};
 use lockstep_status::summary;
 
@@ -12,8 +14,16 @@ use crate::cli::StatusArgs;
 use crate::exit_status::ExitStatus;
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            logchan::secure::read_token(path)
+                .with_context(|| format!("--token-file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let token = token.as_deref();
     let Some(period) = args.watch else {
-        let (json, snapshot) = fetch(&args.addr, FETCH_TIMEOUT)?;
+        let (json, snapshot) = fetch(&args.addr, token, FETCH_TIMEOUT)?;
         let text = if args.json {
             format!("{json}\n")
         } else {
@@ -31,7 +41,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
     // JSON document per line with --json, for scripts).
     let redraw = !args.json && std::io::stdout().is_terminal();
     loop {
-        let text = match fetch(&args.addr, FETCH_TIMEOUT) {
+        let text = match fetch(&args.addr, token, FETCH_TIMEOUT) {
             Ok((json, _)) if args.json => format!("{json}\n"),
             Ok((_, snapshot)) => summary::render(&snapshot),
             // Keep watching: the VMM may be restarting or failing over, and

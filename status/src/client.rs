@@ -57,29 +57,43 @@ pub fn normalize_addr(addr: &str) -> Result<String, FetchError> {
     Ok(hostport.to_string())
 }
 
-/// Queries `GET /status` at `addr` and returns the JSON (compact, one line)
-/// and the decoded snapshot.
-pub fn fetch(addr: &str, timeout: Duration) -> Result<(String, StatusSnapshot), FetchError> {
+/// Queries `GET /status` at `addr` and returns the JSON (compact, one
+/// line, safe to print: see [`crate::sanitize`]) and the decoded snapshot.
+/// `token` goes as `Authorization: Bearer` (an endpoint bound beyond
+/// loopback requires it).
+pub fn fetch(
+    addr: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(String, StatusSnapshot), FetchError> {
     let addr = normalize_addr(addr)?;
-    let resp = http::request(&addr, "GET", "/status", None, timeout).map_err(|source| {
-        if source.is_unreachable() {
-            FetchError::Unreachable {
-                addr: addr.clone(),
-                source,
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    let resp =
+        http::request_with(&addr, "GET", "/status", &headers, None, timeout).map_err(|source| {
+            if source.is_unreachable() {
+                FetchError::Unreachable {
+                    addr: addr.clone(),
+                    source,
+                }
+            } else {
+                FetchError::Exchange {
+                    addr: addr.clone(),
+                    source,
+                }
             }
-        } else {
-            FetchError::Exchange {
-                addr: addr.clone(),
-                source,
-            }
-        }
-    })?;
+        })?;
     let text = resp.body_text();
     if resp.status != 200 {
+        let body: String = text.trim().chars().take(200).collect();
         return Err(FetchError::Status {
             addr,
             status: resp.status,
-            body: text.trim().chars().take(200).collect(),
+            body: crate::sanitize::for_terminal(&body),
         });
     }
     // Through a `Value`, so the JSON printed by `--json` keeps fields a
@@ -90,5 +104,8 @@ pub fn fetch(addr: &str, timeout: Duration) -> Result<(String, StatusSnapshot), 
     };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(decode)?;
     let snapshot = StatusSnapshot::deserialize(&value).map_err(decode)?;
-    Ok((value.to_string(), snapshot))
+    Ok((
+        crate::sanitize::json_for_terminal(&value.to_string()),
+        snapshot,
+    ))
 }

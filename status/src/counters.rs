@@ -89,6 +89,9 @@ pub struct StatusCounters {
     pub name: OnceLock<String>,
     /// The peer's address or name; set once at start.
     pub peer: OnceLock<String>,
+    /// How the logging channel is protected (`noise-psk`, `insecure`);
+    /// set once at start by an FT side.
+    pub channel: OnceLock<String>,
     /// [`Role`] as `u8`; use [`StatusCounters::set_role`].
     pub role: AtomicU8,
     /// The FT pair run's epoch (0 outside FT).
@@ -134,6 +137,18 @@ pub struct StatusCounters {
     /// The guest's exits and sync calls.
     pub guest_exits: AtomicU64,
     pub guest_sync_calls: AtomicU64,
+    /// Heartbeats refused: not signed with the peer's key of this session
+    /// (forged), or an old counter again (replayed).
+    pub heartbeats_forged: AtomicU64,
+    pub heartbeats_replayed: AtomicU64,
+    /// Backup: connections to the logging port dropped before they proved
+    /// anything (junk, silence, a wrong key, a replay, too many at once).
+    pub channel_rejected: AtomicU64,
+    /// Backup: authenticated primaries refused (a second one, a wrong
+    /// guest, an epoch the arbiter never began).
+    pub primaries_refused: AtomicU64,
+    /// Status requests refused for lack of the bearer token.
+    pub status_unauthorized: AtomicU64,
 }
 
 impl Default for StatusCounters {
@@ -142,6 +157,7 @@ impl Default for StatusCounters {
             started: Instant::now(),
             name: OnceLock::new(),
             peer: OnceLock::new(),
+            channel: OnceLock::new(),
             role: AtomicU8::new(Role::Standalone as u8),
             epoch: AtomicU64::new(0),
             log_seq: AtomicU64::new(0),
@@ -163,6 +179,11 @@ impl Default for StatusCounters {
             lease_until_ms: AtomicU64::new(NEVER),
             guest_exits: AtomicU64::new(0),
             guest_sync_calls: AtomicU64::new(0),
+            heartbeats_forged: AtomicU64::new(0),
+            heartbeats_replayed: AtomicU64::new(0),
+            channel_rejected: AtomicU64::new(0),
+            primaries_refused: AtomicU64::new(0),
+            status_unauthorized: AtomicU64::new(0),
         }
     }
 }

@@ -85,6 +85,19 @@ pub fn request(
     body: Option<(&str, &[u8])>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
+    request_with(addr, method, path, &[], body, timeout)
+}
+
+/// [`request`] with extra request headers (`name`, `value`; neither may
+/// hold a line break).
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
     let deadline = Instant::now() + timeout;
     let timed_out = || HttpError::Timeout {
         addr: addr.to_string(),
@@ -129,6 +142,11 @@ pub fn request(
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lockstep\r\nAccept: */*\r\nConnection: close\r\n"
     );
+    for (name, value) in headers {
+        if !name.contains(['\r', '\n']) && !value.contains(['\r', '\n']) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
     if let Some((content_type, bytes)) = body {
         head.push_str(&format!(
             "Content-Type: {content_type}\r\nContent-Length: {}\r\n",

@@ -13,10 +13,11 @@ pub mod counters;
 pub mod http;
 pub mod metrics;
 pub mod rate;
+pub mod sanitize;
 pub mod server;
 pub mod snapshot;
 pub mod summary;
 
 pub use counters::{Role, StatusCounters};
-pub use server::{ServerError, StatusServer};
+pub use server::{ServerError, ServerOptions, StatusServer};
 pub use snapshot::StatusSnapshot;

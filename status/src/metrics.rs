@@ -188,6 +188,36 @@ pub fn render(s: &StatusSnapshot) -> String {
         s.heartbeats_received,
     );
     o.one(
+        "heartbeats_forged_total",
+        Counter,
+        "Heartbeats refused: not signed with the peer's key of this session.",
+        s.heartbeats_forged,
+    );
+    o.one(
+        "heartbeats_replayed_total",
+        Counter,
+        "Heartbeats refused: a counter already seen (replayed).",
+        s.heartbeats_replayed,
+    );
+    o.one(
+        "channel_rejected_total",
+        Counter,
+        "Backup: logging connections dropped before they authenticated.",
+        s.channel_rejected,
+    );
+    o.one(
+        "primaries_refused_total",
+        Counter,
+        "Backup: authenticated primaries refused (a second one, another guest, an unbegun epoch).",
+        s.primaries_refused,
+    );
+    o.one(
+        "status_unauthorized_total",
+        Counter,
+        "Status requests refused for lack of the bearer token.",
+        s.status_unauthorized,
+    );
+    o.one(
         "failovers_total",
         Counter,
         "Failovers this VMM took part in (went live or continued alone).",

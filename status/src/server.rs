@@ -6,12 +6,21 @@
 //! The accept thread never reads from a client: every connection gets a
 //! short-lived thread with a bounded request size and one deadline for the
 //! whole exchange, and at most [`MAX_CONNECTIONS`] run at once (more are
-//! closed at once), so one slow or malicious client cannot stall the
-//! endpoint — and nothing here can slow the VMM, which only ever writes
-//! its atomics.
+//! closed at once), and at most [`MAX_PER_CLIENT`] from one address (a
+//! fair share: one client trickling requests cannot take every slot), so
+//! one slow or malicious client cannot blind the endpoint — and nothing
+//! here can slow the VMM, which only ever writes its atomics.
+//!
+//! **Access.** An endpoint on a loopback address answers anyone on this
+//! host. One bound to any other address must be given a bearer token
+//! ([`ServerOptions::token`]; refused otherwise), and then every request
+//! needs `Authorization: Bearer TOKEN` (401 otherwise, counted). The
+//! endpoint only reads; future write actions will require the token
+//! everywhere.
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +40,8 @@ pub const MAX_REQUEST: usize = 8 << 10;
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
 /// Connections served at once; more are closed without an answer.
 pub const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once from one client address.
+pub const MAX_PER_CLIENT: usize = 4;
 /// How often the accept thread samples `log_bytes` (and checks for stop).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -44,6 +55,18 @@ pub enum ServerError {
     },
     #[error("cannot start the status thread")]
     Spawn(#[source] std::io::Error),
+    #[error(
+        "{addr} is not a loopback address: an endpoint others can reach needs a bearer token (--status-token-file)"
+    )]
+    NeedsToken { addr: SocketAddr },
+}
+
+/// How an endpoint is protected.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Every request must carry `Authorization: Bearer <token>`. Required
+    /// for an address beyond loopback.
+    pub token: Option<String>,
 }
 
 /// A running status endpoint; stops (and closes its socket) on drop.
@@ -58,6 +81,9 @@ struct Shared {
     counters: Arc<StatusCounters>,
     window: Mutex<RateWindow>,
     active: AtomicUsize,
+    /// Connections being served, per client address.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    token: Option<String>,
 }
 
 impl Shared {
@@ -80,6 +106,16 @@ impl StatusServer {
     /// Binds `addr` (`HOST:PORT`; port 0 picks one, see
     /// [`StatusServer::local_addr`]) and serves `counters` from a thread.
     pub fn spawn(addr: &str, counters: Arc<StatusCounters>) -> Result<StatusServer, ServerError> {
+        Self::spawn_with(addr, counters, ServerOptions::default())
+    }
+
+    /// [`StatusServer::spawn`] with `opts` (a token for an endpoint beyond
+    /// loopback).
+    pub fn spawn_with(
+        addr: &str,
+        counters: Arc<StatusCounters>,
+        opts: ServerOptions,
+    ) -> Result<StatusServer, ServerError> {
         let bind_err = |source| ServerError::Bind {
             addr: addr.to_string(),
             source,
@@ -87,12 +123,18 @@ impl StatusServer {
         let listener = TcpListener::bind(addr).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
+        if opts.token.is_none() && !local.ip().is_loopback() {
+            return Err(ServerError::NeedsToken { addr: local });
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             counters,
             window: Mutex::new(RateWindow::new()),
             active: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+            token: opts.token,
         });
+        let shared_has_token = shared.token.is_some();
         let thread = std::thread::Builder::new()
             .name("status-http".into())
             .spawn({
@@ -100,7 +142,14 @@ impl StatusServer {
                 move || accept_loop(listener, shared, stop)
             })
             .map_err(ServerError::Spawn)?;
-        tracing::info!("status and metrics on http://{local}/status and /metrics");
+        tracing::info!(
+            "status and metrics on http://{local}/status and /metrics{}",
+            if shared_has_token {
+                " (bearer token required)"
+            } else {
+                ""
+            }
+        );
         Ok(StatusServer {
             addr: local,
             stop,
@@ -140,7 +189,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
         }
         loop {
             match listener.accept() {
-                Ok((stream, _)) => admit(stream, &shared),
+                Ok((stream, peer)) => admit(stream, peer.ip(), &shared),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // ECONNABORTED, EMFILE…: this client is lost, the endpoint
@@ -155,10 +204,38 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
     }
 }
 
-/// Hands a connection to its own thread, or closes it if too many run.
-fn admit(stream: TcpStream, shared: &Arc<Shared>) {
-    if shared.active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-        shared.active.fetch_sub(1, Ordering::AcqRel);
+impl Shared {
+    /// Takes a slot for a connection from `client`, if one is free for it.
+    fn enter(&self, client: IpAddr) -> bool {
+        let mut per = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = per.entry(client).or_insert(0);
+        if *mine >= MAX_PER_CLIENT {
+            return false;
+        }
+        if self.active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        *mine += 1;
+        true
+    }
+
+    fn leave(&self, client: IpAddr) {
+        let mut per = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&client);
+            }
+        }
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Hands a connection to its own thread, or closes it if too many run
+/// (overall, or from this client).
+fn admit(stream: TcpStream, client: IpAddr, shared: &Arc<Shared>) {
+    if !shared.enter(client) {
         return;
     }
     let worker = shared.clone();
@@ -167,10 +244,10 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
         .stack_size(256 << 10)
         .spawn(move || {
             serve(stream, &worker);
-            worker.active.fetch_sub(1, Ordering::AcqRel);
+            worker.leave(client);
         });
     if spawned.is_err() {
-        shared.active.fetch_sub(1, Ordering::AcqRel);
+        shared.leave(client);
     }
 }
 
@@ -278,6 +355,7 @@ impl Answer {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
             431 => "Request Header Fields Too Large",
@@ -292,6 +370,9 @@ impl Answer {
         );
         if self.status == 405 {
             out.push_str("Allow: GET, HEAD\r\n");
+        }
+        if self.status == 401 {
+            out.push_str("WWW-Authenticate: Bearer realm=\"lockstep\"\r\n");
         }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
@@ -323,6 +404,12 @@ fn route(head: &[u8], shared: &Shared) -> Answer {
         "HEAD" => true,
         _ => return Answer::text(405, "only GET and HEAD\n"),
     };
+    if let Some(token) = &shared.token
+        && !authorized(head, token)
+    {
+        StatusCounters::add(&shared.counters.status_unauthorized, 1);
+        return Answer::text(401, "this endpoint needs Authorization: Bearer TOKEN\n");
+    }
     let path = target.split(['?', '#']).next().unwrap_or_default();
     let mut answer = match path {
         "/status" => match serde_json::to_vec(&shared.snapshot()) {
@@ -350,4 +437,23 @@ fn route(head: &[u8], shared: &Shared) -> Answer {
     };
     answer.head_only = head_only;
     answer
+}
+
+/// Whether the request head carries `Authorization: Bearer <token>`.
+fn authorized(head: &str, token: &str) -> bool {
+    head.split("\r\n").skip(1).any(|line| {
+        let Some((name, value)) = line.split_once(':') else {
+            return false;
+        };
+        name.trim().eq_ignore_ascii_case("authorization")
+            && value
+                .trim()
+                .strip_prefix("Bearer ")
+                .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()))
+    })
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

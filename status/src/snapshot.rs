@@ -63,6 +63,24 @@ pub struct StatusSnapshot {
     pub lease_remaining_ms: Option<u64>,
     pub guest_exits: u64,
     pub guest_sync_calls: u64,
+    /// How the logging channel is protected (`noise-psk`, `insecure`);
+    /// absent outside FT.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Heartbeats refused as forged or replayed.
+    #[serde(default)]
+    pub heartbeats_forged: u64,
+    #[serde(default)]
+    pub heartbeats_replayed: u64,
+    /// Backup: logging connections dropped unauthenticated, and
+    /// authenticated primaries refused.
+    #[serde(default)]
+    pub channel_rejected: u64,
+    #[serde(default)]
+    pub primaries_refused: u64,
+    /// Status requests refused for lack of the token.
+    #[serde(default)]
+    pub status_unauthorized: u64,
 }
 
 impl StatusSnapshot {
@@ -113,6 +131,12 @@ impl StatusSnapshot {
             lease_remaining_ms: c.lease_remaining_ms(),
             guest_exits: get(&c.guest_exits),
             guest_sync_calls: get(&c.guest_sync_calls),
+            channel: c.channel.get().cloned(),
+            heartbeats_forged: get(&c.heartbeats_forged),
+            heartbeats_replayed: get(&c.heartbeats_replayed),
+            channel_rejected: get(&c.channel_rejected),
+            primaries_refused: get(&c.primaries_refused),
+            status_unauthorized: get(&c.status_unauthorized),
         }
     }
 

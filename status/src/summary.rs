@@ -5,15 +5,18 @@
 use std::fmt::Write;
 
 use super::counters::Role;
+use super::sanitize::for_terminal;
 use super::snapshot::StatusSnapshot;
 
+/// The summary; every string the endpoint sent is shown through
+/// [`for_terminal`] (it may come from another host).
 pub fn render(s: &StatusSnapshot) -> String {
     let mut o = String::new();
     // Writing to a String cannot fail.
     let name = if s.name.is_empty() {
-        "lockstep"
+        "lockstep".to_string()
     } else {
-        &s.name
+        for_terminal(&s.name)
     };
     let _ = writeln!(
         o,
@@ -22,7 +25,7 @@ pub fn render(s: &StatusSnapshot) -> String {
         s.epoch,
         duration(s.uptime_ms)
     );
-    let peer = s.peer.as_deref().unwrap_or("-");
+    let peer = for_terminal(s.peer.as_deref().unwrap_or("-"));
     let heard = match s.peer_silent_ms {
         Some(ms) => format!("heard {} ago", duration_fine(ms)),
         None => "never heard".to_string(),
@@ -71,6 +74,17 @@ pub fn render(s: &StatusSnapshot) -> String {
         "  gate       {} frames, {} disk writes held{lease}",
         s.gate_frames, s.gate_disk_writes
     );
+    if let Some(channel) = &s.channel {
+        let _ = writeln!(
+            o,
+            "  channel    {}; {} connections rejected, {} primaries refused; heartbeats {} forged, {} replayed",
+            for_terminal(channel),
+            s.channel_rejected,
+            s.primaries_refused,
+            s.heartbeats_forged,
+            s.heartbeats_replayed
+        );
+    }
     if s.ack_timeouts > 0 || s.outputs_refused > 0 {
         let _ = writeln!(
             o,

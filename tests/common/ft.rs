@@ -31,6 +31,8 @@ pub struct FtOptions {
     pub backup_target: Option<String>,
     /// The primary console's line that says the guest serves.
     pub ready: &'static str,
+    /// Both sides with --insecure instead of the pair's key file.
+    pub insecure: bool,
 }
 
 impl Default for FtOptions {
@@ -44,6 +46,7 @@ impl Default for FtOptions {
             mem_mib: 128,
             backup_target: None,
             ready: "kv: serving RESP",
+            insecure: false,
         }
     }
 }
@@ -87,8 +90,13 @@ impl FtPair {
         self.dir.path().join(format!("{side}.failpoints"))
     }
 
-    fn ft_args(&self, name: &str, status_ip: &str) -> Vec<String> {
-        vec![
+    /// The pair key both sides are given (made by `launch`).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("pair.key")
+    }
+
+    fn ft_args(&self, name: &str) -> Vec<String> {
+        let mut args = vec![
             "--arbiter".into(),
             self.arbiter(),
             "--name".into(),
@@ -97,9 +105,17 @@ impl FtPair {
             self.opts.heartbeat_ms.to_string(),
             "--failure-timeout-ms".into(),
             self.opts.failure_timeout_ms.to_string(),
+            // Each host's own loopback (the endpoint needs no token there).
             "--status".into(),
-            format!("{status_ip}:{STATUS_PORT}"),
-        ]
+            format!("127.0.0.1:{STATUS_PORT}"),
+        ];
+        if self.opts.insecure {
+            args.push("--insecure".into());
+        } else {
+            args.push("--key-file".into());
+            args.push(self.key_file().display().to_string());
+        }
+        args
     }
 
     /// Starts a backup on B and a primary on A and waits until the backup
@@ -111,10 +127,19 @@ impl FtPair {
     /// [`start`](Self::start) on namespaces made beforehand (to start
     /// something else in them first).
     pub fn launch(net: Net, opts: FtOptions) -> FtPair {
+        let mut pair = Self::launch_backup(net, opts);
+        pair.start_primary();
+        pair
+    }
+
+    /// Only the backup, waiting for its primary ([`FtPair::start_primary`]
+    /// starts it): to do something to the waiting backup first.
+    pub fn launch_backup(net: Net, opts: FtOptions) -> FtPair {
         let one_at_a_time = ONE_PAIR.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempdir();
         std::fs::create_dir_all(dir.path().join("shared")).expect("shared dir");
         std::fs::create_dir_all(dir.path().join("arbiter")).expect("arbiter dir");
+        logchan::secure::PairKey::write_new(&dir.path().join("pair.key")).expect("pair key");
         let mut pair = FtPair {
             primary: spawn_vmm(Command::new("true")),
             backup: spawn_vmm(Command::new("true")),
@@ -137,49 +162,59 @@ impl FtPair {
         .arg(pair.disk())
         .arg("--console")
         .arg(pair.dir.path().join("backup.console"))
-        .args(pair.ft_args("backup", BACKUP_LOG))
+        .args(pair.ft_args("backup"))
         .args(&pair.opts.backup_extra)
         .env("LOCKSTEP_FAILPOINTS_FILE", pair.failpoints_file("backup"));
         pair.backup = spawn_vmm(b);
         pair.backup
             .wait_for_line("waiting for the primary", Duration::from_secs(20));
-        let target = pair
+        pair
+    }
+
+    /// The primary's command (not started).
+    pub fn primary_command(&self) -> Command {
+        let target = self
             .opts
             .backup_target
             .clone()
             .unwrap_or_else(|| format!("{BACKUP_LOG}:{LOG_PORT}"));
-        let mut p = pair.net.cmd("a", lockstep());
+        let mut p = self.net.cmd("a", lockstep());
         p.args([
             "primary",
             "--backup",
             &target,
             "--tap",
-            &pair.net.tap(),
+            &self.net.tap(),
             "--cpus",
             "0,1",
         ])
-        .args(["--mem", &pair.opts.mem_mib.to_string(), "--disk"])
-        .arg(pair.disk())
+        .args(["--mem", &self.opts.mem_mib.to_string(), "--disk"])
+        .arg(self.disk())
         .arg("--console")
-        .arg(pair.dir.path().join("primary.console"))
-        .args(pair.ft_args("primary", PRIMARY_LOG))
-        .args(&pair.opts.primary_extra)
-        .env("LOCKSTEP_FAILPOINTS_FILE", pair.failpoints_file("primary"));
-        pair.primary = spawn_vmm(p);
+        .arg(self.dir.path().join("primary.console"))
+        .args(self.ft_args("primary"))
+        .args(&self.opts.primary_extra)
+        .env("LOCKSTEP_FAILPOINTS_FILE", self.failpoints_file("primary"));
+        p
+    }
+
+    /// Starts the primary and waits until the backup follows it and the
+    /// guest serves.
+    pub fn start_primary(&mut self) {
+        self.primary = spawn_vmm(self.primary_command());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(pair.console("primary").contains(pair.opts.ready)
-            && pair.backup.log().contains("following the primary"))
+        while !(self.console("primary").contains(self.opts.ready)
+            && self.backup.log().contains("following the primary"))
         {
             assert!(
                 Instant::now() < deadline,
                 "the pair did not come up within 30 s\nprimary:\n{}\nprimary console:\n{}\nbackup:\n{}",
-                pair.primary.log(),
-                pair.console("primary"),
-                pair.backup.log()
+                self.primary.log(),
+                self.console("primary"),
+                self.backup.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        pair
     }
 
     pub fn console(&self, side: &str) -> String {
@@ -208,15 +243,11 @@ impl FtPair {
 
     /// `lockstep status --json` of one side, parsed.
     pub fn status(&self, side: &str) -> Option<serde_json::Value> {
-        let (ns, ip) = if side == "primary" {
-            ("a", PRIMARY_LOG)
-        } else {
-            ("b", BACKUP_LOG)
-        };
+        let ns = Self::host_of(side);
         let out = self
             .net
             .cmd(ns, lockstep())
-            .args(["status", "--json", &format!("{ip}:{STATUS_PORT}")])
+            .args(["status", "--json", &format!("127.0.0.1:{STATUS_PORT}")])
             .output()
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()

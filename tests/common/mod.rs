@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod capture;
 pub mod etcd;
 pub mod ft;
 pub mod hog;

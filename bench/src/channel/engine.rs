@@ -171,7 +171,7 @@ impl EngineLoop {
     }
 }
 
-fn header() -> StreamHeader {
+pub(super) fn header() -> StreamHeader {
     StreamHeader::new(
         GuestIdentity {
             kernel_hash: 1,
@@ -209,6 +209,16 @@ impl ChannelSender {
     /// Starts the engine thread on `stream` (connected to a
     /// [`run_receiver`]); returns once the engine is attached.
     pub fn start(stream: TcpStream, opts: SenderOptions) -> anyhow::Result<ChannelSender> {
+        Self::start_sealed(stream, opts, None)
+    }
+
+    /// [`ChannelSender::start`] on an opened channel: `records` seal the
+    /// stream (an authenticated session's record layer).
+    pub fn start_sealed(
+        stream: TcpStream,
+        opts: SenderOptions,
+        records: Option<RecordLayer>,
+    ) -> anyhow::Result<ChannelSender> {
         let mut cfg = LogConfig::new(8, 1 << 20);
         // The engine thread never parks on the log's futex: the doorbell
         // is its wake-up.
@@ -225,7 +235,8 @@ impl ChannelSender {
                     let cpu0 = ThreadCpu::now();
                     let mut lp = EngineLoop::new(Some(bell))?;
                     let mut engine = SenderEngine::new(stream, consumer, header(), TAG_CHAN, opts)
-                        .context("sender engine")?;
+                        .context("sender engine")?
+                        .secured(records);
                     let attached = engine
                         .attach(&lp.ring.submitter(), Registration::Table)
                         .context("attaching the sender")?;
@@ -360,11 +371,14 @@ pub struct ReceiverReport {
 pub fn run_receiver(
     stream: TcpStream,
     opts: ReceiverOptions,
+    records: Option<RecordLayer>,
     ready: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<ReceiverReport> {
     let cpu0 = ThreadCpu::now();
     let mut lp = EngineLoop::new(None)?;
-    let mut engine = ReceiverEngine::new(stream, TAG_CHAN, opts).context("receiver engine")?;
+    let mut engine = ReceiverEngine::new(stream, TAG_CHAN, opts)
+        .context("receiver engine")?
+        .secured(records);
     engine
         .attach(&lp.ring.submitter(), Registration::Table)
         .context("attaching the receiver")?;

@@ -27,12 +27,14 @@ mod cpu;
 mod engine;
 mod hosts;
 mod round_trip;
+mod sealing;
 mod stream;
 
 pub use cpu::ThreadCpu;
 pub use engine::*;
 pub use hosts::*;
 pub use round_trip::*;
+pub use sealing::*;
 pub use stream::*;
 
 use std::cell::{Cell, RefCell};
@@ -54,6 +56,7 @@ use logchan::channel::{
     ReceiverEngine, ReceiverEvent, ReceiverOptions, ReceiverStats, Registration, SendMode,
     SenderEngine, SenderEvent, SenderOptions, SenderStats,
 };
+use logchan::secure::{PairKey, RecordLayer};
 use logchan::{
     Entry, ExitKind, GuestIdentity, LogConfig, LogProducer, LogStats, StreamHeader, encode_into,
     encoded_len, log_buffers_with,

@@ -158,11 +158,14 @@ pub fn channel_round_trips(
     samples: u64,
     send: SenderOptions,
     recv: ReceiverOptions,
+    key: Option<PairKey>,
 ) -> anyhow::Result<RoundTrips> {
+    let key_b = key.clone();
     let (rt, _) = hosts.run(
         "rtt",
         move |addr, hs| {
-            let mut tx = ChannelSender::start(connect(addr)?, send)?;
+            let (stream, records) = open_a(connect(addr)?, key.as_ref())?;
+            let mut tx = ChannelSender::start_sealed(stream, send, records)?;
             hs.ready()?;
             publish_ack(&mut tx, warmup, None)?;
             let mut hist = histogram()?;
@@ -174,7 +177,10 @@ pub fn channel_round_trips(
                 sender: Some(report.stats),
             })
         },
-        move |l, hs| run_receiver(accept(&l)?, recv, || hs.ready()),
+        move |l, hs| {
+            let (stream, records) = open_b(accept(&l)?, key_b.as_ref())?;
+            run_receiver(stream, recv, records, || hs.ready())
+        },
     )?;
     Ok(rt)
 }

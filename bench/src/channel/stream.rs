@@ -44,17 +44,23 @@ pub fn channel_stream(
     total: u64,
     send: SenderOptions,
     recv: ReceiverOptions,
+    key: Option<PairKey>,
 ) -> anyhow::Result<StreamRun> {
     let n = total / netrx_len();
+    let key_b = key.clone();
     let (a, receiver) = hosts.run(
         "chan",
         move |addr, hs| {
-            let mut tx = ChannelSender::start(connect(addr)?, send)?;
+            let (stream, records) = open_a(connect(addr)?, key.as_ref())?;
+            let mut tx = ChannelSender::start_sealed(stream, send, records)?;
             hs.ready()?;
             let (took, producer_cpu) = stream_entries(&mut tx, n)?;
             Ok((took, producer_cpu, tx.finish()?))
         },
-        move |l, hs| run_receiver(accept(&l)?, recv, || hs.ready()),
+        move |l, hs| {
+            let (stream, records) = open_b(accept(&l)?, key_b.as_ref())?;
+            run_receiver(stream, recv, records, || hs.ready())
+        },
     )?;
     let (took, producer_cpu, sender) = a;
     let bytes = n * netrx_len();

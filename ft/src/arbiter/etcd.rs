@@ -328,6 +328,19 @@ impl Arbiter for EtcdArbiter {
         }
     }
 
+    fn begun_by(&self, epoch: u64) -> Result<Option<String>, ArbiterError> {
+        check_epoch(epoch)?;
+        let answer = self.call("range", &json!({"key": b64(&self.begun_key(epoch))}))?;
+        Ok(answer
+            .get("kvs")
+            .and_then(Value::as_array)
+            .and_then(|k| k.first())
+            .map(|kv| {
+                let value = kv.get("value").and_then(unb64).unwrap_or_default();
+                record_name(&String::from_utf8_lossy(&value))
+            }))
+    }
+
     fn claim(&self, epoch: u64, who: &Claimant) -> Result<Claim, ArbiterError> {
         check_epoch(epoch)?;
         Ok(

@@ -332,6 +332,15 @@ impl Arbiter for FileArbiter {
         taken(self.test_and_set(BEGUN_INFIX, epoch, who)?)
     }
 
+    fn begun_by(&self, epoch: u64) -> Result<Option<String>, ArbiterError> {
+        check_epoch(epoch)?;
+        self.check_place()?;
+        Ok(self
+            .decided(BEGUN_INFIX, epoch)?
+            .ok()
+            .map(|r| record_name(&r)))
+    }
+
     fn claim(&self, epoch: u64, who: &Claimant) -> Result<Claim, ArbiterError> {
         check_epoch(epoch)?;
         self.check_place()?;

@@ -191,6 +191,10 @@ pub trait Arbiter: Send + Sync {
     /// epoch never begun is refused ([`ArbiterError::NotBegun`]).
     fn claim(&self, epoch: u64, who: &Claimant) -> Result<Claim, ArbiterError>;
 
+    /// Who began run `epoch` (the name in its record), if anyone did: a
+    /// backup follows only a primary whose epoch was begun.
+    fn begun_by(&self, epoch: u64) -> Result<Option<String>, ArbiterError>;
+
     /// Begins a fresh epoch (`latest_epoch() + 1`, or the next free one if
     /// another run takes it at the same moment) and returns it.
     fn begin_next(&self, who: &Claimant) -> Result<u64, ArbiterError> {

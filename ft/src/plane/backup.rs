@@ -15,6 +15,7 @@ use lockstep_status::StatusCounters;
 use lockstep_vmm::dataplane::plane::{AttachError, Dataplane, IoPlane};
 use lockstep_vmm::dataplane::shared::{Handoff, VmShared};
 use logchan::channel::{HeartbeatEngine, ReceiverEngine, ReceiverEvent, Registration, Role};
+use logchan::secure::BeatKeys;
 use logchan::{EntryKind, StreamHeader};
 
 use super::{TAG_HEARTBEAT, TAG_LOG, last_entry_kind};
@@ -28,6 +29,8 @@ pub struct BackupPlane {
     /// Created when the stream header names the epoch.
     heartbeat: Option<HeartbeatEngine>,
     socket: Option<UdpSocket>,
+    /// The session's heartbeat keys (`None`: an insecure channel).
+    beat_keys: Option<BeatKeys>,
     peer: SocketAddr,
     live: Liveness,
     monitor: FailureMonitor,
@@ -46,9 +49,11 @@ pub struct BackupPlane {
 }
 
 impl BackupPlane {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         receiver: ReceiverEngine,
         socket: UdpSocket,
+        beat_keys: Option<BeatKeys>,
         peer: SocketAddr,
         live: Liveness,
         ft: Arc<FtShared>,
@@ -59,6 +64,7 @@ impl BackupPlane {
             receiver,
             heartbeat: None,
             socket: Some(socket),
+            beat_keys,
             peer,
             live,
             monitor: FailureMonitor::new(live.timeout, Instant::now()),
@@ -85,7 +91,7 @@ impl BackupPlane {
             self.live.period,
             TAG_HEARTBEAT,
         ) {
-            Ok(h) => self.heartbeat = Some(h),
+            Ok(h) => self.heartbeat = Some(h.with_keys(self.beat_keys.take())),
             Err(e) => tracing::error!("heartbeats to {}: {e}", self.peer),
         }
     }
@@ -100,6 +106,8 @@ impl BackupPlane {
             let hb = h.stats();
             StatusCounters::set(&self.status.heartbeats_sent, hb.sent);
             StatusCounters::set(&self.status.heartbeats_received, hb.received);
+            StatusCounters::set(&self.status.heartbeats_forged, hb.ignored_forged);
+            StatusCounters::set(&self.status.heartbeats_replayed, hb.ignored_replayed);
         }
     }
 

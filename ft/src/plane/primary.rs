@@ -66,6 +66,8 @@ impl PrimaryPlane {
         let hb = self.heartbeat.stats();
         StatusCounters::set(&self.status.heartbeats_sent, hb.sent);
         StatusCounters::set(&self.status.heartbeats_received, hb.received);
+        StatusCounters::set(&self.status.heartbeats_forged, hb.ignored_forged);
+        StatusCounters::set(&self.status.heartbeats_replayed, hb.ignored_replayed);
     }
 
     /// Gives the engines the rule's lease if it changed.

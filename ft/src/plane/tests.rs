@@ -101,7 +101,7 @@ fn backup() -> Backup {
     let (tx, chunks) = rtrb::RingBuffer::new(16);
     let ft = Arc::new(FtShared::default());
     let shared = Arc::new(VmShared::default());
-    let plane = BackupPlane::new(receiver, socket, peer, LIVE, ft.clone(), shared, tx);
+    let plane = BackupPlane::new(receiver, socket, None, peer, LIVE, ft.clone(), shared, tx);
     Backup {
         plane,
         chunks,

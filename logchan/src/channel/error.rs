@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use super::ack::AckError;
+use crate::secure::RecordError;
 use crate::stream::StreamError;
 
 /// Why a logging-channel connection ended. Reported once, in
@@ -27,6 +28,10 @@ pub enum ChannelError {
     /// A corrupt stream header or entry arrived (receiver).
     #[error("corrupt log stream")]
     Corrupt(#[source] StreamError),
+    /// A record of an authenticated channel failed (forged, replayed,
+    /// damaged): nothing from it on is trusted, so the connection ends.
+    #[error("the logging channel's records cannot be trusted")]
+    Record(#[source] RecordError),
     /// `shutdown()` was called.
     #[error("the logging channel was shut down locally")]
     Shutdown,

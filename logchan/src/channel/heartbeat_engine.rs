@@ -8,6 +8,11 @@
 //! that often. (`next_deadline()` tells when the next beat is due, for an
 //! I/O thread that wants to bound its sleep itself.)
 //!
+//! With keys ([`HeartbeatEngine::with_keys`], from an authenticated
+//! channel's handshake) beats are signed (version 2) and only the peer's
+//! signed beats with a counter above the last accepted one count: forged
+//! and replayed datagrams are counted and ignored.
+//!
 //! The socket is connected to the peer, so the kernel drops datagrams from
 //! anyone else and reports ICMP errors (`ECONNREFUSED` while the peer's
 //! port is closed, `ENETUNREACH`/`EHOSTUNREACH` while the link is down) on
@@ -22,8 +27,9 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::error::SetupError;
-use super::heartbeat::{HEARTBEAT_LEN, Heartbeat, Role};
+use super::heartbeat::{HEARTBEAT_LEN, Heartbeat, Role, SIGNED_HEARTBEAT_LEN};
 use super::{user_data, user_data_kind, user_data_tag};
+use crate::secure::BeatKeys;
 
 const KIND_SEND: u8 = 1;
 const KIND_RECV: u8 = 2;
@@ -47,6 +53,12 @@ pub struct HeartbeatStats {
     pub ignored_malformed: u64,
     pub ignored_epoch: u64,
     pub ignored_role: u64,
+    /// Datagrams not signed with the peer's key of this session (keyed
+    /// engines only): forged, or from another session.
+    pub ignored_forged: u64,
+    /// Signed beats whose counter was not above the last accepted one:
+    /// replayed (or reordered) datagrams.
+    pub ignored_replayed: u64,
     /// Beats not sent because the previous send had not completed.
     pub skipped: u64,
 }
@@ -79,6 +91,8 @@ pub struct HeartbeatEngine {
     created: Instant,
     last_heard: Option<Instant>,
     peer_beat: Option<Heartbeat>,
+    /// Sign our beats and check the peer's (`None`: version 1, crc only).
+    keys: Option<BeatKeys>,
     stats: HeartbeatStats,
 }
 
@@ -132,7 +146,7 @@ impl HeartbeatEngine {
             next_beat: None,
             stopped: false,
             shut: false,
-            send_buf: vec![0u8; HEARTBEAT_LEN].into_boxed_slice(),
+            send_buf: vec![0u8; SIGNED_HEARTBEAT_LEN].into_boxed_slice(),
             send_in_flight: false,
             recv_buf: vec![0u8; RECV_BUF_LEN].into_boxed_slice(),
             recv_armed: false,
@@ -141,8 +155,22 @@ impl HeartbeatEngine {
             created: Instant::now(),
             last_heard: None,
             peer_beat: None,
+            keys: None,
             stats: HeartbeatStats::default(),
         })
+    }
+
+    /// Signs our beats and accepts only the peer's signed ones (an
+    /// authenticated channel's heartbeat keys). Call before the first
+    /// `pump`.
+    pub fn with_keys(mut self, keys: Option<BeatKeys>) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Whether beats are signed.
+    pub fn is_signed(&self) -> bool {
+        self.keys.is_some()
     }
 
     pub fn tag(&self) -> u8 {
@@ -265,9 +293,19 @@ impl HeartbeatEngine {
             counter: self.counter + 1,
             log_seq: self.log_seq,
         };
-        self.send_buf.copy_from_slice(&beat.encode());
+        let len = match &self.keys {
+            Some(keys) => {
+                self.send_buf
+                    .copy_from_slice(&beat.encode_signed(&keys.ours));
+                SIGNED_HEARTBEAT_LEN
+            }
+            None => {
+                self.send_buf[..HEARTBEAT_LEN].copy_from_slice(&beat.encode());
+                HEARTBEAT_LEN
+            }
+        };
         let fd = types::Fd(self.socket.as_raw_fd());
-        let e = opcode::Send::new(fd, self.send_buf.as_ptr(), HEARTBEAT_LEN as u32)
+        let e = opcode::Send::new(fd, self.send_buf.as_ptr(), len as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(user_data(self.tag, KIND_SEND, 0));
@@ -362,14 +400,39 @@ impl HeartbeatEngine {
             return None;
         }
         let n = (res as usize).min(RECV_BUF_LEN);
-        let beat = match Heartbeat::decode(&self.recv_buf[..n]) {
+        let datagram = &self.recv_buf[..n];
+        let decoded = match &self.keys {
+            Some(keys) => Heartbeat::decode_signed(datagram, &keys.peers),
+            None => Heartbeat::decode(datagram),
+        };
+        let beat = match decoded {
             Ok(b) => b,
             Err(e) => {
-                self.stats.ignored_malformed += 1;
-                tracing::debug!(error = %e, "heartbeat ignored");
+                if self.keys.is_some() {
+                    // Whatever it is, it was not signed by the peer.
+                    self.stats.ignored_forged += 1;
+                    note_rejected("unsigned or forged", self.stats.ignored_forged, &e);
+                } else {
+                    self.stats.ignored_malformed += 1;
+                    tracing::debug!(error = %e, "heartbeat ignored");
+                }
                 return None;
             }
         };
+        if self.keys.is_some() {
+            // Signed beats count only forward: a recording of this
+            // session's own beats replayed later is not a sign of life.
+            let last = self.peer_beat.map_or(0, |b| b.counter);
+            if beat.counter <= last {
+                self.stats.ignored_replayed += 1;
+                note_rejected(
+                    "replayed",
+                    self.stats.ignored_replayed,
+                    &format!("counter {} after {last}", beat.counter),
+                );
+                return None;
+            }
+        }
         if beat.epoch != self.epoch {
             self.stats.ignored_epoch += 1;
             tracing::debug!(
@@ -387,6 +450,14 @@ impl HeartbeatEngine {
         self.last_heard = Some(Instant::now());
         self.peer_beat = Some(beat);
         Some(beat)
+    }
+}
+
+/// Logs a rejected heartbeat: the first ten, then every 100th, so a flood
+/// does not flood the log.
+fn note_rejected(what: &str, count: u64, why: &dyn std::fmt::Display) {
+    if count <= 10 || count.is_multiple_of(100) {
+        tracing::warn!(count, "heartbeat ignored: {what} ({why})");
     }
 }
 

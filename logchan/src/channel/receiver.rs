@@ -14,6 +14,12 @@
 //! stream offset; the entries before it were handed on, nothing from it
 //! on ever is, and the connection is shut down.
 //!
+//! **Sealed** ([`ReceiverEngine::secured`], an authenticated channel):
+//! each chunk is first opened record by record (a record that fails its
+//! tag ends the channel: nothing from it on is trusted) into a plaintext
+//! buffer, which then goes through the decoder as above; acks go back as
+//! records.
+//!
 //! Acks carry the last *received and verified* seq. The VMM calls
 //! [`ReceiverEngine::ack`] after handing entries on; acks are coalesced: at
 //! most one is in the ring, and when it completes another goes only if
@@ -33,6 +39,7 @@ use super::{
     SEND_FLAGS, configure_stream, is_transient, probe, user_data, user_data_kind, user_data_tag,
 };
 use crate::header::StreamHeader;
+use crate::secure::{RecordLayer, RecordReader};
 use crate::stream::{StreamDecoder, StreamError, StreamItem};
 
 const KIND_READ: u8 = 1;
@@ -149,8 +156,29 @@ pub struct ReceiverEngine {
     /// when.
     ack_high_water: Option<(u64, Instant)>,
     last_ack: Option<Ack>,
+    /// Bytes of the ack in `ack_buf` (an ack, or its record).
+    ack_len: usize,
     closed: bool,
+    /// An authenticated channel's record layer.
+    sealed: Option<SealedRecv>,
     stats: ReceiverStats,
+}
+
+/// The receiver's side of an authenticated channel.
+struct SealedRecv {
+    layer: RecordLayer,
+    reader: RecordReader,
+    /// The opened plaintext of one read.
+    plain: Box<[u8]>,
+}
+
+/// Where the bytes of one read are, for `deliver`.
+#[derive(Clone, Copy)]
+enum Chunk {
+    /// `bufs[idx][..n]`, as received.
+    Received(usize, usize),
+    /// `sealed.plain[..n]`, opened from records.
+    Opened(usize),
 }
 
 impl fmt::Debug for ReceiverEngine {
@@ -201,7 +229,7 @@ impl ReceiverEngine {
             buf_base: 0,
             decoder: StreamDecoder::new(),
             header_seen: false,
-            ack_buf: vec![0u8; ACK_LEN].into_boxed_slice(),
+            ack_buf: vec![0u8; RecordLayer::sealed_len(ACK_LEN)].into_boxed_slice(),
             ack_off: 0,
             ack_active: false,
             ack_in_flight: false,
@@ -211,9 +239,22 @@ impl ReceiverEngine {
             acks_stopped: false,
             ack_high_water: None,
             last_ack: None,
+            ack_len: ACK_LEN,
             closed: false,
+            sealed: None,
             stats: ReceiverStats::default(),
         })
+    }
+
+    /// Opens everything with `records` (an authenticated session's record
+    /// layer) and seals the acks. Call before `attach`.
+    pub fn secured(mut self, records: Option<RecordLayer>) -> Self {
+        self.sealed = records.map(|layer| SealedRecv {
+            layer,
+            reader: RecordReader::default(),
+            plain: vec![0u8; RecordReader::max_plain(self.opts.buffer_size)].into_boxed_slice(),
+        });
+        self
     }
 
     /// Picks the receive mode and, for [`RecvMode::Fixed`], registers the
@@ -436,14 +477,27 @@ impl ReceiverEngine {
             if self.last_ack == Some(a) {
                 return;
             }
-            self.ack_buf.copy_from_slice(&a.encode());
+            match self.sealed.as_mut() {
+                Some(sealed) => match sealed.layer.seal(&a.encode(), &mut self.ack_buf) {
+                    Ok(n) => self.ack_len = n,
+                    Err(e) => {
+                        // Cannot happen: the buffer is sized for one ack.
+                        tracing::error!("logging channel: cannot seal an ack: {e}");
+                        return;
+                    }
+                },
+                None => {
+                    self.ack_buf[..ACK_LEN].copy_from_slice(&a.encode());
+                    self.ack_len = ACK_LEN;
+                }
+            }
             self.ack_off = 0;
             self.ack_active = true;
             self.last_ack = Some(a);
             self.stats.last_ack = a;
         }
         let fd = types::Fd(self.stream.as_raw_fd());
-        let rest = &self.ack_buf[self.ack_off..];
+        let rest = &self.ack_buf[self.ack_off..self.ack_len];
         let e = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
             .flags(SEND_FLAGS)
             .build()
@@ -498,8 +552,14 @@ impl ReceiverEngine {
             return;
         }
         if res == 0 {
+            let cut_record = self.sealed.as_ref().is_some_and(|s| s.reader.has_partial());
             match self.decoder.finish() {
-                Ok(()) => self.close(ChannelError::PeerClosed, true, out),
+                Ok(()) if !cut_record => self.close(ChannelError::PeerClosed, true, out),
+                Ok(()) => self.close(
+                    ChannelError::Record(crate::secure::RecordError::Short { len: 0 }),
+                    false,
+                    out,
+                ),
                 Err(e) => self.close(ChannelError::Truncated(e), false, out),
             }
             return;
@@ -510,17 +570,39 @@ impl ReceiverEngine {
         self.stats.reads += 1;
         self.stats.bytes_received += n as u64;
         self.stats.last_heard = Some(Instant::now());
-        self.deliver(idx, n, out);
+        let chunk = match self.sealed.as_mut() {
+            None => Chunk::Received(idx, n),
+            Some(sealed) => {
+                match sealed
+                    .reader
+                    .feed(&mut sealed.layer, &self.bufs[idx][..n], &mut sealed.plain)
+                {
+                    Ok(m) => Chunk::Opened(m),
+                    Err(e) => {
+                        tracing::error!(error = %e, "logging channel: a record failed: closing it");
+                        self.close(ChannelError::Record(e), false, out);
+                        return;
+                    }
+                }
+            }
+        };
+        self.deliver(chunk, out);
     }
 
-    /// Decodes `bufs[idx][..n]`, hands on its whole verified entries, and
+    /// Decodes one read's bytes, hands on their whole verified entries, and
     /// stops everything at a corrupt one.
-    fn deliver(&mut self, idx: usize, n: usize, out: &mut impl FnMut(ReceiverEvent)) {
+    fn deliver(&mut self, chunk: Chunk, out: &mut impl FnMut(ReceiverEvent)) {
+        let data: &[u8] = match (chunk, self.sealed.as_ref()) {
+            (Chunk::Received(idx, n), _) => &self.bufs[idx][..n],
+            (Chunk::Opened(n), Some(sealed)) => &sealed.plain[..n],
+            (Chunk::Opened(_), None) => &[],
+        };
+        let n = data.len();
         let mut bytes = Vec::new();
         let (mut first_seq, mut last_seq, mut last_exit, mut count) = (0, 0, 0, 0u64);
         let mut corrupt = None;
         {
-            let mut feed = self.decoder.feed(&self.bufs[idx][..n]);
+            let mut feed = self.decoder.feed(data);
             while let Some(item) = feed.next() {
                 match item {
                     Ok(StreamItem::Header(h)) => {
@@ -582,7 +664,7 @@ impl ReceiverEngine {
             return;
         }
         self.ack_off += res as usize;
-        if self.ack_off >= ACK_LEN {
+        if self.ack_off >= self.ack_len {
             self.ack_active = false;
             self.stats.acks_sent += 1;
         }

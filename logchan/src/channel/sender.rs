@@ -29,6 +29,16 @@
 //! slow sends on a path that copies, not `ZC_COPIED_SWITCH` full-size ones.
 //!
 //! One receive stays armed for acks (they may arrive split or batched).
+//!
+//! **Sealed** ([`SenderEngine::secured`], an authenticated channel): the
+//! stream is sealed into records before it is sent. Sealing is the one
+//! copy: the cipher reads the bytes where the producer encoded them and
+//! writes the ciphertext into one of the engine's own send buffers, which
+//! are what gets registered and sent (`SEND_ZC` from them where it pays),
+//! and the log segments go back to the producer as soon as their bytes are
+//! sealed and sent. A short send continues from the same ciphertext (a
+//! record is never sealed twice: its nonce is its number). Acks come back
+//! as records too.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -39,10 +49,13 @@ use std::time::Instant;
 
 use io_uring::{Submitter, cqueue, opcode, squeue, types};
 
-use super::ack::{ACK_LEN, Ack};
+use super::ack::Ack;
 use super::error::{ChannelError, SetupError};
 use super::fixed::{self, Registration};
 use super::outbox::Outbox;
+use super::sealed::SealedSend;
+
+mod sealed_path;
 pub use super::sender_types::{SendMode, SenderEvent, SenderOptions, SenderStats};
 use super::{
     SEND_FLAGS, configure_stream, is_transient, probe, user_data, user_data_id, user_data_kind,
@@ -51,6 +64,7 @@ use super::{
 use crate::buffers::LogStats;
 use crate::consumer::LogConsumer;
 use crate::header::{STREAM_HEADER_LEN, StreamHeader};
+use crate::secure::RecordLayer;
 
 const KIND_SEND: u8 = 1;
 const KIND_ACK: u8 = 2;
@@ -91,6 +105,8 @@ struct SendOp {
     /// The notification came (the kernel posts it after the completion;
     /// not relying on that order costs one flag).
     notified: bool,
+    /// Sealed: the ciphertext buffer it reads.
+    sealed_buf: Option<usize>,
 }
 
 /// The primary's logging-channel engine (see the module docs).
@@ -135,6 +151,8 @@ pub struct SenderEngine {
     /// `zc_flags` of SEND_ZC: usage reports, until a kernel refuses them
     /// (6.0 and 6.1 have SEND_ZC but not `IORING_SEND_ZC_REPORT_USAGE`).
     zc_flags: u16,
+    /// An authenticated channel's record layer and ciphertext buffers.
+    sealed: Option<SealedSend>,
     stats: SenderStats,
 }
 
@@ -204,8 +222,22 @@ impl SenderEngine {
             zc_copied_run: 0,
             zc_proven: false,
             zc_flags: ZC_REPORT_USAGE,
+            sealed: None,
             stats: SenderStats::default(),
         })
+    }
+
+    /// Seals everything this engine sends with `records` (an authenticated
+    /// session's record layer) and opens the acks with it. Call before
+    /// `attach`.
+    pub fn secured(mut self, records: Option<RecordLayer>) -> Self {
+        self.sealed = records.map(|r| SealedSend::new(r, self.opts.max_send));
+        self
+    }
+
+    /// Whether the stream is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.is_some()
     }
 
     /// Picks the send mode (probing the ring's opcodes) and, for
@@ -264,7 +296,15 @@ impl SenderEngine {
         // drop without `detach` leaks it (see `Drop`). The kernel reads the
         // buffers only for this engine's sends, of published bytes the
         // producer does not write until they are released.
-        let base = unsafe { fixed::register(submitter, self.outbox.iovecs(), how) }?;
+        let iovecs = match &mut self.sealed {
+            Some(sealed) => sealed.iovecs(),
+            None => self.outbox.iovecs().to_vec(),
+        };
+        // SAFETY: as above; sealed, the iovecs describe the engine's own
+        // ciphertext buffers instead, heap allocations never reallocated,
+        // kept (leaked by `Drop`) until `detach` unregisters them, and
+        // written by the engine only while no send reads them.
+        let base = unsafe { fixed::register(submitter, &iovecs, how) }?;
         self.buf_base = base.unwrap_or(0);
         self.registered = Some(how);
         Ok(())
@@ -279,7 +319,11 @@ impl SenderEngine {
             return Err(SetupError::Busy { in_flight });
         }
         if let Some(how) = self.registered {
-            fixed::unregister(submitter, self.outbox.iovecs().len(), how)?;
+            let count = match &self.sealed {
+                Some(sealed) => sealed.buffers(),
+                None => self.outbox.iovecs().len(),
+            };
+            fixed::unregister(submitter, count, how)?;
             self.registered = None;
         }
         self.closed = true;
@@ -390,6 +434,10 @@ impl SenderEngine {
         if self.sending {
             return;
         }
+        if self.sealed.is_some() {
+            self.send_sealed(mode, sq);
+            return;
+        }
         let fd = types::Fd(self.stream.as_raw_fd());
         let header_len = STREAM_HEADER_LEN as u64;
         let id = self.next_id;
@@ -446,11 +494,17 @@ impl SenderEngine {
             completed: false,
             notif_pending: false,
             notified: false,
+            sealed_buf: None,
         });
         if let Some(s) = last_seq {
-            self.submitted_seq = self.submitted_seq.max(s);
-            self.send_times.push_back((s, Instant::now()));
+            self.note_submitted(s);
         }
+    }
+
+    /// Entries up to `seq` are in a send SQE from now on.
+    pub(super) fn note_submitted(&mut self, seq: u64) {
+        self.submitted_seq = self.submitted_seq.max(seq);
+        self.send_times.push_back((seq, Instant::now()));
     }
 
     /// When the send that carried entry `seq` was pushed (the earliest send
@@ -579,8 +633,18 @@ impl SenderEngine {
             if n < len {
                 self.stats.partial_sends += 1;
             }
-            self.sent_pos += u64::from(n);
             self.stats.bytes_sent += u64::from(n);
+            match self.sealed.as_mut() {
+                // The plaintext counts as sent once its whole batch is.
+                Some(sealed) => match sealed.sent(n) {
+                    Some(plain_end) => self.sent_pos = plain_end,
+                    None => {
+                        self.retire();
+                        return;
+                    }
+                },
+                None => self.sent_pos += u64::from(n),
+            }
             let (segs, entries) = self.outbox.mark_sent(self.sent_pos);
             self.stats.segments_sent += segs;
             self.stats.entries_sent += entries;
@@ -596,10 +660,18 @@ impl SenderEngine {
             .front()
             .is_some_and(|o| o.completed && !o.notif_pending)
         {
-            self.ops.pop_front();
+            if let Some(op) = self.ops.pop_front()
+                && let (Some(buf), Some(sealed)) = (op.sealed_buf, self.sealed.as_mut())
+            {
+                sealed.retired(buf);
+            }
         }
         // No operation still in flight touches a byte before `frontier`.
-        let frontier = self.ops.front().map_or(self.sent_pos, |o| o.start);
+        // Sealed, no operation reads the log buffers at all.
+        let frontier = match self.sealed {
+            Some(_) => self.sent_pos,
+            None => self.ops.front().map_or(self.sent_pos, |o| o.start),
+        };
         self.outbox.release_before(frontier.min(self.sent_pos));
     }
 
@@ -623,10 +695,15 @@ impl SenderEngine {
         let mut off = 0;
         let mut newest = None;
         let mut bad = None;
-        while self.ack_have - off >= ACK_LEN {
-            let mut raw = [0u8; ACK_LEN];
-            raw.copy_from_slice(&self.ack_buf[off..off + ACK_LEN]);
-            off += ACK_LEN;
+        loop {
+            let raw = match self.next_ack(&mut off) {
+                None => break,
+                Some(Ok(raw)) => raw,
+                Some(Err(e)) => {
+                    bad = Some(ChannelError::Record(e));
+                    break;
+                }
+            };
             let checked = Ack::decode(&raw).and_then(|a| {
                 a.check(self.acked.acked_seq, self.submitted_seq)
                     .map(|()| a)
@@ -638,7 +715,7 @@ impl SenderEngine {
                     newest = Some(a);
                 }
                 Err(e) => {
-                    bad = Some(e);
+                    bad = Some(ChannelError::BadAck(e));
                     break;
                 }
             }
@@ -662,7 +739,7 @@ impl SenderEngine {
             });
         }
         if let Some(e) = bad {
-            self.close(ChannelError::BadAck(e), out);
+            self.close(e, out);
         }
     }
 
@@ -691,6 +768,9 @@ impl Drop for SenderEngine {
         // it alive for the rest of the process.
         std::mem::forget(std::mem::take(&mut self.header));
         std::mem::forget(std::mem::take(&mut self.ack_buf));
+        if let Some(sealed) = self.sealed.take() {
+            sealed.into_leaked();
+        }
         // SAFETY: taken exactly once, here, and never used again.
         let outbox = unsafe { ManuallyDrop::take(&mut self.outbox) };
         outbox.into_leaked();

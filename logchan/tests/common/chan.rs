@@ -13,6 +13,10 @@ use logchan::channel::{
     ReceiverEngine, ReceiverEvent, ReceiverOptions, Registration, SendMode, SenderEngine,
     SenderEvent, SenderOptions,
 };
+use logchan::secure::{
+    AttachRequest, PairKey, RecordLayer, Rejection, Responder, Security, Session, Step, Verdict,
+    initiate,
+};
 use logchan::{Entry, ExitKind, LogConfig, LogProducer, StreamHeader, log_buffers_with};
 
 use super::{Rng, encode, exit_kind_for, header, random_entry};
@@ -167,9 +171,22 @@ impl SenderSide {
         opts: SenderOptions,
         how: Registration,
     ) -> (SenderSide, LogProducer) {
+        Self::sealed(ring, stream, cfg, opts, how, None)
+    }
+
+    /// [`SenderSide::new`], sealing with `records` if given.
+    pub fn sealed(
+        ring: &IoUring,
+        stream: TcpStream,
+        cfg: &LogConfig,
+        opts: SenderOptions,
+        how: Registration,
+        records: Option<RecordLayer>,
+    ) -> (SenderSide, LogProducer) {
         let (producer, consumer) = log_buffers_with(cfg).expect("log buffers");
-        let mut engine =
-            SenderEngine::new(stream, consumer, header(), 0x11, opts).expect("sender engine");
+        let mut engine = SenderEngine::new(stream, consumer, header(), 0x11, opts)
+            .expect("sender engine")
+            .secured(records);
         let attached = engine
             .attach(&ring.submitter(), how)
             .expect("attach sender");
@@ -251,7 +268,20 @@ impl ReceiverSide {
         opts: ReceiverOptions,
         how: Registration,
     ) -> ReceiverSide {
-        let mut engine = ReceiverEngine::new(stream, 0x22, opts).expect("receiver engine");
+        Self::sealed(ring, stream, opts, how, None)
+    }
+
+    /// [`ReceiverSide::new`], opening with `records` if given.
+    pub fn sealed(
+        ring: &IoUring,
+        stream: TcpStream,
+        opts: ReceiverOptions,
+        how: Registration,
+        records: Option<RecordLayer>,
+    ) -> ReceiverSide {
+        let mut engine = ReceiverEngine::new(stream, 0x22, opts)
+            .expect("receiver engine")
+            .secured(records);
         engine
             .attach(&ring.submitter(), how)
             .expect("attach receiver");
@@ -428,4 +458,66 @@ pub fn small_log(buffers: usize, size: usize) -> LogConfig {
     let mut cfg = LogConfig::new(buffers, size);
     cfg.stall_timeout = Duration::from_secs(20);
     cfg
+}
+
+/// The attach request the channel tests' primaries send.
+pub fn attach_request() -> AttachRequest {
+    AttachRequest {
+        header: header(),
+        boot: b"a boot configuration".to_vec(),
+    }
+}
+
+/// The backup's side of an opening on a blocking stream: feeds the
+/// responder until it asks to attach, answers `verdict`.
+pub fn respond(
+    stream: &mut TcpStream,
+    security: Security,
+    verdict: Verdict,
+) -> Result<(Option<Session>, AttachRequest), Rejection> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut r = Responder::new(security);
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.advance()? {
+            Step::NeedMore => {
+                let n = match stream.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Rejection::Io(e.to_string())),
+                };
+                if n == 0 {
+                    return Err(Rejection::Closed);
+                }
+                r.input(&buf[..n])?;
+            }
+            Step::Send(bytes) => stream.write_all(&bytes).expect("send"),
+            Step::Attach(a) => {
+                let (bytes, session) = r.answer(&verdict)?;
+                stream.write_all(&bytes).expect("send verdict");
+                return Ok((session, a));
+            }
+        }
+    }
+}
+
+/// A loopback pair that went through the opening under `key`: (primary's
+/// stream and session, backup's stream and session).
+pub fn opened_pair(key: &PairKey) -> ((TcpStream, Session), (TcpStream, Session)) {
+    let (mut c, mut s) = tcp_pair();
+    let sec = Security::Key(key.clone());
+    let primary = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let session = initiate(&mut c, &sec, &attach_request(), deadline).expect("initiate");
+        (c, session)
+    });
+    let (session, attach) =
+        respond(&mut s, Security::Key(key.clone()), Verdict::Accepted).expect("respond");
+    assert_eq!(attach, attach_request());
+    (
+        primary.join().expect("primary"),
+        (s, session.expect("accepted")),
+    )
 }
