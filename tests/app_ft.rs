@@ -144,6 +144,7 @@ fn a_backup_refuses_a_primary_running_another_app() {
     let dir = tempdir();
     let disk = dir.path().join("disk.img");
     let arbiter = format!("file:{}", dir.path().join("arbiter").display());
+    let key = pair_key(dir.path());
     let mut b = net.cmd("b", lockstep());
     b.args([
         "backup",
@@ -154,6 +155,8 @@ fn a_backup_refuses_a_primary_running_another_app() {
         "--disk",
     ])
     .arg(&disk)
+    .arg("--key-file")
+    .arg(&key)
     .arg("--app")
     .arg(&other);
     let mut backup = spawn_vmm(b);
@@ -166,6 +169,8 @@ fn a_backup_refuses_a_primary_running_another_app() {
         "--arbiter",
         &arbiter,
     ])
+    .arg("--key-file")
+    .arg(&key)
     .args(["--disk-size", "128", "--disk"])
     .arg(&disk)
     .arg("--app")

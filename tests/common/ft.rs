@@ -139,7 +139,7 @@ impl FtPair {
         let dir = tempdir();
         std::fs::create_dir_all(dir.path().join("shared")).expect("shared dir");
         std::fs::create_dir_all(dir.path().join("arbiter")).expect("arbiter dir");
-        logchan::secure::PairKey::write_new(&dir.path().join("pair.key")).expect("pair key");
+        pair_key(dir.path());
         let mut pair = FtPair {
             primary: spawn_vmm(Command::new("true")),
             backup: spawn_vmm(Command::new("true")),

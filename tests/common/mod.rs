@@ -285,3 +285,11 @@ pub fn trials(var: &str, default: usize) -> usize {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+
+/// A fresh pair key (what `lockstep keygen` writes) in `dir`: both sides of
+/// a pair are started with `--key-file` on it.
+pub fn pair_key(dir: &Path) -> PathBuf {
+    let path = dir.join("pair.key");
+    logchan::secure::PairKey::write_new(&path).expect("pair key");
+    path
+}
