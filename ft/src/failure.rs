@@ -2,8 +2,9 @@
 //! heartbeats and the logging channel's traffic (acks on the primary,
 //! entries and keep-alives on the backup), and declares its peer dead after
 //! a timeout without either. A closed channel while heartbeats still arrive
-//! is not a dead peer: the backup can no longer follow a primary that lives
-//! on, and must not take over from it.
+//! is `ChannelBroken`: the backup can no longer follow, and the arbiter
+//! decides whether the primary lives on (it saw the close at once and
+//! claimed first) or is gone and its heartbeats were stale evidence.
 //!
 //! A peer that is alive but makes no progress is failed too: the primary
 //! watches its backup's acks, and a backup that acknowledges nothing for

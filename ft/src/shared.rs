@@ -38,8 +38,9 @@ pub struct FtShared {
     /// Backup: the primary ended the stream on purpose (an `End` entry and
     /// a clean close): replay to the end, no failover.
     pub stream_ended: AtomicBool,
-    /// Backup: the channel failed in a way that rules out taking over
-    /// (a corrupt entry from a primary that is still alive).
+    /// Backup: the channel closed (an error or a corrupt entry) while the
+    /// primary's heartbeats went on; set with `peer_dead`, so the arbiter
+    /// decides, and a lost claim is reported as a broken channel.
     pub channel_broken: AtomicBool,
     /// Why the channel closed, for the operator.
     pub channel_note: Mutex<Option<String>>,

@@ -32,10 +32,11 @@ pub enum StopReason {
         winner: String,
         epoch: u64,
     },
-    /// The backup's logging channel broke while the primary lives on: it
-    /// can no longer follow, and must not take over.
+    /// The backup's logging channel broke while the primary's heartbeats
+    /// went on, and the primary won the arbiter: it lives on without this
+    /// backup, which can no longer follow it.
     #[error(
-        "the logging channel broke ({note}) while the primary is still alive: this backup can no longer follow it and will not take over"
+        "the logging channel broke ({note}) and the primary, still alive, won the arbiter: this backup can no longer follow it; stopping"
     )]
     ChannelBroken { note: String },
     /// The arbiter refuses the claim for good: the epoch was never begun.
@@ -108,10 +109,6 @@ impl Supervisor {
 
     fn watch(&mut self, shared: &VmShared) -> Option<StopReason> {
         let note = || self.ft.note_text().unwrap_or_default();
-        if self.side == Side::Backup && FtShared::flag(&self.ft.channel_broken) {
-            self.state = State::Done;
-            return Some(StopReason::ChannelBroken { note: note() });
-        }
         if !FtShared::flag(&self.ft.peer_dead) || FtShared::flag(&self.ft.stream_ended) {
             return None;
         }
@@ -147,6 +144,11 @@ impl Supervisor {
                 }
                 shared.wake_vcpu();
                 None
+            }
+            Ok(Claim::Lost { .. })
+                if self.side == Side::Backup && FtShared::flag(&self.ft.channel_broken) =>
+            {
+                Some(self.lose(StopReason::ChannelBroken { note: note() }))
             }
             Ok(Claim::Lost { winner }) => Some(self.lose(StopReason::LostArbiter {
                 peer: self.peer(),

@@ -144,6 +144,12 @@ impl BackupPlane {
         self.receiver.received_seq()
     }
 
+    /// A heartbeat from the primary at `at` (tests).
+    #[cfg(test)]
+    pub(super) fn heartbeat_for_tests(&mut self, at: Instant) {
+        self.monitor.heard(at);
+    }
+
     pub(super) fn on_receiver_event(
         &mut self,
         ev: ReceiverEvent,
@@ -289,13 +295,16 @@ impl IoPlane for BackupPlane {
                 self.ft.set(&self.ft.peer_dead);
                 self.shared.wake_vcpu();
             }
-            // The channel is gone but the primary still beats: it lives on
-            // without us.
+            // The channel is gone but heartbeats still arrive. They may be
+            // a live primary's (which saw the close at once and claims the
+            // arbiter first), or stale evidence this side forgave after its
+            // own stall while the primary was dying. Only the arbiter can
+            // tell: claim it like a dead peer, and say why if it is lost.
             Verdict::ChannelBroken => {
-                if !FtShared::flag(&self.ft.channel_broken) {
-                    self.ft.set(&self.ft.channel_broken);
-                    self.shared.wake_vcpu();
-                }
+                self.cut(now);
+                self.ft.set(&self.ft.channel_broken);
+                self.ft.set(&self.ft.peer_dead);
+                self.shared.wake_vcpu();
             }
         }
     }

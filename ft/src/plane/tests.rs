@@ -224,6 +224,43 @@ fn a_silent_primary_is_declared_dead_after_the_timeout_and_not_before() {
     assert!(deliver, "live: received frames reach the guest");
 }
 
+#[test]
+fn a_closed_channel_under_heartbeats_is_put_to_the_arbiter_not_given_up() {
+    let mut b = backup();
+    let mut ring = IoUring::new(8).unwrap();
+    let mut sq = ring.submission();
+    let t0 = Instant::now();
+    b.plane
+        .on_receiver_event(ReceiverEvent::Header(header()), &mut sq, t0);
+    b.plane.on_receiver_event(
+        ReceiverEvent::Closed {
+            reason: ChannelError::PeerClosed,
+            clean: false,
+        },
+        &mut sq,
+        t0,
+    );
+    let (mut disk, mut tap, mut deliver) = (None, None, false);
+    let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
+    // Heartbeats go on (a live primary's, or stale ones this side forgave
+    // after its own stall): after the timeout the channel counts as broken.
+    let mut t = t0;
+    while t < t0 + 2 * LIVE.timeout {
+        t += STEP;
+        b.plane.heartbeat_for_tests(t);
+        b.plane.tick(t, &mut sq, &mut dp);
+        if t < t0 + LIVE.timeout {
+            assert!(!FtShared::flag(&b.ft.peer_dead), "not within the timeout");
+        }
+    }
+    assert!(FtShared::flag(&b.ft.channel_broken));
+    assert!(
+        FtShared::flag(&b.ft.peer_dead),
+        "the arbiter decides, not the stale heartbeats"
+    );
+    assert_eq!(b.ft.cut_at(), Some(0), "cut before any claim");
+}
+
 struct Primary {
     plane: PrimaryPlane,
     ft: Arc<FtShared>,
