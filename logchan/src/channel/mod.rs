@@ -34,6 +34,7 @@ pub mod heartbeat;
 pub mod heartbeat_engine;
 mod outbox;
 pub mod receiver;
+mod receiver_types;
 mod sealed;
 pub mod sender;
 mod sender_types;
