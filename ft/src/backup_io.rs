@@ -98,6 +98,15 @@ impl BackupIo {
         else {
             return Err(BackupError::HandOverFailed);
         };
+        // The replay consumed the log to its end (the cut) before it stopped:
+        // the entries of this last exit (frames, completions) are carried
+        // into the live side below, so they count as replayed.
+        let consumed = replay.cursor.consumed_seq();
+        FtShared::raise(&self.ft.replayed_seq, consumed);
+        StatusCounters::set(
+            &self.shared.status.replayed_seq,
+            FtShared::load(&self.ft.replayed_seq),
+        );
         let released = FtShared::load(&self.ft.primary_released);
         let mut live = go_live::take_over(
             *replay,
