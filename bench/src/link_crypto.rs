@@ -2,7 +2,10 @@
 //! encrypted (a pair key: Noise NNpsk0, AES-256-GCM records) against the
 //! same channel with `--insecure`'s bare stream, on the same logging link
 //! between two namespaces, interleaved in one run: stream throughput, the
-//! engines' CPU per logged MiB, and the publish→ack round trip.
+//! engines' CPU per logged MiB, and the publish→ack round trip. With
+//! `--link-mbit` the link is shaped to that rate (`tc tbf`, both ways), as
+//! the paper's 1 Gbit/s logging link: unshaped, this 2-core machine's
+//! CPU is the limit, which separate hosts would not share.
 
 use anyhow::Context;
 use lockstep_bench::channel::{self, RoundTrips, StreamRun};
@@ -11,6 +14,7 @@ use logchan::secure::PairKey;
 
 use crate::link::{logging_link, stream_total};
 use crate::report::{Table, median, ratio};
+use crate::shaping::Shaped;
 
 const RUNS: usize = 5;
 const RTT_BLOCKS: usize = 4;
@@ -23,10 +27,16 @@ fn cpu_ms_per_mib(r: &StreamRun) -> f64 {
     cpu.as_secs_f64() * 1e3 / (r.bytes as f64 / f64::from(1 << 20))
 }
 
-pub fn compare(mib: u64) -> anyhow::Result<()> {
+pub fn compare(mib: u64, link_mbit: Option<u64>) -> anyhow::Result<()> {
     let total = stream_total(mib)?;
-    println!("## The logging channel encrypted against --insecure on the logging link\n");
+    let link = match link_mbit {
+        Some(0) => anyhow::bail!("--link-mbit must be at least 1"),
+        Some(m) => format!("the logging link shaped to {m} Mbit/s"),
+        None => "the logging link, unshaped".to_string(),
+    };
+    println!("## The logging channel encrypted against --insecure on {link}\n");
     let (net, hosts) = logging_link("bcry")?;
+    let shaped = link_mbit.map(|m| Shaped::new(&net, m)).transpose()?;
     let key = PairKey::generate().context("pair key")?;
     let (send, recv) = (SenderOptions::default(), ReceiverOptions::default());
     let stream = |k: Option<PairKey>, bytes| channel::channel_stream(&hosts, bytes, send, recv, k);
@@ -95,10 +105,11 @@ pub fn compare(mib: u64) -> anyhow::Result<()> {
         rt_sealed.context("no encrypted round trips")?,
         rt_plain.context("no insecure round trips")?,
     );
+    drop(shaped);
     drop(net);
 
     println!(
-        "Logging link: a veth between two namespaces (A 10.99.0.1 → B 10.99.0.2); producer and \
+        "Logging link: a veth between two namespaces (A 10.99.0.1 → B 10.99.0.2; {link}); producer and \
          SenderEngine threads in A, ReceiverEngine in B. Stream: {mib} MiB of NetRx entries \
          (1536 B each, one published per exit) until the last one's ack; {RUNS} runs of each, \
          interleaved (the order alternating). Round trips: {} blocks of {RTT_SAMPLES} \

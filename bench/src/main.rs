@@ -22,6 +22,7 @@ mod record;
 mod redis;
 mod regress;
 mod report;
+mod shaping;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -89,6 +90,11 @@ enum Cmd {
         /// MiB streamed per run.
         #[arg(long, default_value_t = 256)]
         mib: u64,
+        /// Shape the logging link to this rate in Mbit/s (`tc tbf`, both
+        /// ways), e.g. 1000 for the paper's 1 Gbit/s link; unshaped if
+        /// absent.
+        #[arg(long)]
+        link_mbit: Option<u64>,
     },
     /// A client for failover runs: SETs unique keys for a while and records
     /// every acknowledged one (and the longest pause between acks).
@@ -216,7 +222,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Channel { mib } => link::compare(mib),
         Cmd::Lease { failovers } => ft::lease_tradeoff(failovers),
         Cmd::Faults { trials, seed } => faults::soak(trials, seed),
-        Cmd::ChannelCrypto { mib } => link_crypto::compare(mib),
+        Cmd::ChannelCrypto { mib, link_mbit } => link_crypto::compare(mib, link_mbit),
         Cmd::KvWriter { .. } | Cmd::KvCheck { .. } | Cmd::Regress { .. } | Cmd::Paper { .. } => {
             Ok(())
         }

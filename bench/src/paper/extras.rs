@@ -1,80 +1,12 @@
-//! The logging link's shaping (`tc tbf` inside the hosts' namespaces), its
-//! raw round trip, and failovers.
+//! The logging link's raw round trip, and failovers.
 
-use std::process::Command;
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use lockstep_bench::channel::{self, Hosts};
 use lockstep_bench::pair::Host;
 
 use super::Ctx;
 use super::stats::Samples;
-
-/// The logging link shaped to a rate in both directions while it lives;
-/// unshaped on drop (also when a measurement failed).
-pub struct Shaped<'a> {
-    ctx: &'a Ctx,
-}
-
-/// The logging link's two ends: (namespace, device).
-fn link_ends(ctx: &Ctx) -> [(String, String); 2] {
-    let n = &ctx.net.name;
-    [
-        (ctx.net.ns("a"), format!("{n}-ab")),
-        (ctx.net.ns("b"), format!("{n}-ba")),
-    ]
-}
-
-fn tc(ns: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "tc"])
-        .args(args)
-        .output()
-        .context("running tc (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "tc {args:?} in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// `tc tbf` parameters for `mbit`: a bucket of 2 ms at the rate (at least
-/// 256 KiB, so a TSO burst of 64 KiB always fits) and 2 ms of queue.
-pub fn tbf_args(mbit: u64) -> Vec<String> {
-    let burst_bytes = (mbit.saturating_mul(1_000_000) / 8 / 500).max(256 * 1024);
-    vec![
-        "rate".into(),
-        format!("{mbit}mbit"),
-        "burst".into(),
-        burst_bytes.to_string(),
-        "latency".into(),
-        "2ms".into(),
-    ]
-}
-
-impl<'a> Shaped<'a> {
-    pub fn new(ctx: &'a Ctx, mbit: u64) -> anyhow::Result<Shaped<'a>> {
-        let s = Shaped { ctx };
-        let tbf = tbf_args(mbit);
-        for (ns, dev) in link_ends(ctx) {
-            let mut args = vec!["qdisc", "replace", "dev", &dev, "root", "tbf"];
-            args.extend(tbf.iter().map(String::as_str));
-            tc(&ns, &args)?;
-        }
-        Ok(s)
-    }
-}
-
-impl Drop for Shaped<'_> {
-    fn drop(&mut self) {
-        for (ns, dev) in link_ends(self.ctx) {
-            let _ = tc(&ns, &["qdisc", "del", "dev", &dev, "root"]);
-        }
-    }
-}
 
 /// The logging link's raw TCP round trip (40-byte ping-pong, blocking and
 /// spinning reads), unshaped, with no VM running.
@@ -121,16 +53,4 @@ pub fn failovers(ctx: &Ctx, samples: &mut Samples, each: &dyn Fn(usize)) -> anyh
         "{} failovers, {} lost an acknowledged write",
         ctx.opts.failovers, f.lost
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_hold_two_milliseconds_at_the_rate() {
-        assert_eq!(tbf_args(1000)[3], (256 * 1024).to_string());
-        assert_eq!(tbf_args(10_000)[3], "2500000");
-        assert_eq!(tbf_args(10_000)[1], "10000mbit");
-    }
 }

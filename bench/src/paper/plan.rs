@@ -10,12 +10,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lockstep_bench::netns::Net;
 
 use super::batch::{self, Batch};
-use super::extras::{self, Shaped};
+use super::extras;
 use super::loads;
 use super::render::{self, Meta};
 use super::session::{self, Kind, Session};
 use super::stats::Samples;
 use super::{Ctx, Options, Placement};
+use crate::shaping::Shaped;
 
 type Work<'a> = Box<dyn FnOnce(&Ctx, &mut Samples, &ProgressBar) -> anyhow::Result<String> + 'a>;
 
@@ -75,7 +76,7 @@ fn network(ctx: &Ctx, s: &mut Samples, kind: Kind, round: usize) -> anyhow::Resu
         Kind::Run => both(s, "run")?,
         Kind::Ft => {
             for (mbit, label) in LINKS {
-                let _shaped = Shaped::new(ctx, mbit)?;
+                let _shaped = Shaped::new(&ctx.net, mbit)?;
                 both(s, label)?;
             }
         }
