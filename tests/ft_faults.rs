@@ -273,11 +273,21 @@ fn a_failover_while_the_backup_lags_replays_every_acked_entry() {
     // Every replayed exit takes a millisecond more: the replay falls behind
     // while the backup keeps receiving and acknowledging.
     pair.set_failpoints("backup", "replay-slow=sleep(1)");
-    wait_for(
-        Duration::from_secs(30),
-        "the backup's replay queue to outgrow its ring",
-        || pair.counter("backup", "replay_backlog") > REPLAY_RING as u64,
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pair.counter("backup", "replay_backlog") <= REPLAY_RING as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the backup's replay queue did not outgrow its ring in 60 s \
+             (backlog {}, acked {}, replayed {}, role {:?})\nprimary:\n{}\nbackup:\n{}",
+            pair.counter("backup", "replay_backlog"),
+            pair.counter("backup", "acked_seq"),
+            pair.counter("backup", "replayed_seq"),
+            pair.status("backup").map(|s| s["role"].clone()),
+            pair.primary.log(),
+            pair.backup.log(),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (acked, replayed) = (
         pair.counter("backup", "acked_seq"),
         pair.counter("backup", "replayed_seq"),
@@ -295,6 +305,30 @@ fn a_failover_while_the_backup_lags_replays_every_acked_entry() {
         "{what}: {} entries behind at the kill, {n} acknowledged writes kept",
         acked - replayed
     );
+}
+
+/// The backup's I/O thread stalls again and again (each gap longer than
+/// half the timeout, so each is forgiven) while its primary dies: the
+/// primary's last heartbeats keep looking fresh, and the closed channel is
+/// all the evidence left. The backup must put that to the arbiter and
+/// serve, not stop as if a live primary had cut it off (it used to exit 8
+/// and leave nobody serving).
+#[test]
+fn a_backup_stalling_while_its_primary_dies_still_takes_over() {
+    if !kvm_available() {
+        return;
+    }
+    let what = "a stalling backup whose primary dies";
+    let mut pair = FtPair::start("st", FtOptions::default());
+    let writers = Writers::start(&pair, 2);
+    pair.wait_acked(200);
+    pair.set_failpoints("backup", "backup-tick=sleep(40)");
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(30));
+    pair.set_failpoints("backup", "backup-tick=");
+    pair.wait_served(50);
+    let n = pair.check_writes(writers, what, false);
+    eprintln!("{what}: {n} acknowledged writes kept");
 }
 
 /// The backup's ring of log chunks to its vCPU (src/commands/backup.rs).
