@@ -120,8 +120,46 @@ impl FtPair {
 
     /// Starts a backup on B and a primary on A and waits until the backup
     /// follows the primary and the guest serves.
+    ///
+    /// A pair that fails over on its own right after start, before the test
+    /// did anything to it, is started again (at most twice, said on
+    /// stderr): with the tests' 50 ms failure timeout, a side starved of
+    /// CPU by the machine's other load while it sets up its guest looks
+    /// dead to its peer. That is the timeout doing its job, not the fault a
+    /// test means to inject, and every test checks its promises on the pair
+    /// it then gets.
     pub fn start(prefix: &str, opts: FtOptions) -> FtPair {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..ATTEMPTS {
+            let pair = Self::launch(net_ft(prefix), opts.clone());
+            if !pair.failed_over_at_start() {
+                return pair;
+            }
+            eprintln!(
+                "harness: the pair failed over on its own at start (attempt {attempt}; no fault injected yet): starting it again\nprimary:\n{}\nbackup:\n{}",
+                pair.primary.log(),
+                pair.backup.log()
+            );
+        }
         Self::launch(net_ft(prefix), opts)
+    }
+
+    /// Whether the pair broke before it logged and acknowledged its first
+    /// entries under the guest's own start-up traffic (waits at most 10 s).
+    fn failed_over_at_start(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.primary.log().contains("won the arbiter")
+                || self.backup.log().contains("won the arbiter")
+                || self.backup.log().contains("stopping")
+            {
+                return true;
+            }
+            if self.counter("primary", "acked_seq") >= 20 || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// [`start`](Self::start) on namespaces made beforehand (to start
@@ -419,8 +457,15 @@ impl FtPair {
     /// Reads every acknowledged key back through whoever serves now;
     /// returns the ones missing or wrong.
     pub fn lost_writes(&self, acked: &[String]) -> Vec<String> {
-        in_netns(&self.net.ns("c"), || {
-            lockstep_bench::kvclient::check(&addr(), acked).expect("read back")
+        let read = in_netns(&self.net.ns("c"), || {
+            lockstep_bench::kvclient::check(&addr(), acked)
+        });
+        read.unwrap_or_else(|e| {
+            panic!(
+                "read back: {e:#}\nprimary:\n{}\nbackup:\n{}",
+                self.primary.log(),
+                self.backup.log()
+            )
         })
     }
 
