@@ -123,6 +123,11 @@ impl FailureMonitor {
         self.closed_at.get_or_insert(at);
     }
 
+    /// Whether the logging channel closed (an error or a corrupt entry).
+    pub fn channel_has_closed(&self) -> bool {
+        self.closed_at.is_some()
+    }
+
     /// Time since the last sign of life.
     pub fn silent_for(&self, now: Instant) -> Duration {
         self.detector.silent_for(now)

@@ -295,6 +295,12 @@ impl IoPlane for BackupPlane {
                 self.cut(now);
                 self.ft
                     .note(format!("no heartbeat or log traffic for {silent_for:?}"));
+                if self.monitor.channel_has_closed() {
+                    // A primary that won after the close stops beating, so
+                    // silence can come first: a lost claim is still about
+                    // the broken channel.
+                    self.ft.set(&self.ft.channel_broken);
+                }
                 self.ft.set(&self.ft.peer_dead);
                 self.shared.wake_vcpu();
             }
