@@ -210,6 +210,10 @@ fn a_silent_primary_is_declared_dead_after_the_timeout_and_not_before() {
         &mut dp,
     );
     assert!(FtShared::flag(&b.ft.peer_dead));
+    assert!(
+        FtShared::flag(&b.ft.channel_broken),
+        "the channel had closed: a lost claim says so"
+    );
     assert_eq!(b.ft.cut_at(), Some(0), "cut first: nothing was acked");
     assert!(
         b.ft.live_not_before().is_some(),
