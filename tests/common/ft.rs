@@ -457,15 +457,18 @@ impl FtPair {
     /// Reads every acknowledged key back through whoever serves now;
     /// returns the ones missing or wrong.
     pub fn lost_writes(&self, acked: &[String]) -> Vec<String> {
-        let read = in_netns(&self.net.ns("c"), || {
-            lockstep_bench::kvclient::check(&addr(), acked)
-        });
-        read.unwrap_or_else(|e| {
+        self.read_back(acked).unwrap_or_else(|e| {
             panic!(
                 "read back: {e:#}\nprimary:\n{}\nbackup:\n{}",
                 self.primary.log(),
                 self.backup.log()
             )
+        })
+    }
+
+    fn read_back(&self, acked: &[String]) -> anyhow::Result<Vec<String>> {
+        in_netns(&self.net.ns("c"), || {
+            lockstep_bench::kvclient::check(&addr(), acked)
         })
     }
 
@@ -542,7 +545,13 @@ impl FtPair {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        let lost = self.lost_writes(acked);
+        let lost = self.read_back(acked).unwrap_or_else(|e| {
+            panic!(
+                "read back from the rebooted disk image: {e:#}\nrebooted VMM:\n{}\nits console:\n{}",
+                vmm.log(),
+                std::fs::read_to_string(self.dir.path().join("reboot.console")).unwrap_or_default()
+            )
+        });
         vmm.signal(libc::SIGKILL);
         let _ = vmm.wait_exit(Duration::from_secs(10));
         lost
