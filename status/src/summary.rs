@@ -57,7 +57,48 @@ pub fn render(s: &StatusSnapshot) -> String {
         (Some(e), None) => format!("{e} entries"),
         _ => "-".to_string(),
     };
+    let lag = match (s.lag_guest_ms, s.lag_log_bytes) {
+        (Some(ms), Some(b)) => format!("{lag}, {ms:.1} ms of guest execution, {}", bytes(b)),
+        _ => lag,
+    };
     let _ = writeln!(o, "  lag        {lag}");
+    if s.role.is_primary_with_backup() || s.lag_target_ms > 0 {
+        let speed = match s.replay_exits_per_s {
+            Some(v) => format!("; backup replays {v} exits/s"),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "  throttle   {:.1} % (target lag {} ms, {} µs delay per ms of guest execution){speed}",
+            s.throttle_permille as f64 / 10.0,
+            s.lag_target_ms,
+            s.throttle_delay_us
+        );
+        let _ = writeln!(
+            o,
+            "  buffers    log {} of {}; {} full-buffer stalls ({} ms)",
+            bytes(s.log_buffer_bytes),
+            bytes(s.log_buffer_capacity),
+            s.log_full_stalls,
+            s.log_stall_ms
+        );
+    }
+    if s.role.is_backup() {
+        let _ = writeln!(
+            o,
+            "  buffers    replay {} of {}; receives paused {} times",
+            bytes(s.replay_buffer_bytes),
+            bytes(s.replay_buffer_max_bytes),
+            s.replay_buffer_pauses
+        );
+    }
+    if let Some(ms) = s.failover_estimate_ms {
+        let _ = writeln!(
+            o,
+            "  failover   ~{ms} ms (failure timeout {} ms + replay of the lag)",
+            s.failure_timeout_ms
+        );
+    }
     let _ = writeln!(
         o,
         "  bandwidth  {:.1} Mbit/s ({} total)",
