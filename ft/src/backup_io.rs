@@ -99,6 +99,7 @@ impl BackupIo {
             return Err(BackupError::HandOverFailed);
         };
         let released = FtShared::load(&self.ft.primary_released);
+        self.report_go_live(req.exit_index);
         let mut live = go_live::take_over(
             *replay,
             io,
@@ -110,6 +111,27 @@ impl BackupIo {
         let outcome = live.sync(mem, req);
         self.serving = Serving::Live(Box::new(live));
         Ok(outcome?)
+    }
+
+    /// The go-live line: a failover takes the failure timeout (the primary
+    /// silent that long before the cut) plus the replay of the lag the
+    /// backup had at the cut (docs/failover.md).
+    fn report_go_live(&self, exit: u64) {
+        let timeout_ms = StatusCounters::get(&self.shared.status.failure_timeout_ms);
+        let Some((cut_at, replayed_then)) = self.ft.cut_made() else {
+            return;
+        };
+        let cut = self.ft.cut_at().unwrap_or(0);
+        let replay_ms = cut_at.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(
+            exit,
+            failure_timeout_ms = timeout_ms,
+            lag_replay_ms = replay_ms,
+            entries_replayed_after_cut = cut.saturating_sub(replayed_then),
+            "go-live {:.1} ms after the primary's last sign of life: failure timeout {timeout_ms} ms + {replay_ms:.1} ms since the cut: the replay of the lag ({} entries), the arbiter, the lease",
+            timeout_ms as f64 + replay_ms,
+            cut.saturating_sub(replayed_then)
+        );
     }
 
     /// A replayed exit: the positions the acks and `lockstep status` show.
