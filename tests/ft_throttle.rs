@@ -1,0 +1,255 @@
+//! Managing the logging channel on a real pair (docs/throttling.md): a
+//! backup slowed for real (its process's CPU capped by a cgroup) makes the
+//! primary's throttle hold the lag near its target, with no acknowledged
+//! write lost and both processes' memory bounded, and the brakes come off
+//! when the cap is lifted; tiny buffers on both sides make the backup's
+//! receives wait and the primary's vCPU stall, without deadlock.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::ft::*;
+use common::*;
+
+/// A cgroup capping one process's CPU (v2 `cpu.max`, or v1 CFS quota where
+/// only the v1 cpu controller is mounted); the process goes back to the
+/// root group and the group is removed on drop.
+struct CpuCap {
+    dir: PathBuf,
+    root: PathBuf,
+    v2: bool,
+    pid: u32,
+}
+
+impl CpuCap {
+    /// `None` (with the reason printed) where no cpu controller is writable.
+    fn new(name: &str, pid: u32) -> Option<CpuCap> {
+        let v2_root = PathBuf::from("/sys/fs/cgroup");
+        let v2 = std::fs::read_to_string(v2_root.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"));
+        let root = if v2 {
+            v2_root
+        } else {
+            PathBuf::from("/sys/fs/cgroup/cpu")
+        };
+        let dir = root.join(name);
+        let made = std::fs::create_dir(&dir)
+            .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
+        match made {
+            Ok(()) => Some(CpuCap { dir, root, v2, pid }),
+            Err(e) => {
+                eprintln!("skipped: no writable cpu cgroup at {}: {e}", root.display());
+                let _ = std::fs::remove_dir(&dir);
+                None
+            }
+        }
+    }
+
+    /// Caps the process at `percent` of one CPU (`None`: no cap).
+    fn set(&self, percent: Option<u64>) {
+        const PERIOD_US: u64 = 10_000;
+        let quota = percent.map(|p| PERIOD_US * p / 100);
+        let result = if self.v2 {
+            let v = quota.map_or("max".to_string(), |q| q.to_string());
+            std::fs::write(self.dir.join("cpu.max"), format!("{v} {PERIOD_US}"))
+        } else {
+            std::fs::write(self.dir.join("cpu.cfs_period_us"), PERIOD_US.to_string()).and_then(
+                |()| {
+                    let q = quota.map_or("-1".to_string(), |q| q.to_string());
+                    std::fs::write(self.dir.join("cpu.cfs_quota_us"), q)
+                },
+            )
+        };
+        result.expect("setting the CPU cap");
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Resident memory of a process, in KiB (0 once it is gone).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn num(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(0.0)
+}
+
+const TARGET_MS: f64 = 100.0;
+/// The lag may exceed the target by this much once the throttle has
+/// settled: the controller's overshoot bound (74 ms, throttle.rs) plus the
+/// cap's own granularity (the backup runs in 10 ms periods) and the acks'
+/// delay behind a capped backup.
+const MARGIN_MS: f64 = 150.0;
+
+/// A CPU-bound guest (`workload=compute`: it runs natively between sync
+/// calls, so its backup must execute as much as it does) and a backup
+/// capped to a quarter of a CPU: the throttle holds the lag near its
+/// target, the primary's progress drops to about the backup's, memory
+/// stays bounded; with the cap lifted the brakes come off.
+#[test]
+fn a_backup_capped_to_a_quarter_cpu_throttles_the_primary_smoothly() {
+    if !kvm_available() {
+        return;
+    }
+    let what = "a backup capped to 25 % of a CPU";
+    // A longer failure timeout: a capped backup is slow, not dead (its
+    // heartbeats wait up to a CFS period behind the cap).
+    let opts = FtOptions {
+        failure_timeout_ms: 400,
+        heartbeat_ms: 20,
+        ready: "workload=compute",
+        primary_extra: ["--workload", "compute", "--append", "iters=100000000"]
+            .map(String::from)
+            .to_vec(),
+        ..FtOptions::default()
+    };
+    let pair = FtPair::start("th", opts);
+    let Some(cap) = CpuCap::new(&unique_name("lockstep-th"), pair.backup.pid()) else {
+        return;
+    };
+    wait_for(Duration::from_secs(10), "acks", || {
+        pair.counter("primary", "acked_seq") > 100
+    });
+    let rss0 = (rss_kib(pair.primary.pid()), rss_kib(pair.backup.pid()));
+    let exits = |p: &FtPair| p.status("primary").map_or(0.0, |s| num(&s, "guest_exits"));
+    // Guest progress: the compute guest makes a sync call per ~1 ms of work.
+    let rate = |p: &FtPair| {
+        let (t0, e0) = (Instant::now(), exits(p));
+        std::thread::sleep(Duration::from_millis(1000));
+        (exits(p) - e0) / t0.elapsed().as_secs_f64()
+    };
+    let full_speed = rate(&pair);
+    cap.set(Some(25));
+    // Throttled: the level rises and the lag is held near the target.
+    let (mut max_level, mut settled_lags) = (0.0f64, Vec::new());
+    let (mut rss_max, since) = ((0, 0), Instant::now());
+    while since.elapsed() < Duration::from_secs(5) {
+        if let Some(s) = pair.status("primary") {
+            if std::env::var_os("LOCKSTEP_TEST_TRACE").is_some() {
+                eprintln!(
+                    "lag {} ms, {} exits, {} bytes; level {}; replay {} exits/s",
+                    s["lag_guest_ms"],
+                    s["lag_exits"],
+                    s["lag_log_bytes"],
+                    s["throttle_permille"],
+                    s["replay_exits_per_s"]
+                );
+            }
+            max_level = max_level.max(num(&s, "throttle_permille"));
+            if since.elapsed() > Duration::from_secs(2) {
+                settled_lags.push(num(&s, "lag_guest_ms"));
+            }
+        }
+        rss_max.0 = rss_max.0.max(rss_kib(pair.primary.pid()));
+        rss_max.1 = rss_max.1.max(rss_kib(pair.backup.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let capped_speed = rate(&pair);
+    assert!(max_level > 0.0, "{what}: the throttle never engaged");
+    assert!(
+        !settled_lags.is_empty(),
+        "{what}: no status from the primary"
+    );
+    let worst = settled_lags.iter().copied().fold(0.0, f64::max);
+    let mut sorted = settled_lags.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        worst <= TARGET_MS + MARGIN_MS,
+        "{what}: lag {worst:.1} ms beyond {TARGET_MS} + {MARGIN_MS} ms (median {median:.1})"
+    );
+    assert!(
+        capped_speed < 0.7 * full_speed,
+        "{what}: the primary ran on at {capped_speed:.0} exits/s of {full_speed:.0}"
+    );
+    // Bounded memory: at most the log buffers (16 MiB) and the replay
+    // buffer (32 MiB) more than before the cap, with room for the heap.
+    let bound = 64 << 10;
+    assert!(
+        rss_max.0 <= rss0.0 + bound && rss_max.1 <= rss0.1 + bound,
+        "{what}: RSS grew from {rss0:?} to {rss_max:?} KiB"
+    );
+    // The cap lifted: the brakes come off and the lag returns to idle.
+    cap.set(None);
+    wait_for(Duration::from_secs(15), "the throttle to release", || {
+        pair.status("primary").is_some_and(|s| {
+            num(&s, "throttle_permille") == 0.0 && num(&s, "lag_guest_ms") < TARGET_MS
+        })
+    });
+    let recovered_speed = rate(&pair);
+    assert!(
+        recovered_speed > 0.7 * full_speed,
+        "{what}: after the cap, {recovered_speed:.0} exits/s of {full_speed:.0}"
+    );
+    eprintln!(
+        "{what}: guest exits/s full {full_speed:.0}, capped {capped_speed:.0} ({:.2}x), recovered {recovered_speed:.0} ({:.2}x); \
+         max throttle {max_level} permille; settled lag median {median:.1} ms, max {worst:.1} ms; RSS {rss0:?} -> max {rss_max:?} KiB",
+        capped_speed / full_speed.max(1.0),
+        recovered_speed / full_speed.max(1.0),
+    );
+}
+
+/// The smallest buffers on both sides and a replay slowed by a fail point,
+/// with the throttle off: the backup's receives wait at its bound, the
+/// primary's vCPU stalls on its full log buffers, and everything goes on
+/// when the replay speeds up again.
+#[test]
+fn tiny_buffers_make_the_backup_wait_and_the_primary_stall_without_deadlock() {
+    if !kvm_available() {
+        return;
+    }
+    let what = "tiny buffers on both sides";
+    let opts = FtOptions {
+        failure_timeout_ms: 400,
+        heartbeat_ms: 20,
+        primary_extra: ["--log-buffer-mib", "2", "--lag-target-ms", "0"]
+            .map(String::from)
+            .to_vec(),
+        backup_extra: ["--replay-buffer-mib", "1", "--replay-buffer-chunks", "8"]
+            .map(String::from)
+            .to_vec(),
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start("tb", opts);
+    let writers = Writers::start(&pair, 4);
+    pair.wait_acked(200);
+    pair.set_failpoints("backup", "replay-slow=sleep(1)");
+    wait_for(
+        Duration::from_secs(30),
+        "the backup's receives to wait and the primary to stall",
+        || {
+            pair.counter("backup", "replay_buffer_pauses") > 0
+                && pair.counter("primary", "log_full_stalls") > 0
+        },
+    );
+    let held = pair.counter("backup", "replay_buffer_bytes");
+    assert!(
+        held <= (1 << 20) + (512 << 10),
+        "{what}: {held} bytes held past the 1 MiB bound"
+    );
+    pair.set_failpoints("backup", "replay-slow=");
+    // No deadlock: acks go on, and the guest serves.
+    pair.wait_acked(500);
+    pair.wait_served(20);
+    let stalls = pair.counter("primary", "log_full_stalls");
+    let pauses = pair.counter("backup", "replay_buffer_pauses");
+    let n = pair.check_writes(writers, what, false);
+    eprintln!(
+        "{what}: {pauses} receive pauses, {stalls} full-buffer stalls, {n} acknowledged writes kept"
+    );
+}
