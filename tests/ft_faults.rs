@@ -291,6 +291,12 @@ fn a_failover_while_the_backup_lags_replays_every_acked_entry() {
     pair.wait_backup_live(Duration::from_secs(60));
     let replayed_at_live = pair.counter("backup", "replayed_seq");
     assert!(
+        pair.backup
+            .log()
+            .contains("after the primary's last sign of life: failure timeout"),
+        "{what}: the go-live line reports the failure timeout and the replay of the lag"
+    );
+    assert!(
         replayed_at_live >= acked,
         "{what}: live after replaying to seq {replayed_at_live}, below the acked {acked}"
     );
