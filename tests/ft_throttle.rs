@@ -252,3 +252,112 @@ fn a_tiny_backup_buffer_makes_the_receives_wait_without_deadlock() {
         "{what}: {pauses} receive pauses, {stalls} full-buffer stalls, {n} acknowledged writes kept"
     );
 }
+
+/// The primary dies while the throttle holds a backup capped to a quarter
+/// of a CPU (the CPU-bound guest, whose replay costs what its execution
+/// did): the backup is live within the longer of the failure timeout and
+/// the replay of a lag near the target at a quarter speed (the replay goes
+/// on while the timeout runs), plus a stated margin; the go-live line
+/// says what it took. (The compute guest makes no writes: the next test
+/// checks that a failover under throttling loses no acknowledged write.)
+#[test]
+fn a_failover_while_throttled_is_bounded_by_the_lag() {
+    if !kvm_available() {
+        return;
+    }
+    let what = "a failover while the throttle holds a capped backup";
+    const FAILURE_MS: u64 = 400;
+    /// The replay of the lag (at a quarter speed: 4 × the target) runs
+    /// while the failure timeout does; then the arbiter, the lease's end,
+    /// the controller's overshoot and a CFS period or two: 300 ms margin.
+    const BOUND_MS: u64 = if FAILURE_MS > 4 * TARGET_MS as u64 {
+        FAILURE_MS + 300
+    } else {
+        4 * TARGET_MS as u64 + 300
+    };
+    let opts = FtOptions {
+        failure_timeout_ms: FAILURE_MS,
+        heartbeat_ms: 20,
+        ready: "workload=compute",
+        primary_extra: ["--workload", "compute", "--append", "iters=100000000"]
+            .map(String::from)
+            .to_vec(),
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start("tf", opts);
+    let Some(cap) = CpuCap::new(&unique_name("lockstep-tf"), pair.backup.pid()) else {
+        return;
+    };
+    wait_for(Duration::from_secs(10), "acks", || {
+        pair.counter("primary", "acked_seq") > 100
+    });
+    cap.set(Some(25));
+    wait_for(Duration::from_secs(20), "the throttle to brake", || {
+        pair.counter("primary", "throttle_permille") >= 500
+    });
+    // Settled near the target (throttle.rs: ~1 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    let estimate = pair
+        .status("primary")
+        .map_or(0.0, |s| num(&s, "failover_estimate_ms"));
+    pair.primary.signal(libc::SIGKILL);
+    let took = pair.wait_backup_live(Duration::from_secs(20));
+    let line = pair
+        .backup
+        .log()
+        .lines()
+        .find(|l| l.contains("go-live"))
+        .unwrap_or_default()
+        .to_string();
+    drop(cap);
+    assert!(
+        took <= Duration::from_millis(BOUND_MS),
+        "{what}: live {took:?} after the kill, bound {BOUND_MS} ms\n{line}"
+    );
+    assert!(
+        line.contains("after the primary's last sign of life"),
+        "{line}"
+    );
+    eprintln!(
+        "{what}: live {took:?} after the kill (bound {BOUND_MS} ms, estimate before it {estimate} ms)\n{line}"
+    );
+}
+
+/// The primary dies while the throttle brakes hard (the kv guest under
+/// writers; every replayed exit of the backup takes a millisecond more,
+/// fail point `replay-slow`; a 20 ms target, so that this output-bound
+/// load is braked at all): no acknowledged write is lost, through the new
+/// primary and on the disk image after a reboot.
+#[test]
+fn a_failover_while_braking_hard_loses_no_acknowledged_write() {
+    if !kvm_available() {
+        return;
+    }
+    let what = "a failover while the throttle brakes hard";
+    let opts = FtOptions {
+        failure_timeout_ms: 400,
+        heartbeat_ms: 20,
+        primary_extra: ["--lag-target-ms", "20"].map(String::from).to_vec(),
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start("tw", opts);
+    let writers = Writers::start(&pair, 4);
+    pair.wait_acked(200);
+    pair.set_failpoints("backup", "replay-slow=sleep(1)");
+    let mut seen = 0;
+    wait_for(
+        Duration::from_secs(20),
+        "the throttle to brake hard",
+        || {
+            seen = pair.counter("primary", "throttle_permille");
+            seen >= 500
+        },
+    );
+    pair.primary.signal(libc::SIGKILL);
+    let took = pair.wait_backup_live(Duration::from_secs(20));
+    pair.set_failpoints("backup", "replay-slow=");
+    let n = pair.check_writes(writers, what, false);
+    eprintln!(
+        "{what}: throttle at {seen} permille; live {took:?} after the kill; {n} acknowledged writes kept"
+    );
+}

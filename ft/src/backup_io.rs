@@ -121,16 +121,25 @@ impl BackupIo {
         let Some((cut_at, replayed_then)) = self.ft.cut_made() else {
             return;
         };
-        let cut = self.ft.cut_at().unwrap_or(0);
-        let replay_ms = cut_at.elapsed().as_secs_f64() * 1e3;
+        // The silence the verdict saw (at least the timeout; more by the
+        // I/O thread's tick); the timeout itself for a broken channel.
+        let silent_ms = self
+            .ft
+            .silent_at_cut
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .map_or(timeout_ms as f64, |d| d.as_secs_f64() * 1e3);
+        let entries = self.ft.cut_at().unwrap_or(0).saturating_sub(replayed_then);
+        let since_cut_ms = cut_at.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
             exit,
             failure_timeout_ms = timeout_ms,
-            lag_replay_ms = replay_ms,
-            entries_replayed_after_cut = cut.saturating_sub(replayed_then),
-            "go-live {:.1} ms after the primary's last sign of life: failure timeout {timeout_ms} ms + {replay_ms:.1} ms since the cut: the replay of the lag ({} entries), the arbiter, the lease",
-            timeout_ms as f64 + replay_ms,
-            cut.saturating_sub(replayed_then)
+            silent_ms,
+            since_cut_ms,
+            entries_replayed_after_cut = entries,
+            "go-live {:.1} ms after the primary's last sign of life: {silent_ms:.1} ms of silence to the verdict (failure timeout {timeout_ms} ms) + {since_cut_ms:.1} ms since: the replay of the lag ({entries} entries), the arbiter, the lease",
+            silent_ms + since_cut_ms,
         );
     }
 

@@ -32,6 +32,9 @@ pub struct FtShared {
     /// how far its replay was then: the go-live line reports the replay of
     /// the lag since.
     pub cut_made: Mutex<Option<(Instant, u64)>>,
+    /// Backup: how long the primary had been silent when the cut was made
+    /// (`None`: a broken channel, not silence).
+    pub silent_at_cut: Mutex<Option<std::time::Duration>>,
     /// Backup: the primary's release watermark, from its heartbeats:
     /// outputs tagged above it may not have left the primary.
     pub primary_released: AtomicU64,

@@ -129,7 +129,8 @@ impl Throttle {
 /// `level` it is held `ran · level / (1 − level)`, so it runs `1 − level`
 /// of the time whatever its rate of sync calls; at most [`MAX_HOLD`].
 pub fn hold_for(ran: Duration, level: f64) -> Duration {
-    if !(level > 0.0) {
+    // NaN and non-positive levels: no hold.
+    if level.is_nan() || level <= 0.0 {
         return Duration::ZERO;
     }
     let level = level.min(0.99);

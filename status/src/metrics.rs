@@ -319,7 +319,7 @@ pub fn render(s: &StatusSnapshot) -> String {
         o.one(
             "failover_estimate_seconds",
             Gauge,
-            "Primary: failure timeout plus the backup's replay of its lag.",
+            "Primary: the longer of the failure timeout and the backup's replay of its lag.",
             ms as f64 / 1e3,
         );
     }

@@ -115,7 +115,8 @@ pub struct StatusSnapshot {
     #[serde(default)]
     pub failure_timeout_ms: u64,
     /// Primary with a backup: how long a failover would take now — the
-    /// failure timeout plus the backup's replay of its lag (ms).
+    /// failure timeout or the backup's replay of its lag, whichever is
+    /// longer (the replay goes on during the timeout), in ms.
     #[serde(default)]
     pub failover_estimate_ms: Option<u64>,
     /// Backup: bytes received, acked and not replayed yet; the bound; times
@@ -154,8 +155,10 @@ impl StatusSnapshot {
             .map(|us| us as f64 / 1e3);
         let replay_exits_per_s = Some(get(&c.replay_exits_per_s)).filter(|_| with_backup);
         let failure_timeout_ms = get(&c.failure_timeout_ms);
+        // The backup replays its lag while the failure timeout runs (it
+        // stops only at the log's end), so the two overlap.
         let failover_estimate_ms = lag_guest_ms.map(|guest_ms| {
-            failure_timeout_ms.saturating_add(replay_ms(
+            failure_timeout_ms.max(replay_ms(
                 guest_ms,
                 lag_exits.unwrap_or(0),
                 replay_exits_per_s.unwrap_or(0),
@@ -225,11 +228,11 @@ impl StatusSnapshot {
 /// it is behind at its measured replay speed — whichever is longer.
 pub fn replay_ms(lag_guest_ms: f64, lag_exits: u64, exits_per_s: u64) -> u64 {
     let by_time = lag_guest_ms.max(0.0).ceil() as u64;
-    let by_speed = if exits_per_s == 0 {
-        0
-    } else {
-        lag_exits.saturating_mul(1000) / exits_per_s
-    };
+    // Speed unknown (0): the guest time alone.
+    let by_speed = lag_exits
+        .saturating_mul(1000)
+        .checked_div(exits_per_s)
+        .unwrap_or(0);
     by_time.max(by_speed)
 }
 

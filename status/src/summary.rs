@@ -95,7 +95,7 @@ pub fn render(s: &StatusSnapshot) -> String {
     if let Some(ms) = s.failover_estimate_ms {
         let _ = writeln!(
             o,
-            "  failover   ~{ms} ms (failure timeout {} ms + replay of the lag)",
+            "  failover   ~{ms} ms (the longer of the failure timeout, {} ms, and the replay of the lag)",
             s.failure_timeout_ms
         );
     }

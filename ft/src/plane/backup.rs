@@ -322,6 +322,9 @@ impl IoPlane for BackupPlane {
             Verdict::Dead { silent_for } => {
                 // The cut comes first: nothing acknowledged after it, before
                 // the main thread claims anything.
+                if let Ok(mut s) = self.ft.silent_at_cut.lock() {
+                    *s = Some(silent_for);
+                }
                 self.cut(now);
                 self.ft
                     .note(format!("no heartbeat or log traffic for {silent_for:?}"));
