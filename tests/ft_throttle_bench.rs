@@ -83,13 +83,20 @@ fn throttle_lag_distribution_and_series() {
     wait_for(Duration::from_secs(10), "acks", || {
         pair.counter("primary", "acked_seq") > 100
     });
-    println!("| backup's CPU | lag p50 | lag p99 | lag max | throttle p50 | primary's progress vs uncapped |");
+    println!(
+        "| backup's CPU | lag p50 | lag p99 | lag max | throttle p50 | primary's progress vs uncapped |"
+    );
     println!("|---|---|---|---|---|---|");
     let mut full = 0.0;
     for percent in [None, Some(50), Some(25)] {
         cap.set(percent);
         std::thread::sleep(Duration::from_secs(2));
-        let s = sample(&pair, Instant::now(), Duration::from_secs(6), Duration::from_millis(20));
+        let s = sample(
+            &pair,
+            Instant::now(),
+            Duration::from_secs(6),
+            Duration::from_millis(20),
+        );
         let mut lags: Vec<f64> = s.iter().map(|r| r[1]).collect();
         lags.sort_by(f64::total_cmp);
         let mut levels: Vec<f64> = s.iter().map(|r| r[2]).collect();
@@ -119,8 +126,12 @@ fn throttle_lag_distribution_and_series() {
     cap.set(None);
     series.extend(sample(&pair, t0, Duration::from_secs(5), every));
     let svg = plot(&series, 3.0, 9.0);
-    let path = std::env::var("LOCKSTEP_SVG")
-        .unwrap_or_else(|_| repo().join("target/throttle-series.svg").display().to_string());
+    let path = std::env::var("LOCKSTEP_SVG").unwrap_or_else(|_| {
+        repo()
+            .join("target/throttle-series.svg")
+            .display()
+            .to_string()
+    });
     std::fs::write(&path, svg).expect("writing the SVG");
     println!("series: {} samples, written to {path}", series.len());
 }
@@ -137,8 +148,14 @@ fn plot(s: &[[f64; 4]], cap_from: f64, cap_to: f64) -> String {
         .map(|p| (p[1][0], (p[1][3] - p[0][3]) / (p[1][0] - p[0][0]).max(1e-3)))
         .collect();
     let series: [(&str, Vec<(f64, f64)>); 3] = [
-        ("lag, ms of guest execution", s.iter().map(|r| (r[0], r[1])).collect()),
-        ("throttle level, ‰", s.iter().map(|r| (r[0], r[2])).collect()),
+        (
+            "lag, ms of guest execution",
+            s.iter().map(|r| (r[0], r[1])).collect(),
+        ),
+        (
+            "throttle level, ‰",
+            s.iter().map(|r| (r[0], r[2])).collect(),
+        ),
         ("primary's guest exits/s", speed),
     ];
     let h = top + 3.0 * (panel + 30.0) + 20.0;

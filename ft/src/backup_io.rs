@@ -132,6 +132,10 @@ impl BackupIo {
             .map_or(timeout_ms as f64, |d| d.as_secs_f64() * 1e3);
         let entries = self.ft.cut_at().unwrap_or(0).saturating_sub(replayed_then);
         let since_cut_ms = cut_at.elapsed().as_secs_f64() * 1e3;
+        StatusCounters::set(
+            &self.shared.status.went_live_after_ms,
+            (silent_ms + since_cut_ms).round() as u64,
+        );
         tracing::info!(
             exit,
             failure_timeout_ms = timeout_ms,

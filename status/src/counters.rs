@@ -175,6 +175,9 @@ pub struct StatusCounters {
     pub replay_buffer_bytes: AtomicU64,
     pub replay_buffer_max_bytes: AtomicU64,
     pub replay_buffer_pauses: AtomicU64,
+    /// A backup that went live: how long after the primary's last sign of
+    /// life (ms; `u64::MAX`: it has not).
+    pub went_live_after_ms: AtomicU64,
 }
 
 impl Default for StatusCounters {
@@ -224,6 +227,7 @@ impl Default for StatusCounters {
             replay_buffer_bytes: AtomicU64::new(0),
             replay_buffer_max_bytes: AtomicU64::new(0),
             replay_buffer_pauses: AtomicU64::new(0),
+            went_live_after_ms: AtomicU64::new(NEVER),
         }
     }
 }
@@ -290,6 +294,15 @@ impl StatusCounters {
         match self.lag_guest_us.load(Relaxed) {
             NEVER => None,
             us => Some(us),
+        }
+    }
+
+    /// How long after the primary's last sign of life this backup went
+    /// live; `None` if it has not.
+    pub fn went_live_after(&self) -> Option<u64> {
+        match self.went_live_after_ms.load(Relaxed) {
+            NEVER => None,
+            ms => Some(ms),
         }
     }
 

@@ -323,6 +323,14 @@ pub fn render(s: &StatusSnapshot) -> String {
             ms as f64 / 1e3,
         );
     }
+    if let Some(ms) = s.went_live_after_ms {
+        o.one(
+            "went_live_after_seconds",
+            Gauge,
+            "A backup that went live: how long after the primary's last sign of life.",
+            ms as f64 / 1e3,
+        );
+    }
     o.one(
         "replay_buffer_bytes",
         Gauge,

@@ -127,6 +127,10 @@ pub struct StatusSnapshot {
     pub replay_buffer_max_bytes: u64,
     #[serde(default)]
     pub replay_buffer_pauses: u64,
+    /// A backup that went live: how long after the primary's last sign of
+    /// life (ms); absent if it has not.
+    #[serde(default)]
+    pub went_live_after_ms: Option<u64>,
 }
 
 impl StatusSnapshot {
@@ -214,6 +218,7 @@ impl StatusSnapshot {
             replay_buffer_bytes: get(&c.replay_buffer_bytes),
             replay_buffer_max_bytes: get(&c.replay_buffer_max_bytes),
             replay_buffer_pauses: get(&c.replay_buffer_pauses),
+            went_live_after_ms: c.went_live_after(),
         }
     }
 

@@ -92,6 +92,13 @@ pub fn render(s: &StatusSnapshot) -> String {
             s.replay_buffer_pauses
         );
     }
+    if let Some(ms) = s.went_live_after_ms {
+        let _ = writeln!(
+            o,
+            "  went live  {ms} ms after the primary's last sign of life (failure timeout {} ms)",
+            s.failure_timeout_ms
+        );
+    }
     if let Some(ms) = s.failover_estimate_ms {
         let _ = writeln!(
             o,
