@@ -185,6 +185,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_primary_shows_its_lag_throttle_buffers_and_failover_estimate() {
+        use crate::counters::StatusCounters;
+        let c = StatusCounters::new(Role::Primary, "a", Some("b"));
+        let set = StatusCounters::set;
+        set(&c.exit_index, 1000);
+        set(&c.replayed_exit, 900);
+        set(&c.lag_guest_us, 120_500);
+        set(&c.lag_log_bytes, 4096);
+        set(&c.replay_exits_per_s, 200);
+        set(&c.throttle_permille, 750);
+        set(&c.throttle_delay_us, 3000);
+        set(&c.lag_target_ms, 100);
+        set(&c.failure_timeout_ms, 400);
+        let text = render(&StatusSnapshot::take(&c, 0.0));
+        assert!(
+            text.contains("100 exits, 120.5 ms of guest execution, 4.0 KiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("throttle   75.0 % (target lag 100 ms"),
+            "{text}"
+        );
+        assert!(text.contains("backup replays 200 exits/s"), "{text}");
+        // The longer of the timeout (400) and the replay: 100 exits at
+        // 200/s = 500 ms.
+        assert!(text.contains("failover   ~500 ms"), "{text}");
+    }
+
+    #[test]
     fn units() {
         assert_eq!(duration(59_999), "59s");
         assert_eq!(duration(61_000), "1m01s");
