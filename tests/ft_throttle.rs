@@ -230,6 +230,11 @@ fn a_failover_while_throttled_is_bounded_by_the_lag() {
         .map_or(0.0, |s| num(&s, "failover_estimate_ms"));
     pair.primary.signal(libc::SIGKILL);
     let took = pair.wait_backup_live(Duration::from_secs(20));
+    // The report follows the go-live line.
+    pair.backup.wait_for_line(
+        "after the primary's last sign of life",
+        Duration::from_secs(5),
+    );
     let line = pair
         .backup
         .log()

@@ -99,7 +99,6 @@ impl BackupIo {
             return Err(BackupError::HandOverFailed);
         };
         let released = FtShared::load(&self.ft.primary_released);
-        self.report_go_live(req.exit_index);
         let mut live = go_live::take_over(
             *replay,
             io,
@@ -108,6 +107,9 @@ impl BackupIo {
             released,
             req.exit_index,
         )?;
+        // After take_over's own line, which must be the first sign of
+        // going live (it precedes every output).
+        self.report_go_live(req.exit_index);
         let outcome = live.sync(mem, req);
         self.serving = Serving::Live(Box::new(live));
         Ok(outcome?)
