@@ -201,3 +201,76 @@ fn plot(s: &[[f64; 4]], cap_from: f64, cap_to: f64) -> String {
     o.push_str("</svg>\n");
     o
 }
+
+/// Go-live time against the lag at the kill: the backup capped to 25 % of
+/// a CPU, the throttle off (`--lag-target-ms 0`) so that the lag grows to
+/// each level, then on (the default) for comparison; one pair per kill.
+#[test]
+#[ignore = "a measurement for docs/benchmarks.md"]
+fn go_live_against_the_lag() {
+    if !kvm_available() {
+        return;
+    }
+    println!(
+        "| throttle | lag at the kill | kill → backup live | go-live line: silence + since the cut |"
+    );
+    println!("|---|---|---|---|");
+    for (throttle, lag_ms) in [
+        (false, 200.0),
+        (false, 500.0),
+        (false, 1000.0),
+        (true, 100.0),
+    ] {
+        let mut opts = FtOptions {
+            failure_timeout_ms: 400,
+            heartbeat_ms: 20,
+            ready: "workload=compute",
+            primary_extra: ["--workload", "compute", "--append", "iters=100000000"]
+                .map(String::from)
+                .to_vec(),
+            ..FtOptions::default()
+        };
+        if !throttle {
+            opts.primary_extra
+                .extend(["--lag-target-ms", "0"].map(String::from));
+        }
+        let mut pair = FtPair::start("tg", opts);
+        let Some(cap) = CpuCap::new(&unique_name("lockstep-tg"), pair.backup.pid()) else {
+            return;
+        };
+        wait_for(Duration::from_secs(10), "acks", || {
+            pair.counter("primary", "acked_seq") > 100
+        });
+        cap.set(Some(25));
+        let mut lag = 0.0;
+        let started = Instant::now();
+        wait_for(Duration::from_secs(20), "the lag to grow", || {
+            lag = pair
+                .status("primary")
+                .map_or(0.0, |s| num(&s, "lag_guest_ms"));
+            lag >= lag_ms || (throttle && started.elapsed() > Duration::from_secs(4))
+        });
+        pair.primary.signal(libc::SIGKILL);
+        let took = pair.wait_backup_live(Duration::from_secs(30));
+        pair.backup.wait_for_line(
+            "after the primary's last sign of life",
+            Duration::from_secs(10),
+        );
+        let log = pair.backup.log();
+        let parts = log
+            .lines()
+            .find(|l| l.contains("after the primary's last sign of life"))
+            .and_then(|l| {
+                let silent = l.split(": ").nth(1)?.split(" ms of silence").next()?;
+                let since = l.split(") + ").nth(1)?.split(" ms since").next()?;
+                Some(format!("{silent} ms + {since} ms"))
+            })
+            .unwrap_or_default();
+        println!(
+            "| {} | {lag:.0} ms | {:.0} ms | {parts} |",
+            if throttle { "on (100 ms)" } else { "off" },
+            took.as_secs_f64() * 1e3
+        );
+        drop(cap);
+    }
+}
