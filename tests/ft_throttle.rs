@@ -145,14 +145,15 @@ fn a_backup_capped_to_a_quarter_cpu_throttles_the_primary_smoothly() {
     );
 }
 
-/// The smallest buffers on both sides and a replay slowed by a fail point,
-/// with the throttle off: the backup's receives wait at its bound, and
-/// everything goes on when the replay speeds up again; no acknowledged
-/// write is lost. (The primary's full-buffer stall is not reached here: a
-/// guest whose outputs wait for acks makes little log while its backup
-/// lags, so 2 MiB of log buffers behind the socket's buffers do not fill.)
+/// The smallest buffers on both sides, the throttle off, a replay slowed
+/// by a fail point, and a flood of UDP datagrams to the guest (every
+/// received frame is logged whole, and none waits for an ack, so the log
+/// grows at the link's pace): the backup's receives wait at its bound,
+/// TCP holds the primary, its full log buffers stall its vCPU — and when
+/// the flood ends and the replay speeds up, everything goes on, no
+/// acknowledged write lost.
 #[test]
-fn a_tiny_backup_buffer_makes_the_receives_wait_without_deadlock() {
+fn tiny_buffers_make_the_backup_wait_and_the_primary_stall_without_deadlock() {
     if !kvm_available() {
         return;
     }
@@ -172,12 +173,30 @@ fn a_tiny_backup_buffer_makes_the_receives_wait_without_deadlock() {
     let writers = Writers::start(&pair, 4);
     pair.wait_acked(200);
     pair.set_failpoints("backup", "replay-slow=sleep(1)");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let flood = spawn_in_netns(pair.net.ns("c"), move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        let datagram = [0x5au8; 1200];
+        let mut sent = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if socket.send_to(&datagram, (GUEST_IP, 9)).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
     wait_for(
         Duration::from_secs(30),
-        "the backup's receives to wait at its bound",
-        || pair.counter("backup", "replay_buffer_pauses") > 0,
+        "the backup's receives to wait and the primary's vCPU to stall",
+        || {
+            pair.counter("backup", "replay_buffer_pauses") > 0
+                && pair.counter("primary", "log_full_stalls") > 0
+        },
     );
     let held = pair.counter("backup", "replay_buffer_bytes");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let datagrams = flood.join().expect("flood");
     assert!(
         held <= (1 << 20) + (512 << 10),
         "{what}: {held} bytes held past the 1 MiB bound"
@@ -187,10 +206,11 @@ fn a_tiny_backup_buffer_makes_the_receives_wait_without_deadlock() {
     pair.wait_acked(500);
     pair.wait_served(20);
     let stalls = pair.counter("primary", "log_full_stalls");
+    let stall_ms = pair.counter("primary", "log_stall_ms");
     let pauses = pair.counter("backup", "replay_buffer_pauses");
     let n = pair.check_writes(writers, what, false);
     eprintln!(
-        "{what}: {pauses} receive pauses, {stalls} full-buffer stalls, {n} acknowledged writes kept"
+        "{what}: {datagrams} datagrams; {pauses} receive pauses, {stalls} full-buffer stalls ({stall_ms} ms), {n} acknowledged writes kept"
     );
 }
 
