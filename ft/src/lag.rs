@@ -4,8 +4,15 @@
 //! still has to replay, so what a failover would replay first) — and the
 //! backup's replay speed. The lag drives the throttle ([`crate::throttle`]).
 //!
+//! Guest execution is measured in the vCPU thread's CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`): what a replay of the same exits has to
+//! execute, without the time the host gave the CPU to something else
+//! (which a wall clock would count) — and without idle waits, throttle
+//! holds and full-buffer stalls, where the thread sleeps.
+//!
 //! The vCPU thread ([`ThrottlePacer`]) notes where the guest is after every
-//! sync exit and keeps a sample every [`SAMPLE_EVERY`] of guest execution;
+//! sync exit and keeps a sample every [`SAMPLE_EVERY`] of guest execution
+//! (reading its CPU clock, a system call, only then);
 //! the I/O thread ([`LagControl`]) looks the backup's replayed exit up in
 //! the samples, runs the controller and hands its level back. They share
 //! one mutex the vCPU thread only ever *tries* (a sample skipped costs
@@ -29,8 +36,28 @@ const SAMPLES: usize = 8192;
 /// Over how long the replay speed is measured.
 const SPEED_WINDOW: Duration = Duration::from_millis(500);
 
+/// A sync point with the vCPU thread's CPU time there (`None`: the clock
+/// could not be read; the wall-clock execution time stands in).
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    at: SyncPoint,
+    cpu_ns: Option<u64>,
+}
+
+impl Sample {
+    /// Guest execution from `self` to `later`.
+    fn until(&self, later: &Sample) -> u64 {
+        match (self.cpu_ns, later.cpu_ns) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => later.at.exec_ns.saturating_sub(self.at.exec_ns),
+        }
+    }
+}
+
 struct Samples {
-    ring: VecDeque<SyncPoint>,
+    ring: VecDeque<Sample>,
+    /// The latest sync point (exits and bytes are exact to it; execution
+    /// time to the latest sample).
     head: SyncPoint,
 }
 
@@ -62,21 +89,18 @@ pub struct Lag {
 }
 
 impl LagShared {
-    /// vCPU thread: the guest is at `p`.
-    pub fn note(&self, p: SyncPoint) {
+    /// vCPU thread: the guest is at `p`; with `sample`, the thread's CPU
+    /// time there is kept as a sample (`Some(None)`: no CPU clock).
+    pub fn note(&self, p: SyncPoint, sample: Option<Option<u64>>) {
         let Ok(mut s) = self.samples.try_lock() else {
             return;
         };
         s.head = p;
-        let due = s
-            .ring
-            .back()
-            .is_none_or(|b| p.exec_ns.saturating_sub(b.exec_ns) >= SAMPLE_EVERY.as_nanos() as u64);
-        if due {
+        if let Some(cpu_ns) = sample {
             if s.ring.len() >= SAMPLES {
                 s.ring.pop_front();
             }
-            s.ring.push_back(p);
+            s.ring.push_back(Sample { at: p, cpu_ns });
         }
     }
 
@@ -89,17 +113,20 @@ impl LagShared {
         let head = s.head;
         // The newest sample at or before the replayed exit; the oldest kept
         // if all are later (a lag longer than the ring).
-        let after = s.ring.partition_point(|p| p.exit_index <= replayed_exit);
+        let after = s.ring.partition_point(|x| x.at.exit_index <= replayed_exit);
         let at = after.saturating_sub(1);
         s.ring.drain(..at);
-        let from = s.ring.front().copied().unwrap_or(head);
         if replayed_exit >= head.exit_index {
             return Lag::default();
         }
+        let (from, last) = match (s.ring.front(), s.ring.back()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => return Lag::default(),
+        };
         Lag {
             exits: head.exit_index - replayed_exit,
-            log_bytes: head.log_bytes.saturating_sub(from.log_bytes),
-            guest: Duration::from_nanos(head.exec_ns.saturating_sub(from.exec_ns)),
+            log_bytes: head.log_bytes.saturating_sub(from.at.log_bytes),
+            guest: Duration::from_nanos(from.until(&last)),
         }
     }
 
@@ -120,17 +147,36 @@ pub struct ThrottlePacer {
     lag: Arc<LagShared>,
     /// Guest execution at the last hold.
     held_at_ns: u64,
+    /// Guest execution (wall clock) at which the next sample is due.
+    sample_due_ns: u64,
 }
 
 impl ThrottlePacer {
     pub fn new(lag: Arc<LagShared>) -> Self {
-        ThrottlePacer { lag, held_at_ns: 0 }
+        ThrottlePacer {
+            lag,
+            held_at_ns: 0,
+            sample_due_ns: 0,
+        }
     }
+}
+
+/// The calling thread's CPU time in ns; `None` if the clock cannot be read.
+fn thread_cpu_ns() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    u64::try_from(t.tv_sec())
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::try_from(t.tv_nsec()).ok()?)
 }
 
 impl Pacer for ThrottlePacer {
     fn after_sync(&mut self, at: SyncPoint) -> Duration {
-        self.lag.note(at);
+        let sample = (at.exec_ns >= self.sample_due_ns).then(|| {
+            self.sample_due_ns = at.exec_ns.saturating_add(SAMPLE_EVERY.as_nanos() as u64);
+            thread_cpu_ns()
+        });
+        self.lag.note(at, sample);
         let level = self.lag.level();
         let ran = Duration::from_nanos(at.exec_ns.saturating_sub(self.held_at_ns));
         let hold = throttle::hold_for(ran, level);
@@ -250,7 +296,7 @@ mod tests {
     fn the_lag_is_looked_up_at_the_replayed_exit() {
         let l = LagShared::default();
         for i in 0..100 {
-            l.note(at(10 * i, i, 1000 * i));
+            l.note(at(10 * i, i, 1000 * i), Some(Some(i * 1_000_000)));
         }
         let lag = l.lag(500);
         assert_eq!(lag.exits, 490);
@@ -262,6 +308,44 @@ mod tests {
         assert_eq!(lag.guest, Duration::from_millis(49));
         // Caught up: no lag.
         assert_eq!(l.lag(990), Lag::default());
+    }
+
+    #[test]
+    fn without_a_cpu_clock_the_wall_clock_execution_stands_in() {
+        let l = LagShared::default();
+        for i in 0..10 {
+            l.note(at(i, 2 * i, 0), Some(None));
+        }
+        assert_eq!(l.lag(4).guest, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn cpu_time_not_wall_time_is_the_lag() {
+        // The host took the CPU away for half the wall time: the replay
+        // has only the CPU time to redo.
+        let l = LagShared::default();
+        for i in 0..10 {
+            l.note(at(i, 2 * i, 0), Some(Some(i * 1_000_000)));
+        }
+        assert_eq!(l.lag(4).guest, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn the_pacer_reads_the_cpu_clock_only_per_sample() {
+        let l = Arc::new(LagShared::default());
+        let mut p = ThrottlePacer::new(l.clone());
+        for i in 0..10u64 {
+            // 100 µs of guest execution per exit: a sample every 5 exits.
+            let _ = p.after_sync(SyncPoint {
+                exit_index: i,
+                exec_ns: i * 100_000,
+                log_seq: i,
+                log_bytes: 0,
+            });
+        }
+        let n = l.samples.lock().map(|s| s.ring.len()).unwrap_or(0);
+        assert_eq!(n, 2);
+        assert!(thread_cpu_ns().is_some(), "Linux has a thread CPU clock");
     }
 
     #[test]
@@ -282,7 +366,7 @@ mod tests {
         let st = Arc::new(StatusCounters::default());
         let mut c = LagControl::new(l.clone(), Some(Duration::from_millis(100)), st.clone());
         for i in 0..=400 {
-            l.note(at(i, i, 0));
+            l.note(at(i, i, 0), Some(Some(i * 1_000_000)));
         }
         let mut now = Instant::now();
         now += throttle::PERIOD;

@@ -14,9 +14,11 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncPoint {
     pub exit_index: u64,
-    /// Nanoseconds the guest has executed since the VM started: host time
-    /// less idle waits, full-buffer stalls and the pacer's own holds — the
-    /// time a replay of the same exits takes, give or take its speed.
+    /// Nanoseconds the guest has run since the VM started, by the wall
+    /// clock: host time less idle waits, full-buffer stalls and the
+    /// pacer's own holds (cheap to read at every exit; it includes time
+    /// the host took the CPU away, which a pacer wanting the replay's work
+    /// measures otherwise, e.g. with the thread's CPU clock).
     pub exec_ns: u64,
     /// The log's last seq and bytes published so far.
     pub log_seq: u64,
