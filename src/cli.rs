@@ -137,6 +137,13 @@ pub struct PrimaryArgs {
     #[arg(long, value_name = "MIB", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(2..=1024))]
     pub log_buffer_mib: u16,
+    /// The execution lag (ms of guest execution the backup has still to
+    /// replay) the throttle holds the backup under: beyond it the
+    /// primary's guest is slowed smoothly (docs/throttling.md); 0 turns
+    /// the throttle off (the lag is still measured).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(0..=60_000))]
+    pub lag_target_ms: u32,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]
@@ -174,6 +181,16 @@ pub struct BackupArgs {
     /// ADDR/PREFIX).
     #[arg(long, value_name = "ADDR")]
     pub guest_ip: Option<String>,
+    /// Bound on the log received and not yet replayed, in MiB: at the
+    /// bound the backup stops reading the channel until its replay catches
+    /// up (TCP then holds the primary, whose full log buffers stall it).
+    #[arg(long, value_name = "MIB", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub replay_buffer_mib: u32,
+    /// The same bound in chunks (the entries of one read each).
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub replay_buffer_chunks: u32,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]

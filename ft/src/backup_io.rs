@@ -116,9 +116,46 @@ impl BackupIo {
             released,
             req.exit_index,
         )?;
+        // After take_over's own line, which must be the first sign of
+        // going live (it precedes every output).
+        self.report_go_live(req.exit_index);
         let outcome = live.sync(mem, req);
         self.serving = Serving::Live(Box::new(live));
         Ok(outcome?)
+    }
+
+    /// The go-live line: a failover takes the failure timeout (the primary
+    /// silent that long before the cut) plus the replay of the lag the
+    /// backup had at the cut (docs/failover.md).
+    fn report_go_live(&self, exit: u64) {
+        let timeout_ms = StatusCounters::get(&self.shared.status.failure_timeout_ms);
+        let Some((cut_at, replayed_then)) = self.ft.cut_made() else {
+            return;
+        };
+        // The silence the verdict saw (at least the timeout; more by the
+        // I/O thread's tick); the timeout itself for a broken channel.
+        let silent_ms = self
+            .ft
+            .silent_at_cut
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .map_or(timeout_ms as f64, |d| d.as_secs_f64() * 1e3);
+        let entries = self.ft.cut_at().unwrap_or(0).saturating_sub(replayed_then);
+        let since_cut_ms = cut_at.elapsed().as_secs_f64() * 1e3;
+        StatusCounters::set(
+            &self.shared.status.went_live_after_ms,
+            (silent_ms + since_cut_ms).round() as u64,
+        );
+        tracing::info!(
+            exit,
+            failure_timeout_ms = timeout_ms,
+            silent_ms,
+            since_cut_ms,
+            entries_replayed_after_cut = entries,
+            "go-live {:.1} ms after the primary's last sign of life: {silent_ms:.1} ms of silence to the verdict (failure timeout {timeout_ms} ms) + {since_cut_ms:.1} ms since: the replay of the lag ({entries} entries), the arbiter, the lease",
+            silent_ms + since_cut_ms,
+        );
     }
 
     /// A replayed exit: the positions the acks and `lockstep status` show.

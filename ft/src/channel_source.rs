@@ -89,6 +89,7 @@ impl ChunkSource for ChannelChunks {
     fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
         loop {
             if let Ok(chunk) = self.rx.pop() {
+                self.ft.replay_buffer.taken(chunk.bytes.len());
                 match self.up_to_cut(chunk) {
                     Some(bytes) => return Ok(Some(bytes)),
                     None => continue,

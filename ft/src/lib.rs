@@ -15,7 +15,10 @@
 //! * [`plane`]: the primary's and the backup's engines on the I/O thread.
 //! * [`backup_io`]: the backup's sync calls: replay, then live.
 //! * [`channel_source`]: the received log as the replay's input.
+//! * [`replay_buffer`]: the backup's bounded buffer and its backpressure.
 //! * [`supervisor`]: the main thread acting on verdicts through the arbiter.
+//! * [`throttle`]: the controller that slows the primary when its backup
+//!   lags ([`lag`] measures the lag).
 //! * [`shared`]: what the FT threads share.
 
 pub mod admission;
@@ -24,7 +27,10 @@ pub mod backup_io;
 pub mod channel_source;
 pub mod failure;
 pub mod go_live;
+pub mod lag;
 pub mod output_rule;
 pub mod plane;
+pub mod replay_buffer;
 pub mod shared;
 pub mod supervisor;
+pub mod throttle;

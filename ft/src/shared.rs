@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::Instant;
 
+use crate::replay_buffer::ReplayBuffer;
+
 /// Shared by the vCPU thread, the I/O thread and the main thread.
 #[derive(Default)]
 pub struct FtShared {
@@ -26,6 +28,13 @@ pub struct FtShared {
     /// Backup: no output of its may leave before this instant, when the
     /// primary's lease is over for certain (its last ack + the lease).
     pub live_not_before: Mutex<Option<Instant>>,
+    /// Backup: when it made the cut (its failure detection's verdict), and
+    /// how far its replay was then: the go-live line reports the replay of
+    /// the lag since.
+    pub cut_made: Mutex<Option<(Instant, u64)>>,
+    /// Backup: how long the primary had been silent when the cut was made
+    /// (`None`: a broken channel, not silence).
+    pub silent_at_cut: Mutex<Option<std::time::Duration>>,
     /// Backup: the primary's release watermark, from its heartbeats:
     /// outputs tagged above it may not have left the primary.
     pub primary_released: AtomicU64,
@@ -50,6 +59,8 @@ pub struct FtShared {
     /// Main thread, primary: the arbiter was won; continue without a
     /// backup (outputs no longer wait for acks).
     pub alone: AtomicBool,
+    /// Backup: the bound on what it received and has not replayed yet.
+    pub replay_buffer: ReplayBuffer,
     /// The main thread, unparked when the I/O thread has news.
     pub main_thread: OnceLock<Thread>,
 }
@@ -86,6 +97,9 @@ impl FtShared {
         if let Ok(mut t) = self.live_not_before.lock() {
             *t = Some(live_not_before);
         }
+        if let Ok(mut m) = self.cut_made.lock() {
+            *m = Some((Instant::now(), Self::load(&self.replayed_seq)));
+        }
         self.cut_seq.store(seq, Ordering::Release);
         self.set(&self.cut);
     }
@@ -98,6 +112,11 @@ impl FtShared {
     /// When the backup may go live (`None` before the cut).
     pub fn live_not_before(&self) -> Option<Instant> {
         self.live_not_before.lock().ok().and_then(|t| *t)
+    }
+
+    /// When the cut was made, and the seq replayed then.
+    pub fn cut_made(&self) -> Option<(Instant, u64)> {
+        self.cut_made.lock().ok().and_then(|m| *m)
     }
 
     pub fn note_text(&self) -> Option<String> {

@@ -105,6 +105,10 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let admission = admission(&args, &kernel)?;
     let shared = Arc::new(VmShared::default());
     shared.status.set_role(Role::Backup);
+    lockstep_status::StatusCounters::set(
+        &shared.status.failure_timeout_ms,
+        u64::try_from(live.timeout.as_millis()).unwrap_or(u64::MAX),
+    );
     let _ = shared.status.name.set(name.clone());
     let _ = shared
         .status
@@ -154,7 +158,16 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let ft = Arc::new(FtShared::default());
     let _ = ft.main_thread.set(std::thread::current());
     let _ = shared.status.peer.set(peer.to_string());
-    let (chunk_tx, chunk_rx) = rtrb::RingBuffer::new(4096);
+    ft.replay_buffer.set_limits(
+        u64::from(args.replay_buffer_mib) << 20,
+        u64::from(args.replay_buffer_chunks),
+    );
+    // Room on the ring for every chunk the bound lets in, and the reads
+    // that overshoot it (replay_buffer.rs): nothing waits behind it.
+    let ring_slots = usize::try_from(args.replay_buffer_chunks)
+        .context("--replay-buffer-chunks")?
+        .saturating_add(4);
+    let (chunk_tx, chunk_rx) = rtrb::RingBuffer::new(ring_slots);
     let receiver = ReceiverEngine::new(stream, TAG_LOG, ReceiverOptions::default())
         .context("setting up the logging channel")?
         .secured(session.records);
@@ -184,6 +197,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let (io, io_thread) =
         io_thread::spawn(Some(disk), tap, shared.clone(), io_cpu, Some(plane), false)
             .context("starting the I/O thread")?;
+    ft.replay_buffer.set_waker(io.waker.clone());
 
     // The stream header and the boot entry come first: they say which VM to
     // build.

@@ -10,6 +10,7 @@ use lockstep_ft::supervisor::Supervisor;
 use lockstep_status::Role;
 use lockstep_vmm::dataplane::io_thread::{IoChannels, ToIo};
 use lockstep_vmm::dataplane::live::LiveIo;
+use lockstep_vmm::dataplane::pace::Pacer;
 use lockstep_vmm::machine::SyncIo;
 use lockstep_vmm::spec::GuestSpec;
 
@@ -38,6 +39,8 @@ pub struct LiveOptions {
     pub ft: Option<(Arc<FtShared>, Supervisor)>,
     /// What `lockstep status` calls this VMM.
     pub role: Role,
+    /// Paces the guest after each sync exit (an FT primary's throttle).
+    pub pacer: Option<Box<dyn Pacer>>,
 }
 
 pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> {
@@ -79,6 +82,7 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
     let mut live = LiveIo::new(shared.clone(), spec.devices(), Some(io));
     live.recorder = recorder;
     live.stream_log = ft.is_some().then_some(KEEPALIVE_EVERY);
+    live.pacer = opts.pacer;
     let vm = VmParts {
         vcpu,
         mem,

@@ -10,6 +10,7 @@ use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
 use logchan::secure::{AttachRequest, Security, Session, initiate};
 use logchan::{LogConfig, StreamHeader};
 
+use lockstep_ft::lag::{LagControl, LagShared, ThrottlePacer};
 use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
@@ -92,10 +93,24 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
         .heartbeat_peer
         .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
     let plane_ft = ft.clone();
+    // The lag the acks show, measured from the guest's sync points, and
+    // the throttle that holds the guest when it grows (docs/throttling.md).
+    let lag = Arc::new(LagShared::default());
+    let pacer = ThrottlePacer::new(lag.clone());
+    let lag_target =
+        (args.lag_target_ms > 0).then(|| Duration::from_millis(u64::from(args.lag_target_ms)));
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, who, ft.clone());
     let log = Box::new(
         move |spec: &GuestSpec, kernel: &[u8], shared: &Arc<VmShared>| {
             StatusCounters::set(&shared.status.epoch, epoch);
+            StatusCounters::set(
+                &shared.status.failure_timeout_ms,
+                u64::try_from(live.timeout.as_millis()).unwrap_or(u64::MAX),
+            );
+            StatusCounters::set(
+                &shared.status.log_buffer_capacity,
+                u64::from(args.log_buffer_mib) << 20,
+            );
             let _ = shared.status.name.set(name.clone());
             let _ = shared.status.peer.set(backup.to_string());
             let header = StreamHeader::new(
@@ -159,14 +174,21 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
             Ok(LogSetup {
                 recorder,
                 target: LogTarget::Channel,
-                plane: Some(Box::new(PrimaryPlane::new(
-                    sender,
-                    heartbeat,
-                    live,
-                    Duration::from_millis(u64::from(lease_ms)),
-                    plane_ft,
-                    shared.status.clone(),
-                ))),
+                plane: Some(Box::new(
+                    PrimaryPlane::new(
+                        sender,
+                        heartbeat,
+                        live,
+                        Duration::from_millis(u64::from(lease_ms)),
+                        plane_ft,
+                        shared.status.clone(),
+                    )
+                    .with_lag(LagControl::new(
+                        lag,
+                        lag_target,
+                        shared.status.clone(),
+                    )),
+                )),
             })
         },
     );
@@ -176,6 +198,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
             log: Some(log),
             ft: Some((ft, supervisor)),
             role: lockstep_status::Role::Primary,
+            pacer: Some(Box::new(pacer)),
         },
     )
 }

@@ -51,6 +51,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
         })),
         ft: None,
         role: lockstep_status::Role::Recording,
+        pacer: None,
     };
     run_live(&args.vm, opts)
 }

@@ -11,6 +11,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
             log: None,
             ft: None,
             role: lockstep_status::Role::Standalone,
+            pacer: None,
         },
     )
 }

@@ -58,7 +58,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
             }
         };
         let framed = if redraw {
-            format!("\x1b[H\x1b[2J{text}")
+            in_place(&text)
         } else if args.json || text.is_empty() {
             text
         } else {
@@ -71,6 +71,20 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(period));
     }
+}
+
+/// `text` drawn over the previous frame without clearing the screen first
+/// (a clear shows a blank frame between two: flicker): home, each line
+/// then the rest of it erased, then everything below erased.
+fn in_place(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    out.push_str("\x1b[H");
+    for line in text.lines() {
+        out.push_str(line);
+        out.push_str("\x1b[K\n");
+    }
+    out.push_str("\x1b[J");
+    out
 }
 
 enum Printed {
@@ -89,5 +103,17 @@ fn print(text: &str) -> Printed {
             eprintln!("lockstep: error: cannot write to standard output: {e}");
             Printed::Failed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_place;
+
+    #[test]
+    fn a_frame_overwrites_the_last_without_clearing_the_screen() {
+        let f = in_place("a\nbb\n");
+        assert_eq!(f, "\x1b[Ha\x1b[K\nbb\x1b[K\n\x1b[J");
+        assert!(!f.contains("\x1b[2J"), "no full clear: no flicker");
     }
 }

@@ -149,6 +149,35 @@ pub struct StatusCounters {
     pub primaries_refused: AtomicU64,
     /// Status requests refused for lack of the bearer token.
     pub status_unauthorized: AtomicU64,
+    /// Primary: times its vCPU stalled on full log buffers (the backup
+    /// or the link not keeping up), and the time it spent stalled.
+    pub log_full_stalls: AtomicU64,
+    pub log_stall_ns: AtomicU64,
+    /// Primary: log bytes published and not yet sent, and the buffers'
+    /// size.
+    pub log_buffer_bytes: AtomicU64,
+    pub log_buffer_capacity: AtomicU64,
+    /// Primary: how far the backup's replay is behind, in log bytes and
+    /// in µs of guest execution (`u64::MAX`: not known yet), from its acks.
+    pub lag_log_bytes: AtomicU64,
+    pub lag_guest_us: AtomicU64,
+    /// Primary: the backup's replay speed (exits per second), from its acks.
+    pub replay_exits_per_s: AtomicU64,
+    /// Primary: the throttle's level (0 ‰: no brake, 1000 ‰: the most it
+    /// brakes), the delay it adds to each sync call, and its target lag.
+    pub throttle_permille: AtomicU64,
+    pub throttle_delay_us: AtomicU64,
+    pub lag_target_ms: AtomicU64,
+    /// The failure timeout (ms); set once by an FT side.
+    pub failure_timeout_ms: AtomicU64,
+    /// Backup: bytes received and not yet replayed, its bound, and times
+    /// the bound stopped the receives (backpressure).
+    pub replay_buffer_bytes: AtomicU64,
+    pub replay_buffer_max_bytes: AtomicU64,
+    pub replay_buffer_pauses: AtomicU64,
+    /// A backup that went live: how long after the primary's last sign of
+    /// life (ms; `u64::MAX`: it has not).
+    pub went_live_after_ms: AtomicU64,
 }
 
 impl Default for StatusCounters {
@@ -184,6 +213,21 @@ impl Default for StatusCounters {
             channel_rejected: AtomicU64::new(0),
             primaries_refused: AtomicU64::new(0),
             status_unauthorized: AtomicU64::new(0),
+            log_full_stalls: AtomicU64::new(0),
+            log_stall_ns: AtomicU64::new(0),
+            log_buffer_bytes: AtomicU64::new(0),
+            log_buffer_capacity: AtomicU64::new(0),
+            lag_log_bytes: AtomicU64::new(0),
+            lag_guest_us: AtomicU64::new(NEVER),
+            replay_exits_per_s: AtomicU64::new(0),
+            throttle_permille: AtomicU64::new(0),
+            throttle_delay_us: AtomicU64::new(0),
+            lag_target_ms: AtomicU64::new(0),
+            failure_timeout_ms: AtomicU64::new(0),
+            replay_buffer_bytes: AtomicU64::new(0),
+            replay_buffer_max_bytes: AtomicU64::new(0),
+            replay_buffer_pauses: AtomicU64::new(0),
+            went_live_after_ms: AtomicU64::new(NEVER),
         }
     }
 }
@@ -242,6 +286,23 @@ impl StatusCounters {
         match self.lease_until_ms.load(Relaxed) {
             NEVER => None,
             until => Some(until.saturating_sub(self.uptime_ms())),
+        }
+    }
+
+    /// µs of guest execution the backup is behind; `None` before known.
+    pub fn lag_guest_us(&self) -> Option<u64> {
+        match self.lag_guest_us.load(Relaxed) {
+            NEVER => None,
+            us => Some(us),
+        }
+    }
+
+    /// How long after the primary's last sign of life this backup went
+    /// live; `None` if it has not.
+    pub fn went_live_after(&self) -> Option<u64> {
+        match self.went_live_after_ms.load(Relaxed) {
+            NEVER => None,
+            ms => Some(ms),
         }
     }
 

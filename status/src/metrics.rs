@@ -250,6 +250,106 @@ pub fn render(s: &StatusSnapshot) -> String {
         );
     }
     o.one(
+        "log_full_stalls_total",
+        Counter,
+        "Primary: times its vCPU stalled on full log buffers.",
+        s.log_full_stalls,
+    );
+    o.one(
+        "log_stall_seconds_total",
+        Counter,
+        "Primary: time its vCPU spent stalled on full log buffers.",
+        s.log_stall_ms as f64 / 1e3,
+    );
+    o.one(
+        "log_buffer_bytes",
+        Gauge,
+        "Primary: log bytes waiting in its buffers to be sent.",
+        s.log_buffer_bytes,
+    );
+    o.one(
+        "log_buffer_capacity_bytes",
+        Gauge,
+        "Primary: the size of its log buffers.",
+        s.log_buffer_capacity,
+    );
+    if let Some(b) = s.lag_log_bytes {
+        o.one(
+            "lag_log_bytes",
+            Gauge,
+            "Log bytes the backup's replay is behind.",
+            b,
+        );
+    }
+    if let Some(ms) = s.lag_guest_ms {
+        o.one(
+            "lag_guest_seconds",
+            Gauge,
+            "Guest execution the backup's replay is behind (idle waits and throttle delays excluded).",
+            ms / 1e3,
+        );
+    }
+    if let Some(v) = s.replay_exits_per_s {
+        o.one(
+            "replay_exits_per_second",
+            Gauge,
+            "The backup's replay speed, from its acks.",
+            v,
+        );
+    }
+    o.one(
+        "throttle_level_ratio",
+        Gauge,
+        "Primary: the throttle's level, 0 (no brake) to 1 (the most it brakes).",
+        s.throttle_permille as f64 / 1e3,
+    );
+    o.one(
+        "throttle_delay_seconds_per_second",
+        Gauge,
+        "Primary: the throttle's delay per second of guest execution.",
+        s.throttle_delay_us as f64 / 1e3,
+    );
+    o.one(
+        "lag_target_seconds",
+        Gauge,
+        "Primary: the lag the throttle aims below (0: no throttle).",
+        s.lag_target_ms as f64 / 1e3,
+    );
+    if let Some(ms) = s.failover_estimate_ms {
+        o.one(
+            "failover_estimate_seconds",
+            Gauge,
+            "Primary: the longer of the failure timeout and the backup's replay of its lag.",
+            ms as f64 / 1e3,
+        );
+    }
+    if let Some(ms) = s.went_live_after_ms {
+        o.one(
+            "went_live_after_seconds",
+            Gauge,
+            "A backup that went live: how long after the primary's last sign of life.",
+            ms as f64 / 1e3,
+        );
+    }
+    o.one(
+        "replay_buffer_bytes",
+        Gauge,
+        "Backup: log bytes received and acked, not yet replayed.",
+        s.replay_buffer_bytes,
+    );
+    o.one(
+        "replay_buffer_max_bytes",
+        Gauge,
+        "Backup: the bound on its replay buffer.",
+        s.replay_buffer_max_bytes,
+    );
+    o.one(
+        "replay_buffer_pauses_total",
+        Counter,
+        "Backup: times a full replay buffer stopped its receives (backpressure).",
+        s.replay_buffer_pauses,
+    );
+    o.one(
         "guest_exits_total",
         Counter,
         "VM exits the guest caused.",

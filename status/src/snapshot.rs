@@ -81,6 +81,56 @@ pub struct StatusSnapshot {
     /// Status requests refused for lack of the token.
     #[serde(default)]
     pub status_unauthorized: u64,
+    /// Primary: times the vCPU stalled on full log buffers, and the time
+    /// it spent stalled (ms).
+    #[serde(default)]
+    pub log_full_stalls: u64,
+    #[serde(default)]
+    pub log_stall_ms: u64,
+    /// Primary: log bytes waiting in its buffers, and their size.
+    #[serde(default)]
+    pub log_buffer_bytes: u64,
+    #[serde(default)]
+    pub log_buffer_capacity: u64,
+    /// Primary with a backup: how far the backup's replay is behind, in log
+    /// bytes and in ms of guest execution (time the guest ran, not idle
+    /// waits nor throttle delays), from the backup's acks.
+    #[serde(default)]
+    pub lag_log_bytes: Option<u64>,
+    #[serde(default)]
+    pub lag_guest_ms: Option<f64>,
+    /// Primary with a backup: the backup's replay speed, exits per second.
+    #[serde(default)]
+    pub replay_exits_per_s: Option<u64>,
+    /// Primary: the throttle (docs/throttling.md): its level in ‰ of the
+    /// most it brakes, the delay it adds per guest-execution ms, the lag it
+    /// aims below (0: no throttle).
+    #[serde(default)]
+    pub throttle_permille: u64,
+    #[serde(default)]
+    pub throttle_delay_us: u64,
+    #[serde(default)]
+    pub lag_target_ms: u64,
+    /// An FT side's failure timeout (ms; 0 outside FT).
+    #[serde(default)]
+    pub failure_timeout_ms: u64,
+    /// Primary with a backup: how long a failover would take now — the
+    /// failure timeout or the backup's replay of its lag, whichever is
+    /// longer (the replay goes on during the timeout), in ms.
+    #[serde(default)]
+    pub failover_estimate_ms: Option<u64>,
+    /// Backup: bytes received, acked and not replayed yet; the bound; times
+    /// the bound stopped the receives.
+    #[serde(default)]
+    pub replay_buffer_bytes: u64,
+    #[serde(default)]
+    pub replay_buffer_max_bytes: u64,
+    #[serde(default)]
+    pub replay_buffer_pauses: u64,
+    /// A backup that went live: how long after the primary's last sign of
+    /// life (ms); absent if it has not.
+    #[serde(default)]
+    pub went_live_after_ms: Option<u64>,
 }
 
 impl StatusSnapshot {
@@ -102,6 +152,22 @@ impl StatusSnapshot {
         } else {
             (None, None)
         };
+        let with_backup = role.is_primary_with_backup();
+        let lag_guest_ms = c
+            .lag_guest_us()
+            .filter(|_| with_backup)
+            .map(|us| us as f64 / 1e3);
+        let replay_exits_per_s = Some(get(&c.replay_exits_per_s)).filter(|_| with_backup);
+        let failure_timeout_ms = get(&c.failure_timeout_ms);
+        // The backup replays its lag while the failure timeout runs (it
+        // stops only at the log's end), so the two overlap.
+        let failover_estimate_ms = lag_guest_ms.map(|guest_ms| {
+            failure_timeout_ms.max(replay_ms(
+                guest_ms,
+                lag_exits.unwrap_or(0),
+                replay_exits_per_s.unwrap_or(0),
+            ))
+        });
         StatusSnapshot {
             format: SNAPSHOT_FORMAT,
             name: c.name.get().cloned().unwrap_or_default(),
@@ -137,11 +203,60 @@ impl StatusSnapshot {
             channel_rejected: get(&c.channel_rejected),
             primaries_refused: get(&c.primaries_refused),
             status_unauthorized: get(&c.status_unauthorized),
+            log_full_stalls: get(&c.log_full_stalls),
+            log_stall_ms: get(&c.log_stall_ns) / 1_000_000,
+            log_buffer_bytes: get(&c.log_buffer_bytes),
+            log_buffer_capacity: get(&c.log_buffer_capacity),
+            lag_log_bytes: Some(get(&c.lag_log_bytes)).filter(|_| with_backup),
+            lag_guest_ms,
+            replay_exits_per_s,
+            throttle_permille: get(&c.throttle_permille),
+            throttle_delay_us: get(&c.throttle_delay_us),
+            lag_target_ms: get(&c.lag_target_ms),
+            failure_timeout_ms,
+            failover_estimate_ms,
+            replay_buffer_bytes: get(&c.replay_buffer_bytes),
+            replay_buffer_max_bytes: get(&c.replay_buffer_max_bytes),
+            replay_buffer_pauses: get(&c.replay_buffer_pauses),
+            went_live_after_ms: c.went_live_after(),
         }
     }
 
     /// Log bandwidth in Mbit/s, as people quote link speeds.
     pub fn log_mbit_per_s(&self) -> f64 {
         self.log_bandwidth_bytes_per_s * 8.0 / 1e6
+    }
+}
+
+/// How long the backup needs to replay its lag (ms): the guest execution it
+/// is behind, or, if its replay is slower than the primary ran, the exits
+/// it is behind at its measured replay speed — whichever is longer.
+pub fn replay_ms(lag_guest_ms: f64, lag_exits: u64, exits_per_s: u64) -> u64 {
+    let by_time = lag_guest_ms.max(0.0).ceil() as u64;
+    // Speed unknown (0): the guest time alone.
+    let by_speed = lag_exits
+        .saturating_mul(1000)
+        .checked_div(exits_per_s)
+        .unwrap_or(0);
+    by_time.max(by_speed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_of_the_lag_takes_the_longer_of_time_and_speed() {
+        assert_eq!(
+            replay_ms(80.2, 100, 10_000),
+            81,
+            "a fast replay: guest time"
+        );
+        assert_eq!(
+            replay_ms(80.0, 10_000, 50_000),
+            200,
+            "a slow replay: its speed"
+        );
+        assert_eq!(replay_ms(5.0, 10, 0), 5, "speed unknown");
     }
 }

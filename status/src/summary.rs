@@ -57,7 +57,55 @@ pub fn render(s: &StatusSnapshot) -> String {
         (Some(e), None) => format!("{e} entries"),
         _ => "-".to_string(),
     };
+    let lag = match (s.lag_guest_ms, s.lag_log_bytes) {
+        (Some(ms), Some(b)) => format!("{lag}, {ms:.1} ms of guest execution, {}", bytes(b)),
+        _ => lag,
+    };
     let _ = writeln!(o, "  lag        {lag}");
+    if s.role.is_primary_with_backup() || s.lag_target_ms > 0 {
+        let speed = match s.replay_exits_per_s {
+            Some(v) => format!("; backup replays {v} exits/s"),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "  throttle   {:.1} % (target lag {} ms, {} µs delay per ms of guest execution){speed}",
+            s.throttle_permille as f64 / 10.0,
+            s.lag_target_ms,
+            s.throttle_delay_us
+        );
+        let _ = writeln!(
+            o,
+            "  buffers    log {} of {}; {} full-buffer stalls ({} ms)",
+            bytes(s.log_buffer_bytes),
+            bytes(s.log_buffer_capacity),
+            s.log_full_stalls,
+            s.log_stall_ms
+        );
+    }
+    if s.role.is_backup() {
+        let _ = writeln!(
+            o,
+            "  buffers    replay {} of {}; receives paused {} times",
+            bytes(s.replay_buffer_bytes),
+            bytes(s.replay_buffer_max_bytes),
+            s.replay_buffer_pauses
+        );
+    }
+    if let Some(ms) = s.went_live_after_ms {
+        let _ = writeln!(
+            o,
+            "  went live  {ms} ms after the primary's last sign of life (failure timeout {} ms)",
+            s.failure_timeout_ms
+        );
+    }
+    if let Some(ms) = s.failover_estimate_ms {
+        let _ = writeln!(
+            o,
+            "  failover   ~{ms} ms (the longer of the failure timeout, {} ms, and the replay of the lag)",
+            s.failure_timeout_ms
+        );
+    }
     let _ = writeln!(
         o,
         "  bandwidth  {:.1} Mbit/s ({} total)",
@@ -135,6 +183,35 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_primary_shows_its_lag_throttle_buffers_and_failover_estimate() {
+        use crate::counters::StatusCounters;
+        let c = StatusCounters::new(Role::Primary, "a", Some("b"));
+        let set = StatusCounters::set;
+        set(&c.exit_index, 1000);
+        set(&c.replayed_exit, 900);
+        set(&c.lag_guest_us, 120_500);
+        set(&c.lag_log_bytes, 4096);
+        set(&c.replay_exits_per_s, 200);
+        set(&c.throttle_permille, 750);
+        set(&c.throttle_delay_us, 3000);
+        set(&c.lag_target_ms, 100);
+        set(&c.failure_timeout_ms, 400);
+        let text = render(&StatusSnapshot::take(&c, 0.0));
+        assert!(
+            text.contains("100 exits, 120.5 ms of guest execution, 4.0 KiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("throttle   75.0 % (target lag 100 ms"),
+            "{text}"
+        );
+        assert!(text.contains("backup replays 200 exits/s"), "{text}");
+        // The longer of the timeout (400) and the replay: 100 exits at
+        // 200/s = 500 ms.
+        assert!(text.contains("failover   ~500 ms"), "{text}");
+    }
 
     #[test]
     fn units() {

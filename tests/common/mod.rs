@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod capture;
+pub mod cgroup;
 pub mod etcd;
 pub mod ft;
 pub mod hog;

@@ -46,7 +46,15 @@ pub struct BackupPlane {
     /// ended the run on purpose).
     last_kind: Option<EntryKind>,
     went_live: bool,
+    /// The replay position the last ack reported, and when an ack was last
+    /// sent for replay progress alone (reads paused, nothing received).
+    acked_replay: u64,
+    progress_ack_at: Instant,
 }
+
+/// How often replay progress alone is acked: the primary measures its lag
+/// from it, also while the backup's full buffer stops its receives.
+const PROGRESS_ACK_EVERY: Duration = Duration::from_millis(2);
 
 impl BackupPlane {
     #[allow(clippy::too_many_arguments)]
@@ -76,6 +84,8 @@ impl BackupPlane {
             lease: Duration::ZERO,
             last_kind: None,
             went_live: false,
+            acked_replay: 0,
+            progress_ack_at: Instant::now(),
         }
     }
 
@@ -102,6 +112,10 @@ impl BackupPlane {
         StatusCounters::set(&self.status.log_seq, self.receiver.received_seq());
         StatusCounters::set(&self.status.acked_seq, st.last_ack.acked_seq);
         StatusCounters::set(&self.status.log_bytes, st.bytes_received);
+        let buf = &self.ft.replay_buffer;
+        StatusCounters::set(&self.status.replay_buffer_bytes, buf.bytes());
+        StatusCounters::set(&self.status.replay_buffer_max_bytes, buf.max_bytes());
+        StatusCounters::set(&self.status.replay_buffer_pauses, buf.pauses());
         if let Some(h) = self.heartbeat.as_ref() {
             let hb = h.stats();
             StatusCounters::set(&self.status.heartbeats_sent, hb.sent);
@@ -118,6 +132,7 @@ impl BackupPlane {
             FtShared::load(&self.ft.replayed_seq),
             FtShared::load(&self.ft.replayed_exit),
         );
+        self.acked_replay = rs;
         self.receiver.ack_up_to(self.handed_on, rs, rx, sq);
         if let Some((seq, _)) = self.receiver.ack_high_water() {
             FtShared::raise(&self.ft.ack_sent, seq);
@@ -144,6 +159,12 @@ impl BackupPlane {
         self.receiver.received_seq()
     }
 
+    /// Whether the receives are stopped by a full replay buffer (tests).
+    #[cfg(test)]
+    pub(super) fn reads_paused_for_tests(&self) -> bool {
+        self.receiver.reads_paused()
+    }
+
     /// A heartbeat from the primary at `at` (tests).
     #[cfg(test)]
     pub(super) fn heartbeat_for_tests(&mut self, at: Instant) {
@@ -162,10 +183,9 @@ impl BackupPlane {
                 StatusCounters::set(&self.status.epoch, h.epoch);
                 self.lease = Duration::from_millis(u64::from(h.lease_ms));
                 self.start_heartbeat(&h);
-                self.chunks.push(Chunk {
-                    bytes: h.encode().to_vec(),
-                    last_seq: 0,
-                });
+                let bytes = h.encode().to_vec();
+                self.ft.replay_buffer.added(bytes.len());
+                self.chunks.push(Chunk { bytes, last_seq: 0 });
             }
             ReceiverEvent::Entries {
                 bytes, last_seq, ..
@@ -176,6 +196,7 @@ impl BackupPlane {
                     return;
                 }
                 self.last_kind = last_entry_kind(&bytes).or(self.last_kind);
+                self.ft.replay_buffer.added(bytes.len());
                 self.chunks.push(Chunk { bytes, last_seq });
                 self.handed_on = last_seq;
                 FtShared::raise(&self.ft.received_seq, last_seq);
@@ -225,6 +246,18 @@ impl IoPlane for BackupPlane {
         if let Some(h) = self.heartbeat.as_mut() {
             h.set_log_seq(FtShared::load(&self.ft.ack_sent));
             h.pump(sq, now);
+        }
+        // Backpressure: a full replay buffer stops the receives; the replay
+        // wakes this thread when it has taken something.
+        let paused = !self.ft.replay_buffer.may_read();
+        self.receiver.set_reads_paused(paused);
+        if !self.went_live
+            && self.ft.cut_at().is_none()
+            && FtShared::load(&self.ft.replayed_seq) > self.acked_replay
+            && now.saturating_duration_since(self.progress_ack_at) >= PROGRESS_ACK_EVERY
+        {
+            self.progress_ack_at = now;
+            self.ack(sq);
         }
         self.receiver.pump(sq);
     }
@@ -292,6 +325,9 @@ impl IoPlane for BackupPlane {
             Verdict::Dead { silent_for } => {
                 // The cut comes first: nothing acknowledged after it, before
                 // the main thread claims anything.
+                if let Ok(mut s) = self.ft.silent_at_cut.lock() {
+                    *s = Some(silent_for);
+                }
                 self.cut(now);
                 self.ft
                     .note(format!("no heartbeat or log traffic for {silent_for:?}"));

@@ -27,3 +27,5 @@ fn last_entry_kind(mut bytes: &[u8]) -> Option<EntryKind> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_backpressure;

@@ -17,6 +17,7 @@ use logchan::channel::{HeartbeatEngine, Registration, SenderEngine, SenderEvent}
 
 use super::{TAG_HEARTBEAT, TAG_LOG};
 use crate::failure::{FailureMonitor, Liveness, Verdict};
+use crate::lag::LagControl;
 use crate::output_rule::OutputRule;
 use crate::shared::FtShared;
 
@@ -33,6 +34,10 @@ pub struct PrimaryPlane {
     discarding: bool,
     /// The gates were revoked (this side lost).
     revoked: bool,
+    /// The backup's replay position, from its latest ack.
+    replayed_exit: u64,
+    /// The lag and the throttle (`None`: neither, as in unit tests).
+    lag: Option<LagControl>,
 }
 
 impl PrimaryPlane {
@@ -55,7 +60,15 @@ impl PrimaryPlane {
             lease_applied: None,
             discarding: false,
             revoked: false,
+            replayed_exit: 0,
+            lag: None,
         }
+    }
+
+    /// Measures the backup's lag and throttles the guest with `lag`.
+    pub fn with_lag(mut self, lag: LagControl) -> Self {
+        self.lag = Some(lag);
+        self
     }
 
     /// Copies the engines' counters to the status endpoint's.
@@ -105,6 +118,7 @@ impl PrimaryPlane {
                 StatusCounters::set(&self.status.acked_seq, acked_seq);
                 StatusCounters::set(&self.status.replayed_seq, replayed_seq);
                 StatusCounters::set(&self.status.replayed_exit, replayed_exit);
+                self.replayed_exit = self.replayed_exit.max(replayed_exit);
                 let effect = self.rule.on_ack(acked_seq, sent_at, now);
                 if effect.released.is_some() {
                     self.monitor.progress(now);
@@ -191,6 +205,15 @@ impl IoPlane for PrimaryPlane {
 
     fn tick(&mut self, now: Instant, sq: &mut squeue::SubmissionQueue<'_>, dp: &mut Dataplane<'_>) {
         self.report();
+        // Brakes only while a backup may still replay this log: alone,
+        // fenced or with the backup gone there is nothing to wait for.
+        let braking = !self.rule.is_open()
+            && !self.revoked
+            && !FtShared::flag(&self.ft.peer_dead)
+            && !FtShared::flag(&self.ft.alone);
+        if let Some(lag) = self.lag.as_mut() {
+            lag.tick(now, self.replayed_exit, braking);
+        }
         if let Some(stall) = self.monitor.look(now) {
             tracing::warn!(
                 "this side's I/O thread did not run for {stall:?}: the peer's silence meanwhile is not held against it"

@@ -29,7 +29,7 @@ const LIVE: Liveness = Liveness {
 };
 const LEASE: Duration = Duration::from_millis(50);
 
-fn header() -> StreamHeader {
+pub(super) fn header() -> StreamHeader {
     let id = GuestIdentity {
         kernel_hash: 1,
         boot_hash: 2,
@@ -72,7 +72,7 @@ fn udp() -> (UdpSocket, SocketAddr) {
 }
 
 /// Encoded entries `first..` at exit 1, the last one `last`.
-fn entries(first: u64, count: u64, last: Entry<'_>) -> Vec<u8> {
+pub(super) fn entries(first: u64, count: u64, last: Entry<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     for seq in first..first + count {
         let entry = if seq + 1 == first + count {
@@ -87,14 +87,14 @@ fn entries(first: u64, count: u64, last: Entry<'_>) -> Vec<u8> {
     out
 }
 
-struct Backup {
-    plane: BackupPlane,
-    chunks: rtrb::Consumer<Chunk>,
-    ft: Arc<FtShared>,
-    _primary: TcpStream,
+pub(super) struct Backup {
+    pub(super) plane: BackupPlane,
+    pub(super) chunks: rtrb::Consumer<Chunk>,
+    pub(super) ft: Arc<FtShared>,
+    pub(super) _primary: TcpStream,
 }
 
-fn backup() -> Backup {
+pub(super) fn backup() -> Backup {
     let (primary, accepted) = tcp_pair();
     let receiver = ReceiverEngine::new(accepted, TAG_LOG, ReceiverOptions::default()).unwrap();
     let (socket, peer) = udp();

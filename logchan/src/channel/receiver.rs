@@ -55,6 +55,9 @@ pub struct ReceiverEngine {
     bufs: Vec<Box<[u8]>>,
     cur: usize,
     read_armed: bool,
+    /// The caller's buffer is full: no read is armed until it has room
+    /// (backpressure: the bytes wait in the socket, TCP's window closes).
+    reads_paused: bool,
     mode: Option<RecvMode>,
     registered: Option<Registration>,
     buf_base: u16,
@@ -150,6 +153,7 @@ impl ReceiverEngine {
                 .collect(),
             cur: 0,
             read_armed: false,
+            reads_paused: false,
             mode: None,
             registered: None,
             buf_base: 0,
@@ -348,6 +352,17 @@ impl ReceiverEngine {
         self.ack_high_water
     }
 
+    /// Stops arming reads (`true`) until called with `false`: the caller's
+    /// buffer for received entries is full. A read already in flight still
+    /// completes and is delivered; acks go on.
+    pub fn set_reads_paused(&mut self, paused: bool) {
+        self.reads_paused = paused;
+    }
+
+    pub fn reads_paused(&self) -> bool {
+        self.reads_paused
+    }
+
     /// Keeps a read armed and finishes or sends a due ack.
     pub fn pump(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
         if self.mode.is_none() || self.closed {
@@ -359,7 +374,7 @@ impl ReceiverEngine {
 
     fn arm_read(&mut self, sq: &mut squeue::SubmissionQueue<'_>) {
         let Some(mode) = self.mode else { return };
-        if self.read_armed {
+        if self.read_armed || self.reads_paused {
             return;
         }
         let fd = types::Fd(self.stream.as_raw_fd());

@@ -21,6 +21,7 @@ use crate::machine::{Digester, RunEndKind, SyncIo, SyncOutcome, SyncRequest};
 use crate::replay::recorder::Recorder;
 
 use super::io_thread::{FromIo, IoChannels, ToIo};
+use super::pace::{Pacer, SyncPoint};
 use super::shared::{VmShared, wait_until};
 
 /// How long a waiting vCPU spins before it parks.
@@ -58,6 +59,13 @@ pub struct LiveIo {
     pending_events: u32,
     /// Frames dropped because the guest had no RX buffers for too long.
     pub rx_dropped: u64,
+    /// Paces the guest after each sync exit (an FT primary's throttle).
+    pub pacer: Option<Box<dyn Pacer>>,
+    /// When the run began, and the time since then the guest did not
+    /// execute (idle waits, the pacer's holds): its execution time is the
+    /// rest, less the log's full-buffer stalls.
+    started: Instant,
+    not_running_ns: u64,
 }
 
 impl LiveIo {
@@ -73,6 +81,9 @@ impl LiveIo {
             outputs: Outputs::default(),
             pending_events: 0,
             rx_dropped: 0,
+            pacer: None,
+            started: Instant::now(),
+            not_running_ns: 0,
         }
     }
 
@@ -190,6 +201,36 @@ impl LiveIo {
         Ok(self.devices.input_events())
     }
 
+    /// Asks the pacer how long to hold the guest, and holds it (a stop
+    /// request ends the hold at once). `log`: the last seq, the bytes
+    /// published and the full-buffer stall time so far.
+    fn pace(&mut self, exit_index: u64, (log_seq, log_bytes, stall_ns): (u64, u64, u64)) {
+        let Some(pacer) = self.pacer.as_mut() else {
+            return;
+        };
+        let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let exec_ns = elapsed
+            .saturating_sub(self.not_running_ns)
+            .saturating_sub(stall_ns);
+        let hold = pacer.after_sync(SyncPoint {
+            exit_index,
+            exec_ns,
+            log_seq,
+            log_bytes,
+        });
+        if hold.is_zero() {
+            return;
+        }
+        let begun = Instant::now();
+        let shared = &self.shared;
+        // No spin: the hold is there to give the CPU away.
+        wait_until(begun + hold, Duration::ZERO, || {
+            shared.stop_requested() || shared.forced()
+        });
+        let held = u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.not_running_ns = self.not_running_ns.saturating_add(held);
+    }
+
     fn input_ready(&self) -> bool {
         self.io.as_ref().is_some_and(|io| !io.from_io.is_empty())
     }
@@ -236,6 +277,7 @@ impl SyncIo for LiveIo {
                 self.keep_alive(req.exit_index)?;
             }
             waited_ns = started.elapsed().as_nanos() as u64;
+            self.not_running_ns = self.not_running_ns.saturating_add(waited_ns);
             if self.input_ready() {
                 events |= self.apply_inputs(mem, req.exit_index)?;
             }
@@ -273,7 +315,15 @@ impl SyncIo for LiveIo {
         match self.recorder.as_mut() {
             Some(r) => {
                 r.after_sync_exit(exit_index, digester)?;
-                StatusCounters::set(&self.shared.status.log_seq, r.seq());
+                let status = &self.shared.status;
+                StatusCounters::set(&status.log_seq, r.seq());
+                let stats = r.log_stats();
+                StatusCounters::set(&status.log_full_stalls, stats.stalls);
+                StatusCounters::set(&status.log_stall_ns, stats.stall_ns);
+                // Published less what the I/O thread reports sent (for
+                // people: the two counters are read at different moments).
+                let sent = StatusCounters::get(&status.log_bytes);
+                StatusCounters::set(&status.log_buffer_bytes, stats.bytes.saturating_sub(sent));
                 // The log goes out at once: the backup's ack is what
                 // releases this exit's outputs.
                 if self.stream_log.is_some()
@@ -281,6 +331,8 @@ impl SyncIo for LiveIo {
                 {
                     io.waker.wake();
                 }
+                let log = (r.seq(), stats.bytes, stats.stall_ns);
+                self.pace(exit_index, log);
                 Ok(())
             }
             None => Ok(()),

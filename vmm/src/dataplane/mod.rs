@@ -4,5 +4,6 @@
 
 pub mod io_thread;
 pub mod live;
+pub mod pace;
 pub mod plane;
 pub mod shared;

@@ -58,6 +58,12 @@ impl Recorder {
         self.log.seq()
     }
 
+    /// The log buffers' counters: entries and bytes published, full-buffer
+    /// stalls.
+    pub fn log_stats(&self) -> logchan::LogStats {
+        self.log.stats()
+    }
+
     pub fn output_hash(&self) -> u64 {
         self.outputs.value()
     }
