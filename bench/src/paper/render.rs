@@ -415,7 +415,7 @@ fn extras(out: &mut String, s: &Samples) -> std::fmt::Result {
     for (what, why) in [
         (
             "execution lag of the backup behind the primary (distribution)",
-            "not yet measured: lag accounting and vCPU throttling have not landed",
+            "not a row here yet: measured behind a CPU-capped backup in docs/benchmarks.md (\"Throttling\", `tests/ft_throttle_bench.rs`), not by this command",
         ),
         (
             "restart redundancy: pause of the primary while a new backup joins (live clone)",
