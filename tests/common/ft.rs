@@ -144,15 +144,21 @@ impl FtPair {
         Self::launch(net_ft(prefix), opts)
     }
 
+    /// A side claimed the arbiter, or stopped for the other's claim.
+    fn broke_at_start(&self) -> bool {
+        let (p, b) = (self.primary.log(), self.backup.log());
+        p.contains("won the arbiter")
+            || b.contains("won the arbiter")
+            || p.contains("stopping")
+            || b.contains("stopping")
+    }
+
     /// Whether the pair broke before it logged and acknowledged its first
     /// entries under the guest's own start-up traffic (waits at most 10 s).
     fn failed_over_at_start(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if self.primary.log().contains("won the arbiter")
-                || self.backup.log().contains("won the arbiter")
-                || self.backup.log().contains("stopping")
-            {
+            if self.broke_at_start() {
                 return true;
             }
             if self.counter("primary", "acked_seq") >= 20 || Instant::now() >= deadline {
@@ -244,6 +250,11 @@ impl FtPair {
         while !(self.console("primary").contains(self.opts.ready)
             && self.backup.log().contains("following the primary"))
         {
+            if self.broke_at_start() {
+                // Whoever calls start() starts the pair again; launch()
+                // callers see the broken pair in their own checks.
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
                 "the pair did not come up within 30 s\nprimary:\n{}\nprimary console:\n{}\nbackup:\n{}",
