@@ -8,6 +8,7 @@ use lockstep_guest_abi::{self as abi, SyncBlock};
 
 use super::digest::Digester;
 use crate::devices::GuestError;
+use crate::snapshot::vcpu::VcpuAccess;
 
 /// What the guest asked for in one sync call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,17 @@ pub trait SyncIo {
         &mut self,
         _exit_index: u64,
         _digester: &mut dyn Digester,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// At the end of a sync exit, once registers and log are final: the
+    /// machine stands at an exact instruction point, where a live clone
+    /// may be taken (docs/join.md). Nothing happens by default.
+    fn at_boundary(
+        &mut self,
+        _exit_index: u64,
+        _mem: &GuestMemoryMmap,
+        _vcpu: &dyn VcpuAccess,
     ) -> Result<(), Self::Error> {
         Ok(())
     }

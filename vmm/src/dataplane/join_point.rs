@@ -1,0 +1,179 @@
+//! Where a live clone's copy thread meets the vCPU thread: the copy thread
+//! hands over its pre-copy (and, for an FT join, the new recorder and the
+//! I/O thread's new plane) and asks for a pause; the vCPU thread, at the
+//! end of the next sync exit with no disk request in flight, runs the final
+//! pass, captures the machine, switches to the new log and plane, and
+//! hands the frozen state back (docs/join.md). The guest's pause is that
+//! stretch of the vCPU thread's time, and nothing else.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::devices::virtio::Devices;
+use crate::replay::recorder::Recorder;
+use crate::snapshot::stream::Frozen;
+use crate::snapshot::vcpu::VcpuAccess;
+use crate::snapshot::{DevicesState, MachineState, SnapshotError, memory::PreCopy};
+
+use super::plane::IoPlane;
+
+/// What the copy thread hands the vCPU thread for the pause.
+pub struct PauseKit {
+    pub precopy: PreCopy,
+    /// The log that starts after the join point (its first entry's seq is
+    /// the `State`'s `first_seq`); `None` keeps the current recorder (a
+    /// clone of a recording VM, or a test).
+    pub recorder: Option<Recorder>,
+    /// The FT plane the I/O thread switches to at the join point.
+    pub plane: Option<Box<dyn IoPlane>>,
+}
+
+/// What the vCPU thread does with the kit at the join point.
+pub struct Switch {
+    pub recorder: Option<Recorder>,
+    pub plane: Option<Box<dyn IoPlane>>,
+}
+
+/// The rendezvous; one per copy.
+#[derive(Default)]
+pub struct JoinCtl {
+    due: AtomicBool,
+    kit: Mutex<Option<PauseKit>>,
+    frozen: Mutex<Option<Result<Frozen, SnapshotError>>>,
+    ready: Condvar,
+}
+
+impl JoinCtl {
+    /// Whether a pause is asked for.
+    pub fn due(&self) -> bool {
+        self.due.load(Ordering::Acquire)
+    }
+
+    /// The copy thread: asks for the pause and waits for it. `wake` gets
+    /// an idle guest's vCPU thread out of its wait. If no join point comes
+    /// within `timeout` the request is withdrawn (the kit is dropped, which
+    /// ends dirty logging) and nothing of the guest changed.
+    pub fn pause(
+        &self,
+        kit: PauseKit,
+        wake: impl Fn(),
+        timeout: Duration,
+    ) -> Result<Frozen, SnapshotError> {
+        if let Ok(mut k) = self.kit.lock() {
+            *k = Some(kit);
+        }
+        self.due.store(true, Ordering::Release);
+        wake();
+        let deadline = Instant::now() + timeout;
+        let mut frozen = self
+            .frozen
+            .lock()
+            .map_err(|_| SnapshotError::Protocol("join point poisoned".into()))?;
+        loop {
+            if let Some(result) = frozen.take() {
+                self.due.store(false, Ordering::Release);
+                return result;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // Withdraw, unless the vCPU thread holds the kit already:
+                // then its answer is on the way.
+                let withdrawn = self.kit.lock().ok().and_then(|mut k| k.take());
+                if withdrawn.is_some() {
+                    self.due.store(false, Ordering::Release);
+                    return Err(SnapshotError::Protocol(format!(
+                        "no join point within {timeout:?} (disk requests kept in flight?)"
+                    )));
+                }
+            }
+            let wait = deadline
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
+            frozen = match self.ready.wait_timeout(frozen, wait) {
+                Ok((g, _)) => g,
+                Err(_) => return Err(SnapshotError::Protocol("join point poisoned".into())),
+            };
+            wake();
+        }
+    }
+
+    fn publish(&self, result: Result<Frozen, SnapshotError>) {
+        if let Ok(mut f) = self.frozen.lock() {
+            *f = Some(result);
+        }
+        self.due.store(false, Ordering::Release);
+        self.ready.notify_all();
+    }
+
+    /// The vCPU thread, at the end of a sync exit: takes the clone if one
+    /// is asked for and this is a join point. Returns what to switch to.
+    pub fn at_boundary(
+        &self,
+        exit_index: u64,
+        vcpu: &dyn VcpuAccess,
+        devices: &Devices,
+        output_hash: u64,
+        next_seq: u64,
+    ) -> Option<Switch> {
+        if !self.due() {
+            return None;
+        }
+        let started = Instant::now();
+        let mut kit = self.kit.lock().ok()?.take()?;
+        let devices = match DevicesState::save(devices) {
+            Ok(d) => d,
+            Err(SnapshotError::InFlight(_)) => {
+                // Not a join point: try the next one.
+                if let Ok(mut k) = self.kit.lock() {
+                    *k = Some(kit);
+                }
+                return None;
+            }
+            Err(e) => {
+                self.publish(Err(e));
+                return None;
+            }
+        };
+        let captured = vcpu.capture_state().and_then(|vcpu| {
+            let (pages, final_pages) = kit.precopy.final_pass()?;
+            let first_seq = match &kit.recorder {
+                Some(r) => r.seq() + 1,
+                None => next_seq,
+            };
+            let hash = match &kit.recorder {
+                Some(r) => r.output_hash(),
+                None => output_hash,
+            };
+            Ok((vcpu, pages, final_pages, first_seq, hash))
+        });
+        match captured {
+            Ok((vcpu, pages, final_pages, first_seq, output_hash)) => {
+                let PauseKit {
+                    precopy,
+                    recorder,
+                    plane,
+                } = kit;
+                let pause = started.elapsed();
+                self.publish(Ok(Frozen {
+                    pages,
+                    final_pages,
+                    state: MachineState {
+                        exit_index,
+                        first_seq,
+                        output_hash,
+                        vcpu,
+                        devices,
+                    },
+                    pause,
+                    precopy,
+                }));
+                Some(Switch { recorder, plane })
+            }
+            Err(e) => {
+                self.publish(Err(e));
+                None
+            }
+        }
+    }
+}
