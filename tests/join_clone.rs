@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use blkio::{DiskEngine, DiskImage, DiskOpenOptions};
 use kvm_ioctls::VcpuFd;
 use lockstep_vmm::dataplane::io_thread::{self, IoThreadError, TAG_DISK, ToIo};
-use lockstep_vmm::dataplane::join_point::{JoinCtl, PauseKit};
+use lockstep_vmm::dataplane::join_point::{JoinCtl, PauseKit, Resume};
 use lockstep_vmm::dataplane::live::LiveIo;
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::devices::console::Console;
@@ -152,9 +152,10 @@ fn copy(
     stream: UnixStream,
     recorder: Option<Recorder>,
 ) -> Result<JoinStats, SnapshotError> {
+    ctl.begin(|| shared.wake_vcpu());
     let precopy = PreCopy::start(fd.clone(), mem.clone())?;
     let mut sink = Plain(stream);
-    stream::send_clone(
+    let sent = stream::send_clone(
         &mut sink,
         precopy,
         &hello(spec),
@@ -164,13 +165,18 @@ fn copy(
                 PauseKit {
                     precopy,
                     recorder,
-                    plane: None,
+                    keepalive: None,
                 },
                 || shared.wake_vcpu(),
                 Duration::from_secs(5),
             )
         },
-    )
+    );
+    ctl.resume(match sent {
+        Ok(_) => Resume::Switch(None),
+        Err(_) => Resume::Abandon,
+    });
+    sent
 }
 
 fn recorder_from(spec: &GuestSpec, log: &Path, first_seq: u64) -> (Recorder, FileSink) {
@@ -273,12 +279,16 @@ fn a_running_vm_is_cloned_exactly_and_a_refused_or_dead_joiner_leaves_it_unharme
     let clone = joiner(spec.clone(), theirs);
     let stats = copy(&fd, &mem, &ctl, &shared, &spec, ours, Some(recorder)).expect("the copy");
     let (clone_vm, state, received) = clone.join().expect("joiner thread").expect("the clone");
+    let pause = ctl
+        .wait_pause(Duration::from_secs(5))
+        .expect("the guest ran again");
     println!(
-        "join of a {} MiB guest under the disk workload: {} rounds, {} pages ({} at the pause), pause {:.3} ms, copy {} ms",
+        "join of a {} MiB guest under the disk workload: {} rounds, {} pages ({} at the pause), pause {:.3} ms (capture {:.3} ms), copy {} ms",
         MEM >> 20,
         stats.rounds,
         stats.pages,
         stats.final_pages,
+        pause.as_secs_f64() * 1e3,
         stats.pause_us as f64 / 1000.0,
         stats.total_ms
     );

@@ -1,10 +1,13 @@
 //! Where a live clone's copy thread meets the vCPU thread: the copy thread
-//! hands over its pre-copy (and, for an FT join, the new recorder and the
-//! I/O thread's new plane) and asks for a pause; the vCPU thread, at the
-//! end of the next sync exit with no disk request in flight, runs the final
-//! pass, captures the machine, switches to the new log and plane, and
-//! hands the frozen state back (docs/join.md). The guest's pause is that
-//! stretch of the vCPU thread's time, and nothing else.
+//! hands over its pre-copy (and, for an FT join, the new recorder) and
+//! asks for a pause; the vCPU thread, at the end of the next sync exit with
+//! no disk request in flight, runs the final pass, captures the machine
+//! and hands the frozen state back; the copy thread sends it and tells the
+//! vCPU thread to switch to the new log and plane (or to go on as before,
+//! if the joiner failed). The guest's pause is that stretch of the vCPU
+//! thread's time (docs/join.md). The switch waits for the send so that the
+//! new plane's log stream follows the join stream on the connection, never
+//! inside it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -18,6 +21,9 @@ use crate::snapshot::{DevicesState, MachineState, SnapshotError, memory::PreCopy
 
 use super::plane::IoPlane;
 
+/// How long the paused vCPU waits for the copy thread's verdict.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What the copy thread hands the vCPU thread for the pause.
 pub struct PauseKit {
     pub precopy: PreCopy,
@@ -25,26 +31,98 @@ pub struct PauseKit {
     /// the `State`'s `first_seq`); `None` keeps the current recorder (a
     /// clone of a recording VM, or a test).
     pub recorder: Option<Recorder>,
-    /// The FT plane the I/O thread switches to at the join point.
-    pub plane: Option<Box<dyn IoPlane>>,
+    /// An idle guest's keep-alive period for the new log (an FT primary's).
+    pub keepalive: Option<Duration>,
 }
 
-/// What the vCPU thread does with the kit at the join point.
+/// The copy thread's verdict once the final state is sent.
+pub enum Resume {
+    /// The joiner has everything: log from the join point on, and the I/O
+    /// thread takes this plane (none: the log only, as in tests).
+    Switch(Option<Box<dyn IoPlane>>),
+    /// The send failed: go on as before the pause.
+    Abandon,
+}
+
+/// What the vCPU thread does at the join point.
 pub struct Switch {
     pub recorder: Option<Recorder>,
     pub plane: Option<Box<dyn IoPlane>>,
+    pub keepalive: Option<Duration>,
 }
 
-/// The rendezvous; one per copy.
+/// The rendezvous between a copy thread and the vCPU thread. Reusable:
+/// one copy at a time.
 #[derive(Default)]
 pub struct JoinCtl {
     due: AtomicBool,
+    retire: AtomicBool,
     kit: Mutex<Option<PauseKit>>,
     frozen: Mutex<Option<Result<Frozen, SnapshotError>>>,
     ready: Condvar,
+    resume: Mutex<Option<Resume>>,
+    resumed: Condvar,
+    /// The whole pause of the last join point.
+    last_pause: Mutex<Option<Duration>>,
 }
 
 impl JoinCtl {
+    /// A copy begins: the I/O thread's current plane (a primary alone's)
+    /// is retired at the guest's next sync exit, freeing its sockets for
+    /// the new one.
+    pub fn begin(&self, wake: impl Fn()) {
+        if let Ok(mut r) = self.resume.lock() {
+            *r = None;
+        }
+        if let Ok(mut p) = self.last_pause.lock() {
+            *p = None;
+        }
+        self.retire.store(true, Ordering::Release);
+        wake();
+    }
+
+    /// The vCPU thread: whether the current plane is to be retired now.
+    pub fn take_retire(&self) -> bool {
+        self.retire.swap(false, Ordering::AcqRel)
+    }
+
+    /// The copy thread, after sending the frozen state (or failing to).
+    pub fn resume(&self, verdict: Resume) {
+        if let Ok(mut r) = self.resume.lock() {
+            *r = Some(verdict);
+        }
+        self.resumed.notify_all();
+    }
+
+    /// The whole pause of the last join point, once the guest runs again.
+    pub fn wait_pause(&self, timeout: Duration) -> Option<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.last_pause.lock().ok().and_then(|p| *p) {
+                return Some(p);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn wait_resume(&self) -> Option<Resume> {
+        let deadline = Instant::now() + RESUME_TIMEOUT;
+        let mut r = self.resume.lock().ok()?;
+        loop {
+            if let Some(v) = r.take() {
+                return Some(v);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            r = self.resumed.wait_timeout(r, left).ok()?.0;
+        }
+    }
+
     /// Whether a pause is asked for.
     pub fn due(&self) -> bool {
         self.due.load(Ordering::Acquire)
@@ -152,7 +230,7 @@ impl JoinCtl {
                 let PauseKit {
                     precopy,
                     recorder,
-                    plane,
+                    keepalive,
                 } = kit;
                 let pause = started.elapsed();
                 self.publish(Ok(Frozen {
@@ -168,7 +246,30 @@ impl JoinCtl {
                     pause,
                     precopy,
                 }));
-                Some(Switch { recorder, plane })
+                let verdict = self.wait_resume();
+                let paused = started.elapsed();
+                if let Ok(mut p) = self.last_pause.lock() {
+                    *p = Some(paused);
+                }
+                match verdict {
+                    Some(Resume::Switch(plane)) => {
+                        tracing::info!(
+                            "join point at exit {exit_index}: the guest was paused {:.3} ms",
+                            paused.as_secs_f64() * 1e3
+                        );
+                        Some(Switch {
+                            recorder,
+                            plane,
+                            keepalive,
+                        })
+                    }
+                    Some(Resume::Abandon) | None => {
+                        tracing::warn!(
+                            "join point at exit {exit_index} abandoned: the copy did not complete"
+                        );
+                        None
+                    }
+                }
             }
             Err(e) => {
                 self.publish(Err(e));

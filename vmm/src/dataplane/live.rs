@@ -231,8 +231,16 @@ impl SyncIo for LiveIo {
         let had_outputs = !self.outputs.frames.is_empty() || !self.outputs.requests.is_empty();
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
-        if self.join.as_ref().is_some_and(|j| j.due()) {
-            events |= self.quiesce_disk(mem, req.exit_index)?;
+        if let Some(join) = self.join.as_ref() {
+            if join.take_retire()
+                && let Some(io) = self.io.as_mut()
+            {
+                io.send(ToIo::RetirePlane);
+                io.waker.wake();
+            }
+            if join.due() {
+                events |= self.quiesce_disk(mem, req.exit_index)?;
+            }
         }
         let mut waited_ns = 0;
         if req.wait() && events == 0 && !self.shared.stop_requested() {
@@ -333,7 +341,9 @@ impl SyncIo for LiveIo {
         let Some(switch) = join.at_boundary(exit_index, vcpu, &self.devices, hash, next_seq) else {
             return Ok(());
         };
-        self.join = None;
+        if switch.keepalive.is_some() {
+            self.stream_log = switch.keepalive;
+        }
         // In the vCPU thread's order: every output after this point
         // reaches the I/O thread behind its new plane.
         if let Some(plane) = switch.plane {
