@@ -137,6 +137,11 @@ pub struct PrimaryArgs {
     #[arg(long, value_name = "MIB", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(2..=1024))]
     pub log_buffer_mib: u16,
+    /// Waiting backups to join by live clone whenever this primary runs
+    /// alone (its backup lost), tried in order with back-off
+    /// (docs/join.md). Without it a primary alone stays alone.
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub spares: Vec<String>,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]

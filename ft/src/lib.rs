@@ -15,6 +15,8 @@
 //! * [`plane`]: the primary's and the backup's engines on the I/O thread.
 //! * [`backup_io`]: the backup's sync calls: replay, then live.
 //! * [`channel_source`]: the received log as the replay's input.
+//! * [`join`]: restart redundancy — a new backup joins a running primary
+//!   by live clone.
 //! * [`supervisor`]: the main thread acting on verdicts through the arbiter.
 //! * [`shared`]: what the FT threads share.
 
@@ -24,6 +26,7 @@ pub mod backup_io;
 pub mod channel_source;
 pub mod failure;
 pub mod go_live;
+pub mod join;
 pub mod output_rule;
 pub mod plane;
 pub mod shared;

@@ -5,11 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
 use lockstep_ft::shared::FtShared;
-use lockstep_ft::supervisor::Supervisor;
+use lockstep_ft::supervisor::{Rebind, Supervisor};
 use lockstep_status::Role;
 use lockstep_vmm::dataplane::io_thread::{IoChannels, ToIo};
+use lockstep_vmm::dataplane::join_point::JoinCtl;
 use lockstep_vmm::dataplane::live::LiveIo;
+use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::machine::SyncIo;
 use lockstep_vmm::spec::GuestSpec;
 
@@ -38,7 +43,27 @@ pub struct LiveOptions {
     pub ft: Option<(Arc<FtShared>, Supervisor)>,
     /// What `lockstep status` calls this VMM.
     pub role: Role,
+    /// Starts re-protection by live clone (docs/join.md), once the VM is
+    /// built: the joins run on a thread of their own.
+    pub join: Option<Box<StartJoin>>,
 }
+
+/// What a join needs of the running VM.
+pub struct JoinEnv {
+    pub vm: Arc<VmFd>,
+    pub mem: GuestMemoryMmap,
+    pub ctl: Arc<JoinCtl>,
+    pub shared: Arc<VmShared>,
+    pub spec: GuestSpec,
+    pub kernel: Vec<u8>,
+    pub main_thread: std::thread::Thread,
+    /// The supervisor's handle, and the pair run it watches now.
+    pub rebind: Option<Rebind>,
+    pub current: Option<Arc<FtShared>>,
+}
+
+/// Starts the join thread.
+pub type StartJoin = dyn FnOnce(JoinEnv) -> anyhow::Result<()> + Send;
 
 pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> {
     let signals = launch::block_stop_signals()?;
@@ -46,8 +71,8 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
         recorder,
         target,
         spec,
-        kernel: _kernel,
-        vm_fd: _vm_fd,
+        kernel,
+        vm_fd,
         vcpu,
         mem,
         shared,
@@ -79,10 +104,28 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
     let mut live = LiveIo::new(shared.clone(), spec.devices(), Some(io));
     live.recorder = recorder;
     live.stream_log = ft.is_some().then_some(KEEPALIVE_EVERY);
+    // The VM's fd stays open for the run; a join reads its dirty log.
+    let vm_fd = Arc::new(vm_fd);
+    if let Some(start) = opts.join {
+        let ctl = Arc::new(JoinCtl::default());
+        live.join = Some(ctl.clone());
+        start(JoinEnv {
+            vm: vm_fd.clone(),
+            mem: mem.clone(),
+            ctl,
+            shared: shared.clone(),
+            spec: spec.clone(),
+            kernel,
+            main_thread: std::thread::current(),
+            rebind: supervisor.as_ref().map(|s| s.rebinder()),
+            current: ft.clone(),
+        })?;
+    }
     let vm = VmParts {
         vcpu,
         mem,
         cpu: vcpu_cpu,
+        exit_index: 0,
     };
     let mut run = drive(
         vm,

@@ -22,6 +22,7 @@ use crate::cli::PrimaryArgs;
 use crate::commands::boot::{LogSetup, LogTarget};
 use crate::commands::live::{KEEPALIVE_EVERY, LiveOptions, run_live};
 use crate::commands::pair::{claimant, lease, liveness, open_arbiter, resolve, security};
+use crate::commands::rejoin;
 use crate::exit_status::ExitStatus;
 
 /// How long one opening (handshake, attach, verdict) may take.
@@ -91,6 +92,27 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
         .ft
         .heartbeat_peer
         .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
+    // The I/O thread sends what the vCPU thread publishes; the vCPU wakes
+    // it (it does that for outputs anyway), not the log buffers. 16 MiB of
+    // log buffers by default: room for bursts, and quick to register
+    // (registration pins every page). A full set stalls the vCPU until the
+    // backup catches up or is failed (the ack timeout); a failed backup's
+    // log is discarded, so the stall ends there.
+    let mut config = LogConfig {
+        wake_consumer: false,
+        ..LogConfig::new(usize::from(args.log_buffer_mib), 1 << 20)
+    };
+    config.stall_timeout = config
+        .stall_timeout
+        .max(4 * (live.ack_timeout + live.timeout));
+    let join = rejoin::start(
+        &args,
+        live,
+        Duration::from_millis(u64::from(lease_ms)),
+        config.clone(),
+        policy,
+        hb_port,
+    )?;
     let plane_ft = ft.clone();
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, who, ft.clone());
     let log = Box::new(
@@ -121,20 +143,6 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
                 .status
                 .channel
                 .set(security.mode().name().to_string());
-            // The I/O thread sends what the vCPU thread publishes; the vCPU
-            // wakes it (it does that for outputs anyway), not the log buffers.
-            // 16 MiB of log buffers by default: room for bursts, and quick
-            // to register (registration pins every page). A full set stalls
-            // the vCPU until the backup catches up or is failed (the ack
-            // timeout); a failed backup's log is discarded, so the stall
-            // ends there.
-            let mut config = LogConfig {
-                wake_consumer: false,
-                ..LogConfig::new(usize::from(args.log_buffer_mib), 1 << 20)
-            };
-            config.stall_timeout = config
-                .stall_timeout
-                .max(4 * (live.ack_timeout + live.timeout));
             let (producer, consumer) =
                 logchan::log_buffers_with(&config).context("allocating log buffers")?;
             let sender =
@@ -175,6 +183,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
         LiveOptions {
             log: Some(log),
             ft: Some((ft, supervisor)),
+            join,
             role: lockstep_status::Role::Primary,
         },
     )
