@@ -7,6 +7,7 @@ pub mod capture;
 pub mod etcd;
 pub mod ft;
 pub mod hog;
+pub mod join;
 pub mod split;
 pub mod watch;
 #[allow(unused_imports)]

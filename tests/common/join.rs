@@ -1,0 +1,56 @@
+//! A new backup for a running pair's primary (docs/join.md): started on
+//! host B as the first one was, it waits for a primary; a primary with
+//! `--spares` joins it by live clone.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use super::ft::{BACKUP_LOG, FtPair, LOG_PORT};
+use super::*;
+
+impl FtPair {
+    /// Replaces the backup (dead, or killed here) by a new waiting one on
+    /// host B, with `extra` arguments and `env` (e.g. `FAILPOINTS`).
+    pub fn new_backup(&mut self, extra: &[&str], env: &[(&str, &str)]) {
+        self.backup.signal(libc::SIGKILL);
+        let mut b = self.net.cmd("b", lockstep());
+        b.args([
+            "backup",
+            "--listen",
+            &format!("{BACKUP_LOG}:{LOG_PORT}"),
+            "--tap",
+            &self.net.tap(),
+            "--cpus",
+            "1,0",
+            "--disk",
+        ])
+        .arg(self.disk())
+        .arg("--console")
+        .arg(self.dir.path().join("backup.console"))
+        .args(self.ft_args("backup"))
+        .args(extra);
+        for (k, v) in env {
+            b.env(k, v);
+        }
+        self.backup = spawn_vmm(b);
+        self.backup
+            .wait_for_line("waiting for the primary", Duration::from_secs(20));
+    }
+
+    /// Waits until the primary says it is protected again for the `n`-th
+    /// time and the backup follows it.
+    pub fn wait_protected(&mut self, n: usize, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !(self.primary.log().matches("protected again").count() >= n
+            && self.backup.log().contains("following the primary"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no join within {timeout:?}\nprimary:\n{}\nbackup:\n{}",
+                self.primary.log(),
+                self.backup.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
