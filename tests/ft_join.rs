@@ -61,3 +61,56 @@ fn a_backup_joins_under_load_and_then_takes_over_with_every_acknowledged_write()
     let n = pair.check_writes(writers, "a joined backup taking over", false);
     eprintln!("{n} acknowledged writes kept across a join and a failover");
 }
+
+#[test]
+fn a_refused_or_dying_joiner_leaves_the_primary_serving_and_a_new_join_succeeds() {
+    if !kvm_available() {
+        return;
+    }
+    let mut pair = FtPair::start("jr", spares());
+    let writers = Writers::start(&pair, 2);
+    pair.wait_acked(100);
+    pair.backup.signal(libc::SIGKILL);
+    pair.primary
+        .wait_for_line("continuing alone", Duration::from_secs(10));
+    // A backup for another guest size: its admission refuses the join,
+    // the primary says why and serves on alone.
+    pair.new_backup(&["--mem", "256"], &[]);
+    pair.primary
+        .wait_for_line("this backup's --mem says 256 MiB", Duration::from_secs(20));
+    pair.wait_served(50);
+    let role = pair
+        .status("primary")
+        .map(|s| s["role"].to_string())
+        .unwrap_or_default();
+    assert!(role.contains("alone"), "role {role}");
+    // A backup that dies in the middle of the copy (after three messages).
+    pair.new_backup(&[], &[("FAILPOINTS", "join-recv=3*off->panic(dies)")]);
+    pair.primary
+        .wait_for_line("no backup joined at", Duration::from_secs(20));
+    let copies_failed = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("no backup joined at") && l.contains("copying the guest"))
+            .count()
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the copy to the dying joiner to fail",
+        || copies_failed(&pair.primary.log()) >= 1,
+    );
+    pair.wait_served(50);
+    // A sound backup: the join succeeds, and the pair is whole again.
+    pair.new_backup(&[], &[]);
+    pair.wait_protected(1, Duration::from_secs(30));
+    pair.wait_acked(200);
+    let role = pair
+        .status("primary")
+        .map(|s| s["role"].to_string())
+        .unwrap_or_default();
+    assert!(!role.contains("alone"), "role {role}");
+    let n = pair.check_writes(writers, "refused and dying joiners, then a join", false);
+    eprintln!(
+        "{n} acknowledged writes kept; primary log:\n{}",
+        pair.primary.log()
+    );
+}

@@ -286,12 +286,13 @@ pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option
         match joined {
             Some(j) => {
                 tracing::info!(
-                    "protected again (epoch {}): {} pre-copy rounds, {} pages ({} at the pause), guest paused {:.3} ms, join took {} ms",
+                    "protected again (epoch {}): {} pre-copy rounds, {} pages ({} at the pause), guest paused {:.3} ms (state capture {:.3} ms), join took {} ms",
                     j.epoch,
                     j.stats.rounds,
                     j.stats.pages,
                     j.stats.final_pages,
                     j.pause.as_secs_f64() * 1e3,
+                    j.stats.pause_us as f64 / 1e3,
                     started.elapsed().as_millis()
                 );
                 current = Some(j.ft);

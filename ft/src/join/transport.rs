@@ -84,6 +84,8 @@ impl<'a> ChannelSource<'a> {
 
 impl MessageSource for ChannelSource<'_> {
     fn recv(&mut self) -> Result<(u8, Vec<u8>), SnapshotError> {
+        // Tests: a joiner that dies in the middle of a copy.
+        fail::fail_point!("join-recv");
         let Some(records) = self.records.take() else {
             return Plain(self.stream).recv();
         };

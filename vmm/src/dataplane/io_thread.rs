@@ -304,11 +304,12 @@ impl IoThread {
                     ToIo::Plane(mut new) => {
                         // The old plane's CQEs carry the same tags: it is
                         // gone before the new one takes any.
-                        if let Some((old, since)) = retiring.take()
-                            && since.elapsed() < RETIRE_GRACE
-                        {
-                            tracing::warn!("a retired plane dropped before its grace ended");
+                        if let Some((old, since)) = retiring.take() {
+                            if since.elapsed() < RETIRE_GRACE {
+                                tracing::warn!("a retired plane dropped before its grace ended");
+                            }
                             drop(old);
+                            release_buffer_table(&submitter);
                         }
                         match new.attach(&submitter) {
                             Ok(mode) => {
@@ -418,6 +419,7 @@ impl IoThread {
                 .is_some_and(|(_, since)| since.elapsed() >= RETIRE_GRACE)
             {
                 retiring = None;
+                release_buffer_table(&submitter);
             }
             delivered |= tx.flush();
             if delivered {
@@ -486,6 +488,15 @@ impl IoThread {
             idle_since = None;
         }
     }
+}
+
+/// A retired plane is gone: the ring's buffer table (its log buffers, if
+/// it registered them; no other engine of this ring registers any) is
+/// released for the next plane. Its buffers' memory was leaked by the
+/// plane's drop, so the kernel's references never point at freed memory.
+fn release_buffer_table(submitter: &io_uring::Submitter<'_>) {
+    // ENXIO: there was no table.
+    let _ = submitter.unregister_buffers();
 }
 
 /// Registers the ring's fixed-file slots for the descriptors outputs leave
