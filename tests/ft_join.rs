@@ -79,11 +79,14 @@ fn a_refused_or_dying_joiner_leaves_the_primary_serving_and_a_new_join_succeeds(
     pair.primary
         .wait_for_line("this backup's --mem says 256 MiB", Duration::from_secs(20));
     pair.wait_served(50);
-    let role = pair
-        .status("primary")
-        .map(|s| s["role"].to_string())
-        .unwrap_or_default();
+    let status = pair.status("primary").expect("status");
+    let role = status["role"].to_string();
     assert!(role.contains("alone"), "role {role}");
+    let protection = status["protection"].as_str().unwrap_or_default();
+    assert!(
+        protection.starts_with("need-backup (backup lost") && protection.contains("256 MiB"),
+        "protection {protection:?}"
+    );
     // A backup that dies in the middle of the copy (after three messages).
     pair.new_backup(&[], &[("FAILPOINTS", "join-recv=3*off->panic(dies)")]);
     pair.primary
@@ -103,11 +106,11 @@ fn a_refused_or_dying_joiner_leaves_the_primary_serving_and_a_new_join_succeeds(
     pair.new_backup(&[], &[]);
     pair.wait_protected(1, Duration::from_secs(30));
     pair.wait_acked(200);
-    let role = pair
-        .status("primary")
-        .map(|s| s["role"].to_string())
-        .unwrap_or_default();
+    let status = pair.status("primary").expect("status");
+    let role = status["role"].to_string();
     assert!(!role.contains("alone"), "role {role}");
+    assert_eq!(status["protection"], "protected");
+    assert_eq!(status["joins"], 1);
     let n = pair.check_writes(writers, "refused and dying joiners, then a join", false);
     eprintln!(
         "{n} acknowledged writes kept; primary log:\n{}",

@@ -160,6 +160,7 @@ fn copy(
         precopy,
         &hello(spec),
         CopyOptions::default(),
+        &mut |_, _| {},
         |precopy| {
             ctl.pause(
                 PauseKit {
@@ -207,7 +208,7 @@ fn a_running_vm_is_cloned_exactly_and_a_refused_or_dead_joiner_leaves_it_unharme
     }
     let dir = common::tempdir();
     let image = DiskImage::open(
-        &dir.path().join("disk.img"),
+        dir.path().join("disk.img"),
         DiskOpenOptions {
             create_size: Some(64 << 20),
             ..Default::default()

@@ -62,7 +62,10 @@ pub struct Supervisor {
 /// it began for the joined backup and that run's shared state. From the
 /// next poll the supervisor watches that backup.
 #[derive(Clone, Default)]
-pub struct Rebind(Arc<Mutex<Option<(u64, Arc<FtShared>)>>>);
+pub struct Rebind(Arc<Mutex<Option<PairRun>>>);
+
+/// A pair run: its epoch and its shared state.
+type PairRun = (u64, Arc<FtShared>);
 
 impl Rebind {
     pub fn to(&self, epoch: u64, ft: Arc<FtShared>) {
@@ -72,7 +75,7 @@ impl Rebind {
         ft.wake_main();
     }
 
-    fn take(&self) -> Option<(u64, Arc<FtShared>)> {
+    fn take(&self) -> Option<PairRun> {
         self.0.lock().ok()?.take()
     }
 }

@@ -149,6 +149,8 @@ pub struct StatusCounters {
     pub primaries_refused: AtomicU64,
     /// Status requests refused for lack of the bearer token.
     pub status_unauthorized: AtomicU64,
+    /// A primary's live clone into a new backup (docs/join.md).
+    pub join: crate::protection::JoinProgress,
 }
 
 impl Default for StatusCounters {
@@ -184,6 +186,7 @@ impl Default for StatusCounters {
             channel_rejected: AtomicU64::new(0),
             primaries_refused: AtomicU64::new(0),
             status_unauthorized: AtomicU64::new(0),
+            join: Default::default(),
         }
     }
 }

@@ -81,6 +81,13 @@ pub struct StatusSnapshot {
     /// Status requests refused for lack of the token.
     #[serde(default)]
     pub status_unauthorized: u64,
+    /// `protected`, `need-backup (reason)`, `starting (join progress)`,
+    /// `not protected (reason)` (docs/join.md).
+    #[serde(default)]
+    pub protection: String,
+    /// Backups that joined this primary by live clone.
+    #[serde(default)]
+    pub joins: u64,
 }
 
 impl StatusSnapshot {
@@ -137,6 +144,8 @@ impl StatusSnapshot {
             channel_rejected: get(&c.channel_rejected),
             primaries_refused: get(&c.primaries_refused),
             status_unauthorized: get(&c.status_unauthorized),
+            protection: c.join.describe(role),
+            joins: get(&c.join.joins),
         }
     }
 

@@ -117,8 +117,16 @@ fn bind_heartbeat(local: std::net::IpAddr, port: u16) -> Result<UdpSocket, JoinE
 
 /// Joins the backup waiting at `addr`: opens the channel (its admission
 /// checks this guest), copies the running guest, and switches the primary
-/// to logging for it at the join point.
+/// to logging for it at the join point. `lockstep status` follows it.
 pub fn join_backup(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
+    let join = &setup.shared.status.join;
+    join.start(setup.identity.mem_size / lockstep_vmm::snapshot::memory::PAGE as u64);
+    let result = try_join(setup, addr);
+    join.end(result.as_ref().err().map(|e| e.to_string()));
+    result
+}
+
+fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     let status = &setup.shared.status;
     let epoch = setup
         .arbiter
@@ -177,17 +185,25 @@ pub fn join_backup(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinEr
             stream: &stream,
             records: session.records.as_mut(),
         };
-        stream::send_clone(&mut sink, precopy, &hello, setup.copy, |precopy| {
-            setup.ctl.pause(
-                PauseKit {
-                    precopy,
-                    recorder: Some(recorder),
-                    keepalive: Some(setup.keepalive),
-                },
-                wake,
-                PAUSE_TIMEOUT,
-            )
-        })
+        let mut progress = |round: u32, pages: u64| status.join.round(u64::from(round), pages);
+        stream::send_clone(
+            &mut sink,
+            precopy,
+            &hello,
+            setup.copy,
+            &mut progress,
+            |precopy| {
+                setup.ctl.pause(
+                    PauseKit {
+                        precopy,
+                        recorder: Some(recorder),
+                        keepalive: Some(setup.keepalive),
+                    },
+                    wake,
+                    PAUSE_TIMEOUT,
+                )
+            },
+        )
     });
     let stats = match copied {
         Ok(stats) => stats,

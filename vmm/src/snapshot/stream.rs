@@ -55,6 +55,7 @@ pub fn send_clone(
     mut precopy: PreCopy,
     hello: &Hello,
     opts: CopyOptions,
+    progress: &mut dyn FnMut(u32, u64),
     pause: impl FnOnce(PreCopy) -> Result<Frozen, SnapshotError>,
 ) -> Result<JoinStats, SnapshotError> {
     let started = Instant::now();
@@ -64,6 +65,7 @@ pub fn send_clone(
         let sent = precopy.round(sink)?;
         let rounds = precopy.rounds;
         tracing::debug!("join: round {rounds}: {sent} pages");
+        progress(rounds, precopy.pages_sent);
         if rounds >= 2 && (sent <= opts.small_enough || rounds >= opts.max_rounds || sent >= last) {
             break;
         }

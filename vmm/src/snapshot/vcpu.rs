@@ -311,6 +311,18 @@ impl VcpuState {
     }
 }
 
+/// The vCPU as the machine lends it to a join point: the machine knows
+/// nothing of KVM, the runner passes its `VcpuFd`.
+pub trait VcpuAccess {
+    fn capture_state(&self) -> Result<VcpuState, SnapshotError>;
+}
+
+impl VcpuAccess for VcpuFd {
+    fn capture_state(&self) -> Result<VcpuState, SnapshotError> {
+        VcpuState::capture(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,17 +353,5 @@ mod tests {
         let mut w = Writer::default();
         foreign.encode(&mut w);
         assert!(VcpuState::decode(&mut Reader::new(&w.buf, "vCPU")).is_err());
-    }
-}
-
-/// The vCPU as the machine lends it to a join point: the machine knows
-/// nothing of KVM, the runner passes its `VcpuFd`.
-pub trait VcpuAccess {
-    fn capture_state(&self) -> Result<VcpuState, SnapshotError>;
-}
-
-impl VcpuAccess for VcpuFd {
-    fn capture_state(&self) -> Result<VcpuState, SnapshotError> {
-        VcpuState::capture(self)
     }
 }
