@@ -122,8 +122,19 @@ pub fn join_backup(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinEr
     let join = &setup.shared.status.join;
     join.start(setup.identity.mem_size / lockstep_vmm::snapshot::memory::PAGE as u64);
     let result = try_join(setup, addr);
-    join.end(result.as_ref().err().map(|e| e.to_string()));
+    join.end(result.as_ref().err().map(|e| chain(e)));
     result
+}
+
+/// An error with its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut why = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        why.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    why
 }
 
 fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
@@ -289,12 +300,7 @@ pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option
                     break;
                 }
                 Err(e) => {
-                    let mut why = e.to_string();
-                    let mut src = std::error::Error::source(&e);
-                    while let Some(s) = src {
-                        why.push_str(&format!(": {s}"));
-                        src = s.source();
-                    }
+                    let why = chain(&e);
                     tracing::warn!("no backup joined at {addr} ({why}); serving on alone");
                 }
             }
