@@ -39,7 +39,15 @@ use logchan::{FileSink, LogConfig, StreamHeader};
 
 use common::kvm_available;
 
-const MEM: u64 = 64 << 20;
+/// Guest memory: 64 MiB, or `LOCKSTEP_JOIN_MEM_MIB` (to measure the
+/// pause at other sizes).
+fn mem_size() -> u64 {
+    std::env::var("LOCKSTEP_JOIN_MEM_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(64)
+        << 20
+}
 
 /// The embedded guest, copied to an aligned heap buffer (the ELF reader
 /// wants its header aligned; `include_bytes!` promises nothing).
@@ -215,7 +223,7 @@ fn a_running_vm_is_cloned_exactly_and_a_refused_or_dead_joiner_leaves_it_unharme
         },
     )
     .expect("disk image");
-    let spec = spec(MEM, image.capacity_sectors());
+    let spec = spec(mem_size(), image.capacity_sectors());
     let vm = spec.build_vm(kernel()).expect("the original VM");
     let Vm { fd, vcpu, mem, .. } = vm;
     let fd = Arc::new(fd);
@@ -248,7 +256,7 @@ fn a_running_vm_is_cloned_exactly_and_a_refused_or_dead_joiner_leaves_it_unharme
     // 1. A joiner with twice the memory: refused at Hello, nothing written;
     //    the copy fails, the VM is untouched.
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let wrong = joiner(self::spec(2 * MEM, spec.disk_sectors), theirs);
+    let wrong = joiner(self::spec(2 * mem_size(), spec.disk_sectors), theirs);
     let refused = copy(&fd, &mem, &ctl, &shared, &spec, ours, None);
     let why = wrong.join().expect("joiner thread").err().expect("refused");
     assert!(
@@ -285,7 +293,7 @@ fn a_running_vm_is_cloned_exactly_and_a_refused_or_dead_joiner_leaves_it_unharme
         .expect("the guest ran again");
     println!(
         "join of a {} MiB guest under the disk workload: {} rounds, {} pages ({} at the pause), pause {:.3} ms (capture {:.3} ms), copy {} ms",
-        MEM >> 20,
+        mem_size() >> 20,
         stats.rounds,
         stats.pages,
         stats.final_pages,
