@@ -86,7 +86,12 @@ impl Captured {
 fn spec(mem_size: u64, disk_sectors: u64) -> GuestSpec {
     GuestSpec {
         mem_size,
-        cmdline: "workload=disk ip=10.77.0.2/24 ops=6000 inflight=4".into(),
+        // Long enough to outlast the copy (`LOCKSTEP_JOIN_OPS` for larger
+        // guests, whose copy takes longer).
+        cmdline: format!(
+            "workload=disk ip=10.77.0.2/24 ops={} inflight=4",
+            std::env::var("LOCKSTEP_JOIN_OPS").unwrap_or_else(|_| "6000".into())
+        ),
         seed: 11,
         mac: None,
         disk_sectors,
@@ -161,7 +166,10 @@ fn copy(
     recorder: Option<Recorder>,
 ) -> Result<JoinStats, SnapshotError> {
     ctl.begin(|| shared.wake_vcpu());
-    let precopy = PreCopy::start(fd.clone(), mem.clone())?;
+    let mut precopy = PreCopy::start(fd.clone(), mem.clone())?;
+    // Check the tracking of the VMM's own writes against every page's hash
+    // (`LOCKSTEP_JOIN_VERIFY=0` measures the pause without the check).
+    precopy.verify = std::env::var("LOCKSTEP_JOIN_VERIFY").map_or(true, |v| v != "0");
     let mut sink = Plain(stream);
     let sent = stream::send_clone(
         &mut sink,
@@ -260,8 +268,11 @@ fn a_running_vm_is_cloned_exactly_and_a_refused_or_dead_joiner_leaves_it_unharme
     let refused = copy(&fd, &mem, &ctl, &shared, &spec, ours, None);
     let why = wrong.join().expect("joiner thread").err().expect("refused");
     assert!(
-        why.to_string()
-            .contains("memory 64 MiB (the joiner has 128 MiB)"),
+        why.to_string().contains(&format!(
+            "memory {} MiB (the joiner has {} MiB)",
+            mem_size() >> 20,
+            (2 * mem_size()) >> 20
+        )),
         "{why}"
     );
     assert!(refused.is_err(), "the copy to a refusing joiner failed");
@@ -302,6 +313,10 @@ fn a_running_vm_is_cloned_exactly_and_a_refused_or_dead_joiner_leaves_it_unharme
         stats.total_ms
     );
     assert_eq!(received.pages, stats.pages);
+    assert_eq!(
+        stats.missed, 0,
+        "pages changed that neither KVM's dirty log nor the VMM's tracking reported"
+    );
     assert!(stats.rounds >= 2);
     assert_eq!(state.first_seq, 2);
     let (end, exits, live, _vcpu) = original.join().expect("original vCPU thread");

@@ -213,8 +213,21 @@ impl JoinCtl {
                 return None;
             }
         };
+        // The used rings: `virtio-queue` writes them, not the tracked helpers.
+        let rings: Vec<u64> = [&devices.net, &devices.blk]
+            .into_iter()
+            .flatten()
+            .filter(|t| t.active)
+            .flat_map(|t| t.queues.iter())
+            .flat_map(|q| {
+                let len = 6 + 8 * u64::from(q.size);
+                let first = q.used_ring / 4096;
+                let last = q.used_ring.saturating_add(len) / 4096;
+                first..=last
+            })
+            .collect();
         let captured = vcpu.capture_state().and_then(|vcpu| {
-            let (pages, final_pages) = kit.precopy.final_pass()?;
+            let (pages, final_pages) = kit.precopy.final_pass(&rings)?;
             let first_seq = match &kit.recorder {
                 Some(r) => r.seq() + 1,
                 None => next_seq,

@@ -117,7 +117,11 @@ pub fn write_result(
     events: u32,
     now_ns: u64,
 ) -> Result<(), GuestError> {
-    mem.write_slice(&events.to_le_bytes(), GuestAddress(addr + 4))
+    let written = mem
+        .write_slice(&events.to_le_bytes(), GuestAddress(addr + 4))
         .and_then(|_| mem.write_slice(&now_ns.to_le_bytes(), GuestAddress(addr + 16)))
-        .map_err(|_| GuestError::BadSyncBlock(addr))
+        .map_err(|_| GuestError::BadSyncBlock(addr));
+    // A live clone must resend this page (KVM does not see the VMM's writes).
+    virtq::host_writes::note(addr + 4, 20);
+    written
 }

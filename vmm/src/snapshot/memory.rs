@@ -3,9 +3,12 @@
 //! side that writes received pages into its own memory.
 //!
 //! KVM logs only the guest's own writes; the VMM's writes through its
-//! mapping (received frames, disk read data, used rings, sync results) are
-//! found at the pause by comparing each page's hash with the hash it was
-//! sent with (docs/join.md, "What must be cloned").
+//! mapping (received frames, disk read data, status bytes, sync results)
+//! are noted as they are made (`virtq::host_writes`), and the used rings
+//! are added by the caller: the pause resends exactly those pages and the
+//! dirty ones. With `verify`, the pause also compares every other page's
+//! hash with the hash it was sent with and counts what tracking missed
+//! (tests; docs/join.md, "What must be cloned").
 
 use std::sync::Arc;
 
@@ -43,6 +46,12 @@ pub struct PreCopy {
     pub rounds: u32,
     /// Pages sent so far, zero pages included.
     pub pages_sent: u64,
+    /// At the pause, also compare every page's hash (O(memory)): a check
+    /// of the tracking, for tests.
+    pub verify: bool,
+    /// Pages the verification found changed that neither KVM's log nor
+    /// the VMM's tracking reported (sent anyway); 0 is the expectation.
+    pub missed: u64,
 }
 
 /// Page numbers, ascending, grouped into `Pages` messages.
@@ -112,6 +121,9 @@ impl PreCopy {
             .0
             .checked_add(1)
             .ok_or(SnapshotError::Memory(0))?;
+        // Before the log and the first round: a VMM write from here on is
+        // either seen by the first round or noted.
+        virtq::host_writes::start();
         let host = mem
             .get_host_address(GuestAddress(0))
             .map_err(|_| SnapshotError::Memory(0))?;
@@ -138,6 +150,8 @@ impl PreCopy {
             logging: true,
             rounds: 0,
             pages_sent: 0,
+            verify: false,
+            missed: 0,
         })
     }
 
@@ -213,35 +227,54 @@ impl PreCopy {
 
     /// At the pause (guest stopped at an exit boundary, on the vCPU
     /// thread): the `Pages` bodies of every page not yet sent as it is now
-    /// — dirty in KVM's log, or changed by the VMM since it was sent.
-    /// Copied here, so the guest may run again before they are sent.
-    pub fn final_pass(&mut self) -> Result<(Vec<Vec<u8>>, u64), SnapshotError> {
+    /// — dirty in KVM's log, written by the VMM since the copy began, or
+    /// in `extra` (the used rings). Copied here, so the guest may run
+    /// again before they are sent.
+    pub fn final_pass(&mut self, extra: &[u64]) -> Result<(Vec<Vec<u8>>, u64), SnapshotError> {
         let mut pages = self.dirty()?;
         let dirty = pages.len();
-        let mut page = vec![0u8; PAGE];
-        let mut changed = Vec::new();
-        let mut in_dirty = pages.iter().copied().peekable();
-        for p in 0..self.pages {
-            if in_dirty.peek() == Some(&p) {
-                in_dirty.next();
-                continue;
-            }
-            self.mem
-                .read_slice(&mut page, GuestAddress(p * PAGE as u64))
-                .map_err(|_| SnapshotError::Memory(p))?;
-            if self.hashes.get(p as usize) != Some(&page_hash(&page)) {
-                changed.push(p);
-            }
-        }
-        pages.extend(changed);
-        let host_written = pages.len() - dirty;
+        let host = virtq::host_writes::take();
+        let host_written = host.len();
+        pages.extend(host);
+        pages.extend(extra.iter().copied().filter(|p| *p < self.pages));
         pages.sort_unstable();
+        pages.dedup();
+        if self.verify {
+            let mut page = vec![0u8; PAGE];
+            let mut missed = Vec::new();
+            let mut known = pages.iter().copied().peekable();
+            for p in 0..self.pages {
+                if known.peek() == Some(&p) {
+                    known.next();
+                    continue;
+                }
+                self.mem
+                    .read_slice(&mut page, GuestAddress(p * PAGE as u64))
+                    .map_err(|_| SnapshotError::Memory(p))?;
+                if self.hashes.get(p as usize) != Some(&page_hash(&page)) {
+                    missed.push(p);
+                }
+            }
+            if !missed.is_empty() {
+                tracing::error!(
+                    "join: {} changed pages were neither dirty nor tracked, e.g. {:?}",
+                    missed.len(),
+                    &missed[..missed.len().min(8)]
+                );
+            }
+            self.missed += missed.len() as u64;
+            pages.extend(missed);
+            pages.sort_unstable();
+        }
         let mut bodies = Vec::new();
         self.send_pages(&pages, &mut |body| {
             bodies.push(body);
             Ok(())
         })?;
-        tracing::debug!("join: final pass {dirty} dirty pages + {host_written} written by the VMM");
+        tracing::debug!(
+            "join: final pass {dirty} dirty pages, {host_written} written by the VMM, {} in all",
+            pages.len()
+        );
         Ok((bodies, pages.len() as u64))
     }
 
@@ -251,6 +284,7 @@ impl PreCopy {
             return;
         }
         self.logging = false;
+        virtq::host_writes::stop();
         let region = kvm_userspace_memory_region {
             flags: 0,
             ..self.region

@@ -208,6 +208,8 @@ pub struct JoinStats {
     pub pause_us: u64,
     /// The whole copy, in ms.
     pub total_ms: u64,
+    /// With verification: changed pages the tracking missed (0 expected).
+    pub missed: u64,
 }
 
 #[cfg(test)]

@@ -83,6 +83,7 @@ pub fn send_clone(
         final_pages: frozen.final_pages,
         pause_us: frozen.pause.as_micros() as u64,
         total_ms: started.elapsed().as_millis() as u64,
+        missed: frozen.precopy.missed,
     };
     let mut w = Writer::default();
     w.u64(stats.pages)
@@ -142,6 +143,7 @@ pub fn receive_clone(
                     },
                     final_pages: r.u64()?,
                     total_ms: 0,
+                    missed: 0,
                 };
                 r.finish()?;
                 if stats.pages != pages {
