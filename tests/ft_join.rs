@@ -14,9 +14,15 @@ use common::ft::*;
 use common::*;
 
 fn spares() -> FtOptions {
+    let defaults = FtOptions::default();
     FtOptions {
         primary_extra: vec!["--spares".into(), format!("{BACKUP_LOG}:{LOG_PORT}")],
-        ..FtOptions::default()
+        // `LOCKSTEP_JOIN_MEM_MIB` measures joins of larger guests.
+        mem_mib: std::env::var("LOCKSTEP_JOIN_MEM_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(defaults.mem_mib),
+        ..defaults
     }
 }
 
@@ -45,11 +51,17 @@ fn a_backup_joins_under_load_and_then_takes_over_with_every_acknowledged_write()
         .wait_for_line("continuing alone", Duration::from_secs(10));
     let alone = Instant::now();
     pair.new_backup(&[], &[]);
-    pair.wait_protected(1, Duration::from_secs(30));
+    pair.wait_protected(1, Duration::from_secs(60));
     let pause = last_pause_ms(&pair.primary.log());
+    let log = pair.primary.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("protected again"))
+        .unwrap_or_default();
     eprintln!(
-        "protected again {:?} after the new backup started waiting; guest paused {pause} ms",
-        alone.elapsed()
+        "{:?} after the new backup started waiting: {}",
+        alone.elapsed(),
+        line.split("protected again").nth(1).unwrap_or_default()
     );
     assert!(pause.is_finite(), "the pause was reported");
     // The pair runs: writes are acknowledged under the output rule again.
