@@ -189,10 +189,11 @@ fn copy(
             )
         },
     );
-    ctl.resume(match sent {
+    let switched = ctl.resume(match sent {
         Ok(_) => Resume::Switch(None),
         Err(_) => Resume::Abandon,
     });
+    assert!(switched || sent.is_err(), "the vCPU waited for the verdict");
     sent
 }
 

@@ -70,6 +70,7 @@ pub fn start(
             rebind: rebind.unwrap_or_default(),
             main_thread,
             copy: CopyOptions::default(),
+            settling: Default::default(),
         };
         tracing::info!(
             "re-protection on: a backup joins from {} whenever this primary runs alone",

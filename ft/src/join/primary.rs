@@ -88,6 +88,9 @@ pub struct JoinSetup {
     /// The main thread, which supervises (woken by the new run's events).
     pub main_thread: Thread,
     pub copy: CopyOptions,
+    /// A failed join's run being settled at the arbiter (`settle`): no
+    /// new join begins a later epoch before the supervisor has claimed it.
+    pub settling: std::sync::Mutex<Option<Arc<FtShared>>>,
 }
 
 /// A completed join.
@@ -191,6 +194,10 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
         boot_hash: setup.identity.boot_hash,
     };
     status.set_role(Role::PrimaryAlone);
+    // Set once the guest stood at the join point: from there the joiner
+    // may hold the whole state, and a failure must be settled at the
+    // arbiter (`settle`).
+    let paused = std::cell::Cell::new(false);
     let copied = PreCopy::start(setup.vm.clone(), setup.mem.clone()).and_then(|precopy| {
         let mut sink = ChannelSink {
             stream: &stream,
@@ -204,7 +211,7 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
             setup.copy,
             &mut progress,
             |precopy| {
-                setup.ctl.pause(
+                let frozen = setup.ctl.pause(
                     PauseKit {
                         precopy,
                         recorder: Some(recorder),
@@ -212,22 +219,27 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
                     },
                     wake,
                     PAUSE_TIMEOUT,
-                )
+                );
+                paused.set(frozen.is_ok());
+                frozen
             },
         )
     });
+    let ft = Arc::new(FtShared::default());
+    let _ = ft.main_thread.set(setup.main_thread.clone());
     let stats = match copied {
         Ok(stats) => stats,
         Err(e) => {
             setup.ctl.resume(Resume::Abandon);
+            if paused.get() {
+                settle(setup, epoch, ft, "the join's last messages were not sent");
+            }
             return Err(JoinError::Copy(e));
         }
     };
     // The joiner has the whole state: the log stream follows on the same
     // connection, from the I/O thread, under the output rule.
     let _ = stream.set_write_timeout(None);
-    let ft = Arc::new(FtShared::default());
-    let _ = ft.main_thread.set(setup.main_thread.clone());
     let plane = SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
         .map_err(|e| JoinError::Setup(format!("logging channel: {e}")))
         .map(|s| s.secured(session.records.take()))
@@ -256,6 +268,12 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
         Ok(p) => p,
         Err(e) => {
             setup.ctl.resume(Resume::Abandon);
+            settle(
+                setup,
+                epoch,
+                ft,
+                "the joined backup's channel could not be set up",
+            );
             return Err(e);
         }
     };
@@ -263,7 +281,17 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     setup.rebind.to(epoch, ft.clone());
     StatusCounters::set(&status.epoch, epoch);
     let _ = status.peer.set(addr.to_string());
-    setup.ctl.resume(Resume::Switch(Some(Box::new(plane))));
+    if !setup.ctl.resume(Resume::Switch(Some(Box::new(plane)))) {
+        settle(
+            setup,
+            epoch,
+            ft,
+            "the guest gave up waiting at the join point",
+        );
+        return Err(JoinError::Setup(
+            "the paused guest went on before the switch (the copy was too slow)".into(),
+        ));
+    }
     let pause = setup
         .ctl
         .wait_pause(PAUSE_TIMEOUT)
@@ -275,6 +303,25 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
         pause,
         ft,
     })
+}
+
+/// A join that failed once the joiner may hold the whole state: unless the
+/// new epoch is settled, a joiner that hears nothing more would claim it
+/// and go live beside this primary. So it is settled as a lost backup is:
+/// the supervisor, rebound to the new run with the peer declared dead,
+/// claims it — winning, the primary serves on alone and the joiner, if it
+/// claims, loses and stops; losing (the joiner claimed first), the primary
+/// stops.
+fn settle(setup: &JoinSetup, epoch: u64, ft: Arc<FtShared>, why: &str) {
+    tracing::warn!(
+        "join of epoch {epoch} failed after the pause: {why}; settling it at the arbiter"
+    );
+    ft.note(why.to_string());
+    setup.rebind.to(epoch, ft.clone());
+    ft.set(&ft.peer_dead);
+    if let Ok(mut s) = setup.settling.lock() {
+        *s = Some(ft);
+    }
 }
 
 /// Re-protection: whenever the pair run `current` leaves this primary
@@ -321,6 +368,11 @@ pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option
                 backoff = Duration::from_millis(200);
             }
             None => {
+                // A failed join being settled: wait for the supervisor's
+                // claim (won: alone again; lost: the VM stops) first.
+                if let Some(ft) = setup.settling.lock().ok().and_then(|mut s| s.take()) {
+                    current = Some(ft);
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -44,6 +44,15 @@ pub enum Resume {
     Abandon,
 }
 
+/// The verdict's hand-over. `abandoned`: the paused vCPU stopped waiting
+/// (and went on as before); a verdict placed after that is refused, so the
+/// copy thread never believes in a switch that did not happen.
+#[derive(Default)]
+struct ResumeSlot {
+    verdict: Option<Resume>,
+    abandoned: bool,
+}
+
 /// What the vCPU thread does at the join point.
 pub struct Switch {
     pub recorder: Option<Recorder>,
@@ -60,7 +69,7 @@ pub struct JoinCtl {
     kit: Mutex<Option<PauseKit>>,
     frozen: Mutex<Option<Result<Frozen, SnapshotError>>>,
     ready: Condvar,
-    resume: Mutex<Option<Resume>>,
+    resume: Mutex<ResumeSlot>,
     resumed: Condvar,
     /// The whole pause of the last join point.
     last_pause: Mutex<Option<Duration>>,
@@ -72,7 +81,7 @@ impl JoinCtl {
     /// the new one.
     pub fn begin(&self, wake: impl Fn()) {
         if let Ok(mut r) = self.resume.lock() {
-            *r = None;
+            *r = ResumeSlot::default();
         }
         if let Ok(mut p) = self.last_pause.lock() {
             *p = None;
@@ -87,11 +96,18 @@ impl JoinCtl {
     }
 
     /// The copy thread, after sending the frozen state (or failing to).
-    pub fn resume(&self, verdict: Resume) {
-        if let Ok(mut r) = self.resume.lock() {
-            *r = Some(verdict);
-        }
+    /// False if the paused vCPU had already given up waiting: then nothing
+    /// was switched, whatever the verdict.
+    pub fn resume(&self, verdict: Resume) -> bool {
+        let taken = match self.resume.lock() {
+            Ok(mut r) if !r.abandoned => {
+                r.verdict = Some(verdict);
+                true
+            }
+            _ => false,
+        };
         self.resumed.notify_all();
+        taken
     }
 
     /// The whole pause of the last join point, once the guest runs again.
@@ -112,11 +128,12 @@ impl JoinCtl {
         let deadline = Instant::now() + RESUME_TIMEOUT;
         let mut r = self.resume.lock().ok()?;
         loop {
-            if let Some(v) = r.take() {
+            if let Some(v) = r.verdict.take() {
                 return Some(v);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                r.abandoned = true;
                 return None;
             }
             r = self.resumed.wait_timeout(r, left).ok()?.0;
