@@ -308,3 +308,29 @@ impl JoinCtl {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verdict_after_the_vcpu_gave_up_is_refused_and_begin_resets_it() {
+        let ctl = JoinCtl::default();
+        ctl.begin(|| {});
+        assert!(ctl.take_retire(), "a copy retires the lone plane");
+        assert!(!ctl.take_retire());
+        // The vCPU takes a verdict placed in time.
+        assert!(ctl.resume(Resume::Abandon));
+        assert!(matches!(ctl.wait_resume(), Some(Resume::Abandon)));
+        // The vCPU gave up waiting: a later verdict is refused.
+        if let Ok(mut r) = ctl.resume.lock() {
+            r.abandoned = true;
+        }
+        assert!(!ctl.resume(Resume::Switch(None)));
+        // The next copy starts clean.
+        ctl.begin(|| {});
+        assert!(ctl.resume(Resume::Switch(None)));
+        assert!(matches!(ctl.wait_resume(), Some(Resume::Switch(None))));
+        assert!(ctl.wait_pause(Duration::from_millis(1)).is_none());
+    }
+}
