@@ -179,6 +179,10 @@ pub struct BackupArgs {
     /// ADDR/PREFIX).
     #[arg(long, value_name = "ADDR")]
     pub guest_ip: Option<String>,
+    /// Once this backup has gone live: waiting backups to join by live
+    /// clone, as `primary --spares` (docs/join.md).
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub spares: Vec<String>,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]

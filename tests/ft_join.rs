@@ -129,3 +129,46 @@ fn a_refused_or_dying_joiner_leaves_the_primary_serving_and_a_new_join_succeeds(
         pair.primary.log()
     );
 }
+
+#[test]
+fn a_chain_of_generations_serves_every_acknowledged_write() {
+    if !kvm_available() {
+        return;
+    }
+    // A primary on host a, B backup on host b; each re-protects from a
+    // waiting backup on the other host once it runs alone.
+    let opts = FtOptions {
+        primary_extra: vec!["--spares".into(), format!("{BACKUP_LOG}:{LOG_PORT}")],
+        backup_extra: vec!["--spares".into(), format!("{PRIMARY_LOG}:{LOG_PORT}")],
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start("jg", opts);
+    let writers = Writers::start(&pair, 3);
+    pair.wait_acked(100);
+    let spares_a = format!("{PRIMARY_LOG}:{LOG_PORT}");
+    let spares_b = format!("{BACKUP_LOG}:{LOG_PORT}");
+    // Kill A: B goes live; C, waiting on host a, joins B.
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(10));
+    pair.primary = pair.spawn_backup_on("a", PRIMARY_LOG, "c", &["--spares", &spares_b], &[]);
+    pair.backup
+        .wait_for_line("protected again", Duration::from_secs(30));
+    pair.primary
+        .wait_for_line("following the primary", Duration::from_secs(10));
+    pair.wait_served(50);
+    // Kill B: C goes live; D, waiting on host b, joins C.
+    pair.backup.signal(libc::SIGKILL);
+    pair.primary.wait_for_line(LIVE, Duration::from_secs(10));
+    pair.new_backup(&["--spares", &spares_a], &[]);
+    pair.primary
+        .wait_for_line("protected again", Duration::from_secs(30));
+    pair.backup
+        .wait_for_line("following the primary", Duration::from_secs(10));
+    pair.wait_served(50);
+    // Kill C: D goes live and serves every acknowledged write of the run.
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(10));
+    pair.wait_served(50);
+    let n = pair.check_writes(writers, "A → B → C → D", false);
+    eprintln!("{n} acknowledged writes kept across four generations");
+}

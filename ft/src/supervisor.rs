@@ -138,6 +138,8 @@ impl Supervisor {
             self.ft = ft;
             self.state = State::Watching;
             self.failover = None;
+            // A backup gone live that a new backup joined is its primary.
+            self.side = Side::Primary;
         }
         match self.state {
             State::Done => None,

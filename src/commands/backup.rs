@@ -23,15 +23,19 @@ use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
 use lockstep_status::Role;
 use lockstep_vmm::dataplane::io_thread::{self, IoChannels, TAG_DISK, TAG_TAP};
+use lockstep_vmm::dataplane::join_point::JoinCtl;
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::replay::cursor::{LogCursor, Logged};
+use lockstep_vmm::replay::recorder::DigestPolicy;
 use lockstep_vmm::replay::replayer::{ReplayIo, ReplayStop};
 use lockstep_vmm::spec::GuestSpec;
 
 use crate::cli::BackupArgs;
 use crate::commands::drive::{Served, VmParts, drain, drive};
 use crate::commands::live::report;
-use crate::commands::pair::{claimant, liveness, open_arbiter, resolve, security};
+use crate::commands::live::{JoinEnv, KEEPALIVE_EVERY};
+use crate::commands::pair::{claimant, lease, liveness, open_arbiter, resolve, security};
+use crate::commands::rejoin;
 use crate::commands::{app, join};
 use crate::exit_status::ExitStatus;
 use crate::launch;
@@ -255,14 +259,42 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         _ => None,
     };
     let replay = ReplayIo::new(devices, cursor, None);
-    let backup_io = BackupIo::new(replay, shared.clone(), ft.clone(), io, announce);
+    let mut backup_io = BackupIo::new(replay, shared.clone(), ft.clone(), io, announce);
     let mut supervisor = Supervisor::new(Side::Backup, arbiter, header.epoch, who, ft.clone());
+    let (vm_fd, mut parts) = VmParts::split(vm, vcpu_cpu);
+    // The VM's fd stays open for the run (a join reads its dirty log).
+    let vm_fd = Arc::new(vm_fd);
+    // Re-protection once live (`--spares`): as a primary's.
+    let join = rejoin::start(
+        &args.spares,
+        &args.ft,
+        "backup",
+        live,
+        Duration::from_millis(u64::from(lease(&args.ft, KEEPALIVE_EVERY)?)),
+        rejoin::log_config(16, live),
+        DigestPolicy::default(),
+        hb_port,
+    )?;
+    if let Some(start) = join {
+        let ctl = Arc::new(JoinCtl::default());
+        backup_io = backup_io.with_join(ctl.clone());
+        start(JoinEnv {
+            vm: vm_fd.clone(),
+            mem: parts.mem.clone(),
+            ctl,
+            shared: shared.clone(),
+            spec: spec.clone(),
+            kernel: kernel.clone(),
+            main_thread: std::thread::current(),
+            rebind: Some(supervisor.rebinder()),
+            current: Some(ft.clone()),
+        })?;
+    }
     tracing::info!(
         "backup {name}: following the primary (epoch {}, {} MiB guest)",
         header.epoch,
         spec.mem_size >> 20
     );
-    let (_vm_fd, mut parts) = VmParts::split(vm, vcpu_cpu);
     parts.exit_index = exit_index;
     let mut run = drive(
         parts,

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use logchan::StreamHeader;
 use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
 use logchan::secure::{AttachRequest, Security, Session, initiate};
-use logchan::{LogConfig, StreamHeader};
 
 use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use lockstep_ft::shared::FtShared;
@@ -98,15 +98,11 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     // (registration pins every page). A full set stalls the vCPU until the
     // backup catches up or is failed (the ack timeout); a failed backup's
     // log is discarded, so the stall ends there.
-    let mut config = LogConfig {
-        wake_consumer: false,
-        ..LogConfig::new(usize::from(args.log_buffer_mib), 1 << 20)
-    };
-    config.stall_timeout = config
-        .stall_timeout
-        .max(4 * (live.ack_timeout + live.timeout));
+    let config = rejoin::log_config(usize::from(args.log_buffer_mib), live);
     let join = rejoin::start(
-        &args,
+        &args.spares,
+        &args.ft,
+        "primary",
         live,
         Duration::from_millis(u64::from(lease_ms)),
         config.clone(),

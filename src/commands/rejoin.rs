@@ -13,32 +13,35 @@ use lockstep_vmm::replay::recorder::DigestPolicy;
 use lockstep_vmm::snapshot::stream::CopyOptions;
 use logchan::LogConfig;
 
-use crate::cli::PrimaryArgs;
+use crate::cli::FtArgs;
 use crate::commands::live::{JoinEnv, KEEPALIVE_EVERY, StartJoin};
 use crate::commands::pair::{claimant, open_arbiter, resolve, security};
 
-/// The join thread's start, if `--spares` names any backup.
+/// The join thread's start, if `--spares` names any backup. `role` names
+/// this side at the arbiter (`primary`, or a `backup` gone live).
+#[allow(clippy::too_many_arguments)]
 pub fn start(
-    args: &PrimaryArgs,
+    spares: &[String],
+    ft: &FtArgs,
+    role: &str,
     live: Liveness,
     lease: Duration,
     log: LogConfig,
     policy: DigestPolicy,
     hb_port: u16,
 ) -> anyhow::Result<Option<Box<StartJoin>>> {
-    if args.spares.is_empty() {
+    if spares.is_empty() {
         return Ok(None);
     }
-    let targets = args
-        .spares
+    let targets = spares
         .iter()
         .map(|s| resolve("--spares", s))
         .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
     // Handles of their own: the join thread begins epochs and opens
     // channels while the main thread supervises.
-    let arbiter = open_arbiter(&args.ft)?;
-    let who = claimant(&args.ft, "primary")?;
-    let security = security(&args.ft, "primary")?;
+    let arbiter = open_arbiter(ft)?;
+    let who = claimant(ft, role)?;
+    let security = security(ft, role)?;
     Ok(Some(Box::new(move |env: JoinEnv| {
         let JoinEnv {
             vm,
@@ -86,4 +89,17 @@ pub fn start(
             .context("starting the join thread")?;
         Ok(())
     })))
+}
+
+/// Log buffers of `mib` MiB: the primary's default and stall rule
+/// (`primary.rs`), for a backup gone live that takes a backup itself.
+pub fn log_config(mib: usize, live: Liveness) -> LogConfig {
+    let mut config = LogConfig {
+        wake_consumer: false,
+        ..LogConfig::new(mib, 1 << 20)
+    };
+    config.stall_timeout = config
+        .stall_timeout
+        .max(4 * (live.ack_timeout + live.timeout));
+    config
 }

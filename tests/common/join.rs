@@ -13,28 +13,41 @@ impl FtPair {
     /// host B, with `extra` arguments and `env` (e.g. `FAILPOINTS`).
     pub fn new_backup(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         self.backup.signal(libc::SIGKILL);
-        let mut b = self.net.cmd("b", lockstep());
+        self.backup = self.spawn_backup_on("b", BACKUP_LOG, "backup", extra, env);
+    }
+
+    /// A new waiting backup on `host` listening on `ip` (its console in
+    /// `NAME.console`).
+    pub fn spawn_backup_on(
+        &self,
+        host: &str,
+        ip: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Vmm {
+        let mut b = self.net.cmd(host, lockstep());
         b.args([
             "backup",
             "--listen",
-            &format!("{BACKUP_LOG}:{LOG_PORT}"),
+            &format!("{ip}:{LOG_PORT}"),
             "--tap",
             &self.net.tap(),
             "--cpus",
-            "1,0",
+            if host == "a" { "0,1" } else { "1,0" },
             "--disk",
         ])
         .arg(self.disk())
         .arg("--console")
-        .arg(self.dir.path().join("backup.console"))
-        .args(self.ft_args("backup"))
+        .arg(self.dir.path().join(format!("{name}.console")))
+        .args(self.ft_args(name))
         .args(extra);
         for (k, v) in env {
             b.env(k, v);
         }
-        self.backup = spawn_vmm(b);
-        self.backup
-            .wait_for_line("waiting for the primary", Duration::from_secs(20));
+        let mut vmm = spawn_vmm(b);
+        vmm.wait_for_line("waiting for the primary", Duration::from_secs(20));
+        vmm
     }
 
     /// Waits until the primary says it is protected again for the `n`-th

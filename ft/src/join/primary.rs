@@ -330,7 +330,12 @@ fn settle(setup: &JoinSetup, epoch: u64, ft: Arc<FtShared>, why: &str) {
 pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option<Arc<FtShared>>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let alone = current.as_ref().is_none_or(|ft| FtShared::flag(&ft.alone));
+        // Alone: a primary whose backup was lost, or a backup gone live,
+        // once the supervisor settled it (role primary-alone).
+        let alone = setup.shared.status.role() == Role::PrimaryAlone
+            && current
+                .as_ref()
+                .is_none_or(|ft| FtShared::flag(&ft.alone) || FtShared::flag(&ft.go_live));
         if setup.shared.stop_requested() || setup.shared.forced() {
             return;
         }
