@@ -147,12 +147,20 @@ fn a_chain_of_generations_serves_every_acknowledged_write() {
     pair.wait_acked(100);
     let spares_a = format!("{PRIMARY_LOG}:{LOG_PORT}");
     let spares_b = format!("{BACKUP_LOG}:{LOG_PORT}");
-    // Kill A: B goes live; C, waiting on host a, joins B.
+    // Kill A: B goes live; C, started on host a (A's tap is free once A is
+    // gone), joins B.
     pair.primary.signal(libc::SIGKILL);
+    let killed = Instant::now();
     pair.wait_backup_live(Duration::from_secs(10));
+    let live = killed.elapsed();
     pair.primary = pair.spawn_backup_on("a", PRIMARY_LOG, "c", &["--spares", &spares_b], &[]);
+    let waiting = killed.elapsed();
     pair.backup
         .wait_for_line("protected again", Duration::from_secs(30));
+    eprintln!(
+        "from the kill of A: B live after {live:?}, C waiting after {waiting:?}, protected again after {:?}",
+        killed.elapsed()
+    );
     pair.primary
         .wait_for_line("following the primary", Duration::from_secs(10));
     pair.wait_served(50);
