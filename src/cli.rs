@@ -126,9 +126,11 @@ pub struct MonitorArgs {
 pub struct PrimaryArgs {
     #[command(flatten)]
     pub vm: VmArgs,
-    /// The backup's logging-channel address.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub backup: String,
+    /// The backup's logging-channel address. Without it the VM starts
+    /// alone, unprotected, until a backup of `--spares` joins it
+    /// (docs/join.md).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "spares")]
+    pub backup: Option<String>,
     /// How long to keep trying to reach the backup at start.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub connect_timeout: u64,

@@ -180,3 +180,24 @@ fn a_chain_of_generations_serves_every_acknowledged_write() {
     let n = pair.check_writes(writers, "A → B → C → D", false);
     eprintln!("{n} acknowledged writes kept across four generations");
 }
+
+#[test]
+fn a_vm_started_alone_is_protected_by_a_joining_backup_and_then_fails_over() {
+    if !kvm_available() {
+        return;
+    }
+    let mut pair = FtPair::start_alone("ja", FtOptions::default());
+    // It serves alone first (the spare may join at any moment).
+    assert_eq!(pair.redis(&["set", "alone", "1"]), "OK");
+    let writers = Writers::start(&pair, 3);
+    pair.wait_protected(1, Duration::from_secs(30));
+    let status = pair.status("primary").expect("status");
+    assert_eq!(status["protection"], "protected");
+    pair.wait_acked(200);
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(10));
+    pair.wait_served(50);
+    assert_eq!(pair.redis(&["get", "alone"]), "1");
+    let n = pair.check_writes(writers, "a VM started alone, joined, failed over", false);
+    eprintln!("{n} acknowledged writes kept");
+}

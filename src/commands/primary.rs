@@ -76,7 +76,17 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let live = liveness(&args.ft)?;
     let lease_ms = lease(&args.ft, KEEPALIVE_EVERY)?;
     let arbiter = open_arbiter(&args.ft)?;
-    let backup = resolve("--backup", &args.backup)?;
+    // Without --backup (only --spares): the VM starts alone and is
+    // protected once a spare joins it.
+    let first_spare = match args.spares.first() {
+        Some(s) => Some(resolve("--spares", s)?),
+        None => None,
+    };
+    let (backup, starts_alone) = match (&args.backup, first_spare) {
+        (Some(b), _) => (resolve("--backup", b)?, false),
+        (None, Some(spare)) => (spare, true),
+        (None, None) => bail!("a primary needs --backup, or --spares to start alone"),
+    };
     let security = security(&args.ft, "primary")?;
     let epoch = arbiter.begin_next(&who).with_context(|| {
         format!(
@@ -109,6 +119,10 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
         policy,
         hb_port,
     )?;
+    if starts_alone {
+        // Alone from the start: re-protection begins at once.
+        ft.set(&ft.alone);
+    }
     let plane_ft = ft.clone();
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, who, ft.clone());
     let log = Box::new(
@@ -177,10 +191,14 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     run_live(
         &args.vm,
         LiveOptions {
-            log: Some(log),
+            log: (!starts_alone).then_some(log),
             ft: Some((ft, supervisor)),
             join,
-            role: lockstep_status::Role::Primary,
+            role: if starts_alone {
+                lockstep_status::Role::PrimaryAlone
+            } else {
+                lockstep_status::Role::Primary
+            },
         },
     )
 }

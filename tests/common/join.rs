@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::ft::{BACKUP_LOG, FtPair, LOG_PORT};
+use super::ft::{BACKUP_LOG, FtOptions, FtPair, LOG_PORT};
 use super::*;
 
 impl FtPair {
@@ -48,6 +48,31 @@ impl FtPair {
         let mut vmm = spawn_vmm(b);
         vmm.wait_for_line("waiting for the primary", Duration::from_secs(20));
         vmm
+    }
+
+    /// A VM that starts alone (`primary` without `--backup`, only
+    /// `--spares` naming the waiting backup on B): the pair's backup is
+    /// that spare, which joins the running VM by live clone.
+    pub fn start_alone(prefix: &str, opts: FtOptions) -> FtPair {
+        let mut pair = FtPair::launch_backup(net_ft(prefix), opts);
+        let mut p = pair.net.cmd("a", lockstep());
+        p.args([
+            "primary",
+            "--spares",
+            &format!("{BACKUP_LOG}:{LOG_PORT}"),
+            "--tap",
+            &pair.net.tap(),
+            "--cpus",
+            "0,1",
+        ])
+        .args(["--mem", &pair.opts.mem_mib.to_string(), "--disk"])
+        .arg(pair.disk())
+        .arg("--console")
+        .arg(pair.dir.path().join("primary.console"))
+        .args(pair.ft_args("primary"));
+        pair.primary = spawn_vmm(p);
+        pair.wait_console("primary", pair.opts.ready, Duration::from_secs(30));
+        pair
     }
 
     /// Waits until the primary says it is protected again for the `n`-th
