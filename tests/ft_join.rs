@@ -189,6 +189,13 @@ fn a_vm_started_alone_is_protected_by_a_joining_backup_and_then_fails_over() {
     let mut pair = FtPair::start_alone("ja", FtOptions::default());
     // It serves alone first (the spare may join at any moment).
     assert_eq!(pair.redis(&["set", "alone", "1"]), "OK");
+    let protection = pair.status("primary").expect("status")["protection"].to_string();
+    assert!(
+        protection.contains("no backup yet")
+            || protection.contains("starting")
+            || protection.contains("protected"),
+        "protection {protection}"
+    );
     let writers = Writers::start(&pair, 3);
     pair.wait_protected(1, Duration::from_secs(30));
     let status = pair.status("primary").expect("status");

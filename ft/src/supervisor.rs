@@ -182,6 +182,9 @@ impl Supervisor {
                             self.epoch
                         );
                         self.ft.set(&self.ft.alone);
+                        if let Ok(mut b) = shared.status.join.alone_because.lock() {
+                            *b = None;
+                        }
                         shared.stop_logging();
                         self.state = State::Done;
                     }

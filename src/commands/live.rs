@@ -91,6 +91,12 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
     let console = launch::console_for(args.console.as_deref())?;
     announce(args, &spec, disk_direct);
     shared.status.set_role(opts.role);
+    if opts.role == Role::PrimaryAlone
+        && let Ok(mut b) = shared.status.join.alone_because.lock()
+    {
+        // A primary started without a backup (`--spares` only).
+        *b = Some("no backup yet".into());
+    }
     let _status = launch::serve_status(&args.monitor, &shared.status)?;
     let mut io = io;
     // Tell the LAN where the guest is now: a VM that starts on another host

@@ -21,6 +21,9 @@ pub struct JoinProgress {
     pub joins: AtomicU64,
     /// Why the last attempt failed, if it did.
     pub last_failure: Mutex<Option<String>>,
+    /// Why a primary runs alone, if not because its backup was lost (a VM
+    /// started without one says `no backup yet`).
+    pub alone_because: Mutex<Option<String>>,
 }
 
 impl JoinProgress {
@@ -61,9 +64,15 @@ impl JoinProgress {
             ),
             Role::PrimaryAlone => {
                 let last = self.last_failure.lock().ok().and_then(|f| f.clone());
+                let because = self
+                    .alone_because
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.clone())
+                    .unwrap_or_else(|| "backup lost".into());
                 match last {
-                    Some(why) => format!("need-backup (backup lost; last join failed: {why})"),
-                    None => "need-backup (backup lost)".into(),
+                    Some(why) => format!("need-backup ({because}; last join failed: {why})"),
+                    None => format!("need-backup ({because})"),
                 }
             }
             Role::Standalone => "not protected (no backup)".into(),
@@ -95,5 +104,10 @@ mod tests {
         );
         j.end(None);
         assert_eq!(j.joins.load(Relaxed), 1);
+        *j.alone_because.lock().unwrap() = Some("no backup yet".into());
+        assert_eq!(
+            j.describe(Role::PrimaryAlone),
+            "need-backup (no backup yet)"
+        );
     }
 }
