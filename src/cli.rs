@@ -126,9 +126,11 @@ pub struct MonitorArgs {
 pub struct PrimaryArgs {
     #[command(flatten)]
     pub vm: VmArgs,
-    /// The backup's logging-channel address.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub backup: String,
+    /// The backup's logging-channel address. Without it the VM starts
+    /// alone, unprotected, until a backup of `--spares` joins it
+    /// (docs/join.md).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "spares")]
+    pub backup: Option<String>,
     /// How long to keep trying to reach the backup at start.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub connect_timeout: u64,
@@ -144,6 +146,11 @@ pub struct PrimaryArgs {
     #[arg(long, value_name = "MS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(0..=60_000))]
     pub lag_target_ms: u32,
+    /// Waiting backups to join by live clone whenever this primary runs
+    /// alone (its backup lost), tried in order with back-off
+    /// (docs/join.md). Without it a primary alone stays alone.
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub spares: Vec<String>,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]
@@ -191,6 +198,10 @@ pub struct BackupArgs {
     #[arg(long, value_name = "N", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub replay_buffer_chunks: u32,
+    /// Once this backup has gone live: waiting backups to join by live
+    /// clone, as `primary --spares` (docs/join.md).
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub spares: Vec<String>,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]

@@ -329,7 +329,13 @@ fn forged_and_replayed_heartbeats_are_dropped_and_the_backup_still_takes_over() 
         &dir.join("beats.pcap"),
     );
     let writers = Writers::start(&pair, 2);
+    let beats_before = pair.counter("primary", "heartbeats_sent");
     pair.wait_acked(200);
+    // Enough beats inside the capture whatever the load: 200 acks can come
+    // in less than five heartbeat periods.
+    wait_for(Duration::from_secs(10), "ten heartbeats sent", || {
+        pair.counter("primary", "heartbeats_sent") >= beats_before + 10
+    });
     let beats: Vec<Vec<u8>> = udp_payloads(&capture.finish())
         .into_iter()
         .filter(|p| p.len() == logchan::channel::heartbeat::SIGNED_HEARTBEAT_LEN)

@@ -208,6 +208,12 @@ impl BlkDevice {
         self.queue.is_some()
     }
 
+    /// The active queue's state, for a live clone (docs/join.md); the
+    /// clone is taken only with no request in flight.
+    pub fn queue_state(&self) -> Option<virtio_queue::QueueState> {
+        self.queue.as_ref().map(|q| q.state())
+    }
+
     /// Requests handed out and not completed yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight_count

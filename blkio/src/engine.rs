@@ -200,6 +200,11 @@ impl DiskEngine {
         self.pump(sq);
     }
 
+    /// Writes wait for releases again (`OutputGate::rearm`).
+    pub fn rearm_gate(&mut self) -> bool {
+        self.gate.rearm()
+    }
+
     /// The log is acked up to `acked_seq`: writes tagged with a `gate_seq`
     /// at or below it may go to the disk.
     pub fn release(&mut self, acked_seq: u64, sq: &mut squeue::SubmissionQueue<'_>) {

@@ -299,4 +299,5 @@ pub(crate) fn write_status<M: GuestMemory + ?Sized>(mem: &M, at: GuestAddress, s
     if mem.write_obj(status, at).is_err() {
         tracing::warn!(addr = at.0, "virtio-blk status byte is not writable");
     }
+    virtq::host_writes::note(at.0, 1);
 }

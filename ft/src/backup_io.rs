@@ -8,10 +8,12 @@ use vm_memory::GuestMemoryMmap;
 
 use lockstep_status::StatusCounters;
 use lockstep_vmm::dataplane::io_thread::IoChannels;
+use lockstep_vmm::dataplane::join_point::JoinCtl;
 use lockstep_vmm::dataplane::live::{LiveError, LiveIo};
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::machine::{Digester, RunEndKind, SyncIo, SyncOutcome, SyncRequest};
 use lockstep_vmm::replay::replayer::{ReplayError, ReplayIo, ReplayStop};
+use lockstep_vmm::snapshot::vcpu::VcpuAccess;
 
 use crate::go_live::{self, Announce};
 use crate::shared::FtShared;
@@ -53,6 +55,9 @@ pub struct BackupIo {
     shared: Arc<VmShared>,
     ft: Arc<FtShared>,
     announce: Option<Announce>,
+    /// Once live: the join point of re-protection (`--spares`,
+    /// docs/join.md).
+    join: Option<Arc<JoinCtl>>,
 }
 
 impl BackupIo {
@@ -68,7 +73,14 @@ impl BackupIo {
             shared,
             ft,
             announce,
+            join: None,
         }
+    }
+
+    /// Once live, a new backup may join this one by live clone.
+    pub fn with_join(mut self, ctl: Arc<JoinCtl>) -> Self {
+        self.join = Some(ctl);
+        self
     }
 
     pub fn is_live(&self) -> bool {
@@ -116,6 +128,7 @@ impl BackupIo {
             released,
             req.exit_index,
         )?;
+        live.join = self.join.clone();
         // After take_over's own line, which must be the first sign of
         // going live (it precedes every output).
         self.report_go_live(req.exit_index);
@@ -223,6 +236,18 @@ impl SyncIo for BackupIo {
             Serving::Replay(r, _) => Ok(r.after_sync_exit(exit_index, digester)?),
             Serving::Live(l) => Ok(l.after_sync_exit(exit_index, digester)?),
             Serving::Switching => Ok(()),
+        }
+    }
+
+    fn at_boundary(
+        &mut self,
+        exit_index: u64,
+        mem: &GuestMemoryMmap,
+        vcpu: &dyn VcpuAccess,
+    ) -> Result<(), BackupError> {
+        match &mut self.serving {
+            Serving::Live(l) => Ok(l.at_boundary(exit_index, mem, vcpu)?),
+            _ => Ok(()),
         }
     }
 

@@ -16,6 +16,8 @@
 //! * [`backup_io`]: the backup's sync calls: replay, then live.
 //! * [`channel_source`]: the received log as the replay's input.
 //! * [`replay_buffer`]: the backup's bounded buffer and its backpressure.
+//! * [`join`]: restart redundancy — a new backup joins a running primary
+//!   by live clone.
 //! * [`supervisor`]: the main thread acting on verdicts through the arbiter.
 //! * [`throttle`]: the controller that slows the primary when its backup
 //!   lags ([`lag`] measures the lag).
@@ -27,6 +29,7 @@ pub mod backup_io;
 pub mod channel_source;
 pub mod failure;
 pub mod go_live;
+pub mod join;
 pub mod lag;
 pub mod output_rule;
 pub mod plane;

@@ -3,7 +3,7 @@
 //! paper's §2.3, split brain; `arbiter`) — then the backup goes live, or the
 //! primary continues alone; the loser stops with a clear reason.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lockstep_status::{Role, StatusCounters};
@@ -54,6 +54,30 @@ pub struct Supervisor {
     last_arbiter_error: Option<Instant>,
     /// When the peer was declared dead and when the arbiter answered.
     pub failover: Option<(Instant, Instant)>,
+    /// A join's new pair run, taken at the next poll (docs/join.md).
+    rebind: Rebind,
+}
+
+/// How a primary's join hands the supervisor its new pair run: the epoch
+/// it began for the joined backup and that run's shared state. From the
+/// next poll the supervisor watches that backup.
+#[derive(Clone, Default)]
+pub struct Rebind(Arc<Mutex<Option<PairRun>>>);
+
+/// A pair run: its epoch and its shared state.
+type PairRun = (u64, Arc<FtShared>);
+
+impl Rebind {
+    pub fn to(&self, epoch: u64, ft: Arc<FtShared>) {
+        if let Ok(mut r) = self.0.lock() {
+            *r = Some((epoch, ft.clone()));
+        }
+        ft.wake_main();
+    }
+
+    fn take(&self) -> Option<PairRun> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 /// Where the supervisor is.
@@ -84,7 +108,18 @@ impl Supervisor {
             state: State::Watching,
             last_arbiter_error: None,
             failover: None,
+            rebind: Rebind::default(),
         }
+    }
+
+    /// The handle a join uses to rebind this supervisor.
+    pub fn rebinder(&self) -> Rebind {
+        self.rebind.clone()
+    }
+
+    /// The pair run's shared state this supervisor watches now.
+    pub fn ft(&self) -> Arc<FtShared> {
+        self.ft.clone()
     }
 
     fn peer(&self) -> &'static str {
@@ -97,6 +132,15 @@ impl Supervisor {
     /// Looks at what the I/O thread found; called from the main thread's
     /// wait loop (it is unparked when something happens).
     pub fn poll(&mut self, shared: &VmShared) -> Option<StopReason> {
+        if let Some((epoch, ft)) = self.rebind.take() {
+            tracing::info!("watching the backup that joined in epoch {epoch}");
+            self.epoch = epoch;
+            self.ft = ft;
+            self.state = State::Watching;
+            self.failover = None;
+            // A backup gone live that a new backup joined is its primary.
+            self.side = Side::Primary;
+        }
         match self.state {
             State::Done => None,
             State::Won => {
@@ -138,6 +182,9 @@ impl Supervisor {
                             self.epoch
                         );
                         self.ft.set(&self.ft.alone);
+                        if let Ok(mut b) = shared.status.join.alone_because.lock() {
+                            *b = None;
+                        }
                         shared.stop_logging();
                         self.state = State::Done;
                     }

@@ -132,6 +132,19 @@ impl<T> OutputGate<T> {
         self.clear()
     }
 
+    /// A primary that ran alone takes a backup again (a live clone's join
+    /// point, docs/join.md): outputs tagged from here on wait for releases
+    /// again. Everything tagged before was released when the primary went
+    /// alone. False, and nothing changes, on a revoked gate: a side that
+    /// lost never serves again.
+    pub fn rearm(&mut self) -> bool {
+        if self.revoked {
+            return false;
+        }
+        self.released = 0;
+        true
+    }
+
     /// Whether [`Self::revoke`] was called.
     pub fn revoked(&self) -> bool {
         self.revoked

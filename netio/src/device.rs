@@ -181,6 +181,12 @@ impl NetDevice {
         self.rx.is_some()
     }
 
+    /// The active queues' states (RX, TX), for a live clone
+    /// (docs/join.md).
+    pub fn queue_states(&self) -> Option<[virtio_queue::QueueState; 2]> {
+        Some([self.rx.as_ref()?.state(), self.tx.as_ref()?.state()])
+    }
+
     /// Counters.
     pub fn stats(&self) -> &NetStats {
         &self.stats

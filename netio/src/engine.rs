@@ -165,6 +165,11 @@ impl TapEngine {
         self.pump(sq);
     }
 
+    /// Frames wait for releases again (`OutputGate::rearm`).
+    pub fn rearm_gate(&mut self) -> bool {
+        self.gate.rearm()
+    }
+
     /// A side that lost: every frame held or waiting is dropped, and every
     /// later one too, for good.
     pub fn revoke(&mut self) {

@@ -23,16 +23,20 @@ use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
 use lockstep_status::Role;
 use lockstep_vmm::dataplane::io_thread::{self, IoChannels, TAG_DISK, TAG_TAP};
+use lockstep_vmm::dataplane::join_point::JoinCtl;
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::replay::cursor::{LogCursor, Logged};
+use lockstep_vmm::replay::recorder::DigestPolicy;
 use lockstep_vmm::replay::replayer::{ReplayIo, ReplayStop};
 use lockstep_vmm::spec::GuestSpec;
 
 use crate::cli::BackupArgs;
-use crate::commands::app;
 use crate::commands::drive::{Served, VmParts, drain, drive};
 use crate::commands::live::report;
-use crate::commands::pair::{claimant, liveness, open_arbiter, resolve, security};
+use crate::commands::live::{JoinEnv, KEEPALIVE_EVERY};
+use crate::commands::pair::{claimant, lease, liveness, open_arbiter, resolve, security};
+use crate::commands::rejoin;
+use crate::commands::{app, join};
 use crate::exit_status::ExitStatus;
 use crate::launch;
 
@@ -147,10 +151,25 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let Attached {
         stream,
         peer,
-        session,
+        mut session,
         attach,
     } = attached;
     tracing::info!("primary attached from {peer}");
+    let image = DiskImage::open(&args.disk, DiskOpenOptions::default())
+        .with_context(|| format!("opening the shared disk {}", args.disk.display()))?;
+    let disk_sectors = image.capacity_sectors();
+    // A running primary joins this backup by live clone: its state comes
+    // first, on the same connection, before the log.
+    let joined = match join::is_join(&attach) {
+        true => Some(join::receive(
+            &stream,
+            session.records.as_mut(),
+            &attach,
+            &kernel,
+            disk_sectors,
+        )?),
+        false => None,
+    };
     let hb_port = args.ft.heartbeat_port.unwrap_or(listen.port());
     let udp = UdpSocket::bind((listen.ip(), hb_port))
         .with_context(|| format!("binding the heartbeat port {}:{hb_port}", listen.ip()))?;
@@ -181,9 +200,6 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         shared.clone(),
         chunk_tx,
     ));
-    let image = DiskImage::open(&args.disk, DiskOpenOptions::default())
-        .with_context(|| format!("opening the shared disk {}", args.disk.display()))?;
-    let disk_sectors = image.capacity_sectors();
     let mut disk = DiskEngine::new(image, TAG_DISK);
     disk.set_drop_outputs(true);
     let tap = match tap {
@@ -224,14 +240,17 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     if header != attach.header {
         bail!("the primary's stream header is not the one it attached with");
     }
-    let spec = match cursor.pop_boot() {
-        Some(Logged::Boot(config)) if config == attach.boot => {
+    let spec = match (&joined, cursor.pop_boot()) {
+        // A joined stream starts at the join point: no boot entry.
+        (Some(j), None) => j.spec.clone(),
+        (Some(_), Some(_)) => bail!("a joining primary's stream starts with a boot entry"),
+        (None, Some(Logged::Boot(config))) if config == attach.boot => {
             GuestSpec::decode(&config).context("reading the boot entry")?
         }
-        Some(Logged::Boot(_)) => {
+        (None, Some(Logged::Boot(_))) => {
             bail!("the primary's boot entry is not the configuration it attached with")
         }
-        _ => bail!("the primary's stream does not start with a boot entry"),
+        (None, _) => bail!("the primary's stream does not start with a boot entry"),
     };
     if spec.disk_sectors != disk_sectors {
         bail!(
@@ -241,20 +260,58 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         );
     }
     app::check_backup(&args.app, &spec)?;
-    let vm = spec.build_vm(&kernel).context("building the VM")?;
+    let (vm, devices, exit_index) = match joined {
+        Some(j) => (j.vm, j.devices, j.state.exit_index),
+        None => (
+            spec.build_vm(&kernel).context("building the VM")?,
+            spec.devices(),
+            0,
+        ),
+    };
     let announce = match (spec.mac, spec.guest_ip()) {
         (Some(mac), Some(ip)) => Some(Announce { mac, ip }),
         _ => None,
     };
-    let replay = ReplayIo::new(spec.devices(), cursor, None);
-    let backup_io = BackupIo::new(replay, shared.clone(), ft.clone(), io, announce);
+    let replay = ReplayIo::new(devices, cursor, None);
+    let mut backup_io = BackupIo::new(replay, shared.clone(), ft.clone(), io, announce);
     let mut supervisor = Supervisor::new(Side::Backup, arbiter, header.epoch, who, ft.clone());
+    let (vm_fd, mut parts) = VmParts::split(vm, vcpu_cpu);
+    // The VM's fd stays open for the run (a join reads its dirty log).
+    let vm_fd = Arc::new(vm_fd);
+    // Re-protection once live (`--spares`): as a primary's.
+    let join = rejoin::start(
+        &args.spares,
+        &args.ft,
+        "backup",
+        live,
+        Duration::from_millis(u64::from(lease(&args.ft, KEEPALIVE_EVERY)?)),
+        rejoin::log_config(16, live),
+        DigestPolicy::default(),
+        hb_port,
+        // No throttle on a backup gone live: its guest has no pacer.
+        None,
+    )?;
+    if let Some(start) = join {
+        let ctl = Arc::new(JoinCtl::default());
+        backup_io = backup_io.with_join(ctl.clone());
+        start(JoinEnv {
+            vm: vm_fd.clone(),
+            mem: parts.mem.clone(),
+            ctl,
+            shared: shared.clone(),
+            spec: spec.clone(),
+            kernel: kernel.clone(),
+            main_thread: std::thread::current(),
+            rebind: Some(supervisor.rebinder()),
+            current: Some(ft.clone()),
+        })?;
+    }
     tracing::info!(
         "backup {name}: following the primary (epoch {}, {} MiB guest)",
         header.epoch,
         spec.mem_size >> 20
     );
-    let (_vm_fd, parts) = VmParts::split(vm, vcpu_cpu);
+    parts.exit_index = exit_index;
     let mut run = drive(
         parts,
         console,

@@ -36,6 +36,9 @@ pub struct VmParts {
     pub vcpu: VcpuFd,
     pub mem: GuestMemoryMmap,
     pub cpu: Option<usize>,
+    /// The exit index the run continues from: 0 from boot, the join point
+    /// for a backup that joined by live clone (docs/join.md).
+    pub exit_index: u64,
 }
 
 impl VmParts {
@@ -43,7 +46,15 @@ impl VmParts {
     /// is returned to the caller, who keeps it open until the run is over.
     pub fn split(vm: Vm, cpu: Option<usize>) -> (VmFd, VmParts) {
         let Vm { fd, vcpu, mem, .. } = vm;
-        (fd, VmParts { vcpu, mem, cpu })
+        (
+            fd,
+            VmParts {
+                vcpu,
+                mem,
+                cpu,
+                exit_index: 0,
+            },
+        )
     }
 }
 
@@ -85,13 +96,19 @@ pub fn drive<S: Served>(
 ) -> anyhow::Result<Driven<S>> {
     let started = Instant::now();
     let vcpu_shared = shared.clone();
-    let VmParts { mut vcpu, mem, cpu } = vm;
+    let VmParts {
+        mut vcpu,
+        mem,
+        cpu,
+        exit_index,
+    } = vm;
     let handle = std::thread::Builder::new()
         .name("vcpu".into())
         .spawn(move || {
             lockstep_vmm::cpu::pin_current_thread(cpu);
             let _ = vcpu_shared.vcpu_thread.set(std::thread::current());
             let mut machine = Machine::new(mem, console, io);
+            machine.exit_index = exit_index;
             let end =
                 vcpu::run(&mut vcpu, &mut machine, &mut ForceCheck(vcpu_shared)).and_then(|end| {
                     machine.finish(&end_kind(&end.stop), &vcpu)?;

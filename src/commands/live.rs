@@ -5,12 +5,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
 use lockstep_ft::shared::FtShared;
-use lockstep_ft::supervisor::Supervisor;
+use lockstep_ft::supervisor::{Rebind, Supervisor};
 use lockstep_status::Role;
 use lockstep_vmm::dataplane::io_thread::{IoChannels, ToIo};
+use lockstep_vmm::dataplane::join_point::JoinCtl;
 use lockstep_vmm::dataplane::live::LiveIo;
 use lockstep_vmm::dataplane::pace::Pacer;
+use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::machine::SyncIo;
 use lockstep_vmm::spec::GuestSpec;
 
@@ -41,7 +46,27 @@ pub struct LiveOptions {
     pub role: Role,
     /// Paces the guest after each sync exit (an FT primary's throttle).
     pub pacer: Option<Box<dyn Pacer>>,
+    /// Starts re-protection by live clone (docs/join.md), once the VM is
+    /// built: the joins run on a thread of their own.
+    pub join: Option<Box<StartJoin>>,
 }
+
+/// What a join needs of the running VM.
+pub struct JoinEnv {
+    pub vm: Arc<VmFd>,
+    pub mem: GuestMemoryMmap,
+    pub ctl: Arc<JoinCtl>,
+    pub shared: Arc<VmShared>,
+    pub spec: GuestSpec,
+    pub kernel: Vec<u8>,
+    pub main_thread: std::thread::Thread,
+    /// The supervisor's handle, and the pair run it watches now.
+    pub rebind: Option<Rebind>,
+    pub current: Option<Arc<FtShared>>,
+}
+
+/// Starts the join thread.
+pub type StartJoin = dyn FnOnce(JoinEnv) -> anyhow::Result<()> + Send;
 
 pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> {
     let signals = launch::block_stop_signals()?;
@@ -49,8 +74,8 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
         recorder,
         target,
         spec,
-        kernel: _kernel,
-        vm_fd: _vm_fd,
+        kernel,
+        vm_fd,
         vcpu,
         mem,
         shared,
@@ -69,6 +94,12 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
     let console = launch::console_for(args.console.as_deref())?;
     announce(args, &spec, disk_direct);
     shared.status.set_role(opts.role);
+    if opts.role == Role::PrimaryAlone
+        && let Ok(mut b) = shared.status.join.alone_because.lock()
+    {
+        // A primary started without a backup (`--spares` only).
+        *b = Some("no backup yet".into());
+    }
     let _status = launch::serve_status(&args.monitor, &shared.status)?;
     let mut io = io;
     // Tell the LAN where the guest is now: a VM that starts on another host
@@ -83,10 +114,28 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
     live.recorder = recorder;
     live.stream_log = ft.is_some().then_some(KEEPALIVE_EVERY);
     live.pacer = opts.pacer;
+    // The VM's fd stays open for the run; a join reads its dirty log.
+    let vm_fd = Arc::new(vm_fd);
+    if let Some(start) = opts.join {
+        let ctl = Arc::new(JoinCtl::default());
+        live.join = Some(ctl.clone());
+        start(JoinEnv {
+            vm: vm_fd.clone(),
+            mem: mem.clone(),
+            ctl,
+            shared: shared.clone(),
+            spec: spec.clone(),
+            kernel,
+            main_thread: std::thread::current(),
+            rebind: supervisor.as_ref().map(|s| s.rebinder()),
+            current: ft.clone(),
+        })?;
+    }
     let vm = VmParts {
         vcpu,
         mem,
         cpu: vcpu_cpu,
+        exit_index: 0,
     };
     let mut run = drive(
         vm,

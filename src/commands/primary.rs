@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use logchan::StreamHeader;
 use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
 use logchan::secure::{AttachRequest, Security, Session, initiate};
-use logchan::{LogConfig, StreamHeader};
 
 use lockstep_ft::lag::{LagControl, LagShared, ThrottlePacer};
 use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
@@ -23,6 +23,7 @@ use crate::cli::PrimaryArgs;
 use crate::commands::boot::{LogSetup, LogTarget};
 use crate::commands::live::{KEEPALIVE_EVERY, LiveOptions, run_live};
 use crate::commands::pair::{claimant, lease, liveness, open_arbiter, resolve, security};
+use crate::commands::rejoin;
 use crate::exit_status::ExitStatus;
 
 /// How long one opening (handshake, attach, verdict) may take.
@@ -76,7 +77,17 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let live = liveness(&args.ft)?;
     let lease_ms = lease(&args.ft, KEEPALIVE_EVERY)?;
     let arbiter = open_arbiter(&args.ft)?;
-    let backup = resolve("--backup", &args.backup)?;
+    // Without --backup (only --spares): the VM starts alone and is
+    // protected once a spare joins it.
+    let first_spare = match args.spares.first() {
+        Some(s) => Some(resolve("--spares", s)?),
+        None => None,
+    };
+    let (backup, starts_alone) = match (&args.backup, first_spare) {
+        (Some(b), _) => (resolve("--backup", b)?, false),
+        (None, Some(spare)) => (spare, true),
+        (None, None) => bail!("a primary needs --backup, or --spares to start alone"),
+    };
     let security = security(&args.ft, "primary")?;
     let epoch = arbiter.begin_next(&who).with_context(|| {
         format!(
@@ -92,13 +103,36 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
         .ft
         .heartbeat_peer
         .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
-    let plane_ft = ft.clone();
+    // The I/O thread sends what the vCPU thread publishes; the vCPU wakes
+    // it (it does that for outputs anyway), not the log buffers. 16 MiB of
+    // log buffers by default: room for bursts, and quick to register
+    // (registration pins every page). A full set stalls the vCPU until the
+    // backup catches up or is failed (the ack timeout); a failed backup's
+    // log is discarded, so the stall ends there.
+    let config = rejoin::log_config(usize::from(args.log_buffer_mib), live);
     // The lag the acks show, measured from the guest's sync points, and
-    // the throttle that holds the guest when it grows (docs/throttling.md).
+    // the throttle that holds the guest when it grows (docs/throttling.md);
+    // a joined backup's plane measures and brakes with the same.
     let lag = Arc::new(LagShared::default());
     let pacer = ThrottlePacer::new(lag.clone());
     let lag_target =
         (args.lag_target_ms > 0).then(|| Duration::from_millis(u64::from(args.lag_target_ms)));
+    let join = rejoin::start(
+        &args.spares,
+        &args.ft,
+        "primary",
+        live,
+        Duration::from_millis(u64::from(lease_ms)),
+        config.clone(),
+        policy,
+        hb_port,
+        Some((lag.clone(), lag_target)),
+    )?;
+    if starts_alone {
+        // Alone from the start: re-protection begins at once.
+        ft.set(&ft.alone);
+    }
+    let plane_ft = ft.clone();
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, who, ft.clone());
     let log = Box::new(
         move |spec: &GuestSpec, kernel: &[u8], shared: &Arc<VmShared>| {
@@ -136,20 +170,6 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
                 .status
                 .channel
                 .set(security.mode().name().to_string());
-            // The I/O thread sends what the vCPU thread publishes; the vCPU
-            // wakes it (it does that for outputs anyway), not the log buffers.
-            // 16 MiB of log buffers by default: room for bursts, and quick
-            // to register (registration pins every page). A full set stalls
-            // the vCPU until the backup catches up or is failed (the ack
-            // timeout); a failed backup's log is discarded, so the stall
-            // ends there.
-            let mut config = LogConfig {
-                wake_consumer: false,
-                ..LogConfig::new(usize::from(args.log_buffer_mib), 1 << 20)
-            };
-            config.stall_timeout = config
-                .stall_timeout
-                .max(4 * (live.ack_timeout + live.timeout));
             let (producer, consumer) =
                 logchan::log_buffers_with(&config).context("allocating log buffers")?;
             let sender =
@@ -195,10 +215,15 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     run_live(
         &args.vm,
         LiveOptions {
-            log: Some(log),
+            log: (!starts_alone).then_some(log),
             ft: Some((ft, supervisor)),
-            role: lockstep_status::Role::Primary,
             pacer: Some(Box::new(pacer)),
+            join,
+            role: if starts_alone {
+                lockstep_status::Role::PrimaryAlone
+            } else {
+                lockstep_status::Role::Primary
+            },
         },
     )
 }

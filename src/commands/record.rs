@@ -50,6 +50,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
             })
         })),
         ft: None,
+        join: None,
         role: lockstep_status::Role::Recording,
         pacer: None,
     };

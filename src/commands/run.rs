@@ -10,6 +10,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
         LiveOptions {
             log: None,
             ft: None,
+            join: None,
             role: lockstep_status::Role::Standalone,
             pacer: None,
         },

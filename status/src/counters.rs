@@ -178,6 +178,8 @@ pub struct StatusCounters {
     /// A backup that went live: how long after the primary's last sign of
     /// life (ms; `u64::MAX`: it has not).
     pub went_live_after_ms: AtomicU64,
+    /// A primary's live clone into a new backup (docs/join.md).
+    pub join: crate::protection::JoinProgress,
 }
 
 impl Default for StatusCounters {
@@ -228,6 +230,7 @@ impl Default for StatusCounters {
             replay_buffer_max_bytes: AtomicU64::new(0),
             replay_buffer_pauses: AtomicU64::new(0),
             went_live_after_ms: AtomicU64::new(NEVER),
+            join: Default::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod counters;
 pub mod http;
 pub mod metrics;
+pub mod protection;
 pub mod rate;
 pub mod sanitize;
 pub mod server;

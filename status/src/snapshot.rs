@@ -131,6 +131,13 @@ pub struct StatusSnapshot {
     /// life (ms); absent if it has not.
     #[serde(default)]
     pub went_live_after_ms: Option<u64>,
+    /// `protected`, `need-backup (reason)`, `starting (join progress)`,
+    /// `not protected (reason)` (docs/join.md).
+    #[serde(default)]
+    pub protection: String,
+    /// Backups that joined this primary by live clone.
+    #[serde(default)]
+    pub joins: u64,
 }
 
 impl StatusSnapshot {
@@ -219,6 +226,8 @@ impl StatusSnapshot {
             replay_buffer_max_bytes: get(&c.replay_buffer_max_bytes),
             replay_buffer_pauses: get(&c.replay_buffer_pauses),
             went_live_after_ms: c.went_live_after(),
+            protection: c.join.describe(role),
+            joins: get(&c.join.joins),
         }
     }
 

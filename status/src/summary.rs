@@ -25,6 +25,9 @@ pub fn render(s: &StatusSnapshot) -> String {
         s.epoch,
         duration(s.uptime_ms)
     );
+    if !s.protection.is_empty() {
+        let _ = writeln!(o, "  protection {}", for_terminal(&s.protection));
+    }
     let peer = for_terminal(s.peer.as_deref().unwrap_or("-"));
     let heard = match s.peer_silent_ms {
         Some(ms) => format!("heard {} ago", duration_fine(ms)),

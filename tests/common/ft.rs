@@ -95,7 +95,7 @@ impl FtPair {
         self.dir.path().join("pair.key")
     }
 
-    fn ft_args(&self, name: &str) -> Vec<String> {
+    pub fn ft_args(&self, name: &str) -> Vec<String> {
         let mut args = vec![
             "--arbiter".into(),
             self.arbiter(),

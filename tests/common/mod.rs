@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod etcd;
 pub mod ft;
 pub mod hog;
+pub mod join;
 pub mod split;
 pub mod watch;
 #[allow(unused_imports)]

@@ -16,6 +16,7 @@
 //! `blkio` and `netio` both use this crate, so the guest-facing parser
 //! exists, and is fuzzed, once.
 
+pub mod host_writes;
 use std::num::Wrapping;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -335,7 +336,10 @@ pub fn write_to_segments<M: GuestMemory + ?Sized>(
     data: &[u8],
 ) -> bool {
     for_each_piece(segs, offset, data.len(), |addr, r| {
-        mem.write_slice(&data[r], addr).is_ok()
+        let len = r.len();
+        let ok = mem.write_slice(&data[r], addr).is_ok();
+        host_writes::note(addr.0, len);
+        ok
     })
 }
 

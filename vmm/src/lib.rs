@@ -11,6 +11,8 @@
 //!   check and the disk's app area.
 //! * [`devices`]: the console, the sync call's clock, virtio-mmio around
 //!   `blkio`/`netio`.
+//! * [`snapshot`]: live clone — the vCPU, device and memory state a
+//!   joining backup continues from, its wire format, dirty-page pre-copy.
 //! * [`machine`]: the per-exit dispatch, the exit index (the replayable
 //!   instruction point), the sync call's interface and state digests.
 //! * [`vcpu`]: the `KVM_RUN` loop that feeds exits to the machine.
@@ -25,6 +27,7 @@ pub mod devices;
 pub mod kvm;
 pub mod machine;
 pub mod replay;
+pub mod snapshot;
 pub mod spec;
 pub mod vcpu;
 

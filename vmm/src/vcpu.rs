@@ -127,7 +127,12 @@ fn run_loop<S: SyncIo>(
         };
         match flow {
             Flow::Continue => {
+                let sync = machine.last_exit_was_sync();
                 machine.after_exit(vcpu)?;
+                // The end of a sync exit: where a live clone may be taken.
+                if sync {
+                    machine.at_boundary(vcpu)?;
+                }
                 machine.stats.vmm_ns += exited.elapsed().as_nanos() as u64;
             }
             Flow::Stop(stop) => {

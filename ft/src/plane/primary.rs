@@ -34,8 +34,10 @@ pub struct PrimaryPlane {
     discarding: bool,
     /// The gates were revoked (this side lost).
     revoked: bool,
-    /// The backup's replay position, from its latest ack.
-    replayed_exit: u64,
+    /// The backup's replay position, from its latest ack (`None` before
+    /// the first: a backup that joined mid-run starts far from exit 0, and
+    /// the lag is not known until it says where it is).
+    replayed_exit: Option<u64>,
     /// The lag and the throttle (`None`: neither, as in unit tests).
     lag: Option<LagControl>,
 }
@@ -60,7 +62,7 @@ impl PrimaryPlane {
             lease_applied: None,
             discarding: false,
             revoked: false,
-            replayed_exit: 0,
+            replayed_exit: None,
             lag: None,
         }
     }
@@ -118,7 +120,10 @@ impl PrimaryPlane {
                 StatusCounters::set(&self.status.acked_seq, acked_seq);
                 StatusCounters::set(&self.status.replayed_seq, replayed_seq);
                 StatusCounters::set(&self.status.replayed_exit, replayed_exit);
-                self.replayed_exit = self.replayed_exit.max(replayed_exit);
+                self.replayed_exit = Some(
+                    self.replayed_exit
+                        .map_or(replayed_exit, |r| r.max(replayed_exit)),
+                );
                 let effect = self.rule.on_ack(acked_seq, sent_at, now);
                 if effect.released.is_some() {
                     self.monitor.progress(now);
@@ -211,8 +216,8 @@ impl IoPlane for PrimaryPlane {
             && !self.revoked
             && !FtShared::flag(&self.ft.peer_dead)
             && !FtShared::flag(&self.ft.alone);
-        if let Some(lag) = self.lag.as_mut() {
-            lag.tick(now, self.replayed_exit, braking);
+        if let (Some(lag), Some(replayed)) = (self.lag.as_mut(), self.replayed_exit) {
+            lag.tick(now, replayed, braking);
         }
         if let Some(stall) = self.monitor.look(now) {
             tracing::warn!(

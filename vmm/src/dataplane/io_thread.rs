@@ -34,6 +34,9 @@ const RING_ENTRIES: u32 = 256;
 const CHANNEL_DEPTH: usize = 4096;
 /// How long the I/O thread polls with nothing to do before it sleeps.
 const IDLE_SPIN: Duration = Duration::from_micros(30);
+/// How long a retired plane's last operations may take (its sockets are
+/// shut down, so they end at once; a heartbeat timer within its period).
+pub const RETIRE_GRACE: Duration = Duration::from_millis(300);
 /// How long a stopping primary waits for its last log entries to leave.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -48,6 +51,13 @@ pub enum ToIo {
     Drain,
     /// A backup goes live: deliver received frames, let outputs out.
     GoLive,
+    /// A live clone begins (docs/join.md): the plane of a primary that
+    /// runs alone shuts its connections; its operations finish within
+    /// [`RETIRE_GRACE`], then it is dropped, freeing its sockets.
+    RetirePlane,
+    /// A live clone's join point: the I/O thread takes this FT plane from
+    /// here on, and the engines' gates hold outputs again.
+    Plane(Box<dyn IoPlane>),
 }
 
 /// I/O thread → vCPU thread.
@@ -246,6 +256,8 @@ impl IoThread {
             unsafe { sq.push(&read).is_ok() }
         };
         let mut wake_armed = arm_wake(&mut sq, wake_buf);
+        // A plane retired for a live clone, until its operations are done.
+        let mut retiring: Option<(Box<dyn IoPlane>, Instant)> = None;
         let mut draining: Option<Instant> = None;
         let mut idle_since: Option<Instant> = None;
         // The tag an output waits under at its engine's gate: the output
@@ -282,6 +294,41 @@ impl IoThread {
                     }
                     ToIo::Drain => {
                         draining.get_or_insert_with(Instant::now);
+                    }
+                    ToIo::RetirePlane => {
+                        if let Some(mut old) = plane.take() {
+                            old.shutdown();
+                            retiring = Some((old, Instant::now()));
+                        }
+                    }
+                    ToIo::Plane(mut new) => {
+                        // The old plane's CQEs carry the same tags: it is
+                        // gone before the new one takes any.
+                        if let Some((old, since)) = retiring.take() {
+                            if since.elapsed() < RETIRE_GRACE {
+                                tracing::warn!("a retired plane dropped before its grace ended");
+                            }
+                            drop(old);
+                            release_buffer_table(&submitter);
+                        }
+                        match new.attach(&submitter) {
+                            Ok(mode) => {
+                                tracing::info!("{mode}");
+                                let disk_armed = disk.as_mut().is_none_or(|d| d.rearm_gate());
+                                let tap_armed = tap.as_mut().is_none_or(|t| t.rearm_gate());
+                                if !(disk_armed && tap_armed) {
+                                    tracing::error!("a revoked side cannot take a backup");
+                                }
+                                if output_fence.is_none()
+                                    && let Some(lag) = new.fence_lag()
+                                {
+                                    output_fence =
+                                        Some(start_fence(&submitter, &mut sq, disk, tap, lag)?);
+                                }
+                                *plane = Some(new);
+                            }
+                            Err(e) => tracing::error!("the joined backup's channel: {e}"),
+                        }
                     }
                     ToIo::GoLive => {
                         // At once, in order: the frames queued behind it (the
@@ -360,9 +407,19 @@ impl IoThread {
                     }
                     tag => match plane.as_mut().filter(|p| p.owns(tag)) {
                         Some(plane) => plane.on_cqe(&cqe, &mut sq, &mut dataplane!()),
-                        None => tracing::warn!("completion with unknown tag {tag:#x}"),
+                        None => match retiring.as_mut().filter(|(p, _)| p.owns(tag)) {
+                            Some((old, _)) => old.on_cqe(&cqe, &mut sq, &mut dataplane!()),
+                            None => tracing::warn!("completion with unknown tag {tag:#x}"),
+                        },
                     },
                 }
+            }
+            if retiring
+                .as_ref()
+                .is_some_and(|(_, since)| since.elapsed() >= RETIRE_GRACE)
+            {
+                retiring = None;
+                release_buffer_table(&submitter);
             }
             delivered |= tx.flush();
             if delivered {
@@ -431,6 +488,15 @@ impl IoThread {
             idle_since = None;
         }
     }
+}
+
+/// A retired plane is gone: the ring's buffer table (its log buffers, if
+/// it registered them; no other engine of this ring registers any) is
+/// released for the next plane. Its buffers' memory was leaked by the
+/// plane's drop, so the kernel's references never point at freed memory.
+fn release_buffer_table(submitter: &io_uring::Submitter<'_>) {
+    // ENXIO: there was no table.
+    let _ = submitter.unregister_buffers();
 }
 
 /// Registers the ring's fixed-file slots for the descriptors outputs leave

@@ -20,7 +20,10 @@ use crate::devices::virtio::{Devices, Outputs};
 use crate::machine::{Digester, RunEndKind, SyncIo, SyncOutcome, SyncRequest};
 use crate::replay::recorder::Recorder;
 
+use crate::snapshot::vcpu::VcpuAccess;
+
 use super::io_thread::{FromIo, IoChannels, ToIo};
+use super::join_point::JoinCtl;
 use super::pace::{Pacer, SyncPoint};
 use super::shared::{VmShared, wait_until};
 
@@ -29,6 +32,9 @@ const WAIT_SPIN: Duration = Duration::from_micros(20);
 /// Frames kept for a guest that has no RX buffer posted; beyond this the
 /// oldest are dropped, as a NIC drops when its ring is full.
 const RX_BACKLOG_MAX: usize = 4096;
+/// How long a sync exit waits for in-flight disk requests when a live
+/// clone wants a join point (a clone carries none in flight).
+const QUIESCE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a live sync call cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +72,8 @@ pub struct LiveIo {
     /// rest, less the log's full-buffer stalls.
     started: Instant,
     not_running_ns: u64,
+    /// A live clone in progress (docs/join.md): its join point.
+    pub join: Option<Arc<JoinCtl>>,
 }
 
 impl LiveIo {
@@ -84,6 +92,7 @@ impl LiveIo {
             pacer: None,
             started: Instant::now(),
             not_running_ns: 0,
+            join: None,
         }
     }
 
@@ -231,6 +240,22 @@ impl LiveIo {
         self.not_running_ns = self.not_running_ns.saturating_add(held);
     }
 
+    /// A live clone wants a join point: waits (bounded) until no disk
+    /// request is in flight, applying completions as they come.
+    fn quiesce_disk(&mut self, mem: &GuestMemoryMmap, exit_index: u64) -> Result<u32, LiveError> {
+        let in_flight = |d: &Devices| d.blk.as_ref().map_or(0, |b| b.device.in_flight());
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        let mut events = 0;
+        while in_flight(&self.devices) > 0 && Instant::now() < deadline {
+            let from_io = self.io.as_ref().map(|io| &io.from_io);
+            wait_until(deadline, WAIT_SPIN, || {
+                from_io.is_some_and(|c| !c.is_empty())
+            });
+            events |= self.apply_inputs(mem, exit_index)?;
+        }
+        Ok(events)
+    }
+
     fn input_ready(&self) -> bool {
         self.io.as_ref().is_some_and(|io| !io.from_io.is_empty())
     }
@@ -247,6 +272,17 @@ impl SyncIo for LiveIo {
         let had_outputs = !self.outputs.frames.is_empty() || !self.outputs.requests.is_empty();
         self.send_outputs(req.exit_index)?;
         events |= self.apply_inputs(mem, req.exit_index)?;
+        if let Some(join) = self.join.as_ref() {
+            if join.take_retire()
+                && let Some(io) = self.io.as_mut()
+            {
+                io.send(ToIo::RetirePlane);
+                io.waker.wake();
+            }
+            if join.due() {
+                events |= self.quiesce_disk(mem, req.exit_index)?;
+            }
+        }
         let mut waited_ns = 0;
         if req.wait() && events == 0 && !self.shared.stop_requested() {
             let started = Instant::now();
@@ -266,9 +302,11 @@ impl SyncIo for LiveIo {
                 };
                 let shared = self.shared.clone();
                 let from_io = self.io.as_ref().map(|io| &io.from_io);
+                let join = self.join.clone();
                 let ready = wait_until(until, WAIT_SPIN, || {
                     shared.stop_requested()
                         || shared.forced()
+                        || join.as_ref().is_some_and(|j| j.due())
                         || from_io.is_some_and(|c| !c.is_empty())
                 });
                 if ready || Instant::now() >= host_deadline || keepalive.is_none() {
@@ -337,6 +375,44 @@ impl SyncIo for LiveIo {
             }
             None => Ok(()),
         }
+    }
+
+    fn at_boundary(
+        &mut self,
+        exit_index: u64,
+        _mem: &GuestMemoryMmap,
+        vcpu: &dyn VcpuAccess,
+    ) -> Result<(), LiveError> {
+        let Some(join) = self.join.as_ref() else {
+            return Ok(());
+        };
+        let (hash, next_seq) = self
+            .recorder
+            .as_ref()
+            .map_or((0, 1), |r| (r.output_hash(), r.seq() + 1));
+        let Some(switch) = join.at_boundary(exit_index, vcpu, &self.devices, hash, next_seq) else {
+            return Ok(());
+        };
+        if switch.keepalive.is_some() {
+            self.stream_log = switch.keepalive;
+        }
+        // In the vCPU thread's order: every output after this point
+        // reaches the I/O thread behind its new plane.
+        if let Some(plane) = switch.plane {
+            let io = self.io.as_mut().ok_or(LiveError::IoThreadGone)?;
+            if !io.send(ToIo::Plane(plane)) {
+                return Err(LiveError::IoThreadGone);
+            }
+            io.waker.wake();
+        }
+        if let Some(recorder) = switch.recorder {
+            // A primary that ran alone logs again, from the join point.
+            self.shared
+                .stop_log
+                .store(false, std::sync::atomic::Ordering::Release);
+            self.recorder = Some(recorder);
+        }
+        Ok(())
     }
 
     fn finish(

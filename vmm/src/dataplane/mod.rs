@@ -3,6 +3,7 @@
 //! and the interface through which an FT role joins the I/O thread.
 
 pub mod io_thread;
+pub mod join_point;
 pub mod live;
 pub mod pace;
 pub mod plane;

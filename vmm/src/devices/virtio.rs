@@ -3,7 +3,7 @@
 //! replays all go through these functions in the same order, which is what
 //! makes a replay reach the primary's exact guest memory.
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 
 use blkio::{BlkDevice, Completion, Request};
@@ -44,6 +44,9 @@ impl VirtioDevice for BlkDevice {
     fn reset(&mut self) {
         BlkDevice::reset(self)
     }
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.queue_state().into_iter().collect()
+    }
 }
 
 impl VirtioDevice for NetDevice {
@@ -77,6 +80,11 @@ impl VirtioDevice for NetDevice {
     }
     fn reset(&mut self) {
         NetDevice::reset(self)
+    }
+    fn queue_states(&self) -> Vec<QueueState> {
+        NetDevice::queue_states(self)
+            .map(Vec::from)
+            .unwrap_or_default()
     }
 }
 

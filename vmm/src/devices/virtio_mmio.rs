@@ -4,7 +4,7 @@
 //! Devices never interrupt and ask not to be notified (docs/guest-abi.md):
 //! the guest's sync call is the only point where queues are processed.
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -51,6 +51,36 @@ pub trait VirtioDevice {
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError>;
     fn reset(&mut self);
+    /// The states of the queues an active device runs on, in the order
+    /// `activate` takes them (a live clone; docs/join.md).
+    fn queue_states(&self) -> Vec<QueueState>;
+}
+
+/// A transport's registers and queues, as a live clone carries them
+/// (`snapshot::devices`). When `active`, `queues` are the device's running
+/// queues; otherwise the transport's queues being set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportState {
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub config_generation: u32,
+    pub active: bool,
+    pub bad_accesses: u64,
+    pub queues: Vec<QueueState>,
+}
+
+/// Why a saved transport cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{got} queues saved; the device has {want}")]
+    QueueCount { want: usize, got: usize },
+    #[error("a saved queue is not valid")]
+    Queue(#[source] virtio_queue::Error),
+    #[error("activating the device on the saved queues")]
+    Activate(#[source] ActivateError),
 }
 
 /// One virtio-mmio register window around a device model.
@@ -103,6 +133,65 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         self.driver_features_sel = 0;
         self.queue_sel = 0;
         self.active = false;
+    }
+
+    /// The transport's state (a live clone at an exit boundary).
+    pub fn save(&self) -> TransportState {
+        TransportState {
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            active: self.active,
+            bad_accesses: self.bad_accesses,
+            queues: if self.active {
+                self.device.queue_states()
+            } else {
+                self.queues.iter().map(|q| q.state()).collect()
+            },
+        }
+    }
+
+    /// Puts a fresh transport (the joiner's) in the saved state; an active
+    /// device is activated on the saved queues, which checks every ring
+    /// address against `mem` (already restored) once more.
+    pub fn restore(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        st: &TransportState,
+    ) -> Result<(), RestoreError> {
+        let want = self.device.queue_max_sizes().len();
+        if st.queues.len() != want {
+            return Err(RestoreError::QueueCount {
+                want,
+                got: st.queues.len(),
+            });
+        }
+        let queues = st
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(*q))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RestoreError::Queue)?;
+        self.reset();
+        self.status = st.status;
+        self.device_features_sel = st.device_features_sel;
+        self.driver_features_sel = st.driver_features_sel;
+        self.driver_features = st.driver_features;
+        self.queue_sel = st.queue_sel;
+        self.config_generation = st.config_generation;
+        self.bad_accesses = st.bad_accesses;
+        if st.active {
+            self.device
+                .activate(mem, st.driver_features, queues)
+                .map_err(RestoreError::Activate)?;
+            self.active = true;
+        } else {
+            self.queues = queues;
+        }
+        Ok(())
     }
 
     /// A read of `data.len()` bytes at `offset` into the window.
@@ -289,6 +378,9 @@ mod tests {
         }
         fn reset(&mut self) {
             self.resets += 1;
+        }
+        fn queue_states(&self) -> Vec<QueueState> {
+            Vec::new()
         }
     }
 

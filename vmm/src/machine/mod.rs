@@ -161,6 +161,26 @@ impl<S: SyncIo> Machine<S> {
             })
     }
 
+    /// Whether the exit just handled was a sync call (before
+    /// [`Self::after_exit`], which clears it).
+    pub fn last_exit_was_sync(&self) -> bool {
+        self.last_was_sync
+    }
+
+    /// The end of a sync exit, after [`Self::after_exit`]: a join point
+    /// for a live clone, if the I/O side wants one.
+    pub fn at_boundary(
+        &mut self,
+        vcpu: &dyn crate::snapshot::vcpu::VcpuAccess,
+    ) -> Result<(), MachineError<S::Error>> {
+        self.io
+            .at_boundary(self.exit_index, &self.mem, vcpu)
+            .map_err(|source| MachineError::Sync {
+                exit_index: self.exit_index,
+                source,
+            })
+    }
+
     /// Handles one exit. Guest-caused exits advance the exit index before
     /// anything else happens, so every effect of exit N is tagged N.
     pub fn handle(&mut self, exit: VmExit<'_>) -> Result<Flow, MachineError<S::Error>> {

@@ -8,6 +8,7 @@ use lockstep_guest_abi::{self as abi, SyncBlock};
 
 use super::digest::Digester;
 use crate::devices::GuestError;
+use crate::snapshot::vcpu::VcpuAccess;
 
 /// What the guest asked for in one sync call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +61,17 @@ pub trait SyncIo {
     ) -> Result<(), Self::Error> {
         Ok(())
     }
+    /// At the end of a sync exit, once registers and log are final: the
+    /// machine stands at an exact instruction point, where a live clone
+    /// may be taken (docs/join.md). Nothing happens by default.
+    fn at_boundary(
+        &mut self,
+        _exit_index: u64,
+        _mem: &GuestMemoryMmap,
+        _vcpu: &dyn VcpuAccess,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// The run is over at `exit_index`.
     fn finish(
         &mut self,
@@ -105,7 +117,11 @@ pub fn write_result(
     events: u32,
     now_ns: u64,
 ) -> Result<(), GuestError> {
-    mem.write_slice(&events.to_le_bytes(), GuestAddress(addr + 4))
+    let written = mem
+        .write_slice(&events.to_le_bytes(), GuestAddress(addr + 4))
         .and_then(|_| mem.write_slice(&now_ns.to_le_bytes(), GuestAddress(addr + 16)))
-        .map_err(|_| GuestError::BadSyncBlock(addr))
+        .map_err(|_| GuestError::BadSyncBlock(addr));
+    // A live clone must resend this page (KVM does not see the VMM's writes).
+    virtq::host_writes::note(addr + 4, 20);
+    written
 }

@@ -1,0 +1,398 @@
+//! The primary's side of a join: a primary that runs alone (its backup
+//! lost, or never had one) brings a waiting backup into lockstep by live
+//! clone, and from the join point on the pair runs as if it had booted
+//! together — a new epoch at the arbiter, the output rule, heartbeats,
+//! failure detection (docs/join.md).
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+use lockstep_status::{Role, StatusCounters};
+use lockstep_vmm::dataplane::join_point::{JoinCtl, PauseKit, Resume};
+use lockstep_vmm::dataplane::shared::VmShared;
+use lockstep_vmm::replay::recorder::{DigestPolicy, Recorder};
+use lockstep_vmm::snapshot::memory::PreCopy;
+use lockstep_vmm::snapshot::stream::{self, CopyOptions};
+use lockstep_vmm::snapshot::{Hello, JoinStats, SnapshotError};
+use logchan::channel::{HeartbeatEngine, Role as BeatRole, SenderEngine, SenderOptions};
+use logchan::secure::{AttachRequest, Security, initiate};
+use logchan::{GuestIdentity, LogConfig, StreamHeader};
+
+use crate::arbiter::{Arbiter, Claimant};
+use crate::failure::Liveness;
+use crate::lag::{LagControl, LagShared};
+use crate::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
+use crate::shared::FtShared;
+use crate::supervisor::Rebind;
+
+use super::transport::ChannelSink;
+
+/// How long the opening (connect, handshake, attach verdict) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a send on the join stream may block: a joiner that stops
+/// reading fails the copy instead of holding it (and, at the pause, the
+/// guest) for longer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the copy waits for the guest's next join point.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the heartbeat port may stay taken by the retired plane.
+const BIND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a join did not complete. The primary serves on alone in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("beginning a new epoch at the arbiter")]
+    Arbiter(#[source] crate::arbiter::ArbiterError),
+    #[error("connecting to the new backup at {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the logging channel to {addr}")]
+    Open {
+        addr: SocketAddr,
+        #[source]
+        source: logchan::secure::HandshakeError,
+    },
+    #[error("copying the guest")]
+    Copy(#[source] SnapshotError),
+    #[error("setting up the joined backup's channel: {0}")]
+    Setup(String),
+}
+
+/// What a primary knows for every join of its run.
+pub struct JoinSetup {
+    pub vm: Arc<VmFd>,
+    pub mem: GuestMemoryMmap,
+    pub ctl: Arc<JoinCtl>,
+    pub shared: Arc<VmShared>,
+    pub identity: GuestIdentity,
+    /// The guest configuration (the attach request's `Boot`).
+    pub boot: Vec<u8>,
+    pub security: Security,
+    pub arbiter: Box<dyn Arbiter>,
+    pub who: Claimant,
+    pub live: Liveness,
+    pub lease: Duration,
+    pub log: LogConfig,
+    pub policy: DigestPolicy,
+    pub keepalive: Duration,
+    /// The heartbeat port, on this side and the backup's.
+    pub hb_port: u16,
+    pub rebind: Rebind,
+    /// The main thread, which supervises (woken by the new run's events).
+    pub main_thread: Thread,
+    pub copy: CopyOptions,
+    /// A failed join's run being settled at the arbiter (`settle`): no
+    /// new join begins a later epoch before the supervisor has claimed it.
+    pub settling: std::sync::Mutex<Option<Arc<FtShared>>>,
+    /// The primary's lag samples and throttle target: a joined backup's
+    /// plane measures its lag and brakes the guest with them
+    /// (docs/throttling.md). `None`: measure nothing (a backup gone live,
+    /// whose guest has no pacer).
+    pub lag: Option<(Arc<LagShared>, Option<Duration>)>,
+}
+
+/// A completed join.
+pub struct Joined {
+    pub epoch: u64,
+    pub stats: JoinStats,
+    /// The guest's whole pause at the join point.
+    pub pause: Duration,
+    pub ft: Arc<FtShared>,
+}
+
+/// Binds the heartbeat socket, waiting for the retired plane to free it.
+fn bind_heartbeat(local: std::net::IpAddr, port: u16) -> Result<UdpSocket, JoinError> {
+    let deadline = Instant::now() + BIND_TIMEOUT;
+    loop {
+        match UdpSocket::bind((local, port)) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(JoinError::Setup(format!(
+                    "binding the heartbeat port {local}:{port}: {e}"
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Joins the backup waiting at `addr`: opens the channel (its admission
+/// checks this guest), copies the running guest, and switches the primary
+/// to logging for it at the join point. `lockstep status` follows it.
+pub fn join_backup(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
+    let join = &setup.shared.status.join;
+    join.start(setup.identity.mem_size / lockstep_vmm::snapshot::memory::PAGE as u64);
+    let result = try_join(setup, addr);
+    join.end(result.as_ref().err().map(|e| chain(e)));
+    result
+}
+
+/// An error with its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut why = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        why.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    why
+}
+
+fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
+    let status = &setup.shared.status;
+    let epoch = setup
+        .arbiter
+        .begin_next(&setup.who)
+        .map_err(JoinError::Arbiter)?;
+    // The new log goes on where the last one stopped; a stream whose
+    // first seq is above 1 tells the backup a join stream comes first.
+    let first_seq = status
+        .log_seq
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_add(1)
+        .max(2);
+    let mut header = StreamHeader::new(
+        setup.identity,
+        logchan::header::flags::READ_DATA_LOGGED,
+        epoch,
+    )
+    .with_lease_ms(u32::try_from(setup.lease.as_millis()).unwrap_or(u32::MAX));
+    header.first_seq = first_seq;
+    let attach = AttachRequest {
+        header,
+        boot: setup.boot.clone(),
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, OPEN_TIMEOUT)
+        .map_err(|source| JoinError::Connect { addr, source })?;
+    let mut session = initiate(
+        &mut stream,
+        &setup.security,
+        &attach,
+        Instant::now() + OPEN_TIMEOUT,
+    )
+    .map_err(|source| JoinError::Open { addr, source })?;
+    tracing::info!("joining the backup at {addr} (epoch {epoch}, log from seq {first_seq})");
+    let wake = || setup.shared.wake_vcpu();
+    // The lone primary's plane lets go of its sockets now.
+    setup.ctl.begin(wake);
+    let local = stream
+        .local_addr()
+        .map_err(|e| JoinError::Setup(format!("local address: {e}")))?;
+    let udp = bind_heartbeat(local.ip(), setup.hb_port)?;
+    let _ = stream.set_write_timeout(Some(SEND_TIMEOUT));
+    let (producer, consumer) = logchan::log_buffers_with(&LogConfig {
+        first_seq,
+        ..setup.log.clone()
+    })
+    .map_err(|e| JoinError::Setup(format!("log buffers: {e}")))?;
+    let recorder = Recorder::new(producer, true, setup.policy);
+    let hello = Hello {
+        mem_size: setup.identity.mem_size,
+        kernel_hash: setup.identity.kernel_hash,
+        boot_hash: setup.identity.boot_hash,
+    };
+    status.set_role(Role::PrimaryAlone);
+    // Set once the guest stood at the join point: from there the joiner
+    // may hold the whole state, and a failure must be settled at the
+    // arbiter (`settle`).
+    let paused = std::cell::Cell::new(false);
+    let copied = PreCopy::start(setup.vm.clone(), setup.mem.clone()).and_then(|precopy| {
+        let mut sink = ChannelSink {
+            stream: &stream,
+            records: session.records.as_mut(),
+        };
+        let mut progress = |round: u32, pages: u64| status.join.round(u64::from(round), pages);
+        stream::send_clone(
+            &mut sink,
+            precopy,
+            &hello,
+            setup.copy,
+            &mut progress,
+            |precopy| {
+                let frozen = setup.ctl.pause(
+                    PauseKit {
+                        precopy,
+                        recorder: Some(recorder),
+                        keepalive: Some(setup.keepalive),
+                    },
+                    wake,
+                    PAUSE_TIMEOUT,
+                );
+                paused.set(frozen.is_ok());
+                frozen
+            },
+        )
+    });
+    let ft = Arc::new(FtShared::default());
+    let _ = ft.main_thread.set(setup.main_thread.clone());
+    let stats = match copied {
+        Ok(stats) => stats,
+        Err(e) => {
+            setup.ctl.resume(Resume::Abandon);
+            if paused.get() {
+                settle(setup, epoch, ft, "the join's last messages were not sent");
+            }
+            return Err(JoinError::Copy(e));
+        }
+    };
+    // The joiner has the whole state: the log stream follows on the same
+    // connection, from the I/O thread, under the output rule.
+    let _ = stream.set_write_timeout(None);
+    let plane = SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
+        .map_err(|e| JoinError::Setup(format!("logging channel: {e}")))
+        .map(|s| s.secured(session.records.take()))
+        .and_then(|sender| {
+            let peer = SocketAddr::new(addr.ip(), setup.hb_port);
+            let heartbeat = HeartbeatEngine::new(
+                udp,
+                peer,
+                BeatRole::Primary,
+                epoch,
+                setup.live.period,
+                TAG_HEARTBEAT,
+            )
+            .map_err(|e| JoinError::Setup(format!("heartbeats: {e}")))?
+            .with_keys(session.beats.take());
+            let plane = PrimaryPlane::new(
+                sender,
+                heartbeat,
+                setup.live,
+                setup.lease,
+                ft.clone(),
+                status.clone(),
+            );
+            Ok(match &setup.lag {
+                Some((lag, target)) => {
+                    plane.with_lag(LagControl::new(lag.clone(), *target, status.clone()))
+                }
+                None => plane,
+            })
+        });
+    let plane = match plane {
+        Ok(p) => p,
+        Err(e) => {
+            setup.ctl.resume(Resume::Abandon);
+            settle(
+                setup,
+                epoch,
+                ft,
+                "the joined backup's channel could not be set up",
+            );
+            return Err(e);
+        }
+    };
+    // The supervisor watches the new run before its first verdict can come.
+    setup.rebind.to(epoch, ft.clone());
+    StatusCounters::set(&status.epoch, epoch);
+    let _ = status.peer.set(addr.to_string());
+    if !setup.ctl.resume(Resume::Switch(Some(Box::new(plane)))) {
+        settle(
+            setup,
+            epoch,
+            ft,
+            "the guest gave up waiting at the join point",
+        );
+        return Err(JoinError::Setup(
+            "the paused guest went on before the switch (the copy was too slow)".into(),
+        ));
+    }
+    let pause = setup
+        .ctl
+        .wait_pause(PAUSE_TIMEOUT)
+        .unwrap_or(Duration::from_micros(stats.pause_us));
+    status.set_role(Role::Primary);
+    Ok(Joined {
+        epoch,
+        stats,
+        pause,
+        ft,
+    })
+}
+
+/// A join that failed once the joiner may hold the whole state: unless the
+/// new epoch is settled, a joiner that hears nothing more would claim it
+/// and go live beside this primary. So it is settled as a lost backup is:
+/// the supervisor, rebound to the new run with the peer declared dead,
+/// claims it — winning, the primary serves on alone and the joiner, if it
+/// claims, loses and stops; losing (the joiner claimed first), the primary
+/// stops.
+fn settle(setup: &JoinSetup, epoch: u64, ft: Arc<FtShared>, why: &str) {
+    tracing::warn!(
+        "join of epoch {epoch} failed after the pause: {why}; settling it at the arbiter"
+    );
+    ft.note(why.to_string());
+    setup.rebind.to(epoch, ft.clone());
+    ft.set(&ft.peer_dead);
+    if let Ok(mut s) = setup.settling.lock() {
+        *s = Some(ft);
+    }
+}
+
+/// Re-protection: whenever the pair run `current` leaves this primary
+/// alone (or from the start, with `current` = `None`), join the first of
+/// `targets` that accepts, retrying with back-off; ends when the VM stops.
+pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option<Arc<FtShared>>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        // Alone: a primary whose backup was lost, or a backup gone live,
+        // once the supervisor settled it (role primary-alone).
+        let alone = setup.shared.status.role() == Role::PrimaryAlone
+            && current
+                .as_ref()
+                .is_none_or(|ft| FtShared::flag(&ft.alone) || FtShared::flag(&ft.go_live));
+        if setup.shared.stop_requested() || setup.shared.forced() {
+            return;
+        }
+        if !alone {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let started = Instant::now();
+        let mut joined = None;
+        for &addr in &targets {
+            match join_backup(&setup, addr) {
+                Ok(j) => {
+                    joined = Some(j);
+                    break;
+                }
+                Err(e) => {
+                    let why = chain(&e);
+                    tracing::warn!("no backup joined at {addr} ({why}); serving on alone");
+                }
+            }
+        }
+        match joined {
+            Some(j) => {
+                tracing::info!(
+                    "protected again (epoch {}): {} pre-copy rounds, {} pages ({} at the pause), guest paused {:.3} ms (state capture {:.3} ms), join took {} ms",
+                    j.epoch,
+                    j.stats.rounds,
+                    j.stats.pages,
+                    j.stats.final_pages,
+                    j.pause.as_secs_f64() * 1e3,
+                    j.stats.pause_us as f64 / 1e3,
+                    started.elapsed().as_millis()
+                );
+                current = Some(j.ft);
+                backoff = Duration::from_millis(200);
+            }
+            None => {
+                // A failed join being settled: wait for the supervisor's
+                // claim (won: alone again; lost: the VM stops) first.
+                if let Some(ft) = setup.settling.lock().ok().and_then(|mut s| s.take()) {
+                    current = Some(ft);
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
