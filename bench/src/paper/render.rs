@@ -419,7 +419,7 @@ fn extras(out: &mut String, s: &Samples) -> std::fmt::Result {
         ),
         (
             "restart redundancy: pause of the primary while a new backup joins (live clone)",
-            "not yet measured: `--join` has not landed",
+            "not a row here yet: measured in docs/join.md (\"Pause and rounds\", `tests/ft_join.rs`, `tests/join_clone.rs`), not by this command",
         ),
         (
             "migration of the primary or the backup: pause",
