@@ -18,7 +18,8 @@
 //! The bound is `limit + two reads`: a read armed just before the limit
 //! was reached, and the one the receive engine re-arms on its completion
 //! before the plane has counted it (each at most one receive buffer, 256
-//! KiB, plus an entry cut across reads).
+//! KiB, plus, on the encrypted channel, the rest of a record begun in the
+//! read before, ≤ 64 KiB, and the rest of an entry cut across reads).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
