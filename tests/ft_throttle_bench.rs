@@ -136,6 +136,65 @@ fn throttle_lag_distribution_and_series() {
     println!("series: {} samples, written to {path}", series.len());
 }
 
+/// The kv guest under 4 writers (SETs that wait for their replies, as
+/// clients of a database do) per CPU cap of the backup: lag and the
+/// writers' rate (keys added per second, read through `dbsize`).
+#[test]
+#[ignore = "a measurement for docs/benchmarks.md"]
+fn kv_lag_per_cap() {
+    if !kvm_available() {
+        return;
+    }
+    let opts = FtOptions {
+        failure_timeout_ms: 400,
+        heartbeat_ms: 20,
+        ..FtOptions::default()
+    };
+    let pair = FtPair::start("tk", opts);
+    let Some(cap) = CpuCap::new(&unique_name("lockstep-tk"), pair.backup.pid()) else {
+        return;
+    };
+    let writers = Writers::start(&pair, 4);
+    pair.wait_acked(200);
+    let keys = || pair.redis(&["dbsize"]).parse::<f64>().unwrap_or(0.0);
+    println!(
+        "| backup's CPU | lag p50 | lag p99 | lag max | throttle p50 | writes/s vs uncapped |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut full = 0.0;
+    for percent in [None, Some(50), Some(25)] {
+        cap.set(percent);
+        std::thread::sleep(Duration::from_secs(2));
+        let (k0, t0) = (keys(), Instant::now());
+        let s = sample(&pair, t0, Duration::from_secs(6), Duration::from_millis(20));
+        let r = (keys() - k0) / t0.elapsed().as_secs_f64();
+        let mut lags: Vec<f64> = s.iter().map(|r| r[1]).collect();
+        lags.sort_by(f64::total_cmp);
+        let mut levels: Vec<f64> = s.iter().map(|r| r[2]).collect();
+        levels.sort_by(f64::total_cmp);
+        if percent.is_none() {
+            full = r;
+        }
+        println!(
+            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} ‰ | {:.0}/s, {:.2}× |",
+            percent.map_or("uncapped".to_string(), |p| format!("{p} %")),
+            pct(&lags, 0.5),
+            pct(&lags, 0.99),
+            pct(&lags, 1.0),
+            pct(&levels, 0.5),
+            r,
+            r / full.max(1.0)
+        );
+    }
+    cap.set(None);
+    let (acked, errors) = writers.finish();
+    println!(
+        "{} writes acknowledged, {} client errors",
+        acked.len(),
+        errors.len()
+    );
+}
+
 /// Three panels sharing the time axis: lag (ms), throttle level (‰),
 /// guest exits per second; the capped interval shaded.
 fn plot(s: &[[f64; 4]], cap_from: f64, cap_to: f64) -> String {
