@@ -182,22 +182,31 @@ fn a_primary_that_ends_the_run_is_not_a_failure() {
     );
 }
 
+/// The stream header at `t0`, then the channel closes at once, uncleanly.
+fn header_then_unclean_close(
+    b: &mut Backup,
+    sq: &mut io_uring::squeue::SubmissionQueue<'_>,
+    t0: Instant,
+) {
+    b.plane
+        .on_receiver_event(ReceiverEvent::Header(header()), sq, t0);
+    b.plane.on_receiver_event(
+        ReceiverEvent::Closed {
+            reason: ChannelError::PeerClosed,
+            clean: false,
+        },
+        sq,
+        t0,
+    );
+}
+
 #[test]
 fn a_silent_primary_is_declared_dead_after_the_timeout_and_not_before() {
     let mut b = backup();
     let mut ring = IoUring::new(8).unwrap();
     let mut sq = ring.submission();
     let t0 = Instant::now();
-    b.plane
-        .on_receiver_event(ReceiverEvent::Header(header()), &mut sq, t0);
-    b.plane.on_receiver_event(
-        ReceiverEvent::Closed {
-            reason: ChannelError::PeerClosed,
-            clean: false,
-        },
-        &mut sq,
-        t0,
-    );
+    header_then_unclean_close(&mut b, &mut sq, t0);
     let (mut disk, mut tap, mut deliver) = (None, None, false);
     let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
     run(&mut b.plane, t0, t0 + LIVE.timeout / 2, &mut sq, &mut dp);
@@ -234,16 +243,7 @@ fn a_closed_channel_under_heartbeats_is_put_to_the_arbiter_not_given_up() {
     let mut ring = IoUring::new(8).unwrap();
     let mut sq = ring.submission();
     let t0 = Instant::now();
-    b.plane
-        .on_receiver_event(ReceiverEvent::Header(header()), &mut sq, t0);
-    b.plane.on_receiver_event(
-        ReceiverEvent::Closed {
-            reason: ChannelError::PeerClosed,
-            clean: false,
-        },
-        &mut sq,
-        t0,
-    );
+    header_then_unclean_close(&mut b, &mut sq, t0);
     let (mut disk, mut tap, mut deliver) = (None, None, false);
     let mut dp = Dataplane::new(&mut disk, &mut tap, &mut deliver);
     // Heartbeats go on (a live primary's, or stale ones this side forgave
