@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cgroup::{CpuCap, rss_kib};
+use common::cgroup::{capped_pair, rss_kib};
 use common::ft::*;
 use common::*;
 
@@ -35,24 +35,10 @@ fn a_backup_capped_to_a_quarter_cpu_throttles_the_primary_smoothly() {
         return;
     }
     let what = "a backup capped to 25 % of a CPU";
-    // A longer failure timeout: a capped backup is slow, not dead (its
-    // heartbeats wait up to a CFS period behind the cap).
-    let opts = FtOptions {
-        failure_timeout_ms: 400,
-        heartbeat_ms: 20,
-        ready: "workload=compute",
-        primary_extra: ["--workload", "compute", "--append", "iters=100000000"]
-            .map(String::from)
-            .to_vec(),
-        ..FtOptions::default()
-    };
-    let mut pair = FtPair::start("th", opts);
-    let Some(cap) = CpuCap::new(&unique_name("lockstep-th"), pair.backup.pid()) else {
+    let opts = FtOptions::compute(400);
+    let Some((mut pair, cap)) = capped_pair("th", opts) else {
         return;
     };
-    wait_for(Duration::from_secs(10), "acks", || {
-        pair.counter("primary", "acked_seq") > 100
-    });
     let rss0 = (rss_kib(pair.primary.pid()), rss_kib(pair.backup.pid()));
     let exits = |p: &FtPair| p.status("primary").map_or(0.0, |s| num(&s, "guest_exits"));
     // Guest progress: the compute guest makes a sync call per ~1 ms of work.
@@ -243,22 +229,10 @@ fn a_failover_while_throttled_is_bounded_by_the_lag() {
     } else {
         4 * TARGET_MS as u64 + 300
     };
-    let opts = FtOptions {
-        failure_timeout_ms: FAILURE_MS,
-        heartbeat_ms: 20,
-        ready: "workload=compute",
-        primary_extra: ["--workload", "compute", "--append", "iters=100000000"]
-            .map(String::from)
-            .to_vec(),
-        ..FtOptions::default()
-    };
-    let mut pair = FtPair::start("tf", opts);
-    let Some(cap) = CpuCap::new(&unique_name("lockstep-tf"), pair.backup.pid()) else {
+    let opts = FtOptions::compute(FAILURE_MS);
+    let Some((mut pair, cap)) = capped_pair("tf", opts) else {
         return;
     };
-    wait_for(Duration::from_secs(10), "acks", || {
-        pair.counter("primary", "acked_seq") > 100
-    });
     cap.set(Some(25));
     wait_for(Duration::from_secs(20), "the throttle to brake", || {
         pair.counter("primary", "throttle_permille") >= 500

@@ -14,25 +14,12 @@ mod common;
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use common::cgroup::CpuCap;
+use common::cgroup::{CpuCap, capped_pair};
 use common::ft::*;
 use common::*;
 
 fn num(v: &serde_json::Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(0.0)
-}
-
-fn compute_pair(prefix: &str) -> FtPair {
-    let opts = FtOptions {
-        failure_timeout_ms: 400,
-        heartbeat_ms: 20,
-        ready: "workload=compute",
-        primary_extra: ["--workload", "compute", "--append", "iters=100000000"]
-            .map(String::from)
-            .to_vec(),
-        ..FtOptions::default()
-    };
-    FtPair::start(prefix, opts)
 }
 
 /// (seconds since `t0`, lag ms, throttle ‰, guest exits) every `every`
@@ -76,13 +63,9 @@ fn throttle_lag_distribution_and_series() {
         return;
     }
     // Lag and progress per cap, interleaved rounds.
-    let pair = compute_pair("tb");
-    let Some(cap) = CpuCap::new(&unique_name("lockstep-tb"), pair.backup.pid()) else {
+    let Some((pair, cap)) = capped_pair("tb", FtOptions::compute(400)) else {
         return;
     };
-    wait_for(Duration::from_secs(10), "acks", || {
-        pair.counter("primary", "acked_seq") > 100
-    });
     println!(
         "| backup's CPU | lag p50 | lag p99 | lag max | throttle p50 | primary's progress vs uncapped |"
     );
@@ -280,26 +263,14 @@ fn go_live_against_the_lag() {
         (false, 1000.0),
         (true, 100.0),
     ] {
-        let mut opts = FtOptions {
-            failure_timeout_ms: 400,
-            heartbeat_ms: 20,
-            ready: "workload=compute",
-            primary_extra: ["--workload", "compute", "--append", "iters=100000000"]
-                .map(String::from)
-                .to_vec(),
-            ..FtOptions::default()
-        };
+        let mut opts = FtOptions::compute(400);
         if !throttle {
             opts.primary_extra
                 .extend(["--lag-target-ms", "0"].map(String::from));
         }
-        let mut pair = FtPair::start("tg", opts);
-        let Some(cap) = CpuCap::new(&unique_name("lockstep-tg"), pair.backup.pid()) else {
+        let Some((mut pair, cap)) = capped_pair("tg", opts) else {
             return;
         };
-        wait_for(Duration::from_secs(10), "acks", || {
-            pair.counter("primary", "acked_seq") > 100
-        });
         cap.set(Some(25));
         let mut lag = 0.0;
         let started = Instant::now();

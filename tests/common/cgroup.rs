@@ -2,6 +2,25 @@
 //! a backup slowed for real, its memory watched (tests/ft_throttle.rs).
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ft::{FtOptions, FtPair};
+use super::{unique_name, wait_for};
+
+/// A pair started with `opts` whose backup's CPU can be capped, once the
+/// backup acknowledged its first entries; `None` (the reason printed)
+/// where no cpu cgroup is writable.
+pub fn capped_pair(prefix: &str, opts: FtOptions) -> Option<(FtPair, CpuCap)> {
+    let pair = FtPair::start(prefix, opts);
+    let cap = CpuCap::new(
+        &unique_name(&format!("lockstep-{prefix}")),
+        pair.backup.pid(),
+    )?;
+    wait_for(Duration::from_secs(10), "acks", || {
+        pair.counter("primary", "acked_seq") > 100
+    });
+    Some((pair, cap))
+}
 
 /// A cgroup capping one process's CPU (v2 `cpu.max`, or v1 CFS quota where
 /// only the v1 cpu controller is mounted); the process goes back to the

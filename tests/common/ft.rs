@@ -51,6 +51,24 @@ impl Default for FtOptions {
     }
 }
 
+impl FtOptions {
+    /// The CPU-bound guest (`workload=compute`: it runs natively between
+    /// sync calls, so its backup must execute as much as it does), with
+    /// 20 ms heartbeats and this failure timeout: a backup capped by a
+    /// cgroup is slow, not dead (its heartbeats wait up to a CFS period).
+    pub fn compute(failure_timeout_ms: u64) -> FtOptions {
+        FtOptions {
+            failure_timeout_ms,
+            heartbeat_ms: 20,
+            ready: "workload=compute",
+            primary_extra: ["--workload", "compute", "--append", "iters=100000000"]
+                .map(String::from)
+                .to_vec(),
+            ..FtOptions::default()
+        }
+    }
+}
+
 pub struct FtPair {
     pub primary: Vmm,
     pub backup: Vmm,
