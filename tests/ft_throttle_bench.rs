@@ -49,6 +49,25 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A table row's first columns for a cap: the cap, lag p50 / p99 / max
+/// and the throttle's p50, from `s`'s samples.
+fn lag_columns(percent: Option<u64>, s: &[[f64; 4]]) -> String {
+    let sorted = |i: usize| {
+        let mut v: Vec<f64> = s.iter().map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (lags, levels) = (sorted(1), sorted(2));
+    format!(
+        "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} ‰ |",
+        percent.map_or("uncapped".to_string(), |p| format!("{p} %")),
+        pct(&lags, 0.5),
+        pct(&lags, 0.99),
+        pct(&lags, 1.0),
+        pct(&levels, 0.5),
+    )
+}
+
 fn rate(s: &[[f64; 4]]) -> f64 {
     match (s.first(), s.last()) {
         (Some(a), Some(b)) if b[0] > a[0] => (b[3] - a[3]) / (b[0] - a[0]),
@@ -80,23 +99,11 @@ fn throttle_lag_distribution_and_series() {
             Duration::from_secs(6),
             Duration::from_millis(20),
         );
-        let mut lags: Vec<f64> = s.iter().map(|r| r[1]).collect();
-        lags.sort_by(f64::total_cmp);
-        let mut levels: Vec<f64> = s.iter().map(|r| r[2]).collect();
-        levels.sort_by(f64::total_cmp);
         let r = rate(&s);
         if percent.is_none() {
             full = r;
         }
-        println!(
-            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} ‰ | {:.2}× |",
-            percent.map_or("uncapped".to_string(), |p| format!("{p} %")),
-            pct(&lags, 0.5),
-            pct(&lags, 0.99),
-            pct(&lags, 1.0),
-            pct(&levels, 0.5),
-            r / full.max(1.0)
-        );
+        println!("{} {:.2}× |", lag_columns(percent, &s), r / full.max(1.0));
     }
     // A slow-down and recovery, sampled every 50 ms.
     cap.set(None);
@@ -151,21 +158,12 @@ fn kv_lag_per_cap() {
         let (k0, t0) = (keys(), Instant::now());
         let s = sample(&pair, t0, Duration::from_secs(6), Duration::from_millis(20));
         let r = (keys() - k0) / t0.elapsed().as_secs_f64();
-        let mut lags: Vec<f64> = s.iter().map(|r| r[1]).collect();
-        lags.sort_by(f64::total_cmp);
-        let mut levels: Vec<f64> = s.iter().map(|r| r[2]).collect();
-        levels.sort_by(f64::total_cmp);
         if percent.is_none() {
             full = r;
         }
         println!(
-            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} ‰ | {:.0}/s, {:.2}× |",
-            percent.map_or("uncapped".to_string(), |p| format!("{p} %")),
-            pct(&lags, 0.5),
-            pct(&lags, 0.99),
-            pct(&lags, 1.0),
-            pct(&levels, 0.5),
-            r,
+            "{} {r:.0}/s, {:.2}× |",
+            lag_columns(percent, &s),
             r / full.max(1.0)
         );
     }
