@@ -113,12 +113,7 @@ impl BackupIo {
         // The replay consumed the log to its end (the cut) before it stopped:
         // the entries of this last exit (frames, completions) are carried
         // into the live side below, so they count as replayed.
-        let consumed = replay.cursor.consumed_seq();
-        FtShared::raise(&self.ft.replayed_seq, consumed);
-        StatusCounters::set(
-            &self.shared.status.replayed_seq,
-            FtShared::load(&self.ft.replayed_seq),
-        );
+        self.note_replayed_seq(replay.cursor.consumed_seq());
         let released = FtShared::load(&self.ft.primary_released);
         let mut live = go_live::take_over(
             *replay,
@@ -174,11 +169,19 @@ impl BackupIo {
     /// A replayed exit: the positions the acks and `lockstep status` show.
     fn note_replayed(&self, exit_index: u64, seq: u64) {
         FtShared::raise(&self.ft.replayed_exit, exit_index);
-        FtShared::raise(&self.ft.replayed_seq, seq);
         let status = &self.shared.status;
         status.note_sync_call(exit_index);
-        StatusCounters::set(&status.replayed_seq, seq);
         StatusCounters::set(&status.replayed_exit, exit_index);
+        self.note_replayed_seq(seq);
+    }
+
+    /// The replay's log position (it only moves forward).
+    fn note_replayed_seq(&self, seq: u64) {
+        FtShared::raise(&self.ft.replayed_seq, seq);
+        StatusCounters::set(
+            &self.shared.status.replayed_seq,
+            FtShared::load(&self.ft.replayed_seq),
+        );
     }
 }
 
