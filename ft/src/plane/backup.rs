@@ -320,38 +320,33 @@ impl IoPlane for BackupPlane {
         {
             return;
         }
-        match self.monitor.verdict(now) {
-            Verdict::Alive | Verdict::NoProgress { .. } => {}
-            Verdict::Dead { silent_for } => {
-                // The cut comes first: nothing acknowledged after it, before
-                // the main thread claims anything.
-                if let Ok(mut s) = self.ft.silent_at_cut.lock() {
-                    *s = Some(silent_for);
-                }
-                self.cut(now);
-                self.ft
-                    .note(format!("no heartbeat or log traffic for {silent_for:?}"));
-                if self.monitor.channel_has_closed() {
-                    // A primary that won after the close stops beating, so
-                    // silence can come first: a lost claim is still about
-                    // the broken channel.
-                    self.ft.set(&self.ft.channel_broken);
-                }
-                self.ft.set(&self.ft.peer_dead);
-                self.shared.wake_vcpu();
-            }
-            // The channel is gone but heartbeats still arrive. They may be
-            // a live primary's (which saw the close at once and claims the
-            // arbiter first), or stale evidence this side forgave after its
-            // own stall while the primary was dying. Only the arbiter can
-            // tell: claim it like a dead peer, and say why if it is lost.
-            Verdict::ChannelBroken => {
-                self.cut(now);
-                self.ft.set(&self.ft.channel_broken);
-                self.ft.set(&self.ft.peer_dead);
-                self.shared.wake_vcpu();
-            }
+        // The channel is gone but heartbeats still arrive (`ChannelBroken`):
+        // they may be a live primary's (which saw the close at once and
+        // claims the arbiter first), or stale evidence this side forgave
+        // after its own stall while the primary was dying. Only the arbiter
+        // can tell: it is claimed as for a dead peer.
+        let silent_for = match self.monitor.verdict(now) {
+            Verdict::Alive | Verdict::NoProgress { .. } => return,
+            Verdict::Dead { silent_for } => Some(silent_for),
+            Verdict::ChannelBroken => None,
+        };
+        if let (Some(silent), Ok(mut s)) = (silent_for, self.ft.silent_at_cut.lock()) {
+            *s = Some(silent);
         }
+        // The cut comes first: nothing acknowledged after it, before the
+        // main thread claims anything.
+        self.cut(now);
+        if let Some(silent) = silent_for {
+            self.ft
+                .note(format!("no heartbeat or log traffic for {silent:?}"));
+        }
+        if self.monitor.channel_has_closed() {
+            // A lost claim is then about the broken channel, also when
+            // silence came first (a primary that won stops beating).
+            self.ft.set(&self.ft.channel_broken);
+        }
+        self.ft.set(&self.ft.peer_dead);
+        self.shared.wake_vcpu();
     }
 
     fn gate_tag(&mut self, _seq: u64, _now: Instant) -> u64 {
