@@ -216,7 +216,10 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     ft.replay_buffer.set_waker(io.waker.clone());
 
     // The stream header and the boot entry come first: they say which VM to
-    // build.
+    // build. (A joiner's stream starts at the join point instead.) Nothing
+    // is claimed before an entry arrived: a joined primary sends the first
+    // only once it switched to the new log, so a joiner whose join failed
+    // at its last step stops here and never goes live (docs/join.md).
     let deadline = Instant::now() + BOOT_TIMEOUT;
     while FtShared::load(&ft.received_seq) == 0 {
         if Instant::now() > deadline || FtShared::flag(&ft.peer_dead) || ft.note_text().is_some() {

@@ -246,7 +246,8 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     // The joiner has the whole state: the log stream follows on the same
     // connection, from the I/O thread, under the output rule.
     let _ = stream.set_write_timeout(None);
-    let plane = SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
+    let plane = switch_fault().and_then(|()| {
+        SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
         .map_err(|e| JoinError::Setup(format!("logging channel: {e}")))
         .map(|s| s.secured(session.records.take()))
         .and_then(|sender| {
@@ -275,7 +276,8 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
                 }
                 None => plane,
             })
-        });
+        })
+    });
     let plane = match plane {
         Ok(p) => p,
         Err(e) => {
@@ -317,13 +319,27 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     })
 }
 
-/// A join that failed once the joiner may hold the whole state: unless the
-/// new epoch is settled, a joiner that hears nothing more would claim it
-/// and go live beside this primary. So it is settled as a lost backup is:
-/// the supervisor, rebound to the new run with the peer declared dead,
-/// claims it — winning, the primary serves on alone and the joiner, if it
-/// claims, loses and stops; losing (the joiner claimed first), the primary
-/// stops.
+/// Tests: the joined backup's channel cannot be set up after the joiner
+/// received the whole state (a join failing at its last step);
+/// `join-switch-wait` holds that step (a test begins an outage meanwhile).
+fn switch_fault() -> Result<(), JoinError> {
+    fail::fail_point!("join-switch-wait");
+    fail::fail_point!("join-switch", |_| Err(JoinError::Setup(
+        "fail point join-switch".into()
+    )));
+    Ok(())
+}
+
+/// A join that failed once the joiner may hold the whole state. The guest
+/// goes on alone at once, releasing outputs: safe because the new log
+/// never began — its plane is installed only by the switch that failed —
+/// and a backup claims nothing before its stream's first entry (a joiner
+/// that gets none stops: `lockstep backup`, "the primary sent no boot
+/// entry"), so no joiner can go live from the join point
+/// (`tests/ft_join_faults.rs`). The new epoch is still settled as a lost
+/// backup is, so that nothing can ever win it against this primary: the
+/// supervisor, rebound to the new run with the peer declared dead, claims
+/// it (retrying through an arbiter outage).
 fn settle(setup: &JoinSetup, epoch: u64, ft: Arc<FtShared>, why: &str) {
     tracing::warn!(
         "join of epoch {epoch} failed after the pause: {why}; settling it at the arbiter"
