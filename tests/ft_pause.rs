@@ -161,8 +161,32 @@ fn a_primary_stuck_between_an_ack_and_its_release_never_outputs_after_go_live() 
     if !kvm_available() {
         return;
     }
-    let what = "the primary's I/O thread stuck after an ack";
-    let mut pair = FtPair::start("pr", FtOptions::default());
+    let pair = FtPair::start("pr", FtOptions::default());
+    stuck_after_an_ack(pair, "the primary's I/O thread stuck after an ack");
+}
+
+/// The same for a primary whose backup joined by live clone after it had
+/// run alone (its lease and kernel fence lifted, then re-armed at the join
+/// point: docs/join.md).
+#[test]
+fn a_joined_primary_stuck_between_an_ack_and_its_release_never_outputs_after_go_live() {
+    if !kvm_available() {
+        return;
+    }
+    let opts = FtOptions {
+        primary_extra: vec!["--spares".into(), format!("{BACKUP_LOG}:{LOG_PORT}")],
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start("pj", opts);
+    pair.backup.signal(libc::SIGKILL);
+    pair.primary
+        .wait_for_line("continuing alone", Duration::from_secs(10));
+    pair.new_backup(&[], &[]);
+    pair.wait_protected(1, Duration::from_secs(30));
+    stuck_after_an_ack(pair, "a joined primary's I/O thread stuck after an ack");
+}
+
+fn stuck_after_an_ack(mut pair: FtPair, what: &str) {
     let mut frames = TapWatch::start(&pair.net.ns("a"), &pair.net.tap());
     let writers = Writers::start(&pair, 3);
     pair.wait_acked(300);

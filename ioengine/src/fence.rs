@@ -23,7 +23,8 @@
 //!
 //! States: `Fired` (slots empty: nothing leaves; the start), `Restoring`
 //! (timer armed, fill in flight), `Armed` (slots filled, timer armed),
-//! `Lifted` (no lease: a primary alone), `Closed` (a side that lost).
+//! `Lifted` (no lease: a primary alone; `rearm` returns it to `Fired` when
+//! a backup joins), `Closed` (a side that lost).
 //! Renewals only ever move the timer later, lazily: the kernel's deadline
 //! is never later than the lease, only sometimes a little earlier.
 
@@ -277,6 +278,24 @@ impl Fence {
             .register_files_update(0, &self.fds)
             .map(drop)
             .map_err(io_err("fill the output slots"))
+    }
+
+    /// A primary that ran alone takes a backup again (a live clone's join
+    /// point): the lease is back, so a lifted fence starts over as at its
+    /// creation — slots empty, nothing leaves before the first renewal
+    /// restores them under a timer. False on a closed fence (a side that
+    /// lost never serves again); a fence that still holds a lease is left
+    /// as it is.
+    pub fn rearm(&mut self, submitter: &Submitter<'_>) -> Result<bool, FenceError> {
+        match self.state {
+            FenceState::Closed => Ok(false),
+            FenceState::Lifted => {
+                self.empty_slots(submitter)?;
+                self.state = FenceState::Fired;
+                Ok(true)
+            }
+            FenceState::Fired | FenceState::Restoring(_) | FenceState::Armed(_) => Ok(true),
+        }
     }
 
     /// A side that lost: the slots are emptied for good.

@@ -182,3 +182,46 @@ fn lifted_there_is_no_deadline() {
     assert_eq!(write_through_slot(&mut ring, &mut fence, b"alone"), 5);
     assert_eq!(contents(&file), "alone");
 }
+
+#[test]
+fn a_lifted_fence_rearmed_for_a_joined_backup_holds_until_renewed_and_fires_again() {
+    let (file, w) = tmpfile();
+    let mut ring = IoUring::new(16).expect("ring");
+    let mut fence = new_fence(&mut ring, &w);
+    {
+        let (submitter, mut sq, _) = ring.split();
+        fence.lift(&submitter, &mut sq).expect("lift");
+    }
+    assert_eq!(write_through_slot(&mut ring, &mut fence, b"alone "), 6);
+    // A backup joins: the lease is back, enforced in the kernel again.
+    {
+        let (submitter, _, _) = ring.split();
+        assert!(fence.rearm(&submitter).expect("rearm"));
+    }
+    assert_eq!(fence.state(), FenceState::Fired);
+    assert_eq!(
+        write_through_slot(&mut ring, &mut fence, b"early"),
+        -libc::EBADF,
+        "nothing leaves before the joined backup's first renewal"
+    );
+    let lease = Instant::now() + Duration::from_millis(40);
+    renew(&mut ring, &mut fence, lease);
+    until(&mut ring, &mut fence, |s| matches!(s, FenceState::Armed(_)));
+    assert_eq!(write_through_slot(&mut ring, &mut fence, b"joined"), 6);
+    // The lease runs out: the kernel fires the fence again.
+    until(&mut ring, &mut fence, |s| s == FenceState::Fired);
+    assert!(Instant::now() >= lease);
+    assert_eq!(
+        write_through_slot(&mut ring, &mut fence, b"stale"),
+        -libc::EBADF
+    );
+    // A closed fence is never rearmed.
+    {
+        let (submitter, mut sq, _) = ring.split();
+        fence.close(&submitter, &mut sq).expect("close");
+        assert!(!fence.rearm(&submitter).expect("rearm closed"));
+    }
+    assert_eq!(fence.state(), FenceState::Closed);
+    // Writes through fixed slot 0 all go to offset 0.
+    assert_eq!(contents(&file), "joined");
+}

@@ -319,6 +319,19 @@ impl IoThread {
                                 if !(disk_armed && tap_armed) {
                                     tracing::error!("a revoked side cannot take a backup");
                                 }
+                                // The kernel's half of the lease returns
+                                // too: held until the first renewal.
+                                match output_fence.as_mut().map(|f| f.rearm(&submitter)) {
+                                    Some(Ok(true)) => {
+                                        Dataplane::new(disk, tap, deliver_rx)
+                                            .set_fenced(true, &mut sq);
+                                    }
+                                    Some(Ok(false)) => {
+                                        tracing::error!("a closed fence cannot take a backup")
+                                    }
+                                    Some(Err(e)) => tracing::error!("{e}: outputs stay held"),
+                                    None => {}
+                                }
                                 if output_fence.is_none()
                                     && let Some(lag) = new.fence_lag()
                                 {
