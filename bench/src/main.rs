@@ -15,6 +15,7 @@ mod app;
 mod env;
 mod faults;
 mod ft;
+mod join;
 mod link;
 mod link_crypto;
 mod paper;
@@ -58,6 +59,14 @@ enum Cmd {
         requests: u64,
         #[arg(long, default_value_t = 5)]
         failovers: usize,
+    },
+    /// Restoring redundancy: a spare joins a running primary by live clone,
+    /// per guest size, idle and under load; then a failover to protected
+    /// again (docs/join.md).
+    Join {
+        /// Guest sizes in MiB (the guest ABI's limit is 3072).
+        #[arg(long, value_delimiter = ',', default_value = "256,1024,3072")]
+        sizes: Vec<u64>,
     },
     /// The fault tests' scenarios as a soak (randomized fault kind and
     /// timing), with a summary per fault kind.
@@ -221,6 +230,7 @@ fn main() -> anyhow::Result<()> {
         } => ft::compare(requests, failovers),
         Cmd::Channel { mib } => link::compare(mib),
         Cmd::Lease { failovers } => ft::lease_tradeoff(failovers),
+        Cmd::Join { sizes } => join::compare(&sizes),
         Cmd::Faults { trials, seed } => faults::soak(trials, seed),
         Cmd::ChannelCrypto { mib, link_mbit } => link_crypto::compare(mib, link_mbit),
         Cmd::KvWriter { .. } | Cmd::KvCheck { .. } | Cmd::Regress { .. } | Cmd::Paper { .. } => {

@@ -43,6 +43,8 @@ pub struct PairConfig<'a> {
     pub backup_cpus: String,
     /// More options of the primary's VM (`--workload`, `--append`, …).
     pub primary_extra: Vec<String>,
+    /// More options of the backup (`--mem` to match the primary's, …).
+    pub backup_extra: Vec<String>,
     /// Wait until the primary's console shows this (a service is up).
     pub ready: Option<&'a str>,
     /// Told each side's pid once it has started (CPU placement): after its
@@ -66,6 +68,7 @@ impl<'a> PairConfig<'a> {
             primary_cpus: "0,1".into(),
             backup_cpus: "1,0".into(),
             primary_extra: Vec::new(),
+            backup_extra: Vec::new(),
             ready: Some("kv: serving"),
             adopt: &|_, _| Ok(()),
             insecure: false,
@@ -114,6 +117,35 @@ pub fn status_addr(_host: Host) -> String {
     format!("127.0.0.1:{STATUS_PORT}")
 }
 
+/// Starts a backup on `host` (listening on that host's end of the logging
+/// link) named `name`, and waits until it waits for a primary: the first
+/// backup of a pair, or a spare a primary with `--spares` joins.
+pub fn spawn_backup(cfg: &PairConfig<'_>, host: Host, name: &str) -> anyhow::Result<Vmm> {
+    let bin = vm::lockstep_bin().display().to_string();
+    let (ns, ip, cpus) = match host {
+        Host::A => ("a", PRIMARY_IP, &cfg.primary_cpus),
+        Host::B => ("b", BACKUP_IP, &cfg.backup_cpus),
+    };
+    let mut b = cfg.net.cmd(ns, &bin);
+    b.args([
+        "backup",
+        "--listen",
+        &format!("{ip}:{LOG_PORT}"),
+        "--tap",
+        &cfg.net.tap(),
+    ])
+    .args(["--cpus", cpus, "--status", &status_addr(host)])
+    .arg("--disk")
+    .arg(cfg.dir.join("disk.img"))
+    .arg("--console")
+    .arg(cfg.dir.join(format!("{name}.console")))
+    .args(ft_args(cfg, name))
+    .args(&cfg.backup_extra);
+    let mut backup = Vmm::spawn(b)?;
+    backup.wait_for("waiting for the primary", Duration::from_secs(20))?;
+    Ok(backup)
+}
+
 /// Starts a backup on B, then a primary on A; returns when the backup
 /// follows the primary (and the primary's guest is `ready`).
 pub fn start(cfg: &PairConfig<'_>) -> anyhow::Result<Pair> {
@@ -122,21 +154,7 @@ pub fn start(cfg: &PairConfig<'_>) -> anyhow::Result<Pair> {
         logchan::secure::PairKey::write_new(&key_file(cfg.dir))?;
     }
     let listen = format!("{BACKUP_IP}:{LOG_PORT}");
-    let mut b = cfg.net.cmd("b", &bin);
-    b.args(["backup", "--listen", &listen, "--tap", &cfg.net.tap()])
-        .args([
-            "--cpus",
-            &cfg.backup_cpus,
-            "--status",
-            &status_addr(Host::B),
-        ])
-        .arg("--disk")
-        .arg(cfg.dir.join("disk.img"))
-        .arg("--console")
-        .arg(cfg.dir.join("backup.console"))
-        .args(ft_args(cfg, "backup"));
-    let mut backup = Vmm::spawn(b)?;
-    backup.wait_for("waiting for the primary", Duration::from_secs(20))?;
+    let mut backup = spawn_backup(cfg, Host::B, "backup")?;
     (cfg.adopt)(Host::B, backup.pid())?;
     let mut p = cfg.net.cmd("a", &bin);
     p.args(["primary", "--backup", &listen, "--tap", &cfg.net.tap()])
