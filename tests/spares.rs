@@ -184,6 +184,18 @@ fn bad_spares_and_standby_uris_are_refused_with_the_grammar() {
             ],
             "is not HOST:PORT",
         ),
+        (
+            &["primary", "--spares", "etcd://h:1/p,10.0.0.1:7000"],
+            "must be the only --spares value",
+        ),
+        (
+            &["primary", "--spares", "10.0.0.1:7000,etcd://h:1/p"],
+            "a URI must be the only value",
+        ),
+        (
+            &["primary", "--spares", "etcd://127.0.0.1:1/p"],
+            "needs --heartbeat-port",
+        ),
     ] {
         let out = std::process::Command::new(lockstep())
             .args(args)

@@ -82,6 +82,8 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     // protected once a spare joins it. A joined backup's heartbeats use
     // this side's heartbeat port: --heartbeat-port, or the backup's port,
     // or the first listed spare's (spares from etcd have no first one).
+    // A bad --spares is refused before a run begins at the arbiter.
+    membership::parse(&args.spares).context("--spares")?;
     let backup = args
         .backup
         .as_deref()

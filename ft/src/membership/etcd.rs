@@ -59,6 +59,13 @@ impl EtcdSpares {
     pub fn new(uri: &str) -> Result<Self, String> {
         let rest = uri.strip_prefix("etcd://").ok_or("not an etcd:// URI")?;
         let (gateway, prefix) = Gateway::parse(uri, rest, "PREFIX")?;
+        // The command line splits --spares at commas: one in the prefix is
+        // more likely a list after the URI than a name.
+        if prefix.contains(',') {
+            return Err(format!(
+                "PREFIX {prefix:?} has a ',': an etcd URI must be the only --spares value"
+            ));
+        }
         Ok(EtcdSpares {
             gateway,
             prefix: format!("{prefix}/"),
