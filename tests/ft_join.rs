@@ -254,6 +254,8 @@ fn a_spare_registered_in_etcd_joins_and_then_takes_over() {
         "the primary found the spare in etcd:\n{}",
         pair.primary.log()
     );
+    let status = pair.status("primary").expect("status");
+    assert_eq!(status["spares"], 1, "spares at the last round: {status}");
     pair.backup
         .wait_for_line("withdrew spares/backup", Duration::from_secs(10));
     pair.wait_served(50);

@@ -363,7 +363,10 @@ pub fn reprotect(
         }
         let started = Instant::now();
         let mut joined = None;
-        for addr in spares.candidates() {
+        let candidates = spares.candidates();
+        let join = &setup.shared.status.join;
+        join.saw_spares(u64::try_from(candidates.len()).unwrap_or(u64::MAX));
+        for addr in candidates {
             match join_backup(&setup, addr) {
                 Ok(j) => {
                     joined = Some(j);
