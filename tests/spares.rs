@@ -1,9 +1,10 @@
 //! The spares registry in a real etcd (docs/join.md, "Spares in etcd"),
 //! without KVM: a waiting `lockstep backup --standby` registers its listen
 //! address under the prefix; killed, its registration vanishes when its
-//! lease expires; stopped cleanly, at once. A primary's read skips junk
-//! under the prefix and survives an etcd that does not answer; bad URIs
-//! are refused with the grammar. Every wait is bounded.
+//! lease expires; stopped cleanly, at once; kept alive, it outlives its
+//! TTL, and registers again if its lease is lost. A primary's read skips
+//! junk under the prefix and survives an etcd that does not answer; bad
+//! URIs are refused with the grammar. Every wait is bounded.
 
 mod common;
 
@@ -138,6 +139,45 @@ fn junk_under_the_prefix_is_skipped_and_an_unreachable_registry_offers_none() {
     let started = Instant::now();
     assert_eq!(nowhere.candidates(), []);
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_kept_alive_spare_outlives_its_ttl_and_registers_again_if_its_lease_is_lost() {
+    let etcd = Etcd::start();
+    let uri = etcd.uri("spares");
+    let rest = format!("{}/spares", etcd.client_addr());
+    let (gateway, _) = Gateway::parse(&uri, &rest, "PREFIX").expect("uri");
+    let lease = || {
+        let range = gateway.range_prefix("spares/", 8).expect("range");
+        range.kvs.first().map(|kv| kv.lease)
+    };
+    let ttl = Duration::from_secs(2);
+    let spare = Standby::register(&uri, "kept", SocketAddr::from(([127, 0, 0, 1], 7001)), ttl)
+        .expect("register");
+    wait_for(Duration::from_secs(10), "the spare to register", || {
+        spare.is_registered()
+    });
+    let first = lease().expect("the spare's key");
+    // Kept alive through the gateway's streaming keep-alive: still there,
+    // on the same lease, after twice its TTL (time passing is the point).
+    let until = Instant::now() + 2 * ttl;
+    while Instant::now() < until {
+        assert_eq!(lease(), Some(first), "the registration lapsed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A second registration of the name does not take the key over.
+    let held = gateway
+        .put_if_absent("spares/kept", b"127.0.0.1:9", None)
+        .expect("txn");
+    assert_eq!(held.map(|kv| kv.value), Some(b"127.0.0.1:7001".to_vec()));
+    // The lease lost (an etcd outage longer than the TTL): the key goes
+    // with it, and the spare registers again on a new lease.
+    gateway.revoke(first).expect("revoke");
+    wait_for(Duration::from_secs(10), "a new registration", || {
+        lease().is_some_and(|l| l != first)
+    });
+    assert!(spare.withdraw(Duration::from_secs(5)), "withdrawn in time");
+    assert_eq!(lease(), None);
 }
 
 #[test]
