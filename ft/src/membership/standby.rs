@@ -252,7 +252,7 @@ impl Worker {
 
     fn retry(&self, backoff: &mut Duration) -> Duration {
         let now = *backoff;
-        *backoff = (*backoff * 2).min(self.ttl);
+        *backoff = backoff.saturating_mul(2).min(self.ttl);
         now
     }
 
