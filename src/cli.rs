@@ -147,9 +147,11 @@ pub struct PrimaryArgs {
           value_parser = clap::value_parser!(u32).range(0..=60_000))]
     pub lag_target_ms: u32,
     /// Waiting backups to join by live clone whenever this primary runs
-    /// alone (its backup lost), tried in order with back-off
-    /// (docs/join.md). Without it a primary alone stays alone.
-    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    /// alone (its backup lost), tried in order with back-off: a list, or
+    /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX for the spares registered
+    /// there (`backup --standby`), read afresh each round (docs/join.md).
+    /// Without it a primary alone stays alone.
+    #[arg(long, value_name = "HOST:PORT,...|etcd://...", value_delimiter = ',')]
     pub spares: Vec<String>,
     #[command(flatten)]
     pub ft: FtArgs,
@@ -200,8 +202,14 @@ pub struct BackupArgs {
     pub replay_buffer_chunks: u32,
     /// Once this backup has gone live: waiting backups to join by live
     /// clone, as `primary --spares` (docs/join.md).
-    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    #[arg(long, value_name = "HOST:PORT,...|etcd://...", value_delimiter = ',')]
     pub spares: Vec<String>,
+    /// Register as a spare while waiting: the key PREFIX/NAME (--name)
+    /// holds the --listen address under an etcd lease kept alive until a
+    /// primary attaches or this backup stops; primaries with
+    /// --spares etcd://.../PREFIX pick it from there (docs/join.md).
+    #[arg(long, value_name = "etcd://HOST:PORT[,...]/PREFIX")]
+    pub standby: Option<String>,
     #[command(flatten)]
     pub ft: FtArgs,
     #[command(flatten)]

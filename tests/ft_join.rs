@@ -4,7 +4,8 @@
 //! takes over when the primary dies, with every acknowledged write (also
 //! on a reboot of the disk image); a joiner of another memory size is
 //! refused with a clear error and one that dies mid-copy leaves the
-//! primary serving, after which a new join succeeds.
+//! primary serving, after which a new join succeeds; a spare registered
+//! in etcd (`backup --standby`) is found there and joins.
 
 mod common;
 
@@ -207,4 +208,61 @@ fn a_vm_started_alone_is_protected_by_a_joining_backup_and_then_fails_over() {
     assert_eq!(pair.redis(&["get", "alone"]), "1");
     let n = pair.check_writes(writers, "a VM started alone, joined, failed over", false);
     eprintln!("{n} acknowledged writes kept");
+}
+
+/// Spares in etcd (docs/join.md): both sides re-protect from the spares
+/// registered under a prefix of the etcd that is also their arbiter. The
+/// backup dies; a new `backup --standby` registers there; the primary
+/// alone finds it and joins it, and the spare withdraws its registration;
+/// then the primary dies and the joined backup serves every acknowledged
+/// write.
+#[test]
+fn a_spare_registered_in_etcd_joins_and_then_takes_over() {
+    if !kvm_available() {
+        return;
+    }
+    let net = net_ft("je");
+    let etcd = common::etcd::Etcd::start_in(&net.ns("c"), "10.77.0.1");
+    let spares = etcd.uri("spares");
+    let opts = FtOptions {
+        arbiter: Some(etcd.uri("lockstep")),
+        primary_extra: vec!["--spares".into(), spares.clone()],
+        backup_extra: vec!["--spares".into(), spares.clone()],
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::launch(net, opts);
+    let writers = Writers::start(&pair, 3);
+    pair.wait_acked(100);
+    pair.backup.signal(libc::SIGKILL);
+    pair.primary
+        .wait_for_line("continuing alone", Duration::from_secs(10));
+    let alone = Instant::now();
+    pair.new_backup(&["--standby", &spares, "--spares", &spares], &[]);
+    pair.backup.wait_for_line(
+        "spares registry: registered spares/backup = 10.99.0.2:7000",
+        Duration::from_secs(10),
+    );
+    pair.wait_protected(1, Duration::from_secs(60));
+    eprintln!(
+        "protected again {:?} after the new spare started",
+        alone.elapsed()
+    );
+    assert!(
+        pair.primary
+            .log()
+            .contains("spares registered: backup at 10.99.0.2:7000"),
+        "the primary found the spare in etcd:\n{}",
+        pair.primary.log()
+    );
+    let status = pair.status("primary").expect("status");
+    assert_eq!(status["spares"], 1, "spares at the last round: {status}");
+    pair.backup
+        .wait_for_line("withdrew spares/backup", Duration::from_secs(10));
+    pair.wait_served(50);
+    pair.wait_acked(200);
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(10));
+    pair.wait_served(50);
+    let n = pair.check_writes(writers, "a spare from etcd joined, then failed over", false);
+    eprintln!("{n} acknowledged writes kept across a join from etcd and a failover");
 }

@@ -11,6 +11,10 @@
 //! * [`admission`]: which primary a backup follows (checked before it
 //!   builds anything).
 //! * [`arbiter`]: the atomic test-and-set that prevents split brain.
+//! * [`etcd`]: the client of etcd's JSON gateway the arbiter and the
+//!   spares registry share.
+//! * [`membership`]: where a primary alone finds its next backup (a list,
+//!   or spares registered in etcd).
 //! * [`go_live`]: the backup's hand-over from replay to serving.
 //! * [`plane`]: the primary's and the backup's engines on the I/O thread.
 //! * [`backup_io`]: the backup's sync calls: replay, then live.
@@ -27,10 +31,12 @@ pub mod admission;
 pub mod arbiter;
 pub mod backup_io;
 pub mod channel_source;
+pub mod etcd;
 pub mod failure;
 pub mod go_live;
 pub mod join;
 pub mod lag;
+pub mod membership;
 pub mod output_rule;
 pub mod plane;
 pub mod replay_buffer;

@@ -18,6 +18,8 @@ use lockstep_ft::admission::{Admission, DiskCheck, Expected};
 use lockstep_ft::backup_io::BackupIo;
 use lockstep_ft::channel_source::ChannelChunks;
 use lockstep_ft::go_live::Announce;
+use lockstep_ft::membership;
+use lockstep_ft::membership::standby::{self, Standby};
 use lockstep_ft::plane::{BackupPlane, TAG_LOG};
 use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
@@ -42,6 +44,9 @@ use crate::launch;
 
 /// How long the backup waits for the stream's boot entry once connected.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a backup stopped while waiting waits for its registration as
+/// a spare to be withdrawn (beyond it, the lease expires on its own).
+const WITHDRAW_WAIT: Duration = Duration::from_secs(3);
 
 impl Served for BackupIo {
     fn channels(&mut self) -> Option<&mut IoChannels> {
@@ -97,6 +102,11 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let live = liveness(&args.ft)?;
     let arbiter = open_arbiter(&args.ft)?;
     let listen = resolve("--listen", &args.listen)?;
+    // Refused before anything starts: what is used only later.
+    membership::parse(&args.spares).context("--spares")?;
+    if let Some(uri) = &args.standby {
+        Standby::check(uri, &name, listen).context("--standby")?;
+    }
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;
     lockstep_vmm::cpu::avoid_cpu(vcpu_cpu);
     let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
@@ -142,11 +152,26 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         }),
     )
     .with_context(|| format!("listening on {listen}"))?;
+    // A spare in etcd while it waits (`--standby`), withdrawn once taken.
+    let standby = match &args.standby {
+        Some(uri) => {
+            Some(Standby::register(uri, &name, listen, standby::DEFAULT_TTL).context("--standby")?)
+        }
+        None => None,
+    };
     tracing::info!("backup {name}: waiting for the primary on {listen}");
     let Some(attached) = wait_for_primary(&listener, &signals) else {
+        if let Some(s) = standby {
+            s.withdraw(WITHDRAW_WAIT);
+        }
         tracing::info!("stopped before a primary attached");
         return Ok(ExitStatus::Ok);
     };
+    // Taken: no other primary may pick it. Not waited for: the primary is
+    // copying its guest now, and the revoke is the registry's business.
+    if let Some(s) = standby {
+        s.withdraw(Duration::ZERO);
+    }
     // The listener stays: it refuses any other primary while this one runs.
     let Attached {
         stream,

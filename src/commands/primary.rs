@@ -11,6 +11,7 @@ use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
 use logchan::secure::{AttachRequest, Security, Session, initiate};
 
 use lockstep_ft::lag::{LagControl, LagShared, ThrottlePacer};
+use lockstep_ft::membership;
 use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
@@ -78,15 +79,28 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let lease_ms = lease(&args.ft, KEEPALIVE_EVERY)?;
     let arbiter = open_arbiter(&args.ft)?;
     // Without --backup (only --spares): the VM starts alone and is
-    // protected once a spare joins it.
-    let first_spare = match args.spares.first() {
-        Some(s) => Some(resolve("--spares", s)?),
-        None => None,
-    };
-    let (backup, starts_alone) = match (&args.backup, first_spare) {
-        (Some(b), _) => (resolve("--backup", b)?, false),
-        (None, Some(spare)) => (spare, true),
-        (None, None) => bail!("a primary needs --backup, or --spares to start alone"),
+    // protected once a spare joins it. A joined backup's heartbeats use
+    // this side's heartbeat port: --heartbeat-port, or the backup's port,
+    // or the first listed spare's (spares from etcd have no first one).
+    // A bad --spares is refused before a run begins at the arbiter.
+    membership::parse(&args.spares).context("--spares")?;
+    let backup = args
+        .backup
+        .as_deref()
+        .map(|b| resolve("--backup", b))
+        .transpose()?;
+    let starts_alone = backup.is_none();
+    let hb_port = match (args.ft.heartbeat_port, backup) {
+        (Some(port), _) => port,
+        (None, Some(b)) => b.port(),
+        (None, None) if args.spares.is_empty() => {
+            bail!("a primary needs --backup, or --spares to start alone")
+        }
+        (None, None) => membership::first_static_port(&args.spares)
+            .context("--spares")?
+            .context(
+                "a primary started alone with --spares etcd://... needs --heartbeat-port (the port its joined backups' heartbeats use: a backup's default is its --listen port)",
+            )?,
     };
     let security = security(&args.ft, "primary")?;
     let epoch = arbiter.begin_next(&who).with_context(|| {
@@ -98,11 +112,7 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let ft = Arc::new(FtShared::default());
     let policy = args.digest.policy();
     let connect_timeout = Duration::from_secs(args.connect_timeout);
-    let hb_port = args.ft.heartbeat_port.unwrap_or(backup.port());
-    let hb_peer = args
-        .ft
-        .heartbeat_peer
-        .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
+    let hb_peer = args.ft.heartbeat_peer;
     // The I/O thread sends what the vCPU thread publishes; the vCPU wakes
     // it (it does that for outputs anyway), not the log buffers. 16 MiB of
     // log buffers by default: room for bursts, and quick to register
@@ -136,6 +146,9 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, who, ft.clone());
     let log = Box::new(
         move |spec: &GuestSpec, kernel: &[u8], shared: &Arc<VmShared>| {
+            // Only a primary with --backup logs from the start.
+            let backup = backup.context("no --backup to log to")?;
+            let hb_peer = hb_peer.unwrap_or(SocketAddr::new(backup.ip(), hb_port));
             StatusCounters::set(&shared.status.epoch, epoch);
             StatusCounters::set(
                 &shared.status.failure_timeout_ms,

@@ -1,8 +1,8 @@
 //! `lockstep primary --spares`: re-protection by live clone. Whenever the
 //! primary runs alone, a thread of its own joins the first waiting backup
-//! of the list that accepts, with back-off between rounds (docs/join.md).
+//! that accepts — of the list, or of those registered in etcd at that
+//! moment — with back-off between rounds (docs/join.md).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,13 +11,14 @@ use anyhow::Context;
 use lockstep_ft::failure::Liveness;
 use lockstep_ft::join::primary::{JoinSetup, reprotect};
 use lockstep_ft::lag::LagShared;
+use lockstep_ft::membership;
 use lockstep_vmm::replay::recorder::DigestPolicy;
 use lockstep_vmm::snapshot::stream::CopyOptions;
 use logchan::LogConfig;
 
 use crate::cli::FtArgs;
 use crate::commands::live::{JoinEnv, KEEPALIVE_EVERY, StartJoin};
-use crate::commands::pair::{claimant, open_arbiter, resolve, security};
+use crate::commands::pair::{claimant, open_arbiter, security};
 
 /// The join thread's start, if `--spares` names any backup. `role` names
 /// this side at the arbiter (`primary`, or a `backup` gone live).
@@ -33,13 +34,9 @@ pub fn start(
     hb_port: u16,
     lag: Option<(Arc<LagShared>, Option<Duration>)>,
 ) -> anyhow::Result<Option<Box<StartJoin>>> {
-    if spares.is_empty() {
+    let Some(spares) = membership::parse(spares).context("--spares")? else {
         return Ok(None);
-    }
-    let targets = spares
-        .iter()
-        .map(|s| resolve("--spares", s))
-        .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+    };
     // Handles of their own: the join thread begins epochs and opens
     // channels while the main thread supervises.
     let arbiter = open_arbiter(ft)?;
@@ -81,15 +78,11 @@ pub fn start(
         };
         tracing::info!(
             "re-protection on: a backup joins from {} whenever this primary runs alone",
-            targets
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            spares.describe()
         );
         std::thread::Builder::new()
             .name("join".into())
-            .spawn(move || reprotect(setup, targets, current))
+            .spawn(move || reprotect(setup, spares, current))
             .context("starting the join thread")?;
         Ok(())
     })))

@@ -24,6 +24,11 @@ pub struct JoinProgress {
     /// Why a primary runs alone, if not because its backup was lost (a VM
     /// started without one says `no backup yet`).
     pub alone_because: Mutex<Option<String>>,
+    /// The waiting backups the last round of re-protection was offered
+    /// (a list's length, or the spares registered in etcd then).
+    pub spares: AtomicU64,
+    /// Whether a round has asked for spares yet.
+    pub spares_asked: AtomicBool,
 }
 
 impl JoinProgress {
@@ -39,6 +44,19 @@ impl JoinProgress {
     pub fn round(&self, round: u64, pages_so_far: u64) {
         self.rounds.store(round, Relaxed);
         self.pages.store(pages_so_far, Relaxed);
+    }
+
+    /// A round of re-protection was offered `n` waiting backups.
+    pub fn saw_spares(&self, n: u64) {
+        self.spares.store(n, Relaxed);
+        self.spares_asked.store(true, Relaxed);
+    }
+
+    /// What [`saw_spares`](Self::saw_spares) noted last, if anything.
+    pub fn spares_seen(&self) -> Option<u64> {
+        self.spares_asked
+            .load(Relaxed)
+            .then(|| self.spares.load(Relaxed))
     }
 
     /// The copy ended: joined, or failed for `why`.

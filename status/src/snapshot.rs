@@ -138,6 +138,11 @@ pub struct StatusSnapshot {
     /// Backups that joined this primary by live clone.
     #[serde(default)]
     pub joins: u64,
+    /// The waiting backups the last round of re-protection was offered
+    /// (`--spares`: a list, or the spares registered in etcd); absent
+    /// before the first round.
+    #[serde(default)]
+    pub spares: Option<u64>,
 }
 
 impl StatusSnapshot {
@@ -228,6 +233,7 @@ impl StatusSnapshot {
             went_live_after_ms: c.went_live_after(),
             protection: c.join.describe(role),
             joins: get(&c.join.joins),
+            spares: c.join.spares_seen(),
         }
     }
 

@@ -28,6 +28,9 @@ pub fn render(s: &StatusSnapshot) -> String {
     if !s.protection.is_empty() {
         let _ = writeln!(o, "  protection {}", for_terminal(&s.protection));
     }
+    if let Some(n) = s.spares {
+        let _ = writeln!(o, "  spares     {n} at the last round of re-protection");
+    }
     let peer = for_terminal(s.peer.as_deref().unwrap_or("-"));
     let heard = match s.peer_silent_ms {
         Some(ms) => format!("heard {} ago", duration_fine(ms)),

@@ -49,6 +49,17 @@ fn healthy(client: &str) -> bool {
 impl Etcd {
     /// On loopback ports of this namespace.
     pub fn start() -> Etcd {
+        // A port found free can be taken before etcd binds it (other
+        // processes share this machine): then try other ports.
+        for _ in 0..2 {
+            match Self::try_spawn(None, "127.0.0.1", free_port()) {
+                Ok(etcd) => return etcd,
+                Err(log) if log.contains("address already in use") => {
+                    eprintln!("etcd: a port was taken meanwhile; trying others")
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
         Self::spawn(None, "127.0.0.1", free_port())
     }
 
@@ -58,6 +69,11 @@ impl Etcd {
     }
 
     fn spawn(ns: Option<&str>, ip: &str, client_port: u16) -> Etcd {
+        Self::try_spawn(ns, ip, client_port).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A healthy etcd, or why not (with its log).
+    fn try_spawn(ns: Option<&str>, ip: &str, client_port: u16) -> Result<Etcd, String> {
         match Command::new("etcd").arg("--version").output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => panic!("`etcd --version` failed: {o:?}"),
@@ -110,18 +126,18 @@ impl Etcd {
             _dir: dir,
             log,
         };
-        etcd.wait_healthy(Duration::from_secs(30));
-        etcd
+        etcd.wait_healthy(Duration::from_secs(30))?;
+        Ok(etcd)
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) {
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
+                return Err(format!(
                     "etcd exited ({status}) before it was healthy:\n{}",
                     self.log_text()
-                );
+                ));
             }
             let client = self.client.clone();
             let ok = match &self.ns {
@@ -129,7 +145,7 @@ impl Etcd {
                 None => healthy(&client),
             };
             if ok {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,

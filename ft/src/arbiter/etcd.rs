@@ -20,75 +20,54 @@
 //! the backup waits out before it goes live; the arbiter only has to say,
 //! once and atomically, who may serve an epoch.
 //!
-//! etcd 3.4 (Debian bookworm's `etcd-server`) serves the gateway at `/v3/`
-//! and `/v3beta/`; 3.3 only at `/v3beta/`, 3.5+ only at `/v3/`. `/v3/` is
-//! tried first and a 404 switches to `/v3beta/` for good.
+//! The requests go through the shared gateway client ([`crate::etcd`]),
+//! which also serves the spares registry.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
 use super::{Arbiter, ArbiterError, Claim, Claimant, check_epoch, record_name, superseded};
-use lockstep_status::http::{self, HttpError};
+use crate::etcd::{Gateway, GatewayError, b64, unb64};
 
-/// One request to one endpoint must finish within this; the caller retries
-/// the whole operation within its own failover deadline.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub use crate::etcd::DEFAULT_TIMEOUT;
 
 pub struct EtcdArbiter {
-    uri: String,
-    /// `HOST:PORT` of each cluster member given, tried in order.
-    endpoints: Vec<String>,
+    gateway: Gateway,
     key: String,
-    timeout: Duration,
-    /// Set once `/v3/` answered 404 (etcd 3.3).
-    beta: AtomicBool,
+}
+
+impl From<GatewayError> for ArbiterError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::Unreachable { endpoint, source } => {
+                ArbiterError::Unreachable { endpoint, source }
+            }
+            GatewayError::Refused {
+                endpoint,
+                status,
+                message,
+                ..
+            } => ArbiterError::Refused {
+                endpoint,
+                status,
+                message,
+            },
+            GatewayError::Protocol { endpoint, why } => ArbiterError::Protocol { endpoint, why },
+        }
+    }
 }
 
 impl EtcdArbiter {
     /// `rest` is the URI after `etcd://`: `HOST:PORT[,HOST:PORT...]/KEY`.
     pub fn new(uri: &str, rest: &str) -> Result<Self, String> {
-        let (authority, key) = rest
-            .split_once('/')
-            .ok_or("KEY is missing (e.g. etcd://10.0.0.1:2379/lockstep/vm1)")?;
-        let key = key.trim_end_matches('/');
-        if key.is_empty() {
-            return Err("KEY is missing (e.g. etcd://10.0.0.1:2379/lockstep/vm1)".into());
-        }
-        if key.contains(['?', '#']) || key.chars().any(char::is_control) {
-            return Err(format!(
-                "KEY {key:?} has characters a key may not have here"
-            ));
-        }
-        if authority.contains('@') {
-            return Err("user names and passwords are not supported".into());
-        }
-        let mut endpoints = Vec::new();
-        for endpoint in authority.split(',') {
-            let (host, port) = endpoint
-                .rsplit_once(':')
-                .ok_or_else(|| format!("{endpoint:?} is not HOST:PORT"))?;
-            let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
-            if host.is_empty() || !port_ok {
-                return Err(format!("{endpoint:?} is not HOST:PORT"));
-            }
-            endpoints.push(endpoint.to_string());
-        }
-        Ok(EtcdArbiter {
-            uri: uri.to_string(),
-            endpoints,
-            key: key.to_string(),
-            timeout: DEFAULT_TIMEOUT,
-            beta: AtomicBool::new(false),
-        })
+        let (gateway, key) = Gateway::parse(uri, rest, "KEY")?;
+        Ok(EtcdArbiter { gateway, key })
     }
 
     /// Per-request timeout (default [`DEFAULT_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.gateway = self.gateway.with_timeout(timeout);
         self
     }
 
@@ -122,75 +101,9 @@ impl EtcdArbiter {
         std::str::from_utf8(digits).ok()?.parse().ok()
     }
 
-    /// POSTs `body` to `/v3/kv/{op}` on the first endpoint that answers.
+    /// POSTs `body` to `/v3/kv/{op}`.
     fn call(&self, op: &str, body: &Value) -> Result<Value, ArbiterError> {
-        let payload = body.to_string();
-        let mut last = None;
-        for endpoint in &self.endpoints {
-            match self.call_one(endpoint, op, payload.as_bytes()) {
-                Ok(v) => return Ok(v),
-                // Another member may have a leader or be reachable.
-                Err(
-                    e @ (ArbiterError::Unreachable { .. }
-                    | ArbiterError::Refused { status: 500.., .. }),
-                ) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| ArbiterError::Protocol {
-            endpoint: self.uri.clone(),
-            why: "no endpoint".into(),
-        }))
-    }
-
-    fn call_one(&self, endpoint: &str, op: &str, payload: &[u8]) -> Result<Value, ArbiterError> {
-        let unreachable = |source: HttpError| ArbiterError::Unreachable {
-            endpoint: endpoint.to_string(),
-            source,
-        };
-        let post = |api: &str| {
-            http::request(
-                endpoint,
-                "POST",
-                &format!("/{api}/kv/{op}"),
-                Some(("application/json", payload)),
-                self.timeout,
-            )
-        };
-        let mut resp = if self.beta.load(Ordering::Relaxed) {
-            post("v3beta").map_err(unreachable)?
-        } else {
-            let resp = post("v3").map_err(unreachable)?;
-            if resp.status == 404 {
-                let beta = post("v3beta").map_err(unreachable)?;
-                if beta.status != 404 {
-                    self.beta.store(true, Ordering::Relaxed);
-                }
-                beta
-            } else {
-                resp
-            }
-        };
-        let text = std::mem::take(&mut resp.body);
-        let value: Option<Value> = serde_json::from_slice(&text).ok();
-        if resp.status != 200 {
-            // The gateway's errors are {"error": ..., "message": ..., "code": N}.
-            let message = value
-                .as_ref()
-                .and_then(|v| v.get("message").or_else(|| v.get("error")))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&text).chars().take(200).collect());
-            return Err(ArbiterError::Refused {
-                endpoint: endpoint.to_string(),
-                status: resp.status,
-                message,
-            });
-        }
-        value.ok_or_else(|| ArbiterError::Protocol {
-            endpoint: endpoint.to_string(),
-            why: format!("answer to kv/{op} is not JSON"),
-        })
+        Ok(self.gateway.call(&format!("kv/{op}"), body)?)
     }
 
     /// A transaction: put `key = who` if `key` is absent, no later epoch
@@ -237,10 +150,7 @@ impl EtcdArbiter {
         if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
             return Ok(TxnOutcome::Put);
         }
-        let protocol = |why: &str| ArbiterError::Protocol {
-            endpoint: self.uri.clone(),
-            why: why.to_string(),
-        };
+        let protocol = |why: &str| ArbiterError::from(self.gateway.protocol(why));
         let responses = answer
             .get("responses")
             .and_then(Value::as_array)
@@ -286,12 +196,12 @@ enum TxnOutcome {
 
 impl Arbiter for EtcdArbiter {
     fn describe(&self) -> String {
-        self.uri.clone()
+        self.gateway.uri().to_string()
     }
 
     fn latest_epoch(&self) -> Result<u64, ArbiterError> {
         let range = json!({
-            "key": b64(&self.prefix()), "range_end": b64(&self.prefix_end()),
+            "key": b64(self.prefix()), "range_end": b64(self.prefix_end()),
             "sort_order": "DESCEND", "sort_target": "KEY", "limit": "1", "keys_only": true,
         });
         let answer = self.call("range", &range)?;
@@ -305,9 +215,10 @@ impl Arbiter for EtcdArbiter {
         kv.get("key")
             .and_then(unb64)
             .and_then(|k| self.epoch_of(&k))
-            .ok_or_else(|| ArbiterError::Protocol {
-                endpoint: self.uri.clone(),
-                why: "range answer with a key outside the epoch prefix".into(),
+            .ok_or_else(|| {
+                self.gateway
+                    .protocol("range answer with a key outside the epoch prefix")
+                    .into()
             })
     }
 
@@ -321,16 +232,15 @@ impl Arbiter for EtcdArbiter {
                 by: record_name(&by),
             }),
             TxnOutcome::Superseded { latest, .. } => Err(ArbiterError::Stale { epoch, latest }),
-            TxnOutcome::NotBegun => Err(ArbiterError::Protocol {
-                endpoint: self.uri.clone(),
-                why: "a begin cannot need a begin".into(),
-            }),
+            TxnOutcome::NotBegun => {
+                Err(self.gateway.protocol("a begin cannot need a begin").into())
+            }
         }
     }
 
     fn begun_by(&self, epoch: u64) -> Result<Option<String>, ArbiterError> {
         check_epoch(epoch)?;
-        let answer = self.call("range", &json!({"key": b64(&self.begun_key(epoch))}))?;
+        let answer = self.call("range", &json!({"key": b64(self.begun_key(epoch))}))?;
         Ok(answer
             .get("kvs")
             .and_then(Value::as_array)
@@ -359,14 +269,6 @@ impl Arbiter for EtcdArbiter {
     }
 }
 
-fn b64(s: &str) -> String {
-    B64.encode(s.as_bytes())
-}
-
-fn unb64(v: &Value) -> Option<Vec<u8>> {
-    B64.decode(v.as_str()?).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,49 +285,5 @@ mod tests {
         assert_eq!(a.later_range(u64::MAX), None);
         assert_eq!(a.epoch_of(a.begun_key(42).as_bytes()), Some(42));
         assert_eq!(a.epoch_of(b"other/epoch/00000000000000000001"), None);
-    }
-
-    /// etcd 3.3 serves the gateway only under /v3beta/: a 404 on /v3/
-    /// switches for good. (Debian's 3.4 serves both, so the real-etcd
-    /// tests cannot show this.)
-    #[test]
-    fn falls_back_to_v3beta_once() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = std::thread::spawn(move || {
-            let mut paths = Vec::new();
-            for _ in 0..3 {
-                let (mut s, _) = listener.accept().expect("accept");
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers and the small JSON body arrive together or in two
-                // reads; the body ends with '}'.
-                while !buf.ends_with(b"}") {
-                    let n = s.read(&mut chunk).expect("read");
-                    assert!(n > 0, "client closed early");
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                let path = text.split(' ').nth(1).unwrap_or_default().to_string();
-                let answer: &[u8] = if path.starts_with("/v3/") {
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\n\r\n404 page not found\n"
-                } else {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"header\":{}}"
-                };
-                s.write_all(answer).expect("answer");
-                paths.push(path);
-            }
-            paths
-        });
-        let rest = format!("{addr}/k");
-        let a = EtcdArbiter::new(&format!("etcd://{rest}"), &rest).expect("parse");
-        assert_eq!(a.latest_epoch().expect("first"), 0);
-        assert_eq!(a.latest_epoch().expect("second"), 0);
-        let paths = server.join().expect("server");
-        assert_eq!(
-            paths,
-            ["/v3/kv/range", "/v3beta/kv/range", "/v3beta/kv/range"]
-        );
     }
 }

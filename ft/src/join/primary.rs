@@ -26,6 +26,7 @@ use logchan::{GuestIdentity, LogConfig, StreamHeader};
 use crate::arbiter::{Arbiter, Claimant};
 use crate::failure::Liveness;
 use crate::lag::{LagControl, LagShared};
+use crate::membership::Spares;
 use crate::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use crate::shared::FtShared;
 use crate::supervisor::Rebind;
@@ -354,8 +355,13 @@ fn settle(setup: &JoinSetup, epoch: u64, ft: Arc<FtShared>, why: &str) {
 
 /// Re-protection: whenever the pair run `current` leaves this primary
 /// alone (or from the start, with `current` = `None`), join the first of
-/// `targets` that accepts, retrying with back-off; ends when the VM stops.
-pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option<Arc<FtShared>>) {
+/// the `spares` (asked afresh each round) that accepts, retrying with
+/// back-off; ends when the VM stops.
+pub fn reprotect(
+    setup: JoinSetup,
+    mut spares: Box<dyn Spares>,
+    mut current: Option<Arc<FtShared>>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         // Alone: a primary whose backup was lost, or a backup gone live,
@@ -373,7 +379,10 @@ pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option
         }
         let started = Instant::now();
         let mut joined = None;
-        for &addr in &targets {
+        let candidates = spares.candidates();
+        let join = &setup.shared.status.join;
+        join.saw_spares(u64::try_from(candidates.len()).unwrap_or(u64::MAX));
+        for addr in candidates {
             match join_backup(&setup, addr) {
                 Ok(j) => {
                     joined = Some(j);
