@@ -24,11 +24,14 @@ struct JoinLine {
     final_pages: u64,
     pause_ms: f64,
     capture_ms: f64,
+    sent_ms: f64,
+    setup_ms: f64,
     join_ms: f64,
 }
 
 /// Parses `protected again (epoch E): R pre-copy rounds, P pages (F at the
-/// pause), guest paused X ms (state capture Y ms), join took Z ms`.
+/// pause), guest paused X ms (state capture Y ms, last pages and state
+/// sent in S ms, channel set up in T ms), join took Z ms`.
 fn parse_join(line: &str) -> Option<JoinLine> {
     let rest = line.split("protected again").nth(1)?;
     let before = |needle: &str| -> Option<&str> {
@@ -45,6 +48,8 @@ fn parse_join(line: &str) -> Option<JoinLine> {
         final_pages: before(" at the pause")?.parse().ok()?,
         pause_ms: after("guest paused ")?.parse().ok()?,
         capture_ms: after("state capture ")?.parse().ok()?,
+        sent_ms: after("sent in ")?.parse().ok()?,
+        setup_ms: after("set up in ")?.parse().ok()?,
         join_ms: after("join took ")?.parse().ok()?,
     })
 }
@@ -150,7 +155,7 @@ fn failover_to_protected() -> anyhow::Result<(Duration, Duration, JoinLine)> {
 pub fn compare(sizes: &[u64]) -> anyhow::Result<()> {
     println!("## Restoring redundancy: a spare joins a running primary by live clone\n");
     println!(
-        "Per guest size, idle and under `redis-benchmark -c 20 -t set` from the client LAN: the pair loses its backup, a spare starts waiting on host B and the primary (`--spares`) joins it. Columns as the primary logs them; `spare → protected` from the spare's start. One run each.\n"
+        "Per guest size, idle and under `redis-benchmark -c 20 -t set` from the client LAN: the pair loses its backup, a spare starts waiting on host B and the primary (`--spares`) joins it. Columns as the primary logs them (the pause split into the state capture, the send of the last pages and the state, and the new channel's setup); `spare → protected` from the spare's start. One run each.\n"
     );
     let mut table = Table::new(&[
         "guest",
@@ -159,7 +164,7 @@ pub fn compare(sizes: &[u64]) -> anyhow::Result<()> {
         "pages",
         "at the pause",
         "guest paused",
-        "state capture",
+        "of it: capture / last sends / channel",
         "copy",
         "spare → protected",
     ]);
@@ -177,7 +182,10 @@ pub fn compare(sizes: &[u64]) -> anyhow::Result<()> {
                 j.pages.to_string(),
                 j.final_pages.to_string(),
                 format!("{:.1} ms", j.pause_ms),
-                format!("{:.2} ms", j.capture_ms),
+                format!(
+                    "{:.2} / {:.1} / {:.1} ms",
+                    j.capture_ms, j.sent_ms, j.setup_ms
+                ),
                 format!("{:.0} ms", j.join_ms),
                 format!("{:.0} ms", took.as_secs_f64() * 1e3),
             ]);
@@ -201,7 +209,7 @@ mod tests {
 
     #[test]
     fn the_protected_again_line_is_read_back() {
-        let line = "2026 INFO protected again (epoch 3): 2 pre-copy rounds, 33039 pages (177 at the pause), guest paused 3.984 ms (state capture 0.170 ms), join took 812 ms";
+        let line = "2026 INFO protected again (epoch 3): 2 pre-copy rounds, 33039 pages (177 at the pause), guest paused 3.984 ms (state capture 0.170 ms, last pages and state sent in 2.500 ms, channel set up in 0.400 ms), join took 812 ms";
         assert_eq!(
             parse_join(line),
             Some(JoinLine {
@@ -210,6 +218,8 @@ mod tests {
                 final_pages: 177,
                 pause_ms: 3.984,
                 capture_ms: 0.17,
+                sent_ms: 2.5,
+                setup_ms: 0.4,
                 join_ms: 812.0,
             })
         );

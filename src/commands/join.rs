@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use lockstep_ft::join::transport::ChannelSource;
+use lockstep_ft::join::transport::JoinChannel;
 use lockstep_vmm::devices::virtio::Devices;
 use lockstep_vmm::kvm::vm::Vm;
 use lockstep_vmm::snapshot::stream::{receive_clone, restore};
@@ -60,7 +60,7 @@ pub fn receive(
     stream
         .set_read_timeout(Some(READ_TIMEOUT))
         .context("join stream timeout")?;
-    let mut source = ChannelSource::new(stream, records);
+    let mut source = JoinChannel::new(stream, records);
     let (state, stats) =
         receive_clone(&mut source, &vm.mem, &ours).context("receiving the live clone")?;
     if source.has_leftover() {

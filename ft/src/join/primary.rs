@@ -31,7 +31,7 @@ use crate::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use crate::shared::FtShared;
 use crate::supervisor::Rebind;
 
-use super::transport::ChannelSink;
+use super::transport::JoinChannel;
 
 /// How long the opening (connect, handshake, attach verdict) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,6 +106,10 @@ pub struct Joined {
     pub stats: JoinStats,
     /// The guest's whole pause at the join point.
     pub pause: Duration,
+    /// In the pause: from the frozen state's hand-over to the last message
+    /// sent, and then the new channel's setup.
+    pub sent: Duration,
+    pub setup: Duration,
     pub ft: Arc<FtShared>,
 }
 
@@ -205,11 +209,11 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     // may hold the whole state, and a failure must be settled at the
     // arbiter (`settle`).
     let paused = std::cell::Cell::new(false);
+    // When the vCPU handed over the frozen state: the rest of the pause is
+    // this thread's (the last sends, the new channel).
+    let frozen_at = std::cell::Cell::new(None);
     let copied = PreCopy::start(setup.vm.clone(), setup.mem.clone()).and_then(|precopy| {
-        let mut sink = ChannelSink {
-            stream: &stream,
-            records: session.records.as_mut(),
-        };
+        let mut sink = JoinChannel::new(&stream, session.records.as_mut());
         let mut progress = |round: u32, pages: u64| status.join.round(u64::from(round), pages);
         stream::send_clone(
             &mut sink,
@@ -228,6 +232,7 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
                     PAUSE_TIMEOUT,
                 );
                 paused.set(frozen.is_ok());
+                frozen_at.set(Some(Instant::now()));
                 frozen
             },
         )
@@ -244,6 +249,7 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
             return Err(JoinError::Copy(e));
         }
     };
+    let sent_at = Instant::now();
     // The joiner has the whole state: the log stream follows on the same
     // connection, from the I/O thread, under the output rule.
     let _ = stream.set_write_timeout(None);
@@ -292,6 +298,7 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
             return Err(e);
         }
     };
+    let built_at = Instant::now();
     // The supervisor watches the new run before its first verdict can come.
     setup.rebind.to(epoch, ft.clone());
     StatusCounters::set(&status.epoch, epoch);
@@ -312,10 +319,13 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
         .wait_pause(PAUSE_TIMEOUT)
         .unwrap_or(Duration::from_micros(stats.pause_us));
     status.set_role(Role::Primary);
+    let since_frozen = |t: Instant| frozen_at.get().map_or(Duration::ZERO, |f| t - f);
     Ok(Joined {
         epoch,
         stats,
         pause,
+        sent: since_frozen(sent_at),
+        setup: built_at - sent_at,
         ft,
     })
 }
@@ -397,13 +407,15 @@ pub fn reprotect(
         match joined {
             Some(j) => {
                 tracing::info!(
-                    "protected again (epoch {}): {} pre-copy rounds, {} pages ({} at the pause), guest paused {:.3} ms (state capture {:.3} ms), join took {} ms",
+                    "protected again (epoch {}): {} pre-copy rounds, {} pages ({} at the pause), guest paused {:.3} ms (state capture {:.3} ms, last pages and state sent in {:.3} ms, channel set up in {:.3} ms), join took {} ms",
                     j.epoch,
                     j.stats.rounds,
                     j.stats.pages,
                     j.stats.final_pages,
                     j.pause.as_secs_f64() * 1e3,
                     j.stats.pause_us as f64 / 1e3,
+                    j.sent.as_secs_f64() * 1e3,
+                    j.setup.as_secs_f64() * 1e3,
                     started.elapsed().as_millis()
                 );
                 current = Some(j.ft);

@@ -23,7 +23,7 @@ pub use vcpu::VcpuState;
 use wire::{Reader, Writer};
 
 /// Version of the join stream (`Hello.version` and `State.version`).
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Why a clone could not be taken, sent, received or restored.
 #[derive(Debug, thiserror::Error)]

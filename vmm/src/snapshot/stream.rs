@@ -65,6 +65,9 @@ pub fn send_clone(
         let sent = precopy.round(sink)?;
         let rounds = precopy.rounds;
         tracing::debug!("join: round {rounds}: {sent} pages");
+        // The guest runs on while the joiner catches up; the next round
+        // (or the pause) sends what it wrote meanwhile into an empty pipe.
+        sink.wait_applied(rounds)?;
         progress(rounds, precopy.pages_sent);
         if rounds >= 2 && (sent <= opts.small_enough || rounds >= opts.max_rounds || sent >= last) {
             break;
@@ -129,6 +132,10 @@ pub fn receive_clone(
                 let (round, _, sent) = (r.u32()?, r.u32()?, r.u64()?);
                 r.finish()?;
                 tracing::debug!("join: round {round} received ({sent} pages)");
+                // Every page before it is in memory: say so.
+                let mut w = Writer::default();
+                w.u32(round).u32(0);
+                src.reply(kind::APPLIED, &w.buf)?;
             }
             kind::STATE if state.is_none() => state = Some(MachineState::decode(&body)?),
             kind::DONE => {

@@ -21,6 +21,8 @@ pub mod kind {
     pub const STATE: u8 = 4;
     pub const DONE: u8 = 5;
     pub const ABORT: u8 = 6;
+    /// The joiner's answer to a `Round` (the one message going back).
+    pub const APPLIED: u8 = 7;
 }
 
 /// Little-endian writer into a growing buffer.
@@ -156,7 +158,7 @@ pub fn parse_frame(f: &[u8; FRAME_LEN]) -> Result<(u8, usize), SnapshotError> {
             max: MAX_BODY as u64,
         });
     }
-    if !(kind::HELLO..=kind::ABORT).contains(&f[0]) {
+    if !(kind::HELLO..=kind::APPLIED).contains(&f[0]) {
         return Err(SnapshotError::Bad {
             what: "message frame",
             why: format!("unknown message kind {}", f[0]),
@@ -169,12 +171,28 @@ pub fn parse_frame(f: &[u8; FRAME_LEN]) -> Result<(u8, usize), SnapshotError> {
 /// layer (`lockstep-ft`'s join transport).
 pub trait MessageSink {
     fn send(&mut self, kind: u8, body: &[u8]) -> Result<(), SnapshotError>;
+
+    /// Waits until the joiner says it applied every message up to the end
+    /// of pre-copy round `round` (its `Applied`), so that what the pause
+    /// sends does not queue behind a backlog. A sink that hears nothing
+    /// back (an in-process copy) does not wait.
+    fn wait_applied(&mut self, round: u32) -> Result<(), SnapshotError> {
+        let _ = round;
+        Ok(())
+    }
 }
 
 /// Where join messages come from.
 pub trait MessageSource {
     /// The next message (kind, body), its frame checked.
     fn recv(&mut self) -> Result<(u8, Vec<u8>), SnapshotError>;
+
+    /// Answers the sender (`Applied` after a `Round`); a source that
+    /// cannot answer drops it.
+    fn reply(&mut self, kind: u8, body: &[u8]) -> Result<(), SnapshotError> {
+        let _ = (kind, body);
+        Ok(())
+    }
 }
 
 /// Messages framed on a plain stream (tests, and the `--insecure` channel).
