@@ -6,8 +6,11 @@
 //! by the next join, and after a failover every acknowledged write is
 //! there, also on a reboot of the disk image.
 //!
-//! Fail points (primary): `join-switch-wait` holds the join's last step,
-//! `join-switch` fails it.
+//! And a backup whose replay diverges says so in its last ack: the
+//! primary, alone, shows that reason and is protected by the next join.
+//!
+//! Fail points: `join-switch-wait` holds the join's last step and
+//! `join-switch` fails it (primary); `replay-diverge` (backup).
 
 mod common;
 
@@ -64,6 +67,45 @@ fn a_join_failing_at_its_last_step_during_an_arbiter_outage_loses_no_write() {
     });
     // A sound backup joins; the primary dies; the joined backup serves
     // every acknowledged write of the run.
+    pair.new_backup(&[], &[]);
+    pair.wait_protected(1, Duration::from_secs(30));
+    pair.wait_acked(100);
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(10));
+    pair.wait_served(50);
+    let n = pair.check_writes(writers, what, false);
+    eprintln!("{what}: {n} acknowledged writes kept");
+}
+
+#[test]
+fn a_diverged_backup_is_named_as_such_and_a_spare_replaces_it() {
+    if !kvm_available() {
+        return;
+    }
+    let what = "a backup whose replay diverged";
+    let opts = FtOptions {
+        primary_extra: vec!["--spares".into(), format!("{BACKUP_LOG}:{LOG_PORT}")],
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start("jd", opts);
+    let writers = Writers::start(&pair, 3);
+    pair.wait_acked(100);
+    pair.set_failpoints("backup", "replay-diverge=1*return");
+    let status = pair.backup.exit_status(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(5), "{what}: exit status (diverged)");
+    pair.primary
+        .wait_for_line("continuing alone", Duration::from_secs(10));
+    let log = pair.primary.log();
+    assert!(
+        log.contains("replay diverged from the log at exit"),
+        "{what}: the primary heard why\n{log}"
+    );
+    let protection = pair.status("primary").expect("status")["protection"].to_string();
+    assert!(
+        protection.contains("need-backup") && protection.contains("diverged"),
+        "protection {protection}"
+    );
+    pair.wait_served(50);
     pair.new_backup(&[], &[]);
     pair.wait_protected(1, Duration::from_secs(30));
     pair.wait_acked(100);

@@ -262,6 +262,7 @@ fn an_impostor_backup_without_the_key_never_gets_an_output_released() {
                     acked_seq: seq * 1000,
                     replayed_seq: 0,
                     replayed_exit: 0,
+                    diverged: false,
                 };
                 let _ = s.write_all(&ack.encode());
                 match s.read(&mut buf) {

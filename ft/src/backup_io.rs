@@ -12,7 +12,7 @@ use lockstep_vmm::dataplane::join_point::JoinCtl;
 use lockstep_vmm::dataplane::live::{LiveError, LiveIo};
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::machine::{Digester, RunEndKind, SyncIo, SyncOutcome, SyncRequest};
-use lockstep_vmm::replay::replayer::{ReplayError, ReplayIo, ReplayStop};
+use lockstep_vmm::replay::replayer::{Divergence, ReplayError, ReplayIo, ReplayStop};
 use lockstep_vmm::snapshot::vcpu::VcpuAccess;
 
 use crate::go_live::{self, Announce};
@@ -185,6 +185,14 @@ impl BackupIo {
     }
 }
 
+/// A replay that diverged: the backup's plane sends its last ack with the
+/// flag (before the I/O thread drains), so the primary knows why.
+fn say_diverged(ft: &FtShared, io: &IoChannels, exit: u64) {
+    FtShared::raise(&ft.diverged_exit, exit);
+    ft.set(&ft.diverged);
+    io.waker.wake();
+}
+
 impl SyncIo for BackupIo {
     type Error = BackupError;
 
@@ -194,11 +202,21 @@ impl SyncIo for BackupIo {
         req: &SyncRequest,
     ) -> Result<SyncOutcome, BackupError> {
         fail::fail_point!("replay-slow");
-        let (replay, _) = match &mut self.serving {
+        let (replay, io) = match &mut self.serving {
             Serving::Live(live) => return Ok(live.sync(mem, req)?),
             Serving::Replay(replay, io) => (replay, io),
             Serving::Switching => return Err(BackupError::HandOverFailed),
         };
+        // Tests: a replay that diverges here.
+        fail::fail_point!("replay-diverge", |_| {
+            let d = Divergence {
+                exit_index: req.exit_index,
+                seq: replay.cursor.consumed_seq(),
+                what: "fail point replay-diverge".into(),
+            };
+            say_diverged(&self.ft, io, d.exit_index);
+            Err(ReplayError::Stop(ReplayStop::Diverged(d)).into())
+        });
         match replay.sync(mem, req) {
             Ok(outcome) => {
                 let seq = replay.cursor.consumed_seq();
@@ -210,7 +228,12 @@ impl SyncIo for BackupIo {
             {
                 self.go_live(mem, req)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                if let ReplayError::Stop(ReplayStop::Diverged(d)) = &e {
+                    say_diverged(&self.ft, io, d.exit_index);
+                }
+                Err(e.into())
+            }
         }
     }
 

@@ -59,6 +59,11 @@ pub struct FtShared {
     /// Main thread, primary: the arbiter was won; continue without a
     /// backup (outputs no longer wait for acks).
     pub alone: AtomicBool,
+    /// Backup: its replay diverged from the log at exit `diverged_exit`:
+    /// its last ack says so (the primary then counts it lost, with that
+    /// reason), and it stops.
+    pub diverged: AtomicBool,
+    pub diverged_exit: AtomicU64,
     /// Backup: the bound on what it received and has not replayed yet.
     pub replay_buffer: ReplayBuffer,
     /// The main thread, unparked when the I/O thread has news.

@@ -182,8 +182,15 @@ impl Supervisor {
                             self.epoch
                         );
                         self.ft.set(&self.ft.alone);
+                        // `lockstep status`: why (a backup whose replay
+                        // diverged says so in its last ack).
                         if let Ok(mut b) = shared.status.join.alone_because.lock() {
-                            *b = None;
+                            let why = note();
+                            *b = Some(if why.is_empty() {
+                                "backup lost".into()
+                            } else {
+                                format!("backup lost: {why}")
+                            });
                         }
                         shared.stop_logging();
                         self.state = State::Done;

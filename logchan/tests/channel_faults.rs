@@ -272,6 +272,7 @@ fn split_and_batched_acks_are_accepted_and_a_bad_crc_closes_the_sender() {
             acked_seq: 10,
             replayed_seq: 5,
             replayed_exit: 3,
+            diverged: false,
         }
         .encode();
         // One ack, a byte at a time.
@@ -283,6 +284,7 @@ fn split_and_batched_acks_are_accepted_and_a_bad_crc_closes_the_sender() {
             acked_seq: 50,
             replayed_seq: 40,
             replayed_exit: 30,
+            diverged: false,
         }
         .encode()
         .to_vec();
@@ -291,6 +293,7 @@ fn split_and_batched_acks_are_accepted_and_a_bad_crc_closes_the_sender() {
                 acked_seq: 100,
                 replayed_seq: 90,
                 replayed_exit: 80,
+                diverged: false,
             }
             .encode(),
         );
@@ -300,6 +303,7 @@ fn split_and_batched_acks_are_accepted_and_a_bad_crc_closes_the_sender() {
             acked_seq: 100,
             replayed_seq: 100,
             replayed_exit: 90,
+            diverged: false,
         }
         .encode();
         bad[36] ^= 1;
@@ -335,6 +339,7 @@ fn an_ack_for_entries_never_sent_closes_the_sender() {
             acked_seq: 1 << 40,
             replayed_seq: 0,
             replayed_exit: 0,
+            diverged: false,
         };
         fb.stream.write_all(&ack.encode()).expect("write");
     });

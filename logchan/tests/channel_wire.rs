@@ -9,6 +9,7 @@ fn ack() -> Ack {
         acked_seq: 0x0102_0304_0506_0708,
         replayed_seq: 0x0102_0304_0506_0700,
         replayed_exit: 0xdead_beef,
+        diverged: false,
     }
 }
 
@@ -70,11 +71,19 @@ fn ack_errors_name_what_is_wrong() {
         "ack version 2 is not supported: this build reads version 1"
     );
 
-    // Flags and reserved must be 0 even with a valid crc.
+    // Only flag bit 0 (diverged) is defined; reserved must be 0, even
+    // with a valid crc.
     let mut b = ack().encode();
-    b[6] = 1;
+    b[6] = 2;
     reseal(&mut b);
-    assert_eq!(Ack::decode(&b), Err(AckError::Flags { flags: 1 }));
+    assert_eq!(Ack::decode(&b), Err(AckError::Flags { flags: 2 }));
+    let last = Ack {
+        diverged: true,
+        ..ack()
+    };
+    let b = last.encode();
+    assert_eq!(b[6], 1, "diverged is bit 0 of the flags");
+    assert_eq!(Ack::decode(&b), Ok(last));
     let mut b = ack().encode();
     b[33] = 1;
     reseal(&mut b);
@@ -87,6 +96,7 @@ fn ack_plausibility() {
         acked_seq,
         replayed_seq,
         replayed_exit: 0,
+        diverged: false,
     };
     assert_eq!(a(5, 3).check(5, 10), Ok(()));
     assert_eq!(a(10, 10).check(5, 10), Ok(()));

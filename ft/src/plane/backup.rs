@@ -50,7 +50,12 @@ pub struct BackupPlane {
     /// sent for replay progress alone (reads paused, nothing received).
     acked_replay: u64,
     progress_ack_at: Instant,
+    /// When the diverged ack was asked of the receiver (`FtShared::diverged`).
+    goodbye_at: Option<Instant>,
 }
+
+/// How long a diverged backup's drain waits for its last ack to leave.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How often replay progress alone is acked: the primary measures its lag
 /// from it, also while the backup's full buffer stops its receives.
@@ -84,6 +89,7 @@ impl BackupPlane {
             lease: Duration::ZERO,
             last_kind: None,
             went_live: false,
+            goodbye_at: None,
             acked_replay: 0,
             progress_ack_at: Instant::now(),
         }
@@ -239,6 +245,12 @@ impl IoPlane for BackupPlane {
     }
 
     fn pump(&mut self, sq: &mut squeue::SubmissionQueue<'_>, now: Instant) {
+        if self.goodbye_at.is_none() && FtShared::flag(&self.ft.diverged) {
+            let exit = FtShared::load(&self.ft.diverged_exit);
+            tracing::warn!("the replay diverged at exit {exit}: telling the primary");
+            self.receiver.say_diverged(exit, sq);
+            self.goodbye_at = Some(now);
+        }
         if self.chunks.flush() {
             self.shared.wake_vcpu();
         }
@@ -267,7 +279,15 @@ impl IoPlane for BackupPlane {
     }
 
     fn flushed(&self) -> bool {
-        true
+        // A diverged backup's last ack leaves before the I/O thread ends
+        // (bounded: a stuck socket does not hold the exit).
+        if !FtShared::flag(&self.ft.diverged) {
+            return true;
+        }
+        match self.goodbye_at {
+            None => false,
+            Some(at) => self.receiver.goodbye_done() || at.elapsed() >= GOODBYE_TIMEOUT,
+        }
     }
 
     fn on_cqe(

@@ -3,13 +3,18 @@
 //! ```text
 //! off 0  [u8; 4] magic "LSAK"
 //! off 4  u16     version = 1
-//! off 6  u16     flags = 0
+//! off 6  u16     flags          bit 0: diverged (below); others 0
 //! off 8  u64     acked_seq      last entry received and verified
 //! off 16 u64     replayed_seq   last entry the backup has applied
 //! off 24 u64     replayed_exit  the backup's exit index
 //! off 32 u32     reserved = 0
 //! off 36 u32     crc32c over bytes 0..36
 //! ```
+//!
+//! Flag `diverged` (bit 0) is a backup's last word: its replay diverged
+//! from the log at exit `replayed_exit`, so it stops and can never take
+//! over; the primary ends the connection and treats the backup as lost
+//! with that reason (docs/log-format.md).
 //!
 //! `acked_seq` is what the output rule waits for: the primary releases an
 //! output once `acked_seq` reaches the output's tag. Acks are cumulative, so
@@ -24,6 +29,8 @@ pub const ACK_LEN: usize = 40;
 pub const ACK_MAGIC: [u8; 4] = *b"LSAK";
 pub const ACK_VERSION: u16 = 1;
 const CRC_OFF: usize = 36;
+/// The backup's replay diverged: this is its last ack.
+pub const ACK_FLAG_DIVERGED: u16 = 1;
 
 /// A decoded ack.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +41,8 @@ pub struct Ack {
     pub replayed_seq: u64,
     /// The backup's exit index.
     pub replayed_exit: u64,
+    /// The backup's replay diverged at `replayed_exit`: it stops.
+    pub diverged: bool,
 }
 
 /// Why an ack was refused. Any of these ends the connection.
@@ -45,7 +54,7 @@ pub enum AckError {
     UnsupportedVersion { found: u16 },
     #[error("ack crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadCrc { stored: u32, computed: u32 },
-    #[error("ack has flags {flags:#x}; version 1 defines none")]
+    #[error("ack has flags {flags:#x}; version 1 defines only bit 0 (diverged)")]
     Flags { flags: u16 },
     #[error("ack reserved field is {value:#x}, expected 0")]
     Reserved { value: u32 },
@@ -62,7 +71,10 @@ impl Ack {
         let mut b = [0u8; ACK_LEN];
         b[0..4].copy_from_slice(&ACK_MAGIC);
         b[4..6].copy_from_slice(&ACK_VERSION.to_le_bytes());
-        // 6..8 flags, 32..36 reserved: zero.
+        if self.diverged {
+            b[6..8].copy_from_slice(&ACK_FLAG_DIVERGED.to_le_bytes());
+        }
+        // 32..36 reserved: zero.
         b[8..16].copy_from_slice(&self.acked_seq.to_le_bytes());
         b[16..24].copy_from_slice(&self.replayed_seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.replayed_exit.to_le_bytes());
@@ -84,7 +96,7 @@ impl Ack {
         check_seal(b, CRC_OFF)
             .map_err(|(stored, computed)| AckError::BadCrc { stored, computed })?;
         let flags = u16_at(b, 6);
-        if flags != 0 {
+        if flags & !ACK_FLAG_DIVERGED != 0 {
             return Err(AckError::Flags { flags });
         }
         let reserved = u32_at(b, 32);
@@ -95,6 +107,7 @@ impl Ack {
             acked_seq: u64_at(b, 8),
             replayed_seq: u64_at(b, 16),
             replayed_exit: u64_at(b, 24),
+            diverged: flags & ACK_FLAG_DIVERGED != 0,
         })
     }
 

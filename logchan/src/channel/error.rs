@@ -32,6 +32,10 @@ pub enum ChannelError {
     /// damaged): nothing from it on is trusted, so the connection ends.
     #[error("the logging channel's records cannot be trusted")]
     Record(#[source] RecordError),
+    /// The backup said its replay diverged (its last ack): it stops and
+    /// can never take over.
+    #[error("the backup's replay diverged from the log at exit {exit}; it stopped")]
+    PeerDiverged { exit: u64 },
     /// `shutdown()` was called.
     #[error("the logging channel was shut down locally")]
     Shutdown,

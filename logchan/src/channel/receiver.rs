@@ -85,6 +85,8 @@ pub struct ReceiverEngine {
     /// when.
     ack_high_water: Option<(u64, Instant)>,
     last_ack: Option<Ack>,
+    /// The replay diverged: acks carry the flag (`say_diverged`).
+    diverged: bool,
     /// Bytes of the ack in `ack_buf` (an ack, or its record).
     ack_len: usize,
     closed: bool,
@@ -169,6 +171,7 @@ impl ReceiverEngine {
             acks_stopped: false,
             ack_high_water: None,
             last_ack: None,
+            diverged: false,
             ack_len: ACK_LEN,
             closed: false,
             sealed: None,
@@ -346,6 +349,27 @@ impl ReceiverEngine {
         self.ack_due = false;
     }
 
+    /// The backup's last word: its replay diverged at `exit`. The next ack
+    /// (covering no more than the last one could) carries the flag; the
+    /// primary then ends the connection.
+    pub fn say_diverged(&mut self, exit: u64, sq: &mut squeue::SubmissionQueue<'_>) {
+        self.diverged = true;
+        if let Some((seq, _)) = self.replayed {
+            self.replayed = Some((seq, exit));
+        }
+        self.ack_due = true;
+        self.pump_ack(sq);
+    }
+
+    /// Whether the diverged ack has left, or never can (a closed channel,
+    /// acks stopped, nothing ever acked).
+    pub fn goodbye_done(&self) -> bool {
+        self.closed
+            || self.acks_stopped
+            || self.replayed.is_none()
+            || (self.last_ack.is_some_and(|a| a.diverged) && !self.ack_active)
+    }
+
     /// The highest seq any ack put into the ring has covered, and when it
     /// was put there; `None` before the first ack.
     pub fn ack_high_water(&self) -> Option<(u64, Instant)> {
@@ -414,6 +438,7 @@ impl ReceiverEngine {
                 acked_seq: self.ack_limit.map_or(received, |l| l.min(received)),
                 replayed_seq,
                 replayed_exit,
+                diverged: self.diverged,
             };
             if self.last_ack == Some(a) {
                 return;

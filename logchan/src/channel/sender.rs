@@ -215,6 +215,7 @@ impl SenderEngine {
                 acked_seq: before_first,
                 replayed_seq: before_first,
                 replayed_exit: 0,
+                diverged: false,
             },
             closed: false,
             zc_copied_run: 0,

@@ -212,6 +212,15 @@ impl SenderEngine {
                 replayed_exit: a.replayed_exit,
                 sent_at,
             });
+            if a.diverged {
+                self.close(
+                    ChannelError::PeerDiverged {
+                        exit: a.replayed_exit,
+                    },
+                    out,
+                );
+                return;
+            }
         }
         if let Some(e) = bad {
             self.close(e, out);
