@@ -52,7 +52,11 @@ fn a_join_failing_at_its_last_step_during_an_arbiter_outage_loses_no_write() {
     // claim; the primary serves alone meanwhile.
     let status = pair.backup.exit_status(Duration::from_secs(30));
     let joiner = pair.backup.log();
-    assert_eq!(status.code(), Some(1), "{what}: the joiner stopped\n{joiner}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{what}: the joiner stopped\n{joiner}"
+    );
     assert!(
         joiner.contains("the primary sent no boot entry")
             && !joiner.contains(LIVE)

@@ -101,7 +101,11 @@ fn one_join(mib: u64, loaded: bool) -> anyhow::Result<(JoinLine, Duration)> {
         .extend(["--spares".into(), format!("{BACKUP_IP}:{LOG_PORT}")]);
     cfg.backup_extra = mem.to_vec();
     let mut p = pair::start(&cfg)?;
-    let _load = if loaded { Some(Load::start(&net)?) } else { None };
+    let _load = if loaded {
+        Some(Load::start(&net)?)
+    } else {
+        None
+    };
     p.backup.signal(libc::SIGKILL);
     p.primary
         .wait_for("continuing alone", Duration::from_secs(30))?;

@@ -12,7 +12,7 @@ use lockstep_vmm::dataplane::join_point::JoinCtl;
 use lockstep_vmm::dataplane::live::{LiveError, LiveIo};
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::machine::{Digester, RunEndKind, SyncIo, SyncOutcome, SyncRequest};
-use lockstep_vmm::replay::replayer::{Divergence, ReplayError, ReplayIo, ReplayStop};
+use lockstep_vmm::replay::replayer::{ReplayError, ReplayIo, ReplayStop};
 use lockstep_vmm::snapshot::vcpu::VcpuAccess;
 
 use crate::go_live::{self, Announce};
@@ -209,7 +209,7 @@ impl SyncIo for BackupIo {
         };
         // Tests: a replay that diverges here.
         fail::fail_point!("replay-diverge", |_| {
-            let d = Divergence {
+            let d = lockstep_vmm::replay::replayer::Divergence {
                 exit_index: req.exit_index,
                 seq: replay.cursor.consumed_seq(),
                 what: "fail point replay-diverge".into(),

@@ -255,35 +255,35 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     let _ = stream.set_write_timeout(None);
     let plane = switch_fault().and_then(|()| {
         SenderEngine::new(stream, consumer, header, TAG_LOG, SenderOptions::default())
-        .map_err(|e| JoinError::Setup(format!("logging channel: {e}")))
-        .map(|s| s.secured(session.records.take()))
-        .and_then(|sender| {
-            let peer = SocketAddr::new(addr.ip(), setup.hb_port);
-            let heartbeat = HeartbeatEngine::new(
-                udp,
-                peer,
-                BeatRole::Primary,
-                epoch,
-                setup.live.period,
-                TAG_HEARTBEAT,
-            )
-            .map_err(|e| JoinError::Setup(format!("heartbeats: {e}")))?
-            .with_keys(session.beats.take());
-            let plane = PrimaryPlane::new(
-                sender,
-                heartbeat,
-                setup.live,
-                setup.lease,
-                ft.clone(),
-                status.clone(),
-            );
-            Ok(match &setup.lag {
-                Some((lag, target)) => {
-                    plane.with_lag(LagControl::new(lag.clone(), *target, status.clone()))
-                }
-                None => plane,
+            .map_err(|e| JoinError::Setup(format!("logging channel: {e}")))
+            .map(|s| s.secured(session.records.take()))
+            .and_then(|sender| {
+                let peer = SocketAddr::new(addr.ip(), setup.hb_port);
+                let heartbeat = HeartbeatEngine::new(
+                    udp,
+                    peer,
+                    BeatRole::Primary,
+                    epoch,
+                    setup.live.period,
+                    TAG_HEARTBEAT,
+                )
+                .map_err(|e| JoinError::Setup(format!("heartbeats: {e}")))?
+                .with_keys(session.beats.take());
+                let plane = PrimaryPlane::new(
+                    sender,
+                    heartbeat,
+                    setup.live,
+                    setup.lease,
+                    ft.clone(),
+                    status.clone(),
+                );
+                Ok(match &setup.lag {
+                    Some((lag, target)) => {
+                        plane.with_lag(LagControl::new(lag.clone(), *target, status.clone()))
+                    }
+                    None => plane,
+                })
             })
-        })
     });
     let plane = match plane {
         Ok(p) => p,
