@@ -14,9 +14,14 @@
 //! **Access.** An endpoint on a loopback address answers anyone on this
 //! host. One bound to any other address must be given a bearer token
 //! ([`ServerOptions::token`]; refused otherwise), and then every request
-//! needs `Authorization: Bearer TOKEN` (401 otherwise, counted). The
-//! endpoint only reads; future write actions will require the token
-//! everywhere.
+//! needs `Authorization: Bearer TOKEN` (401 otherwise, counted).
+//!
+//! **Actions.** `POST /ft/ACTION` (docs/operator-actions.md) is served only
+//! when the binary registered an [`ActionHandler`], and always needs the
+//! token, on loopback too: without a token configured every action is
+//! refused (403). A request that carries a body is refused (actions take
+//! none); the handler's answer comes once the action is complete (bounded
+//! by [`crate::actions::ACTION_DEADLINE`]), typed by its HTTP status.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -29,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::actions::{Action, ActionHandler, Answered, Outcome, Then};
 use super::counters::StatusCounters;
 use super::metrics;
 use super::rate::RateWindow;
@@ -61,12 +67,24 @@ pub enum ServerError {
     NeedsToken { addr: SocketAddr },
 }
 
-/// How an endpoint is protected.
-#[derive(Clone, Debug, Default)]
+/// How an endpoint is protected, and what it may change.
+#[derive(Clone, Default)]
 pub struct ServerOptions {
     /// Every request must carry `Authorization: Bearer <token>`. Required
-    /// for an address beyond loopback.
+    /// for an address beyond loopback, and for any action.
     pub token: Option<String>,
+    /// Carries out `POST /ft/ACTION` (none: actions are refused).
+    pub actions: Option<Arc<dyn ActionHandler>>,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("ServerOptions")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("actions", &self.actions.is_some())
+            .finish()
+    }
 }
 
 /// A running status endpoint; stops (and closes its socket) on drop.
@@ -84,6 +102,7 @@ struct Shared {
     /// Connections being served, per client address.
     per_client: Mutex<HashMap<IpAddr, usize>>,
     token: Option<String>,
+    actions: Option<Arc<dyn ActionHandler>>,
 }
 
 impl Shared {
@@ -133,6 +152,7 @@ impl StatusServer {
             active: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
             token: opts.token,
+            actions: opts.actions,
         });
         let shared_has_token = shared.token.is_some();
         let thread = std::thread::Builder::new()
@@ -257,10 +277,16 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     if stream.set_nonblocking(false).is_err() {
         return;
     }
-    let answer = match read_head(&mut stream, deadline) {
+    let (answer, then) = match read_head(&mut stream, deadline) {
         Ok(head) => route(&head, shared),
-        Err(HeadError::TooLarge) => Answer::text(431, "request header too large\n"),
+        Err(HeadError::TooLarge) => (Answer::text(431, "request header too large\n"), None),
         Err(HeadError::Closed) => return,
+    };
+    // An action may have taken longer than a read's whole deadline: its
+    // answer gets one of its own.
+    let deadline = match then {
+        Some(Posted(_)) => Instant::now() + CLIENT_DEADLINE,
+        None => deadline,
     };
     let Some(left) = deadline.checked_duration_since(Instant::now()) else {
         return;
@@ -276,7 +302,14 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     if answer.status >= 400 {
         linger(&mut stream, deadline);
     }
+    if let Some(Posted(Some(then))) = then {
+        then();
+    }
 }
+
+/// A request that reached the action handler, with what it asked to run
+/// after the answer.
+struct Posted(Option<Then>);
 
 /// After an error answer the client may still be sending (an oversized
 /// header): closing with unread input makes the kernel send a reset, which
@@ -356,9 +389,13 @@ impl Answer {
             200 => "OK",
             400 => "Bad Request",
             401 => "Unauthorized",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
+            413 => "Content Too Large",
             431 => "Request Header Fields Too Large",
+            504 => "Gateway Timeout",
             505 => "HTTP Version Not Supported",
             _ => "Internal Server Error",
         };
@@ -369,7 +406,7 @@ impl Answer {
             self.body.len()
         );
         if self.status == 405 {
-            out.push_str("Allow: GET, HEAD\r\n");
+            out.push_str("Allow: GET, HEAD, POST\r\n");
         }
         if self.status == 401 {
             out.push_str("WWW-Authenticate: Bearer realm=\"lockstep\"\r\n");
@@ -384,11 +421,19 @@ impl Answer {
 }
 
 /// Answers a request head (request line and headers, without the blank
-/// line).
-fn route(head: &[u8], shared: &Shared) -> Answer {
+/// line); an action also says what to run after the answer.
+fn route(head: &[u8], shared: &Shared) -> (Answer, Option<Posted>) {
     let Ok(head) = std::str::from_utf8(head) else {
-        return Answer::text(400, "request is not UTF-8\n");
+        return (Answer::text(400, "request is not UTF-8\n"), None);
     };
+    if head.starts_with("POST ") {
+        return post(head, shared);
+    }
+    (read(head, shared), None)
+}
+
+/// `GET`/`HEAD` of `/status` or `/metrics`.
+fn read(head: &str, shared: &Shared) -> Answer {
     let line = head.split("\r\n").next().unwrap_or_default();
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -402,7 +447,7 @@ fn route(head: &[u8], shared: &Shared) -> Answer {
     let head_only = match method {
         "GET" => false,
         "HEAD" => true,
-        _ => return Answer::text(405, "only GET and HEAD\n"),
+        _ => return Answer::text(405, "only GET, HEAD, and POST to /ft/ACTION\n"),
     };
     if let Some(token) = &shared.token
         && !authorized(head, token)
@@ -437,6 +482,86 @@ fn route(head: &[u8], shared: &Shared) -> Answer {
     };
     answer.head_only = head_only;
     answer
+}
+
+/// `POST /ft/ACTION[?to=HOST:PORT]`: checked in the order that tells an
+/// operator what to fix first, then handed to the handler.
+fn post(head: &str, shared: &Shared) -> (Answer, Option<Posted>) {
+    let line = head.split("\r\n").next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(_), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return (Answer::text(400, "malformed request line\n"), None);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return (Answer::text(505, "only HTTP/1.x is served\n"), None);
+    }
+    let Some(rest) = target.strip_prefix("/ft/") else {
+        return (
+            Answer::text(
+                405,
+                "POST is only for /ft/ACTION; /status and /metrics are read with GET\n",
+            ),
+            None,
+        );
+    };
+    let Some(token) = &shared.token else {
+        return (
+            Answer::text(
+                403,
+                "actions need a bearer token, also on loopback: start the VMM with --status-token-file\n",
+            ),
+            None,
+        );
+    };
+    if !authorized(head, token) {
+        StatusCounters::add(&shared.counters.status_unauthorized, 1);
+        return (
+            Answer::text(401, "actions need Authorization: Bearer TOKEN\n"),
+            None,
+        );
+    }
+    if has_body(head) {
+        return (Answer::text(413, "actions take no request body\n"), None);
+    }
+    let (name, query) = match rest.split_once('?') {
+        Some((n, q)) => (n, Some(q)),
+        None => (rest, None),
+    };
+    let action = match Action::parse(name, query) {
+        Ok(a) => a,
+        Err(e) => return (Answer::text(400, &format!("{e}\n")), None),
+    };
+    let Some(handler) = &shared.actions else {
+        return (
+            Answer::text(
+                409,
+                "this VMM takes no FT actions (started without the FT options: a `run` needs --arbiter and the pair key)\n",
+            ),
+            None,
+        );
+    };
+    tracing::info!("operator action: ft {}", action.name());
+    let Answered { outcome, then } = handler.act(action);
+    let mut text = outcome.text().to_string();
+    text.push('\n');
+    if !matches!(outcome, Outcome::Done(_)) {
+        tracing::warn!("operator action: {}", outcome.text());
+    }
+    (Answer::text(outcome.status(), &text), Some(Posted(then)))
+}
+
+/// Whether the head announces a body (a length above 0, or chunks).
+fn has_body(head: &str) -> bool {
+    head.split("\r\n").skip(1).any(|line| {
+        let Some((name, value)) = line.split_once(':') else {
+            return false;
+        };
+        let name = name.trim();
+        (name.eq_ignore_ascii_case("content-length") && value.trim() != "0")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+    })
 }
 
 /// Whether the request head carries `Authorization: Bearer <token>`.
