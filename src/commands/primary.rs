@@ -10,11 +10,14 @@ use logchan::StreamHeader;
 use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
 use logchan::secure::{AttachRequest, Security, Session, initiate};
 
+use lockstep_ft::join::control::Protection;
 use lockstep_ft::lag::{LagControl, LagShared, ThrottlePacer};
+use lockstep_ft::operator::Operator;
 use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
 use lockstep_status::StatusCounters;
+use lockstep_status::protection::Hold;
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::replay::recorder::Recorder;
 use lockstep_vmm::spec::GuestSpec;
@@ -72,21 +75,25 @@ fn open_channel(
 }
 
 pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
+    primary_as(args, Hold::None)
+}
+
+/// A primary whose re-protection starts held by `hold`: a `run` VM with
+/// the FT options is a primary alone with no spares, `Off` until the
+/// operator's `ft on` (docs/operator-actions.md).
+pub fn primary_as(args: PrimaryArgs, hold: Hold) -> anyhow::Result<ExitStatus> {
     let who = claimant(&args.ft, "primary")?;
     let name = who.name().to_string();
     let live = liveness(&args.ft)?;
     let lease_ms = lease(&args.ft, KEEPALIVE_EVERY)?;
     let arbiter = open_arbiter(&args.ft)?;
     // Without --backup (only --spares): the VM starts alone and is
-    // protected once a spare joins it.
-    let first_spare = match args.spares.first() {
-        Some(s) => Some(resolve("--spares", s)?),
-        None => None,
-    };
-    let (backup, starts_alone) = match (&args.backup, first_spare) {
-        (Some(b), _) => (resolve("--backup", b)?, false),
-        (None, Some(spare)) => (spare, true),
-        (None, None) => bail!("a primary needs --backup, or --spares to start alone"),
+    // protected once a spare joins it. Without either (`run` with the FT
+    // options): alone until `lockstep ft on HOST:PORT`.
+    let spares = rejoin::targets(&args.spares)?;
+    let (backup, starts_alone) = match &args.backup {
+        Some(b) => (Some(resolve("--backup", b)?), false),
+        None => (spares.first().copied(), true),
     };
     let security = security(&args.ft, "primary")?;
     let epoch = arbiter.begin_next(&who).with_context(|| {
@@ -98,11 +105,11 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let ft = Arc::new(FtShared::default());
     let policy = args.digest.policy();
     let connect_timeout = Duration::from_secs(args.connect_timeout);
-    let hb_port = args.ft.heartbeat_port.unwrap_or(backup.port());
-    let hb_peer = args
+    // 0 with no backup named at all: each join's backup's port.
+    let hb_port = args
         .ft
-        .heartbeat_peer
-        .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
+        .heartbeat_port
+        .unwrap_or(backup.map_or(0, |b| b.port()));
     // The I/O thread sends what the vCPU thread publishes; the vCPU wakes
     // it (it does that for outputs anyway), not the log buffers. 16 MiB of
     // log buffers by default: room for bursts, and quick to register
@@ -117,8 +124,11 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let pacer = ThrottlePacer::new(lag.clone());
     let lag_target =
         (args.lag_target_ms > 0).then(|| Duration::from_millis(u64::from(args.lag_target_ms)));
-    let join = rejoin::start(
-        &args.spares,
+    // The join thread runs for every primary: the operator's actions
+    // (`ft on HOST:PORT`, `migrate-backup`) join where no spare is listed.
+    let control = Arc::new(Protection::new(spares));
+    let join = rejoin::start_with(
+        control.clone(),
         &args.ft,
         "primary",
         live,
@@ -131,7 +141,18 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     if starts_alone {
         // Alone from the start: re-protection begins at once.
         ft.set(&ft.alone);
+    } else if let Some(b) = backup {
+        control.set_current(ft.clone(), b.to_string());
     }
+    let operator = Arc::new(Operator::new(
+        control,
+        hold,
+        Box::new(|| {
+            tracing::warn!("test failover: this primary stops now; its backup takes over");
+            std::process::exit(i32::from(ExitStatus::TestFailover.code()));
+        }),
+        ExitStatus::TestFailover.code(),
+    ));
     let plane_ft = ft.clone();
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, who, ft.clone());
     let log = Box::new(
@@ -146,7 +167,12 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
                 u64::from(args.log_buffer_mib) << 20,
             );
             let _ = shared.status.name.set(name.clone());
+            let backup = backup.context("a primary that logs from the start has a backup")?;
             let _ = shared.status.peer.set(backup.to_string());
+            let hb_peer = args
+                .ft
+                .heartbeat_peer
+                .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
             let header = StreamHeader::new(
                 spec.identity(kernel),
                 logchan::header::flags::READ_DATA_LOGGED,
@@ -218,7 +244,8 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
             log: (!starts_alone).then_some(log),
             ft: Some((ft, supervisor)),
             pacer: Some(Box::new(pacer)),
-            join,
+            join: Some(join),
+            operator: Some(operator),
             role: if starts_alone {
                 lockstep_status::Role::PrimaryAlone
             } else {

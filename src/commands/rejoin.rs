@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use lockstep_ft::failure::Liveness;
+use lockstep_ft::join::control::Protection;
 use lockstep_ft::join::primary::{JoinSetup, reprotect};
 use lockstep_ft::lag::LagShared;
 use lockstep_vmm::replay::recorder::DigestPolicy;
@@ -36,16 +37,35 @@ pub fn start(
     if spares.is_empty() {
         return Ok(None);
     }
-    let targets = spares
-        .iter()
-        .map(|s| resolve("--spares", s))
-        .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+    let control = Arc::new(Protection::new(targets(spares)?));
+    start_with(control, ft, role, live, lease, log, policy, hb_port, lag).map(Some)
+}
+
+/// The addresses `--spares` names.
+pub fn targets(spares: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    spares.iter().map(|s| resolve("--spares", s)).collect()
+}
+
+/// The join thread's start, for joins where `control` (the spares, and
+/// the operator's actions: docs/operator-actions.md) says.
+#[allow(clippy::too_many_arguments)]
+pub fn start_with(
+    control: Arc<Protection>,
+    ft: &FtArgs,
+    role: &str,
+    live: Liveness,
+    lease: Duration,
+    log: LogConfig,
+    policy: DigestPolicy,
+    hb_port: u16,
+    lag: Option<(Arc<LagShared>, Option<Duration>)>,
+) -> anyhow::Result<Box<StartJoin>> {
     // Handles of their own: the join thread begins epochs and opens
     // channels while the main thread supervises.
     let arbiter = open_arbiter(ft)?;
     let who = claimant(ft, role)?;
     let security = security(ft, role)?;
-    Ok(Some(Box::new(move |env: JoinEnv| {
+    Ok(Box::new(move |env: JoinEnv| {
         let JoinEnv {
             vm,
             mem,
@@ -78,21 +98,27 @@ pub fn start(
             copy: CopyOptions::default(),
             settling: Default::default(),
             lag,
+            control: control.clone(),
         };
-        tracing::info!(
-            "re-protection on: a backup joins from {} whenever this primary runs alone",
-            targets
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let targets = control.targets();
+        if targets.is_empty() {
+            tracing::info!("no spares: a backup joins where `lockstep ft on HOST:PORT` says");
+        } else {
+            tracing::info!(
+                "re-protection on: a backup joins from {} whenever this primary runs alone",
+                targets
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         std::thread::Builder::new()
             .name("join".into())
-            .spawn(move || reprotect(setup, targets, current))
+            .spawn(move || reprotect(setup, current))
             .context("starting the join thread")?;
         Ok(())
-    })))
+    }))
 }
 
 /// Log buffers of `mib` MiB: the primary's default and stall rule

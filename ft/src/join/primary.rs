@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use lockstep_status::protection::Hold;
 use lockstep_status::{Role, StatusCounters};
 use lockstep_vmm::dataplane::join_point::{JoinCtl, PauseKit, Resume};
 use lockstep_vmm::dataplane::shared::VmShared;
@@ -83,7 +84,8 @@ pub struct JoinSetup {
     pub log: LogConfig,
     pub policy: DigestPolicy,
     pub keepalive: Duration,
-    /// The heartbeat port, on this side and the backup's.
+    /// The heartbeat port, on this side and the backup's (0: the port of
+    /// the backup joined, as a backup's own default).
     pub hb_port: u16,
     pub rebind: Rebind,
     /// The main thread, which supervises (woken by the new run's events).
@@ -97,6 +99,8 @@ pub struct JoinSetup {
     /// (docs/throttling.md). `None`: measure nothing (a backup gone live,
     /// whose guest has no pacer).
     pub lag: Option<(Arc<LagShared>, Option<Duration>)>,
+    /// The operator's say over re-protection (docs/operator-actions.md).
+    pub control: Arc<super::control::Protection>,
 }
 
 /// A completed join.
@@ -186,7 +190,11 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     let local = stream
         .local_addr()
         .map_err(|e| JoinError::Setup(format!("local address: {e}")))?;
-    let udp = bind_heartbeat(local.ip(), setup.hb_port)?;
+    let hb_port = match setup.hb_port {
+        0 => addr.port(),
+        p => p,
+    };
+    let udp = bind_heartbeat(local.ip(), hb_port)?;
     let _ = stream.set_write_timeout(Some(SEND_TIMEOUT));
     let (producer, consumer) = logchan::log_buffers_with(&LogConfig {
         first_seq,
@@ -250,7 +258,7 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
         .map_err(|e| JoinError::Setup(format!("logging channel: {e}")))
         .map(|s| s.secured(session.records.take()))
         .and_then(|sender| {
-            let peer = SocketAddr::new(addr.ip(), setup.hb_port);
+            let peer = SocketAddr::new(addr.ip(), hb_port);
             let heartbeat = HeartbeatEngine::new(
                 udp,
                 peer,
@@ -338,32 +346,40 @@ fn settle(setup: &JoinSetup, epoch: u64, ft: Arc<FtShared>, why: &str) {
 
 /// Re-protection: whenever the pair run `current` leaves this primary
 /// alone (or from the start, with `current` = `None`), join the first of
-/// `targets` that accepts, retrying with back-off; ends when the VM stops.
-pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option<Arc<FtShared>>) {
+/// the targets `setup.control` names that accepts, retrying with back-off
+/// (woken early by the operator's actions); ends when the VM stops.
+pub fn reprotect(setup: JoinSetup, mut current: Option<Arc<FtShared>>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         // Alone: a primary whose backup was lost, or a backup gone live,
         // once the supervisor settled it (role primary-alone).
         let alone = setup.shared.status.role() == Role::PrimaryAlone
+            && setup.shared.status.join.hold() == Hold::None
             && current
                 .as_ref()
                 .is_none_or(|ft| FtShared::flag(&ft.alone) || FtShared::flag(&ft.go_live));
         if setup.shared.stop_requested() || setup.shared.forced() {
             return;
         }
-        if !alone {
-            std::thread::sleep(Duration::from_millis(20));
+        let targets = setup.control.targets();
+        if !alone || targets.is_empty() {
+            setup.control.wait(Duration::from_millis(20));
             continue;
         }
         let started = Instant::now();
         let mut joined = None;
         for &addr in &targets {
-            match join_backup(&setup, addr) {
-                Ok(j) => {
+            let attempt = setup.control.attempt(addr, &setup.shared.status.join, || {
+                join_backup(&setup, addr)
+            });
+            match attempt {
+                // The operator holds re-protection now.
+                None => break,
+                Some(Ok(j)) => {
                     joined = Some(j);
                     break;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let why = chain(&e);
                     tracing::warn!("no backup joined at {addr} ({why}); serving on alone");
                 }
@@ -390,7 +406,7 @@ pub fn reprotect(setup: JoinSetup, targets: Vec<SocketAddr>, mut current: Option
                 if let Some(ft) = setup.settling.lock().ok().and_then(|mut s| s.take()) {
                     current = Some(ft);
                 }
-                std::thread::sleep(backoff);
+                setup.control.wait(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
