@@ -124,7 +124,7 @@ impl Operator {
             if Instant::now() >= deadline {
                 return late();
             }
-            self.control.wait(LOOK);
+            self.control.wait_news(LOOK);
         }
     }
 

@@ -92,6 +92,11 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
         Some((ft, sup)) => (Some(ft), Some(sup)),
         None => (None, None),
     };
+    if let Some(s) = &supervisor {
+        // Also for a VM started alone, whose log (which sets it) starts
+        // only at a join.
+        lockstep_status::StatusCounters::set(&shared.status.epoch, s.epoch);
+    }
     if let Some(ft) = &ft {
         let _ = ft.main_thread.set(std::thread::current());
     }

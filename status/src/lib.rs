@@ -8,6 +8,7 @@
 //! It depends on no other lockstep crate: the VMM and the FT layer update
 //! the counters, the binary serves and reads them.
 
+mod access;
 pub mod actions;
 pub mod client;
 pub mod counters;

@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::actions::{Action, ActionHandler, Answered, Outcome, Then};
+use super::access::{self, authorized};
+use super::actions::{ActionHandler, Then};
 use super::counters::StatusCounters;
 use super::metrics;
 use super::rate::RateWindow;
@@ -484,101 +485,12 @@ fn read(head: &str, shared: &Shared) -> Answer {
     answer
 }
 
-/// `POST /ft/ACTION[?to=HOST:PORT]`: checked in the order that tells an
-/// operator what to fix first, then handed to the handler.
+/// `POST /ft/ACTION`: [`access::post`], counted when unauthorized.
 fn post(head: &str, shared: &Shared) -> (Answer, Option<Posted>) {
-    let line = head.split("\r\n").next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(_), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (Answer::text(400, "malformed request line\n"), None);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return (Answer::text(505, "only HTTP/1.x is served\n"), None);
-    }
-    let Some(rest) = target.strip_prefix("/ft/") else {
-        return (
-            Answer::text(
-                405,
-                "POST is only for /ft/ACTION; /status and /metrics are read with GET\n",
-            ),
-            None,
-        );
-    };
-    let Some(token) = &shared.token else {
-        return (
-            Answer::text(
-                403,
-                "actions need a bearer token, also on loopback: start the VMM with --status-token-file\n",
-            ),
-            None,
-        );
-    };
-    if !authorized(head, token) {
+    let p = access::post(head, shared.token.as_deref(), shared.actions.as_deref());
+    if p.unauthorized {
         StatusCounters::add(&shared.counters.status_unauthorized, 1);
-        return (
-            Answer::text(401, "actions need Authorization: Bearer TOKEN\n"),
-            None,
-        );
     }
-    if has_body(head) {
-        return (Answer::text(413, "actions take no request body\n"), None);
-    }
-    let (name, query) = match rest.split_once('?') {
-        Some((n, q)) => (n, Some(q)),
-        None => (rest, None),
-    };
-    let action = match Action::parse(name, query) {
-        Ok(a) => a,
-        Err(e) => return (Answer::text(400, &format!("{e}\n")), None),
-    };
-    let Some(handler) = &shared.actions else {
-        return (
-            Answer::text(
-                409,
-                "this VMM takes no FT actions (started without the FT options: a `run` needs --arbiter and the pair key)\n",
-            ),
-            None,
-        );
-    };
-    tracing::info!("operator action: ft {}", action.name());
-    let Answered { outcome, then } = handler.act(action);
-    let mut text = outcome.text().to_string();
-    text.push('\n');
-    if !matches!(outcome, Outcome::Done(_)) {
-        tracing::warn!("operator action: {}", outcome.text());
-    }
-    (Answer::text(outcome.status(), &text), Some(Posted(then)))
-}
-
-/// Whether the head announces a body (a length above 0, or chunks).
-fn has_body(head: &str) -> bool {
-    head.split("\r\n").skip(1).any(|line| {
-        let Some((name, value)) = line.split_once(':') else {
-            return false;
-        };
-        let name = name.trim();
-        (name.eq_ignore_ascii_case("content-length") && value.trim() != "0")
-            || name.eq_ignore_ascii_case("transfer-encoding")
-    })
-}
-
-/// Whether the request head carries `Authorization: Bearer <token>`.
-fn authorized(head: &str, token: &str) -> bool {
-    head.split("\r\n").skip(1).any(|line| {
-        let Some((name, value)) = line.split_once(':') else {
-            return false;
-        };
-        name.trim().eq_ignore_ascii_case("authorization")
-            && value
-                .trim()
-                .strip_prefix("Bearer ")
-                .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()))
-    })
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let acted = p.acted.then_some(Posted(p.then));
+    (Answer::text(p.status, &p.text), acted)
 }

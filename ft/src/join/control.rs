@@ -37,6 +37,9 @@ struct Inner {
     last: Option<Attempt>,
     attempts: u64,
     joining: bool,
+    /// An action woke the join thread: its next wait returns at once (a
+    /// wake between its look at the state and its wait is not lost).
+    kicked: bool,
 }
 
 /// Shared by the join thread and the operator's actions.
@@ -83,12 +86,16 @@ impl Protection {
 
     /// Aims the next join at `addr`, and wakes the join thread.
     pub fn aim(&self, addr: Option<SocketAddr>) {
-        self.lock().aim = addr;
+        let mut inner = self.lock();
+        inner.aim = addr;
+        inner.kicked = true;
+        drop(inner);
         self.changed.notify_all();
     }
 
     /// Wakes the join thread now (out of its back-off).
     pub fn kick(&self) {
+        self.lock().kicked = true;
         self.changed.notify_all();
     }
 
@@ -101,10 +108,25 @@ impl Protection {
         }
     }
 
-    /// Waits up to `d` or until an action changes something.
+    /// The join thread's wait: up to `d`, or until an action wakes it
+    /// (also one that came since its last wait).
     pub fn wait(&self, d: Duration) {
-        let guard = self.lock();
-        let _ = self.changed.wait_timeout(guard, d);
+        let mut inner = self.lock();
+        if !inner.kicked {
+            inner = self
+                .changed
+                .wait_timeout(inner, d)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        inner.kicked = false;
+    }
+
+    /// An action's wait: up to `d`, or until a join attempt ends (or
+    /// anything else changes); leaves the join thread's wake alone.
+    pub fn wait_news(&self, d: Duration) {
+        let inner = self.lock();
+        let _ = self.changed.wait_timeout(inner, d);
     }
 
     /// The last attempt, and how many were made.
