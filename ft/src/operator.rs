@@ -413,3 +413,6 @@ impl ActionHandler for Operator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
