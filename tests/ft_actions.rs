@@ -80,15 +80,12 @@ fn test_restart_backup_and_test_failover_under_load_print_a_bounded_window() {
     if !kvm_available() {
         return;
     }
-    let mut pair = FtPair::launch_backup(net_ft("xt"), FtOptions::default());
-    let token = pair.make_status_token().display().to_string();
-    pair.opts.primary_extra = vec![
-        "--spares".into(),
-        FtPair::spare_b(),
-        "--status-token-file".into(),
-        token.clone(),
-    ];
-    pair.start_primary();
+    let opts = FtOptions {
+        primary_extra: vec!["--spares".into(), FtPair::spare_b()],
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start_with_token("xt", opts);
+    let token = pair.status_token().display().to_string();
     let writers = Writers::start(&pair, 3);
     pair.wait_acked(100);
 

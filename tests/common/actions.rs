@@ -66,6 +66,29 @@ impl FtPair {
         pair
     }
 
+    /// [`FtPair::start`] (started again if it fails over on its own at
+    /// start) with a status token the primary's endpoint requires, so it
+    /// takes the operator's actions; `primary_extra` comes after it.
+    pub fn start_with_token(prefix: &str, opts: FtOptions) -> FtPair {
+        let mut attempt = 1;
+        loop {
+            let mut pair = FtPair::launch_backup(net_ft(prefix), opts.clone());
+            let token = pair.make_status_token().display().to_string();
+            pair.opts.primary_extra = ["--status-token-file".to_string(), token]
+                .into_iter()
+                .chain(opts.primary_extra.iter().cloned())
+                .collect();
+            pair.start_primary();
+            if attempt == 3 || !pair.failed_over_at_start() {
+                return pair;
+            }
+            eprintln!(
+                "harness: the pair failed over on its own at start (attempt {attempt}): starting it again"
+            );
+            attempt += 1;
+        }
+    }
+
     /// Where the spare on B waits.
     pub fn spare_b() -> String {
         format!("{BACKUP_LOG}:{LOG_PORT}")

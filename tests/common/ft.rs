@@ -173,7 +173,7 @@ impl FtPair {
 
     /// Whether the pair broke before it logged and acknowledged its first
     /// entries under the guest's own start-up traffic (waits at most 10 s).
-    fn failed_over_at_start(&self) -> bool {
+    pub fn failed_over_at_start(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if self.broke_at_start() {
