@@ -54,6 +54,16 @@ struct Dropped {
     claim: Duration,
 }
 
+/// A primary with a live backup: not one whose backup is gone while the
+/// supervisor still waits for the arbiter (its role is still `primary`).
+fn protected(status: &StatusCounters) -> bool {
+    status.role() == Role::Primary
+        && !status
+            .join
+            .arbiter_unreachable
+            .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
@@ -242,6 +252,12 @@ impl Operator {
         let status = &s.status;
         match status.role() {
             Role::PrimaryAlone => {}
+            Role::Primary if !protected(status) => {
+                return Outcome::Conflict(format!(
+                    "the backup is being settled first: {}",
+                    status.join.describe(status.role())
+                ));
+            }
             Role::Primary => {
                 return Outcome::Conflict(format!(
                     "already protected (epoch {})",
@@ -332,7 +348,7 @@ impl Operator {
     /// spare) at once.
     fn replace(&self, s: &VmShared, aim: Option<SocketAddr>, what: &str) -> Outcome {
         let status = &s.status;
-        if status.role() != Role::Primary || status.join.hold() != Hold::None {
+        if !protected(status) || status.join.hold() != Hold::None {
             return Outcome::Conflict(format!(
                 "{what} needs a protected VM: {}",
                 status.join.describe(status.role())
@@ -366,7 +382,7 @@ impl Operator {
     fn test_failover(&self, s: &Arc<VmShared>) -> Answered {
         let status = &s.status;
         let current = self.control.current();
-        let (Role::Primary, Some((ft, peer))) = (status.role(), current) else {
+        let (true, Some((ft, peer))) = (protected(status), current) else {
             return Outcome::Conflict(format!(
                 "a test failover needs a protected VM (there would be no VM left): {}",
                 status.join.describe(status.role())

@@ -60,6 +60,12 @@ fn actions_that_do_not_fit_are_refused_with_the_reason() {
     assert!(refused(bad).contains("cannot resolve"));
     shared.status.set_role(Role::Primary);
     assert!(refused(op.act(Action::On { target: None })).contains("already protected"));
+    // A lost backup the supervisor cannot settle yet is no protection.
+    let unreachable = &shared.status.join.arbiter_unreachable;
+    unreachable.store(true, Ordering::Relaxed);
+    assert!(refused(op.act(Action::TestFailover)).contains("arbiter unreachable"));
+    assert!(refused(op.act(Action::On { target: None })).contains("settled first"));
+    unreachable.store(false, Ordering::Relaxed);
     shared.status.set_role(Role::Backup);
     assert!(refused(op.act(Action::Off)).contains("role backup"));
 }
