@@ -202,6 +202,7 @@ impl Operator {
     /// `seen`; a failed attempt at `aim` ends the wait.
     fn wait_protected(&self, s: &VmShared, seen: u64, aim: Option<SocketAddr>) -> Outcome {
         let status = &s.status;
+        let asked = Instant::now();
         self.until(
             || {
                 let (n, last) = self.control.last();
@@ -211,12 +212,18 @@ impl Operator {
                     .load(std::sync::atomic::Ordering::Relaxed);
                 match (status.role(), last) {
                     (Role::Primary, Some(a)) if n > seen && !copying => {
-                        let window = self.unprotected_for().unwrap_or_default();
+                        // Unknown when the backup was lost on its own (the
+                        // supervisor's doing, not an action's): then at
+                        // least since this action.
+                        let (window, least) = match self.unprotected_for() {
+                            Some(w) => (w, ""),
+                            None => (asked.elapsed(), "at least "),
+                        };
                         if let Ok(mut t) = self.unprotected_since.lock() {
                             *t = None;
                         }
                         Some(Outcome::Done(format!(
-                            "protected: the backup at {} joined in epoch {}; unprotected for {} ms",
+                            "protected: the backup at {} joined in epoch {}; unprotected for {least}{} ms",
                             a.addr,
                             a.result.as_ref().map_or(0, |e| *e),
                             ms(window)

@@ -107,7 +107,7 @@ pub fn text(out: &Output) -> String {
 /// The window an action printed (`unprotected for N ms`), in ms.
 pub fn unprotected_ms(text: &str) -> Option<f64> {
     let at = text.rfind("unprotected for ")? + "unprotected for ".len();
-    let rest = &text[at..];
+    let rest = text[at..].trim_start_matches("at least ");
     let (n, unit) = rest.split_once(' ')?;
     unit.starts_with("ms").then(|| n.parse().ok()).flatten()
 }
