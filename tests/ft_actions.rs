@@ -145,3 +145,49 @@ fn test_restart_backup_and_test_failover_under_load_print_a_bounded_window() {
     let n = pair.check_writes(writers, "test-restart-backup, then test-failover", false);
     eprintln!("{n} acknowledged writes kept");
 }
+
+#[test]
+fn an_idle_pair_suspended_and_resumed_is_protected_by_a_new_backup() {
+    if !kvm_available() {
+        return;
+    }
+    let opts = FtOptions {
+        primary_extra: vec!["--spares".into(), FtPair::spare_b()],
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start_with_token("xi", opts);
+    assert_eq!(pair.redis(&["set", "before", "1"]), "OK");
+    // Suspend: the backup is dropped through the primary's claim, so it
+    // stops (the broken channel's status) instead of going live.
+    let out = pair.ft("a", &["suspend"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("dropped the backup"), "{}", text(&out));
+    let dropped = pair.backup.exit_status(Duration::from_secs(20));
+    assert_eq!(dropped.code(), Some(8), "{}", pair.backup.log());
+    assert_eq!(
+        pair.status("primary").expect("status")["protection"],
+        "not protected (suspended by the operator)"
+    );
+    assert_eq!(pair.redis(&["set", "alone", "2"]), "OK");
+    // A spare waits again, and nothing joins it while suspended; resume,
+    // the guest idle: the join retires the lone primary's plane with no
+    // client traffic to wake the I/O thread.
+    pair.new_backup(&[], &[]);
+    let out = pair.ft("a", &["resume"]);
+    let said = text(&out);
+    assert!(
+        out.status.success(),
+        "{said}\nprimary:\n{}",
+        pair.primary.log()
+    );
+    let window = unprotected_ms(&said).unwrap_or_else(|| panic!("no window in {said:?}"));
+    assert!(window.is_finite(), "{said}");
+    pair.backup
+        .wait_for_line("following the primary", Duration::from_secs(10));
+    assert_eq!(pair.redis(&["set", "after", "3"]), "OK");
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(10));
+    for (k, v) in [("before", "1"), ("alone", "2"), ("after", "3")] {
+        assert_eq!(pair.redis(&["get", k]), v, "{k}");
+    }
+}

@@ -105,7 +105,7 @@ pub fn primary_as(args: PrimaryArgs, hold: Hold) -> anyhow::Result<ExitStatus> {
     let ft = Arc::new(FtShared::default());
     let policy = args.digest.policy();
     let connect_timeout = Duration::from_secs(args.connect_timeout);
-    // 0 with no backup named at all: each join's backup's port.
+    // The first backup's: its logging port, as the backup's own default.
     let hb_port = args
         .ft
         .heartbeat_port
@@ -135,7 +135,9 @@ pub fn primary_as(args: PrimaryArgs, hold: Hold) -> anyhow::Result<ExitStatus> {
         Duration::from_millis(u64::from(lease_ms)),
         config.clone(),
         policy,
-        hb_port,
+        // A joined backup's: its own logging port too (0), unless given —
+        // spares and `migrate-backup` targets need not share a port.
+        args.ft.heartbeat_port.unwrap_or(0),
         Some((lag.clone(), lag_target)),
     )?;
     if starts_alone {
