@@ -94,3 +94,40 @@ fn watch_takeover(peer: &str, token: &str, from: Instant) -> anyhow::Result<()> 
         std::thread::sleep(POLL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(action: FtAction, target: Option<&str>) -> FtActionArgs {
+        FtActionArgs {
+            action,
+            target: target.map(String::from),
+            status: "127.0.0.1:7010".into(),
+            token_file: "t".into(),
+            peer_status: None,
+        }
+    }
+
+    #[test]
+    fn targets_go_where_they_belong() {
+        let on = action(&args(FtAction::On, Some("h:1"))).expect("on with a target");
+        assert_eq!(
+            on,
+            Action::On {
+                target: Some("h:1".into())
+            }
+        );
+        assert_eq!(
+            action(&args(FtAction::On, None)).expect("on alone"),
+            Action::On { target: None }
+        );
+        let off = action(&args(FtAction::Off, Some("h:1"))).unwrap_err();
+        assert!(off.to_string().contains("takes no HOST:PORT"), "{off}");
+        let migrate = action(&args(FtAction::MigrateBackup, None)).unwrap_err();
+        assert!(
+            migrate.to_string().contains("needs the new backup"),
+            "{migrate}"
+        );
+    }
+}
