@@ -35,9 +35,52 @@ pub enum Command {
     Backup(BackupArgs),
     /// Show a running lockstep VMM's role, log positions, lag and bandwidth.
     Status(StatusArgs),
+    /// An operator action on a running VM's fault tolerance, through its
+    /// status endpoint (needs its bearer token): turn it on or off, suspend
+    /// or resume re-protection, test a failover, restart or move the backup.
+    Ft(FtActionArgs),
     /// Write a new pair key (or, with --token, a status bearer token) to a
     /// file only its owner can read.
     Keygen(KeygenArgs),
+}
+
+/// The operator's FT actions (docs/operator-actions.md).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FtAction {
+    /// Protect a VM that runs alone: join HOST:PORT, or its next spare.
+    On,
+    /// Drop the backup; nothing joins until `ft on`.
+    Off,
+    /// Drop the backup, keeping the spares for `ft resume`.
+    Suspend,
+    /// Re-protect a suspended VM from its spares.
+    Resume,
+    /// Stop the primary on purpose: its backup takes over.
+    TestFailover,
+    /// Drop the backup; a spare joins at once.
+    TestRestartBackup,
+    /// Drop the backup and join the one at HOST:PORT.
+    MigrateBackup,
+}
+
+#[derive(Args, Debug)]
+pub struct FtActionArgs {
+    pub action: FtAction,
+    /// The waiting backup to join (`on`: optional, `migrate-backup`:
+    /// required).
+    #[arg(value_name = "HOST:PORT")]
+    pub target: Option<String>,
+    /// The VMM's status endpoint (its --status), e.g. 127.0.0.1:7010.
+    #[arg(long, value_name = "ADDR")]
+    pub status: String,
+    /// The endpoint's bearer token (its --status-token-file): every action
+    /// needs it, also on loopback.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: PathBuf,
+    /// `test-failover`: the backup's status endpoint (same token), watched
+    /// until the backup serves, to print how long the VM was unprotected.
+    #[arg(long, value_name = "ADDR")]
+    pub peer_status: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -306,6 +349,15 @@ pub struct AppArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub vm: VmArgs,
+    /// Any of these makes the VM one that `lockstep ft on HOST:PORT` can
+    /// protect later without a restart: it runs as a primary alone,
+    /// unprotected ("turned off") until then (docs/operator-actions.md).
+    /// Without them `run` has no fault tolerance at all.
+    #[command(
+        flatten,
+        next_help_heading = "Fault tolerance, turned on later (lockstep ft on)"
+    )]
+    pub ft: Option<FtArgs>,
 }
 
 /// How the recorder writes digests.
@@ -370,4 +422,30 @@ pub struct ReplayArgs {
     /// to show that the divergence is caught.
     #[arg(long, value_name = "EXIT", hide = true)]
     pub perturb_time_at: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> RunArgs {
+        let all = [&["lockstep", "run"], args].concat();
+        match Cli::try_parse_from(all).expect("parses").command {
+            Command::Run(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_is_fault_tolerant_only_when_asked() {
+        assert!(run(&[]).ft.is_none());
+        assert!(run(&["--mem", "128"]).ft.is_none());
+        let ft = run(&["--arbiter", "file:/tmp/a"]).ft.expect("FT options");
+        assert_eq!(ft.arbiter, "file:/tmp/a");
+        assert_eq!(
+            ft.failure_timeout_ms, 1000,
+            "the others keep their defaults"
+        );
+        assert!(run(&["--insecure"]).ft.is_some());
+    }
 }

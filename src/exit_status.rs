@@ -29,6 +29,9 @@ pub enum ExitStatus {
     LostArbiter,
     /// A backup whose logging channel broke while its primary lives on.
     ChannelBroken,
+    /// A primary stopped on purpose by `lockstep ft test-failover`: its
+    /// backup takes over.
+    TestFailover,
 }
 
 impl ExitStatus {
@@ -44,6 +47,7 @@ impl ExitStatus {
             ExitStatus::LogEnded => 6,
             ExitStatus::LostArbiter => 7,
             ExitStatus::ChannelBroken => 8,
+            ExitStatus::TestFailover => 9,
         }
     }
 }
@@ -73,6 +77,7 @@ mod tests {
             ExitStatus::LogEnded,
             ExitStatus::LostArbiter,
             ExitStatus::ChannelBroken,
+            ExitStatus::TestFailover,
         ];
         let codes: std::collections::HashSet<u8> = all.iter().map(|s| s.code()).collect();
         assert_eq!(codes.len(), all.len());

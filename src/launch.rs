@@ -191,6 +191,16 @@ pub fn serve_status(
     monitor: &crate::cli::MonitorArgs,
     counters: &std::sync::Arc<lockstep_status::StatusCounters>,
 ) -> anyhow::Result<Vec<lockstep_status::StatusServer>> {
+    serve_status_with(monitor, counters, None)
+}
+
+/// [`serve_status`] that also takes the operator's actions
+/// (`POST /ft/ACTION`, docs/operator-actions.md) with `actions`.
+pub fn serve_status_with(
+    monitor: &crate::cli::MonitorArgs,
+    counters: &std::sync::Arc<lockstep_status::StatusCounters>,
+    actions: Option<std::sync::Arc<dyn lockstep_status::ActionHandler>>,
+) -> anyhow::Result<Vec<lockstep_status::StatusServer>> {
     let token = match &monitor.status_token_file {
         Some(path) => Some(
             logchan::secure::read_token(path)
@@ -198,7 +208,10 @@ pub fn serve_status(
         ),
         None => None,
     };
-    let opts = lockstep_status::ServerOptions { token };
+    if actions.is_some() && token.is_none() && monitor.status.is_some() {
+        tracing::info!("no --status-token-file: the operator's actions (lockstep ft) are refused");
+    }
+    let opts = lockstep_status::ServerOptions { token, actions };
     let mut servers = Vec::new();
     for addr in [&monitor.status, &monitor.metrics].into_iter().flatten() {
         let addr = if addr.parse::<u16>().is_ok() {

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Record(args) => commands::record(args),
         Command::Replay(args) => commands::replay(args),
         Command::Status(args) => commands::status(args),
+        Command::Ft(args) => commands::ft(args),
         Command::Primary(args) => commands::primary(args),
         Command::Backup(args) => commands::backup(args),
         Command::Keygen(args) => commands::keygen(args),

@@ -428,6 +428,7 @@ fn an_endpoint_beyond_loopback_needs_a_token_and_refuses_requests_without_it() {
         c.clone(),
         lockstep_status::ServerOptions {
             token: Some(token.clone()),
+            ..Default::default()
         },
     )
     .expect("with a token");

@@ -22,6 +22,8 @@
 //! * [`replay_buffer`]: the backup's bounded buffer and its backpressure.
 //! * [`join`]: restart redundancy — a new backup joins a running primary
 //!   by live clone.
+//! * [`operator`]: the operator's actions (`lockstep ft on|off|…`) on the
+//!   management endpoint.
 //! * [`supervisor`]: the main thread acting on verdicts through the arbiter.
 //! * [`throttle`]: the controller that slows the primary when its backup
 //!   lags ([`lag`] measures the lag).
@@ -37,6 +39,7 @@ pub mod go_live;
 pub mod join;
 pub mod lag;
 pub mod membership;
+pub mod operator;
 pub mod output_rule;
 pub mod plane;
 pub mod replay_buffer;

@@ -44,6 +44,12 @@ pub struct FtShared {
     /// The I/O thread's verdict: the peer is gone (timeouts or a closed
     /// channel).
     pub peer_dead: AtomicBool,
+    /// Primary: the operator drops this backup (docs/operator-actions.md):
+    /// set with `peer_dead`, so the supervisor claims the epoch as for a
+    /// lost backup, but the channel stays open until it has won — the
+    /// backup, seeing the channel break, would otherwise race it to the
+    /// arbiter and might go live instead.
+    pub dropped: AtomicBool,
     /// Backup: the primary ended the stream on purpose (an `End` entry and
     /// a clean close): replay to the end, no failover.
     pub stream_ended: AtomicBool,

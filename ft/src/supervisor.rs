@@ -159,7 +159,14 @@ impl Supervisor {
         let dead_at = Instant::now();
         StatusCounters::set(&shared.status.epoch, self.epoch);
         fail::fail_point!("claim-delay");
-        match self.arbiter.claim(self.epoch, &self.who) {
+        let claim = self.arbiter.claim(self.epoch, &self.who);
+        // `lockstep status` says why nothing is protected meanwhile.
+        shared
+            .status
+            .join
+            .arbiter_unreachable
+            .store(claim.is_err(), std::sync::atomic::Ordering::Relaxed);
+        match claim {
             Ok(Claim::Won) => {
                 self.failover = Some((dead_at, Instant::now()));
                 StatusCounters::add(&shared.status.failovers, 1);

@@ -8,6 +8,7 @@ use anyhow::Context;
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use lockstep_ft::operator::Operator;
 use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Rebind, Supervisor};
 use lockstep_status::Role;
@@ -49,6 +50,9 @@ pub struct LiveOptions {
     /// Starts re-protection by live clone (docs/join.md), once the VM is
     /// built: the joins run on a thread of their own.
     pub join: Option<Box<StartJoin>>,
+    /// Carries out the operator's actions on the status endpoint
+    /// (docs/operator-actions.md).
+    pub operator: Option<Arc<Operator>>,
 }
 
 /// What a join needs of the running VM.
@@ -88,6 +92,11 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
         Some((ft, sup)) => (Some(ft), Some(sup)),
         None => (None, None),
     };
+    if let Some(s) = &supervisor {
+        // Also for a VM started alone, whose log (which sets it) starts
+        // only at a join.
+        lockstep_status::StatusCounters::set(&shared.status.epoch, s.epoch);
+    }
     if let Some(ft) = &ft {
         let _ = ft.main_thread.set(std::thread::current());
     }
@@ -100,7 +109,11 @@ pub fn run_live(args: &VmArgs, opts: LiveOptions) -> anyhow::Result<ExitStatus> 
         // A primary started without a backup (`--spares` only).
         *b = Some("no backup yet".into());
     }
-    let _status = launch::serve_status(&args.monitor, &shared.status)?;
+    let actions = opts.operator.map(|op| {
+        op.attach(shared.clone());
+        op as Arc<dyn lockstep_status::ActionHandler>
+    });
+    let _status = launch::serve_status_with(&args.monitor, &shared.status, actions)?;
     let mut io = io;
     // Tell the LAN where the guest is now: a VM that starts on another host
     // than last time (a restarted pair) is found at once.

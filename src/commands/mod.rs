@@ -4,6 +4,7 @@ mod app;
 mod backup;
 mod boot;
 mod drive;
+mod ft;
 mod join;
 mod keygen;
 mod live;
@@ -16,6 +17,7 @@ mod run;
 mod status;
 
 pub use backup::backup;
+pub use ft::ft;
 pub use keygen::keygen;
 pub use primary::primary;
 pub use record::record;

@@ -10,12 +10,15 @@ use logchan::StreamHeader;
 use logchan::channel::{HeartbeatEngine, Role, SenderEngine, SenderOptions};
 use logchan::secure::{AttachRequest, Security, Session, initiate};
 
+use lockstep_ft::join::control::Protection;
 use lockstep_ft::lag::{LagControl, LagShared, ThrottlePacer};
 use lockstep_ft::membership;
+use lockstep_ft::operator::Operator;
 use lockstep_ft::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
 use lockstep_status::StatusCounters;
+use lockstep_status::protection::Hold;
 use lockstep_vmm::dataplane::shared::VmShared;
 use lockstep_vmm::replay::recorder::Recorder;
 use lockstep_vmm::spec::GuestSpec;
@@ -73,35 +76,29 @@ fn open_channel(
 }
 
 pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
+    primary_as(args, Hold::None)
+}
+
+/// A primary whose re-protection starts held by `hold`: a `run` VM with
+/// the FT options is a primary alone with no spares, `Off` until the
+/// operator's `ft on` (docs/operator-actions.md).
+pub fn primary_as(args: PrimaryArgs, hold: Hold) -> anyhow::Result<ExitStatus> {
     let who = claimant(&args.ft, "primary")?;
     let name = who.name().to_string();
     let live = liveness(&args.ft)?;
     let lease_ms = lease(&args.ft, KEEPALIVE_EVERY)?;
     let arbiter = open_arbiter(&args.ft)?;
     // Without --backup (only --spares): the VM starts alone and is
-    // protected once a spare joins it. A joined backup's heartbeats use
-    // this side's heartbeat port: --heartbeat-port, or the backup's port,
-    // or the first listed spare's (spares from etcd have no first one).
-    // A bad --spares is refused before a run begins at the arbiter.
-    membership::parse(&args.spares).context("--spares")?;
+    // protected once a spare joins it. Without either (`run` with the FT
+    // options): alone until `lockstep ft on HOST:PORT`. A bad --spares is
+    // refused before a run begins at the arbiter.
+    let spares = membership::parse(&args.spares).context("--spares")?;
     let backup = args
         .backup
         .as_deref()
         .map(|b| resolve("--backup", b))
         .transpose()?;
     let starts_alone = backup.is_none();
-    let hb_port = match (args.ft.heartbeat_port, backup) {
-        (Some(port), _) => port,
-        (None, Some(b)) => b.port(),
-        (None, None) if args.spares.is_empty() => {
-            bail!("a primary needs --backup, or --spares to start alone")
-        }
-        (None, None) => membership::first_static_port(&args.spares)
-            .context("--spares")?
-            .context(
-                "a primary started alone with --spares etcd://... needs --heartbeat-port (the port its joined backups' heartbeats use: a backup's default is its --listen port)",
-            )?,
-    };
     let security = security(&args.ft, "primary")?;
     let epoch = arbiter.begin_next(&who).with_context(|| {
         format!(
@@ -112,7 +109,11 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let ft = Arc::new(FtShared::default());
     let policy = args.digest.policy();
     let connect_timeout = Duration::from_secs(args.connect_timeout);
-    let hb_peer = args.ft.heartbeat_peer;
+    // The first backup's: its logging port, as the backup's own default.
+    let hb_port = args
+        .ft
+        .heartbeat_port
+        .unwrap_or(backup.map_or(0, |b| b.port()));
     // The I/O thread sends what the vCPU thread publishes; the vCPU wakes
     // it (it does that for outputs anyway), not the log buffers. 16 MiB of
     // log buffers by default: room for bursts, and quick to register
@@ -127,28 +128,41 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
     let pacer = ThrottlePacer::new(lag.clone());
     let lag_target =
         (args.lag_target_ms > 0).then(|| Duration::from_millis(u64::from(args.lag_target_ms)));
-    let join = rejoin::start(
-        &args.spares,
+    // The join thread runs for every primary: the operator's actions
+    // (`ft on HOST:PORT`, `migrate-backup`) join where no spare is listed.
+    let control = Arc::new(Protection::new(spares));
+    let join = rejoin::start_with(
+        control.clone(),
         &args.ft,
         "primary",
         live,
         Duration::from_millis(u64::from(lease_ms)),
         config.clone(),
         policy,
-        hb_port,
+        // A joined backup's: its own logging port too (0), unless given —
+        // spares and `migrate-backup` targets need not share a port.
+        args.ft.heartbeat_port.unwrap_or(0),
         Some((lag.clone(), lag_target)),
     )?;
     if starts_alone {
         // Alone from the start: re-protection begins at once.
         ft.set(&ft.alone);
+    } else if let Some(b) = backup {
+        control.set_current(ft.clone(), b.to_string());
     }
+    let operator = Arc::new(Operator::new(
+        control,
+        hold,
+        Box::new(|| {
+            tracing::warn!("test failover: this primary stops now; its backup takes over");
+            std::process::exit(i32::from(ExitStatus::TestFailover.code()));
+        }),
+        ExitStatus::TestFailover.code(),
+    ));
     let plane_ft = ft.clone();
     let supervisor = Supervisor::new(Side::Primary, arbiter, epoch, who, ft.clone());
     let log = Box::new(
         move |spec: &GuestSpec, kernel: &[u8], shared: &Arc<VmShared>| {
-            // Only a primary with --backup logs from the start.
-            let backup = backup.context("no --backup to log to")?;
-            let hb_peer = hb_peer.unwrap_or(SocketAddr::new(backup.ip(), hb_port));
             StatusCounters::set(&shared.status.epoch, epoch);
             StatusCounters::set(
                 &shared.status.failure_timeout_ms,
@@ -159,7 +173,12 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
                 u64::from(args.log_buffer_mib) << 20,
             );
             let _ = shared.status.name.set(name.clone());
+            let backup = backup.context("a primary that logs from the start has a backup")?;
             let _ = shared.status.peer.set(backup.to_string());
+            let hb_peer = args
+                .ft
+                .heartbeat_peer
+                .unwrap_or(SocketAddr::new(backup.ip(), hb_port));
             let header = StreamHeader::new(
                 spec.identity(kernel),
                 logchan::header::flags::READ_DATA_LOGGED,
@@ -231,7 +250,8 @@ pub fn primary(args: PrimaryArgs) -> anyhow::Result<ExitStatus> {
             log: (!starts_alone).then_some(log),
             ft: Some((ft, supervisor)),
             pacer: Some(Box::new(pacer)),
-            join,
+            join: Some(join),
+            operator: Some(operator),
             role: if starts_alone {
                 lockstep_status::Role::PrimaryAlone
             } else {

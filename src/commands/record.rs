@@ -53,6 +53,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
         join: None,
         role: lockstep_status::Role::Recording,
         pacer: None,
+        operator: None,
     };
     run_live(&args.vm, opts)
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use lockstep_ft::failure::Liveness;
+use lockstep_ft::join::control::Protection;
 use lockstep_ft::join::primary::{JoinSetup, reprotect};
 use lockstep_ft::lag::LagShared;
 use lockstep_ft::membership;
@@ -37,12 +38,30 @@ pub fn start(
     let Some(spares) = membership::parse(spares).context("--spares")? else {
         return Ok(None);
     };
+    let control = Arc::new(Protection::new(Some(spares)));
+    start_with(control, ft, role, live, lease, log, policy, hb_port, lag).map(Some)
+}
+
+/// The join thread's start, for joins where `control` (the spares, and
+/// the operator's actions: docs/operator-actions.md) says.
+#[allow(clippy::too_many_arguments)]
+pub fn start_with(
+    control: Arc<Protection>,
+    ft: &FtArgs,
+    role: &str,
+    live: Liveness,
+    lease: Duration,
+    log: LogConfig,
+    policy: DigestPolicy,
+    hb_port: u16,
+    lag: Option<(Arc<LagShared>, Option<Duration>)>,
+) -> anyhow::Result<Box<StartJoin>> {
     // Handles of their own: the join thread begins epochs and opens
     // channels while the main thread supervises.
     let arbiter = open_arbiter(ft)?;
     let who = claimant(ft, role)?;
     let security = security(ft, role)?;
-    Ok(Some(Box::new(move |env: JoinEnv| {
+    Ok(Box::new(move |env: JoinEnv| {
         let JoinEnv {
             vm,
             mem,
@@ -75,17 +94,22 @@ pub fn start(
             copy: CopyOptions::default(),
             settling: Default::default(),
             lag,
+            control: control.clone(),
         };
-        tracing::info!(
-            "re-protection on: a backup joins from {} whenever this primary runs alone",
-            spares.describe()
-        );
+        match control.describe() {
+            None => {
+                tracing::info!("no spares: a backup joins where `lockstep ft on HOST:PORT` says")
+            }
+            Some(from) => tracing::info!(
+                "re-protection on: a backup joins from {from} whenever this primary runs alone"
+            ),
+        }
         std::thread::Builder::new()
             .name("join".into())
-            .spawn(move || reprotect(setup, spares, current))
+            .spawn(move || reprotect(setup, current))
             .context("starting the join thread")?;
         Ok(())
-    })))
+    }))
 }
 
 /// Log buffers of `mib` MiB: the primary's default and stall rule

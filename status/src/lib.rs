@@ -8,6 +8,8 @@
 //! It depends on no other lockstep crate: the VMM and the FT layer update
 //! the counters, the binary serves and reads them.
 
+mod access;
+pub mod actions;
 pub mod client;
 pub mod counters;
 pub mod http;
@@ -19,6 +21,7 @@ pub mod server;
 pub mod snapshot;
 pub mod summary;
 
+pub use actions::{Action, ActionHandler, Answered, Outcome};
 pub use counters::{Role, StatusCounters};
 pub use server::{ServerError, ServerOptions, StatusServer};
 pub use snapshot::StatusSnapshot;

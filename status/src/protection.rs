@@ -1,10 +1,11 @@
 //! A VM's protection state (docs/join.md), as `lockstep status` shows it:
 //! `protected`, `need-backup (reason)`, `starting (join progress)`, or
-//! `not protected (reason)`. The FT layer's join updates [`JoinProgress`];
-//! the rest follows from the role.
+//! `not protected (reason)`. The FT layer's join updates [`JoinProgress`],
+//! the operator's actions (docs/operator-actions.md) its [`Hold`], the
+//! supervisor whether the arbiter answers; the rest follows from the role.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 use super::counters::Role;
 
@@ -29,6 +30,32 @@ pub struct JoinProgress {
     pub spares: AtomicU64,
     /// Whether a round has asked for spares yet.
     pub spares_asked: AtomicBool,
+    /// The operator's hold on re-protection ([`Hold`] as a number).
+    pub hold: AtomicU8,
+    /// The supervisor has a lost backup to settle and the arbiter does
+    /// not answer: outputs wait, nothing is protected.
+    pub arbiter_unreachable: AtomicBool,
+}
+
+/// Whether the operator keeps a VM from being protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Re-protection runs (when there is a spare to join).
+    None = 0,
+    /// `lockstep ft off` (or a `run` VM not turned on yet).
+    Off = 1,
+    /// `lockstep ft suspend`.
+    Suspended = 2,
+}
+
+impl Hold {
+    fn from_u8(v: u8) -> Hold {
+        match v {
+            1 => Hold::Off,
+            2 => Hold::Suspended,
+            _ => Hold::None,
+        }
+    }
 }
 
 impl JoinProgress {
@@ -70,11 +97,32 @@ impl JoinProgress {
         }
     }
 
+    pub fn hold(&self) -> Hold {
+        Hold::from_u8(self.hold.load(Relaxed))
+    }
+
+    pub fn set_hold(&self, hold: Hold) {
+        self.hold.store(hold as u8, Relaxed);
+    }
+
     /// The protection state of a VMM in `role`.
     pub fn describe(&self, role: Role) -> String {
+        let copying = self.copying.load(Relaxed);
+        match (role, self.hold()) {
+            (Role::PrimaryAlone, Hold::Off) if !copying => {
+                return "not protected (turned off)".into();
+            }
+            (Role::PrimaryAlone, Hold::Suspended) if !copying => {
+                return "not protected (suspended by the operator)".into();
+            }
+            _ => {}
+        }
         match role {
+            Role::Primary if self.arbiter_unreachable.load(Relaxed) => {
+                "not protected (backup lost, arbiter unreachable)".into()
+            }
             Role::Primary => "protected".into(),
-            Role::PrimaryAlone if self.copying.load(Relaxed) => format!(
+            Role::PrimaryAlone if copying => format!(
                 "starting (join: {} rounds, {} pages sent, guest {} pages)",
                 self.rounds.load(Relaxed),
                 self.pages.load(Relaxed),
@@ -126,6 +174,19 @@ mod tests {
         assert_eq!(
             j.describe(Role::PrimaryAlone),
             "need-backup (no backup yet)"
+        );
+        j.set_hold(Hold::Suspended);
+        assert_eq!(
+            j.describe(Role::PrimaryAlone),
+            "not protected (suspended by the operator)"
+        );
+        j.set_hold(Hold::Off);
+        assert_eq!(j.describe(Role::PrimaryAlone), "not protected (turned off)");
+        j.set_hold(Hold::None);
+        j.arbiter_unreachable.store(true, Relaxed);
+        assert_eq!(
+            j.describe(Role::Primary),
+            "not protected (backup lost, arbiter unreachable)"
         );
     }
 }

@@ -14,9 +14,14 @@
 //! **Access.** An endpoint on a loopback address answers anyone on this
 //! host. One bound to any other address must be given a bearer token
 //! ([`ServerOptions::token`]; refused otherwise), and then every request
-//! needs `Authorization: Bearer TOKEN` (401 otherwise, counted). The
-//! endpoint only reads; future write actions will require the token
-//! everywhere.
+//! needs `Authorization: Bearer TOKEN` (401 otherwise, counted).
+//!
+//! **Actions.** `POST /ft/ACTION` (docs/operator-actions.md) is served only
+//! when the binary registered an [`ActionHandler`], and always needs the
+//! token, on loopback too: without a token configured every action is
+//! refused (403). A request that carries a body is refused (actions take
+//! none); the handler's answer comes once the action is complete (bounded
+//! by [`crate::actions::ACTION_DEADLINE`]), typed by its HTTP status.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -29,6 +34,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::access::{self, authorized};
+use super::actions::{ActionHandler, Then};
 use super::counters::StatusCounters;
 use super::metrics;
 use super::rate::RateWindow;
@@ -61,12 +68,24 @@ pub enum ServerError {
     NeedsToken { addr: SocketAddr },
 }
 
-/// How an endpoint is protected.
-#[derive(Clone, Debug, Default)]
+/// How an endpoint is protected, and what it may change.
+#[derive(Clone, Default)]
 pub struct ServerOptions {
     /// Every request must carry `Authorization: Bearer <token>`. Required
-    /// for an address beyond loopback.
+    /// for an address beyond loopback, and for any action.
     pub token: Option<String>,
+    /// Carries out `POST /ft/ACTION` (none: actions are refused).
+    pub actions: Option<Arc<dyn ActionHandler>>,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("ServerOptions")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("actions", &self.actions.is_some())
+            .finish()
+    }
 }
 
 /// A running status endpoint; stops (and closes its socket) on drop.
@@ -84,6 +103,7 @@ struct Shared {
     /// Connections being served, per client address.
     per_client: Mutex<HashMap<IpAddr, usize>>,
     token: Option<String>,
+    actions: Option<Arc<dyn ActionHandler>>,
 }
 
 impl Shared {
@@ -133,6 +153,7 @@ impl StatusServer {
             active: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
             token: opts.token,
+            actions: opts.actions,
         });
         let shared_has_token = shared.token.is_some();
         let thread = std::thread::Builder::new()
@@ -257,10 +278,16 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     if stream.set_nonblocking(false).is_err() {
         return;
     }
-    let answer = match read_head(&mut stream, deadline) {
+    let (answer, then) = match read_head(&mut stream, deadline) {
         Ok(head) => route(&head, shared),
-        Err(HeadError::TooLarge) => Answer::text(431, "request header too large\n"),
+        Err(HeadError::TooLarge) => (Answer::text(431, "request header too large\n"), None),
         Err(HeadError::Closed) => return,
+    };
+    // An action may have taken longer than a read's whole deadline: its
+    // answer gets one of its own.
+    let deadline = match then {
+        Some(Posted(_)) => Instant::now() + CLIENT_DEADLINE,
+        None => deadline,
     };
     let Some(left) = deadline.checked_duration_since(Instant::now()) else {
         return;
@@ -276,7 +303,14 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     if answer.status >= 400 {
         linger(&mut stream, deadline);
     }
+    if let Some(Posted(Some(then))) = then {
+        then();
+    }
 }
+
+/// A request that reached the action handler, with what it asked to run
+/// after the answer.
+struct Posted(Option<Then>);
 
 /// After an error answer the client may still be sending (an oversized
 /// header): closing with unread input makes the kernel send a reset, which
@@ -356,9 +390,13 @@ impl Answer {
             200 => "OK",
             400 => "Bad Request",
             401 => "Unauthorized",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
+            413 => "Content Too Large",
             431 => "Request Header Fields Too Large",
+            504 => "Gateway Timeout",
             505 => "HTTP Version Not Supported",
             _ => "Internal Server Error",
         };
@@ -369,7 +407,7 @@ impl Answer {
             self.body.len()
         );
         if self.status == 405 {
-            out.push_str("Allow: GET, HEAD\r\n");
+            out.push_str("Allow: GET, HEAD, POST\r\n");
         }
         if self.status == 401 {
             out.push_str("WWW-Authenticate: Bearer realm=\"lockstep\"\r\n");
@@ -384,11 +422,19 @@ impl Answer {
 }
 
 /// Answers a request head (request line and headers, without the blank
-/// line).
-fn route(head: &[u8], shared: &Shared) -> Answer {
+/// line); an action also says what to run after the answer.
+fn route(head: &[u8], shared: &Shared) -> (Answer, Option<Posted>) {
     let Ok(head) = std::str::from_utf8(head) else {
-        return Answer::text(400, "request is not UTF-8\n");
+        return (Answer::text(400, "request is not UTF-8\n"), None);
     };
+    if head.starts_with("POST ") {
+        return post(head, shared);
+    }
+    (read(head, shared), None)
+}
+
+/// `GET`/`HEAD` of `/status` or `/metrics`.
+fn read(head: &str, shared: &Shared) -> Answer {
     let line = head.split("\r\n").next().unwrap_or_default();
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -402,7 +448,7 @@ fn route(head: &[u8], shared: &Shared) -> Answer {
     let head_only = match method {
         "GET" => false,
         "HEAD" => true,
-        _ => return Answer::text(405, "only GET and HEAD\n"),
+        _ => return Answer::text(405, "only GET, HEAD, and POST to /ft/ACTION\n"),
     };
     if let Some(token) = &shared.token
         && !authorized(head, token)
@@ -439,21 +485,12 @@ fn route(head: &[u8], shared: &Shared) -> Answer {
     answer
 }
 
-/// Whether the request head carries `Authorization: Bearer <token>`.
-fn authorized(head: &str, token: &str) -> bool {
-    head.split("\r\n").skip(1).any(|line| {
-        let Some((name, value)) = line.split_once(':') else {
-            return false;
-        };
-        name.trim().eq_ignore_ascii_case("authorization")
-            && value
-                .trim()
-                .strip_prefix("Bearer ")
-                .is_some_and(|t| same_secret(t.trim().as_bytes(), token.as_bytes()))
-    })
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// `POST /ft/ACTION`: [`access::post`], counted when unauthorized.
+fn post(head: &str, shared: &Shared) -> (Answer, Option<Posted>) {
+    let p = access::post(head, shared.token.as_deref(), shared.actions.as_deref());
+    if p.unauthorized {
+        StatusCounters::add(&shared.counters.status_unauthorized, 1);
+    }
+    let acted = p.acted.then_some(Posted(p.then));
+    (Answer::text(p.status, &p.text), acted)
 }

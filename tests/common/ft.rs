@@ -173,7 +173,7 @@ impl FtPair {
 
     /// Whether the pair broke before it logged and acknowledged its first
     /// entries under the guest's own start-up traffic (waits at most 10 s).
-    fn failed_over_at_start(&self) -> bool {
+    pub fn failed_over_at_start(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if self.broke_at_start() {
@@ -311,12 +311,14 @@ impl FtPair {
     /// `lockstep status --json` of one side, parsed.
     pub fn status(&self, side: &str) -> Option<serde_json::Value> {
         let ns = Self::host_of(side);
-        let out = self
-            .net
-            .cmd(ns, lockstep())
-            .args(["status", "--json", &format!("127.0.0.1:{STATUS_PORT}")])
-            .output()
-            .ok()?;
+        let mut cmd = self.net.cmd(ns, lockstep());
+        cmd.args(["status", "--json", &format!("127.0.0.1:{STATUS_PORT}")]);
+        // A pair whose endpoints take the operator's actions has a token.
+        let token = self.status_token();
+        if token.exists() {
+            cmd.arg("--token-file").arg(token);
+        }
+        let out = cmd.output().ok()?;
         serde_json::from_slice(&out.stdout).ok()
     }
 

@@ -2,6 +2,7 @@
 //! real processes, all cleaned up on drop (also when a test fails).
 #![allow(dead_code)]
 
+pub mod actions;
 pub mod apps;
 pub mod capture;
 pub mod cgroup;

@@ -6,6 +6,8 @@
 //!
 //! * [`transport`]: the join stream in the channel's records.
 //! * [`primary`]: the copy, the switch to a new pair run, re-protection.
+//! * [`control`]: the operator's say over re-protection.
 
+pub mod control;
 pub mod primary;
 pub mod transport;

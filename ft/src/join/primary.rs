@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use lockstep_status::protection::Hold;
 use lockstep_status::{Role, StatusCounters};
 use lockstep_vmm::dataplane::join_point::{JoinCtl, PauseKit, Resume};
 use lockstep_vmm::dataplane::shared::VmShared;
@@ -26,7 +27,6 @@ use logchan::{GuestIdentity, LogConfig, StreamHeader};
 use crate::arbiter::{Arbiter, Claimant};
 use crate::failure::Liveness;
 use crate::lag::{LagControl, LagShared};
-use crate::membership::Spares;
 use crate::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use crate::shared::FtShared;
 use crate::supervisor::Rebind;
@@ -41,6 +41,9 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the copy waits for the guest's next join point.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a primary alone with no spare to join waits before it asks
+/// its spares (a registry read) again.
+const NO_SPARE_WAIT: Duration = Duration::from_millis(500);
 /// How long the heartbeat port may stay taken by the retired plane.
 const BIND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -84,7 +87,8 @@ pub struct JoinSetup {
     pub log: LogConfig,
     pub policy: DigestPolicy,
     pub keepalive: Duration,
-    /// The heartbeat port, on this side and the backup's.
+    /// The heartbeat port, on this side and the backup's (0: the port of
+    /// the backup joined, as a backup's own default).
     pub hb_port: u16,
     pub rebind: Rebind,
     /// The main thread, which supervises (woken by the new run's events).
@@ -98,6 +102,8 @@ pub struct JoinSetup {
     /// (docs/throttling.md). `None`: measure nothing (a backup gone live,
     /// whose guest has no pacer).
     pub lag: Option<(Arc<LagShared>, Option<Duration>)>,
+    /// The operator's say over re-protection (docs/operator-actions.md).
+    pub control: Arc<super::control::Protection>,
 }
 
 /// A completed join.
@@ -191,7 +197,11 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     let local = stream
         .local_addr()
         .map_err(|e| JoinError::Setup(format!("local address: {e}")))?;
-    let udp = bind_heartbeat(local.ip(), setup.hb_port)?;
+    let hb_port = match setup.hb_port {
+        0 => addr.port(),
+        p => p,
+    };
+    let udp = bind_heartbeat(local.ip(), hb_port)?;
     let _ = stream.set_write_timeout(Some(SEND_TIMEOUT));
     let (producer, consumer) = logchan::log_buffers_with(&LogConfig {
         first_seq,
@@ -258,7 +268,7 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
             .map_err(|e| JoinError::Setup(format!("logging channel: {e}")))
             .map(|s| s.secured(session.records.take()))
             .and_then(|sender| {
-                let peer = SocketAddr::new(addr.ip(), setup.hb_port);
+                let peer = SocketAddr::new(addr.ip(), hb_port);
                 let heartbeat = HeartbeatEngine::new(
                     udp,
                     peer,
@@ -365,18 +375,15 @@ fn settle(setup: &JoinSetup, epoch: u64, ft: Arc<FtShared>, why: &str) {
 
 /// Re-protection: whenever the pair run `current` leaves this primary
 /// alone (or from the start, with `current` = `None`), join the first of
-/// the `spares` (asked afresh each round) that accepts, retrying with
-/// back-off; ends when the VM stops.
-pub fn reprotect(
-    setup: JoinSetup,
-    mut spares: Box<dyn Spares>,
-    mut current: Option<Arc<FtShared>>,
-) {
+/// the targets `setup.control` names that accepts, retrying with back-off
+/// (woken early by the operator's actions); ends when the VM stops.
+pub fn reprotect(setup: JoinSetup, mut current: Option<Arc<FtShared>>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         // Alone: a primary whose backup was lost, or a backup gone live,
         // once the supervisor settled it (role primary-alone).
         let alone = setup.shared.status.role() == Role::PrimaryAlone
+            && setup.shared.status.join.hold() == Hold::None
             && current
                 .as_ref()
                 .is_none_or(|ft| FtShared::flag(&ft.alone) || FtShared::flag(&ft.go_live));
@@ -384,21 +391,30 @@ pub fn reprotect(
             return;
         }
         if !alone {
-            std::thread::sleep(Duration::from_millis(20));
+            setup.control.wait(Duration::from_millis(20));
+            continue;
+        }
+        let targets = setup.control.targets(&setup.shared.status.join);
+        if targets.is_empty() {
+            // No spare now (none listed, or none registered): look again
+            // after a while, or at once when the operator aims a join.
+            setup.control.wait(NO_SPARE_WAIT);
             continue;
         }
         let started = Instant::now();
         let mut joined = None;
-        let candidates = spares.candidates();
-        let join = &setup.shared.status.join;
-        join.saw_spares(u64::try_from(candidates.len()).unwrap_or(u64::MAX));
-        for addr in candidates {
-            match join_backup(&setup, addr) {
-                Ok(j) => {
+        for &addr in &targets {
+            let attempt = setup.control.attempt(addr, &setup.shared.status.join, || {
+                join_backup(&setup, addr)
+            });
+            match attempt {
+                // The operator holds re-protection now.
+                None => break,
+                Some(Ok(j)) => {
                     joined = Some(j);
                     break;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let why = chain(&e);
                     tracing::warn!("no backup joined at {addr} ({why}); serving on alone");
                 }
@@ -427,7 +443,7 @@ pub fn reprotect(
                 if let Some(ft) = setup.settling.lock().ok().and_then(|mut s| s.take()) {
                     current = Some(ft);
                 }
-                std::thread::sleep(backoff);
+                setup.control.wait(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }

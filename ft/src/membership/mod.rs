@@ -102,18 +102,6 @@ pub fn parse(values: &[String]) -> Result<Option<Box<dyn Spares>>, MembershipErr
     Ok(Some(Box::new(StaticSpares(list))))
 }
 
-/// The port of the first spare of a fixed list (a primary started alone
-/// takes its heartbeat port from it); `None` for etcd or no spares.
-pub fn first_static_port(values: &[String]) -> Result<Option<u16>, MembershipError> {
-    match values.first() {
-        Some(v) if !v.starts_with("etcd://") => match parse(&values[..1])? {
-            Some(mut s) => Ok(s.candidates().first().map(SocketAddr::port)),
-            None => Ok(None),
-        },
-        _ => Ok(None),
-    }
-}
-
 /// A warning said at most once per `every`, with how many were held back:
 /// an etcd that stays unreachable for an hour must not fill the log.
 #[derive(Debug)]
@@ -186,14 +174,6 @@ mod tests {
         ] {
             assert!(parse(&v(bad)).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            first_static_port(&v(&["127.0.0.1:7000"])).expect("port"),
-            Some(7000)
-        );
-        assert_eq!(
-            first_static_port(&v(&["etcd://h:1/p"])).expect("etcd"),
-            None
-        );
     }
 
     #[test]

@@ -246,7 +246,9 @@ impl IoPlane for PrimaryPlane {
             return;
         }
         if FtShared::flag(&self.ft.peer_dead) {
-            if !self.discarding {
+            // A backup the operator drops keeps its channel (and acks) until
+            // the claim is won (`alone`, above): it cannot claim first.
+            if !self.discarding && !FtShared::flag(&self.ft.dropped) {
                 // Nobody will read the log again (the backup is gone
                 // whatever the arbiter says): free it as it comes.
                 self.sender.discard();

@@ -37,6 +37,9 @@ const IDLE_SPIN: Duration = Duration::from_micros(30);
 /// How long a retired plane's last operations may take (its sockets are
 /// shut down, so they end at once; a heartbeat timer within its period).
 pub const RETIRE_GRACE: Duration = Duration::from_millis(300);
+/// How often the I/O thread looks for the end of that grace instead of
+/// sleeping in the kernel (see the loop's end).
+const RETIRE_POLL: Duration = Duration::from_millis(1);
 /// How long a stopping primary waits for its last log entries to leave.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -481,6 +484,15 @@ impl IoThread {
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() < IDLE_SPIN {
                 std::hint::spin_loop();
+                continue;
+            }
+            // A retired plane is dropped (its sockets closed) once its grace
+            // is over, above; on an idle VM no completion may come to say
+            // so, while a join waits to bind the heartbeat port it holds
+            // (seen: an idle primary's `ft resume` failing on EADDRINUSE).
+            if retiring.is_some() {
+                std::thread::sleep(RETIRE_POLL);
+                idle_since = None;
                 continue;
             }
             // Sleep in the kernel until a completion (a heartbeat timer
