@@ -164,6 +164,9 @@ fn a_chain_of_generations_serves_every_acknowledged_write() {
     );
     pair.primary
         .wait_for_line("following the primary", Duration::from_secs(10));
+    // B's status names its new backup, C.
+    let peer = pair.status("backup").expect("status")["peer"].clone();
+    assert_eq!(peer, spares_a.as_str(), "B's peer after C joined");
     pair.wait_served(50);
     // Kill B: C goes live; D, waiting on host b, joins C.
     pair.backup.signal(libc::SIGKILL);

@@ -201,7 +201,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
 
     let ft = Arc::new(FtShared::default());
     let _ = ft.main_thread.set(std::thread::current());
-    let _ = shared.status.peer.set(peer.to_string());
+    shared.status.set_peer(&peer.to_string());
     ft.replay_buffer.set_limits(
         u64::from(args.replay_buffer_mib) << 20,
         u64::from(args.replay_buffer_chunks),

@@ -174,7 +174,7 @@ pub fn primary_as(args: PrimaryArgs, hold: Hold) -> anyhow::Result<ExitStatus> {
             );
             let _ = shared.status.name.set(name.clone());
             let backup = backup.context("a primary that logs from the start has a backup")?;
-            let _ = shared.status.peer.set(backup.to_string());
+            shared.status.set_peer(&backup.to_string());
             let hb_peer = args
                 .ft
                 .heartbeat_peer

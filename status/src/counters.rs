@@ -87,8 +87,9 @@ pub struct StatusCounters {
     started: Instant,
     /// This side's name (arbiter name); set once at start.
     pub name: OnceLock<String>,
-    /// The peer's address or name; set once at start.
-    pub peer: OnceLock<String>,
+    /// The peer's address or name: the backup a join brought replaces the
+    /// one before ([`StatusCounters::set_peer`]).
+    peer: std::sync::Mutex<Option<String>>,
     /// How the logging channel is protected (`noise-psk`, `insecure`);
     /// set once at start by an FT side.
     pub channel: OnceLock<String>,
@@ -187,7 +188,7 @@ impl Default for StatusCounters {
         StatusCounters {
             started: Instant::now(),
             name: OnceLock::new(),
-            peer: OnceLock::new(),
+            peer: Default::default(),
             channel: OnceLock::new(),
             role: AtomicU8::new(Role::Standalone as u8),
             epoch: AtomicU64::new(0),
@@ -242,9 +243,20 @@ impl StatusCounters {
         c.set_role(role);
         let _ = c.name.set(name.to_string());
         if let Some(p) = peer {
-            let _ = c.peer.set(p.to_string());
+            c.set_peer(p);
         }
         c
+    }
+
+    /// Who the peer is now.
+    pub fn set_peer(&self, peer: &str) {
+        if let Ok(mut p) = self.peer.lock() {
+            *p = Some(peer.to_string());
+        }
+    }
+
+    pub fn peer(&self) -> Option<String> {
+        self.peer.lock().ok().and_then(|p| p.clone())
     }
 
     pub fn set_role(&self, role: Role) {

@@ -183,7 +183,7 @@ impl StatusSnapshot {
         StatusSnapshot {
             format: SNAPSHOT_FORMAT,
             name: c.name.get().cloned().unwrap_or_default(),
-            peer: c.peer.get().cloned(),
+            peer: c.peer(),
             role,
             epoch: get(&c.epoch),
             uptime_ms: c.uptime_ms(),

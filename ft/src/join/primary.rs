@@ -312,7 +312,7 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
     // The supervisor watches the new run before its first verdict can come.
     setup.rebind.to(epoch, ft.clone());
     StatusCounters::set(&status.epoch, epoch);
-    let _ = status.peer.set(addr.to_string());
+    status.set_peer(&addr.to_string());
     if !setup.ctl.resume(Resume::Switch(Some(Box::new(plane)))) {
         settle(
             setup,
