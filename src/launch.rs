@@ -186,16 +186,9 @@ pub fn stats_line(s: &lockstep_vmm::machine::ExitStats, exits: u64, wall: Durati
 
 /// Starts the status and metrics endpoints the options ask for; they serve
 /// as long as the returned servers live. A bare PORT means
-/// 127.0.0.1:PORT; an address beyond loopback needs the token file.
-pub fn serve_status(
-    monitor: &crate::cli::MonitorArgs,
-    counters: &std::sync::Arc<lockstep_status::StatusCounters>,
-) -> anyhow::Result<Vec<lockstep_status::StatusServer>> {
-    serve_status_with(monitor, counters, None)
-}
-
-/// [`serve_status`] that also takes the operator's actions
-/// (`POST /ft/ACTION`, docs/operator-actions.md) with `actions`.
+/// 127.0.0.1:PORT; an address beyond loopback needs the token file. An FT
+/// side also takes the operator's actions there (`POST /ft/ACTION`,
+/// docs/operator-actions.md) with `actions`.
 pub fn serve_status_with(
     monitor: &crate::cli::MonitorArgs,
     counters: &std::sync::Arc<lockstep_status::StatusCounters>,

@@ -191,3 +191,57 @@ fn an_idle_pair_suspended_and_resumed_is_protected_by_a_new_backup() {
         assert_eq!(pair.redis(&["get", k]), v, "{k}");
     }
 }
+
+/// A backup refuses the actions while it follows its primary; once it has
+/// gone live and a spare joined it, it takes them as any primary: its
+/// test failover hands the VM to the joined backup, with every
+/// acknowledged write.
+#[test]
+fn a_backup_gone_live_takes_the_actions_of_a_primary() {
+    if !kvm_available() {
+        return;
+    }
+    let keys = tempdir();
+    let token = keys.path().join("status.token");
+    logchan::secure::write_new_token(&token).expect("status token");
+    let token_arg = token.display().to_string();
+    let opts = FtOptions {
+        primary_extra: vec!["--status-token-file".into(), token_arg.clone()],
+        backup_extra: vec![
+            "--status-token-file".into(),
+            token_arg.clone(),
+            "--spares".into(),
+            format!("{PRIMARY_LOG}:{LOG_PORT}"),
+        ],
+        ..FtOptions::default()
+    };
+    let mut pair = FtPair::start("xb", opts);
+    // Where the harness's status reads look for the endpoints' token.
+    std::fs::copy(&token, pair.status_token()).expect("token for status reads");
+    let writers = Writers::start(&pair, 3);
+    pair.wait_acked(100);
+    let refused = pair.ft_command("b", &["test-failover"], &token).output();
+    let refused = refused.expect("lockstep ft");
+    assert!(!refused.status.success(), "{}", text(&refused));
+    // The primary dies; B goes live; C starts on host a and B joins it.
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(10));
+    pair.primary = pair.spawn_backup_on("a", PRIMARY_LOG, "c", &[], &[]);
+    pair.backup
+        .wait_for_line("protected again", Duration::from_secs(30));
+    pair.primary
+        .wait_for_line("following the primary", Duration::from_secs(10));
+    pair.wait_acked_by("backup", 50);
+    let out = pair
+        .ft_command("b", &["test-failover"], &token)
+        .output()
+        .expect("lockstep ft");
+    let said = text(&out);
+    assert!(out.status.success(), "{said}\nB:\n{}", pair.backup.log());
+    let stopped = pair.backup.exit_status(Duration::from_secs(10));
+    assert_eq!(stopped.code(), Some(9), "{}", pair.backup.log());
+    pair.primary.wait_for_line(LIVE, Duration::from_secs(10));
+    pair.wait_served(50);
+    let n = pair.check_writes(writers, "a backup gone live, then its test failover", false);
+    eprintln!("{said}\n{n} acknowledged writes kept");
+}

@@ -18,12 +18,15 @@ use lockstep_ft::admission::{Admission, DiskCheck, Expected};
 use lockstep_ft::backup_io::BackupIo;
 use lockstep_ft::channel_source::ChannelChunks;
 use lockstep_ft::go_live::Announce;
+use lockstep_ft::join::control::Protection;
 use lockstep_ft::membership;
 use lockstep_ft::membership::standby::{self, Standby};
+use lockstep_ft::operator::Operator;
 use lockstep_ft::plane::{BackupPlane, TAG_LOG};
 use lockstep_ft::shared::FtShared;
 use lockstep_ft::supervisor::{Side, Supervisor};
 use lockstep_status::Role;
+use lockstep_status::protection::Hold;
 use lockstep_vmm::dataplane::io_thread::{self, IoChannels, TAG_DISK, TAG_TAP};
 use lockstep_vmm::dataplane::join_point::JoinCtl;
 use lockstep_vmm::dataplane::shared::VmShared;
@@ -103,7 +106,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let arbiter = open_arbiter(&args.ft)?;
     let listen = resolve("--listen", &args.listen)?;
     // Refused before anything starts: what is used only later.
-    membership::parse(&args.spares).context("--spares")?;
+    let spares = membership::parse(&args.spares).context("--spares")?;
     if let Some(uri) = &args.standby {
         Standby::check(uri, &name, listen).context("--standby")?;
     }
@@ -128,7 +131,23 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         .status
         .channel
         .set(security.mode().name().to_string());
-    let _status = launch::serve_status(&args.monitor, &shared.status)?;
+    // The operator's actions (docs/operator-actions.md): refused while
+    // this side follows a primary; once it has gone live it takes them as
+    // any primary, its join thread (`--spares`, or where `ft on` aims)
+    // included.
+    let control = Arc::new(Protection::new(spares));
+    let operator = Arc::new(Operator::new(
+        control.clone(),
+        Hold::None,
+        Box::new(|| {
+            tracing::warn!("test failover: this primary stops now; its backup takes over");
+            std::process::exit(i32::from(ExitStatus::TestFailover.code()));
+        }),
+        ExitStatus::TestFailover.code(),
+    ));
+    operator.attach(shared.clone());
+    let actions = operator as Arc<dyn lockstep_status::ActionHandler>;
+    let _status = launch::serve_status_with(&args.monitor, &shared.status, Some(actions))?;
     let counters = shared.status.clone();
     let listener = ChannelListener::spawn(
         TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?,
@@ -306,9 +325,10 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
     let (vm_fd, mut parts) = VmParts::split(vm, vcpu_cpu);
     // The VM's fd stays open for the run (a join reads its dirty log).
     let vm_fd = Arc::new(vm_fd);
-    // Re-protection once live (`--spares`): as a primary's.
+    // Re-protection once live (`--spares`, the operator's `ft on`): as a
+    // primary's.
     let join = rejoin::start(
-        &args.spares,
+        control,
         &args.ft,
         "backup",
         live,
@@ -319,21 +339,19 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitStatus> {
         // No throttle on a backup gone live: its guest has no pacer.
         None,
     )?;
-    if let Some(start) = join {
-        let ctl = Arc::new(JoinCtl::default());
-        backup_io = backup_io.with_join(ctl.clone());
-        start(JoinEnv {
-            vm: vm_fd.clone(),
-            mem: parts.mem.clone(),
-            ctl,
-            shared: shared.clone(),
-            spec: spec.clone(),
-            kernel: kernel.clone(),
-            main_thread: std::thread::current(),
-            rebind: Some(supervisor.rebinder()),
-            current: Some(ft.clone()),
-        })?;
-    }
+    let ctl = Arc::new(JoinCtl::default());
+    backup_io = backup_io.with_join(ctl.clone());
+    join(JoinEnv {
+        vm: vm_fd.clone(),
+        mem: parts.mem.clone(),
+        ctl,
+        shared: shared.clone(),
+        spec: spec.clone(),
+        kernel: kernel.clone(),
+        main_thread: std::thread::current(),
+        rebind: Some(supervisor.rebinder()),
+        current: Some(ft.clone()),
+    })?;
     tracing::info!(
         "backup {name}: following the primary (epoch {}, {} MiB guest)",
         header.epoch,

@@ -131,7 +131,7 @@ pub fn primary_as(args: PrimaryArgs, hold: Hold) -> anyhow::Result<ExitStatus> {
     // The join thread runs for every primary: the operator's actions
     // (`ft on HOST:PORT`, `migrate-backup`) join where no spare is listed.
     let control = Arc::new(Protection::new(spares));
-    let join = rejoin::start_with(
+    let join = rejoin::start(
         control.clone(),
         &args.ft,
         "primary",

@@ -12,7 +12,6 @@ use lockstep_ft::failure::Liveness;
 use lockstep_ft::join::control::Protection;
 use lockstep_ft::join::primary::{JoinSetup, reprotect};
 use lockstep_ft::lag::LagShared;
-use lockstep_ft::membership;
 use lockstep_vmm::replay::recorder::DigestPolicy;
 use lockstep_vmm::snapshot::stream::CopyOptions;
 use logchan::LogConfig;
@@ -21,31 +20,10 @@ use crate::cli::FtArgs;
 use crate::commands::live::{JoinEnv, KEEPALIVE_EVERY, StartJoin};
 use crate::commands::pair::{claimant, open_arbiter, security};
 
-/// The join thread's start, if `--spares` names any backup. `role` names
-/// this side at the arbiter (`primary`, or a `backup` gone live).
-#[allow(clippy::too_many_arguments)]
-pub fn start(
-    spares: &[String],
-    ft: &FtArgs,
-    role: &str,
-    live: Liveness,
-    lease: Duration,
-    log: LogConfig,
-    policy: DigestPolicy,
-    hb_port: u16,
-    lag: Option<(Arc<LagShared>, Option<Duration>)>,
-) -> anyhow::Result<Option<Box<StartJoin>>> {
-    let Some(spares) = membership::parse(spares).context("--spares")? else {
-        return Ok(None);
-    };
-    let control = Arc::new(Protection::new(Some(spares)));
-    start_with(control, ft, role, live, lease, log, policy, hb_port, lag).map(Some)
-}
-
 /// The join thread's start, for joins where `control` (the spares, and
 /// the operator's actions: docs/operator-actions.md) says.
 #[allow(clippy::too_many_arguments)]
-pub fn start_with(
+pub fn start(
     control: Arc<Protection>,
     ft: &FtArgs,
     role: &str,

@@ -373,9 +373,14 @@ impl FtPair {
     /// Waits until the backup acknowledged `n` more log entries (the load
     /// has run for a while).
     pub fn wait_acked(&self, n: u64) {
-        let from = self.counter("primary", "acked_seq");
+        self.wait_acked_by("primary", n)
+    }
+
+    /// The same for the primary on `side`'s host (a backup gone live).
+    pub fn wait_acked_by(&self, side: &str, n: u64) {
+        let from = self.counter(side, "acked_seq");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.counter("primary", "acked_seq") < from + n {
+        while self.counter(side, "acked_seq") < from + n {
             assert!(
                 Instant::now() < deadline,
                 "{n} more log entries were not acknowledged within 20 s (from {from})\nprimary ({:?}):\n{}\nbackup ({:?}):\n{}",
