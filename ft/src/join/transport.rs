@@ -154,3 +154,41 @@ impl MessageSource for JoinChannel<'_> {
         self.send_message(kind, body)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use lockstep_vmm::snapshot::wire::Writer;
+
+    use super::*;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (b, _) = l.accept().expect("accept");
+        (a, b)
+    }
+
+    fn applied(round: u32) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u32(round).u32(0);
+        w.buf
+    }
+
+    #[test]
+    fn the_primary_takes_only_the_answer_to_the_round_it_sent() {
+        let (primary, joiner) = pair();
+        let mut p = JoinChannel::new(&primary, None);
+        let mut j = JoinChannel::new(&joiner, None);
+        j.reply(kind::APPLIED, &applied(1)).expect("reply");
+        p.wait_applied(1).expect("round 1 applied");
+        // Another round's answer, another message, a short body: refused.
+        j.reply(kind::APPLIED, &applied(3)).expect("reply");
+        assert!(p.wait_applied(2).is_err());
+        j.reply(kind::ROUND, &applied(2)).expect("reply");
+        assert!(p.wait_applied(2).is_err());
+        j.reply(kind::APPLIED, &[0u8; 4]).expect("reply");
+        assert!(p.wait_applied(2).is_err());
+    }
+}
