@@ -80,10 +80,7 @@ fn test_restart_backup_and_test_failover_under_load_print_a_bounded_window() {
     if !kvm_available() {
         return;
     }
-    let opts = FtOptions {
-        primary_extra: vec!["--spares".into(), FtPair::spare_b()],
-        ..FtOptions::default()
-    };
+    let opts = FtOptions::spare_on_b();
     let mut pair = FtPair::start_with_token("xt", opts);
     let token = pair.status_token().display().to_string();
     let writers = Writers::start(&pair, 3);
@@ -151,10 +148,7 @@ fn an_idle_pair_suspended_and_resumed_is_protected_by_a_new_backup() {
     if !kvm_available() {
         return;
     }
-    let opts = FtOptions {
-        primary_extra: vec!["--spares".into(), FtPair::spare_b()],
-        ..FtOptions::default()
-    };
+    let opts = FtOptions::spare_on_b();
     let mut pair = FtPair::start_with_token("xi", opts);
     assert_eq!(pair.redis(&["set", "before", "1"]), "OK");
     // Suspend: the backup is dropped through the primary's claim, so it

@@ -15,9 +15,8 @@ use common::ft::*;
 use common::*;
 
 fn spares() -> FtOptions {
-    let defaults = FtOptions::default();
+    let defaults = FtOptions::spare_on_b();
     FtOptions {
-        primary_extra: vec!["--spares".into(), format!("{BACKUP_LOG}:{LOG_PORT}")],
         // `LOCKSTEP_JOIN_MEM_MIB` measures joins of larger guests.
         mem_mib: std::env::var("LOCKSTEP_JOIN_MEM_MIB")
             .ok()
@@ -47,9 +46,7 @@ fn a_backup_joins_under_load_and_then_takes_over_with_every_acknowledged_write()
     let writers = Writers::start(&pair, 3);
     pair.wait_acked(100);
     // The backup dies: the primary continues alone, then joins a new one.
-    pair.backup.signal(libc::SIGKILL);
-    pair.primary
-        .wait_for_line("continuing alone", Duration::from_secs(10));
+    pair.lose_backup();
     let alone = Instant::now();
     pair.new_backup(&[], &[]);
     pair.wait_protected(1, Duration::from_secs(60));
@@ -83,9 +80,7 @@ fn a_refused_or_dying_joiner_leaves_the_primary_serving_and_a_new_join_succeeds(
     let mut pair = FtPair::start("jr", spares());
     let writers = Writers::start(&pair, 2);
     pair.wait_acked(100);
-    pair.backup.signal(libc::SIGKILL);
-    pair.primary
-        .wait_for_line("continuing alone", Duration::from_secs(10));
+    pair.lose_backup();
     // A backup for another guest size: its admission refuses the join,
     // the primary says why and serves on alone.
     pair.new_backup(&["--mem", "256"], &[]);
@@ -236,9 +231,7 @@ fn a_spare_registered_in_etcd_joins_and_then_takes_over() {
     let mut pair = FtPair::launch(net, opts);
     let writers = Writers::start(&pair, 3);
     pair.wait_acked(100);
-    pair.backup.signal(libc::SIGKILL);
-    pair.primary
-        .wait_for_line("continuing alone", Duration::from_secs(10));
+    pair.lose_backup();
     let alone = Instant::now();
     pair.new_backup(&["--standby", &spares, "--spares", &spares], &[]);
     pair.backup.wait_for_line(

@@ -25,16 +25,11 @@ fn a_join_failing_at_its_last_step_during_an_arbiter_outage_loses_no_write() {
         return;
     }
     let what = "a join failed at its last step during an arbiter outage";
-    let opts = FtOptions {
-        primary_extra: vec!["--spares".into(), format!("{BACKUP_LOG}:{LOG_PORT}")],
-        ..FtOptions::default()
-    };
+    let opts = FtOptions::spare_on_b();
     let mut pair = FtPair::start("jf", opts);
     let writers = Writers::start(&pair, 3);
     pair.wait_acked(100);
-    pair.backup.signal(libc::SIGKILL);
-    pair.primary
-        .wait_for_line("continuing alone", Duration::from_secs(10));
+    pair.lose_backup();
     pair.set_failpoints("primary", "join-switch-wait=pause\njoin-switch=1*return");
     pair.new_backup(&[], &[]);
     pair.backup
@@ -87,10 +82,7 @@ fn a_diverged_backup_is_named_as_such_and_a_spare_replaces_it() {
         return;
     }
     let what = "a backup whose replay diverged";
-    let opts = FtOptions {
-        primary_extra: vec!["--spares".into(), format!("{BACKUP_LOG}:{LOG_PORT}")],
-        ..FtOptions::default()
-    };
+    let opts = FtOptions::spare_on_b();
     let mut pair = FtPair::start("jd", opts);
     let writers = Writers::start(&pair, 3);
     pair.wait_acked(100);

@@ -173,14 +173,9 @@ fn a_joined_primary_stuck_between_an_ack_and_its_release_never_outputs_after_go_
     if !kvm_available() {
         return;
     }
-    let opts = FtOptions {
-        primary_extra: vec!["--spares".into(), format!("{BACKUP_LOG}:{LOG_PORT}")],
-        ..FtOptions::default()
-    };
+    let opts = FtOptions::spare_on_b();
     let mut pair = FtPair::start("pj", opts);
-    pair.backup.signal(libc::SIGKILL);
-    pair.primary
-        .wait_for_line("continuing alone", Duration::from_secs(10));
+    pair.lose_backup();
     pair.new_backup(&[], &[]);
     pair.wait_protected(1, Duration::from_secs(30));
     stuck_after_an_ack(pair, "a joined primary's I/O thread stuck after an ack");

@@ -9,7 +9,7 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use lockstep_bench::netns::{GUEST_IP, Net};
 use lockstep_bench::pair::{self, BACKUP_IP, Host, LOG_PORT, PRIMARY_IP, PairConfig};
@@ -78,18 +78,6 @@ impl Drop for Load {
     }
 }
 
-/// Waits until `vmm`'s log holds `needle` `n` times.
-fn wait_count(vmm: &lockstep_bench::vm::Vmm, needle: &str, n: usize, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while vmm.log().matches(needle).count() < n {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
-}
-
 /// One join of a spare into a primary of `mib` MiB that lost its backup.
 fn one_join(mib: u64, loaded: bool) -> anyhow::Result<(JoinLine, Duration)> {
     let net = Net::ft("bjn")?;
@@ -111,9 +99,8 @@ fn one_join(mib: u64, loaded: bool) -> anyhow::Result<(JoinLine, Duration)> {
         .wait_for("continuing alone", Duration::from_secs(30))?;
     let started = Instant::now();
     let _spare = pair::spawn_backup(&cfg, Host::B, "spare")?;
-    if !wait_count(&p.primary, "protected again", 1, Duration::from_secs(300)) {
-        bail!("no join within 300 s:\n{}", p.primary.log());
-    }
+    p.primary
+        .wait_for("protected again", Duration::from_secs(300))?;
     let took = started.elapsed();
     let log = p.primary.log();
     let line = log
@@ -144,9 +131,8 @@ fn failover_to_protected() -> anyhow::Result<(Duration, Duration, JoinLine)> {
     // The old primary's process is gone before its tap is taken again.
     let _ = p.primary.wait_exit(Duration::from_secs(10));
     let _spare = pair::spawn_backup(&cfg, Host::A, "spare")?;
-    if !wait_count(&p.backup, "protected again", 1, Duration::from_secs(120)) {
-        bail!("no join after the failover:\n{}", p.backup.log());
-    }
+    p.backup
+        .wait_for("protected again", Duration::from_secs(120))?;
     let protected = killed.elapsed();
     let log = p.backup.log();
     let line = log

@@ -193,6 +193,20 @@ fn say_diverged(ft: &FtShared, io: &IoChannels, exit: u64) {
     io.waker.wake();
 }
 
+/// Tests: a replay that diverges at this exit (fail point
+/// `replay-diverge`), taken as a real divergence is.
+fn replay_fault(exit_index: u64, seq: u64) -> Option<ReplayError> {
+    fail::fail_point!("replay-diverge", |_| Some(ReplayError::Stop(
+        ReplayStop::Diverged(lockstep_vmm::replay::replayer::Divergence {
+            exit_index,
+            seq,
+            what: "fail point replay-diverge".into(),
+        })
+    )));
+    let _ = (exit_index, seq);
+    None
+}
+
 impl SyncIo for BackupIo {
     type Error = BackupError;
 
@@ -207,17 +221,11 @@ impl SyncIo for BackupIo {
             Serving::Replay(replay, io) => (replay, io),
             Serving::Switching => return Err(BackupError::HandOverFailed),
         };
-        // Tests: a replay that diverges here.
-        fail::fail_point!("replay-diverge", |_| {
-            let d = lockstep_vmm::replay::replayer::Divergence {
-                exit_index: req.exit_index,
-                seq: replay.cursor.consumed_seq(),
-                what: "fail point replay-diverge".into(),
-            };
-            say_diverged(&self.ft, io, d.exit_index);
-            Err(ReplayError::Stop(ReplayStop::Diverged(d)).into())
-        });
-        match replay.sync(mem, req) {
+        let synced = match replay_fault(req.exit_index, replay.cursor.consumed_seq()) {
+            Some(e) => Err(e),
+            None => replay.sync(mem, req),
+        };
+        match synced {
             Ok(outcome) => {
                 let seq = replay.cursor.consumed_seq();
                 self.note_replayed(req.exit_index, seq);

@@ -219,19 +219,7 @@ pub fn post(
         None,
         timeout,
     )
-    .map_err(|source: HttpError| {
-        if source.is_unreachable() {
-            FetchError::Unreachable {
-                addr: addr.clone(),
-                source,
-            }
-        } else {
-            FetchError::Exchange {
-                addr: addr.clone(),
-                source,
-            }
-        }
-    })?;
+    .map_err(|source: HttpError| FetchError::http(&addr, source))?;
     let text: String = resp.body_text().chars().take(4096).collect();
     Ok((resp.status, crate::sanitize::for_terminal(text.trim_end())))
 }

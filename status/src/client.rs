@@ -43,6 +43,19 @@ pub enum FetchError {
     },
 }
 
+impl FetchError {
+    /// A failed exchange with the endpoint at `addr`: unreachable (no VMM
+    /// there), or broken.
+    pub(crate) fn http(addr: &str, source: HttpError) -> Self {
+        let addr = addr.to_string();
+        if source.is_unreachable() {
+            FetchError::Unreachable { addr, source }
+        } else {
+            FetchError::Exchange { addr, source }
+        }
+    }
+}
+
 /// Accepts `HOST:PORT`, also written as `http://HOST:PORT[/...]`.
 pub fn normalize_addr(addr: &str) -> Result<String, FetchError> {
     let bad = || FetchError::BadAddress {
@@ -73,20 +86,8 @@ pub fn fetch(
         .map(|a| ("Authorization", a))
         .into_iter()
         .collect();
-    let resp =
-        http::request_with(&addr, "GET", "/status", &headers, None, timeout).map_err(|source| {
-            if source.is_unreachable() {
-                FetchError::Unreachable {
-                    addr: addr.clone(),
-                    source,
-                }
-            } else {
-                FetchError::Exchange {
-                    addr: addr.clone(),
-                    source,
-                }
-            }
-        })?;
+    let resp = http::request_with(&addr, "GET", "/status", &headers, None, timeout)
+        .map_err(|source| FetchError::http(&addr, source))?;
     let text = resp.body_text();
     if resp.status != 200 {
         let body: String = text.trim().chars().take(200).collect();

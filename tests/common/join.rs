@@ -8,7 +8,26 @@ use std::time::Duration;
 use super::ft::{BACKUP_LOG, FtOptions, FtPair, LOG_PORT};
 use super::*;
 
+impl FtOptions {
+    /// The default pair whose primary re-protects from the waiting backup
+    /// on host B (`--spares BACKUP_LOG:LOG_PORT`).
+    pub fn spare_on_b() -> FtOptions {
+        FtOptions {
+            primary_extra: vec!["--spares".into(), FtPair::spare_b()],
+            ..FtOptions::default()
+        }
+    }
+}
+
 impl FtPair {
+    /// Kills the backup and waits until the primary, having won the
+    /// arbiter, continues alone.
+    pub fn lose_backup(&mut self) {
+        self.backup.signal(libc::SIGKILL);
+        self.primary
+            .wait_for_line("continuing alone", Duration::from_secs(10));
+    }
+
     /// Replaces the backup (dead, or killed here) by a new waiting one on
     /// host B, with `extra` arguments and `env` (e.g. `FAILPOINTS`).
     pub fn new_backup(&mut self, extra: &[&str], env: &[(&str, &str)]) {

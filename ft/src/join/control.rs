@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lockstep_status::protection::{Hold, JoinProgress};
 
-use super::primary::{JoinError, Joined};
+use super::primary::{JoinError, Joined, chain};
 use crate::membership::Spares;
 use crate::shared::FtShared;
 
@@ -196,15 +196,4 @@ impl Protection {
         self.changed.notify_all();
         Some(result)
     }
-}
-
-/// An error with its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut why = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        why.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    why
 }

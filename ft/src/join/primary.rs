@@ -147,7 +147,7 @@ pub fn join_backup(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinEr
 }
 
 /// An error with its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut why = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
@@ -215,12 +215,10 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
         boot_hash: setup.identity.boot_hash,
     };
     status.set_role(Role::PrimaryAlone);
-    // Set once the guest stood at the join point: from there the joiner
-    // may hold the whole state, and a failure must be settled at the
-    // arbiter (`settle`).
-    let paused = std::cell::Cell::new(false);
-    // When the vCPU handed over the frozen state: the rest of the pause is
-    // this thread's (the last sends, the new channel).
+    // When the guest stood at the join point and handed over its state:
+    // from there the joiner may hold all of it, so a failure is settled at
+    // the arbiter (`settle`); and the rest of the pause is this thread's
+    // (the last sends, the new channel).
     let frozen_at = std::cell::Cell::new(None);
     let copied = PreCopy::start(setup.vm.clone(), setup.mem.clone()).and_then(|precopy| {
         let mut sink = JoinChannel::new(&stream, session.records.as_mut());
@@ -241,8 +239,9 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
                     wake,
                     PAUSE_TIMEOUT,
                 );
-                paused.set(frozen.is_ok());
-                frozen_at.set(Some(Instant::now()));
+                if frozen.is_ok() {
+                    frozen_at.set(Some(Instant::now()));
+                }
                 frozen
             },
         )
@@ -253,7 +252,7 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
         Ok(stats) => stats,
         Err(e) => {
             setup.ctl.resume(Resume::Abandon);
-            if paused.get() {
+            if frozen_at.get().is_some() {
                 settle(setup, epoch, ft, "the join's last messages were not sent");
             }
             return Err(JoinError::Copy(e));
