@@ -143,6 +143,31 @@ fn test_restart_backup_and_test_failover_under_load_print_a_bounded_window() {
     eprintln!("{n} acknowledged writes kept");
 }
 
+/// A test failover whose process is slow to exit (fail point
+/// `test-failover-exit` holds it a second after the fence): the fenced
+/// primary's disk writes complete unwritten from then on, and none of
+/// those completions may reach the backup's log, or the new primary would
+/// take writes for durable that never reached the disk. Checked by the
+/// reboot of the disk image.
+#[test]
+fn a_test_failover_slow_to_exit_logs_nothing_after_its_fence() {
+    if !kvm_available() {
+        return;
+    }
+    let mut pair = FtPair::start_with_token("xs", FtOptions::default());
+    let writers = Writers::start(&pair, 3);
+    pair.wait_acked(100);
+    pair.set_failpoints("primary", "test-failover-exit=sleep(1000)");
+    let out = pair.ft("a", &["test-failover"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stopped = pair.primary.exit_status(Duration::from_secs(10));
+    assert_eq!(stopped.code(), Some(9), "{}", pair.primary.log());
+    pair.wait_backup_live(Duration::from_secs(10));
+    pair.wait_served(50);
+    let n = pair.check_writes(writers, "a test failover slow to exit", false);
+    eprintln!("{n} acknowledged writes kept");
+}
+
 #[test]
 fn an_idle_pair_suspended_and_resumed_is_protected_by_a_new_backup() {
     if !kvm_available() {

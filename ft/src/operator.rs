@@ -408,6 +408,9 @@ impl Operator {
                 // Fenced first: whatever the I/O thread holds stays.
                 ft.set(&ft.fenced);
                 shared.wake_vcpu();
+                // A process slow to exit: the fence alone must keep the
+                // backup's log free of anything after it.
+                fail::fail_point!("test-failover-exit");
                 stop();
             })),
         }

@@ -322,7 +322,6 @@ impl FtPair {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    /// Waits until the backup reports it went live.
     /// Configures fail points in a running `side` (`name=actions` lines,
     /// the `fail` crate's syntax; `name=` turns one off) and waits until it
     /// says they are set. Needs a build with the `failpoints` feature

@@ -224,9 +224,17 @@ impl IoPlane for PrimaryPlane {
                 "this side's I/O thread did not run for {stall:?}: the peer's silence meanwhile is not held against it"
             );
         }
-        // Lost: nothing held or produced later may leave, for good.
+        // Lost (or stopping for a test failover): nothing held or produced
+        // later may leave, for good. The log and the heartbeats stop first:
+        // a revoked disk completes the writes it holds without writing
+        // them, and a backup still following (a test failover's) must
+        // never log such a completion as done — it would not reissue the
+        // write on going live. It sees the channel close and claims.
         if FtShared::flag(&self.ft.fenced) && !self.revoked {
             self.revoked = true;
+            self.sender.discard();
+            self.discarding = true;
+            self.heartbeat.shutdown();
             dp.revoke(sq);
         }
         if self.revoked {
