@@ -1,9 +1,9 @@
 //! The process's initial stack as Linux builds it at `execve` (x86-64 SysV
 //! ABI §3.4.1): from RSP upwards argc, argv pointers and NULL, envp
 //! pointers and NULL, the auxiliary vector ending in AT_NULL; above them the
-//! strings and AT_RANDOM's 16 bytes. AT_SYSINFO_EHDR only if the
-//! personality offers its optional vDSO; otherwise libc makes real system
-//! calls for the time.
+//! strings and AT_RANDOM's 16 bytes. AT_SYSINFO_EHDR when the personality
+//! offers its vDSO (the default); without it libc makes real system calls
+//! for the time.
 
 use alloc::vec::Vec;
 

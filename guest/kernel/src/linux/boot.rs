@@ -114,7 +114,8 @@ pub fn boot(
         .unwrap_or_else(|_| fail("linux: no memory for the app's stack"));
     let mut random = [0u8; 16];
     rng.fill(&mut random);
-    let mut vdso = (bp.param("vdso") == Some(b"1")).then(Vdso::new);
+    // On unless `vdso=0`: it reads only logged time (see `vdso.rs`).
+    let mut vdso = (bp.param("vdso") != Some(b"0")).then(Vdso::new);
     if let Some(v) = vdso.as_mut() {
         v.publish(now, 1_000_000_000);
     }

@@ -90,7 +90,7 @@ pub struct Kernel {
     pub mem_size: u64,
     /// The app's executable segments.
     pub code: Vec<(u64, u64)>,
-    /// The optional vDSO (boot word `vdso=1`).
+    /// The vDSO (absent with boot word `vdso=0`).
     pub vdso: Option<super::vdso::Vdso>,
 }
 
