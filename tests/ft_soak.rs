@@ -34,9 +34,10 @@ enum Fault {
     AcksLost,
     StuckAfterAck,
     ArbiterOutage,
+    TestFailover,
 }
 
-const FAULTS: [Fault; 13] = [
+const FAULTS: [Fault; 14] = [
     Fault::KillPrimary,
     Fault::KillBackup,
     Fault::PausePrimary,
@@ -50,6 +51,7 @@ const FAULTS: [Fault; 13] = [
     Fault::AcksLost,
     Fault::StuckAfterAck,
     Fault::ArbiterOutage,
+    Fault::TestFailover,
 ];
 
 /// One trial's findings.
@@ -150,6 +152,17 @@ fn play(fault: Fault, pair: &mut FtPair, watch: &mut SplitWatch, seed: &mut Seed
             std::fs::rename(&away, pair.arbiter_dir()).expect("bring the arbiter back");
             settle(pair, watch, false)
         }
+        Fault::TestFailover => {
+            // The operator's test failover, its process slow to exit for
+            // 0-500 ms after the fence (the fenced primary must log nothing
+            // more meanwhile).
+            watch.loser_exit = 9;
+            let slow = seed.between(0, 500);
+            pair.set_failpoints("primary", &format!("test-failover-exit=sleep({slow})"));
+            let out = pair.ft("a", &["test-failover"]);
+            assert!(out.status.success(), "{}", common::actions::text(&out));
+            settle(pair, watch, false)
+        }
     };
     match result {
         Ok(o) => t.outcome = Some(o),
@@ -159,7 +172,11 @@ fn play(fault: Fault, pair: &mut FtPair, watch: &mut SplitWatch, seed: &mut Seed
 }
 
 fn trial(fault: Fault, seed: &mut Seed) -> Trial {
-    let mut pair = FtPair::start("sk", FtOptions::default());
+    let mut pair = if fault == Fault::TestFailover {
+        FtPair::start_with_token("sk", FtOptions::default())
+    } else {
+        FtPair::start("sk", FtOptions::default())
+    };
     let mut watch = SplitWatch::start(&pair);
     let writers = Writers::start(&pair, 2);
     pair.wait_acked(seed.between(50, 400));

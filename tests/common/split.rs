@@ -60,6 +60,9 @@ fn broken(kind: Broken, detail: String) -> Result<Outcome, Violation> {
 pub struct SplitWatch {
     a: TapWatch,
     b: TapWatch,
+    /// How an old primary that lost to its backup may end besides a
+    /// kill: 7, lost the arbiter; 9 when the trial is a test failover.
+    pub loser_exit: i32,
 }
 
 impl SplitWatch {
@@ -67,6 +70,7 @@ impl SplitWatch {
         SplitWatch {
             a: TapWatch::start(&pair.net.ns("a"), &pair.net.tap()),
             b: TapWatch::start(&pair.net.ns("b"), &pair.net.tap()),
+            loser_exit: 7,
         }
     }
 
@@ -178,7 +182,7 @@ impl SplitWatch {
         if outcome == Outcome::BackupLive {
             use std::os::unix::process::ExitStatusExt;
             let status = pair.primary.exit_status(Duration::from_secs(1));
-            if status.code() != Some(7) && status.signal() != Some(libc::SIGKILL) {
+            if status.code() != Some(self.loser_exit) && status.signal() != Some(libc::SIGKILL) {
                 return broken(
                     Broken::WrongExit,
                     format!("the old primary: {status}{}", logs(pair)),
