@@ -167,10 +167,19 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 
 /// Runs a client program in `net`'s client namespace; returns its output.
 pub fn client_in(net: &Net, program: &str, args: &[&str]) -> Output {
-    net.cmd("c", program)
+    let out = net
+        .cmd("c", program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"))
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    // `ip netns exec` reports a missing program only on stderr: say so
+    // plainly rather than let a wait for answers time out.
+    assert!(
+        out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("No such file"),
+        "{program} is not installed: scripts/test installs what the tests need\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// `redis-cli -h 10.77.0.2 ARGS` from `net`'s client namespace: its
