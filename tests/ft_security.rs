@@ -101,25 +101,6 @@ fn recorded_opening(key: &PairKey) -> Vec<u8> {
     recording
 }
 
-/// Connects to the backup, sends `bytes`, and waits (bounded) until the
-/// backup drops the connection: true if it did.
-fn send_and_wait_drop(bytes: &[u8], within: Duration) -> bool {
-    let Ok(mut s) = TcpStream::connect(backup_addr()) else {
-        return false;
-    };
-    let _ = s.write_all(bytes);
-    let _ = s.set_read_timeout(Some(within));
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
 #[test]
 fn a_waiting_backup_outlasts_junk_silence_a_wrong_key_and_a_replay_then_the_pair_serves() {
     if !kvm_available() {
@@ -133,9 +114,9 @@ fn a_waiting_backup_outlasts_junk_silence_a_wrong_key_and_a_replay_then_the_pair
         let junk: Vec<u8> = (0..64u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        let junk_dropped = send_and_wait_drop(&junk, Duration::from_secs(10));
+        let junk_dropped = send_and_wait_drop(&backup_addr(), &junk, Duration::from_secs(10));
         // Silence: the backup drops it at the handshake deadline.
-        let idle_dropped = send_and_wait_drop(&[], Duration::from_secs(10));
+        let idle_dropped = send_and_wait_drop(&backup_addr(), &[], Duration::from_secs(10));
         let mut s = TcpStream::connect(backup_addr()).expect("connect");
         let wrong = initiate(
             &mut s,
@@ -146,7 +127,8 @@ fn a_waiting_backup_outlasts_junk_silence_a_wrong_key_and_a_replay_then_the_pair
             },
             Instant::now() + Duration::from_secs(10),
         );
-        let replay_dropped = send_and_wait_drop(&recording, Duration::from_secs(10));
+        let replay_dropped =
+            send_and_wait_drop(&backup_addr(), &recording, Duration::from_secs(10));
         (junk_dropped, idle_dropped, wrong.is_err(), replay_dropped)
     });
     assert_eq!(
@@ -183,7 +165,7 @@ fn a_fake_primary_without_the_key_cannot_make_the_backup_execute_claim_or_go_liv
     // The attack of an unauthenticated build (a stream header and a boot
     // entry, straight away), and the same asking for an insecure channel.
     let dropped = in_netns(&pair.net.ns("a"), move || {
-        let raw = send_and_wait_drop(&stream, Duration::from_secs(10));
+        let raw = send_and_wait_drop(&backup_addr(), &stream, Duration::from_secs(10));
         let mut s = TcpStream::connect(backup_addr()).expect("connect");
         let insecure = initiate(
             &mut s,

@@ -29,6 +29,14 @@ use logchan::FailureDetector;
 /// counts as dead; once heard from, the failure timeout applies.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(10);
 
+/// The start-up grace of a backup that joined by live clone (at least the
+/// failure timeout): it built its VM before the copy and answered every
+/// round, so all it has left at the switch is to restore the state and
+/// start its heartbeats (milliseconds). With the boot's 10 s, a joiner
+/// that stopped or died at the join point held every output of its
+/// primary for 10 s (`tests/ft_join_pause.rs`).
+pub const JOIN_GRACE: Duration = Duration::from_secs(1);
+
 /// Heartbeat timing and failure detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Liveness {
@@ -70,6 +78,10 @@ pub struct FailureMonitor {
     progress_at: Instant,
     /// The last time this side looked.
     looked_at: Instant,
+    /// How long a peer never heard from may stay silent, counted from
+    /// `grace_from` (moved on by this side's own stalls, as the silence).
+    startup_grace: Duration,
+    grace_from: Instant,
 }
 
 impl FailureMonitor {
@@ -82,7 +94,15 @@ impl FailureMonitor {
             ack_timeout: timeout,
             progress_at: now,
             looked_at: now,
+            startup_grace: STARTUP_GRACE,
+            grace_from: now,
         }
+    }
+
+    /// The same with a start-up grace of its own (a joined backup's).
+    pub fn with_startup_grace(mut self, grace: Duration) -> Self {
+        self.startup_grace = grace;
+        self
     }
 
     /// The same with an ack timeout of its own.
@@ -104,6 +124,7 @@ impl FailureMonitor {
             let last = self.detector.deadline() - self.timeout;
             self.detector.heard(last + gap);
         }
+        self.grace_from += gap;
         self.progress_at += gap;
         Some(gap)
     }
@@ -153,7 +174,7 @@ impl FailureMonitor {
         let dead = if self.detector.ever_heard() {
             self.detector.is_dead(now)
         } else {
-            self.detector.silent_for(now) > STARTUP_GRACE
+            now.saturating_duration_since(self.grace_from) > self.startup_grace
         };
         if dead {
             return Verdict::Dead {
@@ -198,6 +219,27 @@ mod tests {
         assert_eq!(m.verdict(t0 + 10 * T), Verdict::Alive);
         assert!(matches!(
             m.verdict(t0 + STARTUP_GRACE + T),
+            Verdict::Dead { .. }
+        ));
+    }
+
+    #[test]
+    fn a_joined_peer_gets_a_short_grace_and_this_sides_stall_is_not_counted() {
+        let t0 = Instant::now();
+        let mut m = FailureMonitor::new(T, t0).with_startup_grace(JOIN_GRACE);
+        assert_eq!(m.verdict(t0 + JOIN_GRACE), Verdict::Alive);
+        assert!(matches!(
+            m.verdict(t0 + JOIN_GRACE + T),
+            Verdict::Dead { .. }
+        ));
+        // This side stopped for 2 s right after the join: on waking, the
+        // peer it never heard from still has its grace.
+        let woke = t0 + 2 * JOIN_GRACE;
+        m.look(t0);
+        assert!(m.look(woke).is_some());
+        assert_eq!(m.verdict(woke + T), Verdict::Alive);
+        assert!(matches!(
+            m.verdict(woke + JOIN_GRACE + T),
             Verdict::Dead { .. }
         ));
     }

@@ -100,6 +100,26 @@ pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A hostile peer: connects to `addr`, sends `bytes`, and waits (bounded)
+/// until the peer drops the connection: true if it did.
+pub fn send_and_wait_drop(addr: &str, bytes: &[u8], within: Duration) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.write_all(bytes);
+    let _ = s.set_read_timeout(Some(within));
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// A unique short name for namespaces (≤ 8 characters).
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -25,7 +25,7 @@ use logchan::secure::{AttachRequest, Security, initiate};
 use logchan::{GuestIdentity, LogConfig, StreamHeader};
 
 use crate::arbiter::{Arbiter, Claimant};
-use crate::failure::Liveness;
+use crate::failure::{JOIN_GRACE, Liveness};
 use crate::lag::{LagControl, LagShared};
 use crate::plane::{PrimaryPlane, TAG_HEARTBEAT, TAG_LOG};
 use crate::shared::FtShared;
@@ -120,17 +120,27 @@ pub struct Joined {
 }
 
 /// Binds the heartbeat socket, waiting for the retired plane to free it.
+///
+/// Counted in tries, not against a deadline: the port is freed by this
+/// process's own vCPU and I/O threads (the retire at the next sync exit,
+/// then its drain), so a stop of the whole process (SIGSTOP, a starved
+/// host) must not use up the wait while they did not run either. With a
+/// deadline, a primary stopped for more than 2 s here woke to a deadline
+/// already past and failed the join (`tests/ft_join_pause.rs`).
 fn bind_heartbeat(local: std::net::IpAddr, port: u16) -> Result<UdpSocket, JoinError> {
-    let deadline = Instant::now() + BIND_TIMEOUT;
+    const TRY_EVERY: Duration = Duration::from_millis(20);
+    let tries = BIND_TIMEOUT.as_millis() / TRY_EVERY.as_millis();
+    let mut tried = 0;
     loop {
+        tried += 1;
         match UdpSocket::bind((local, port)) {
             Ok(s) => return Ok(s),
-            Err(e) if Instant::now() >= deadline => {
+            Err(e) if tried >= tries => {
                 return Err(JoinError::Setup(format!(
                     "binding the heartbeat port {local}:{port}: {e}"
                 )));
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => std::thread::sleep(TRY_EVERY),
         }
     }
 }
@@ -278,6 +288,11 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
                 )
                 .map_err(|e| JoinError::Setup(format!("heartbeats: {e}")))?
                 .with_keys(session.beats.take());
+                // The joiner answered every round and holds the whole
+                // state: it is not starting a VM, so silence from it is
+                // failure after a short grace, not the boot's 10 s, or a
+                // joiner stopped or dead at the join point holds every
+                // output that long (docs/join.md, "Failures").
                 let plane = PrimaryPlane::new(
                     sender,
                     heartbeat,
@@ -285,7 +300,8 @@ fn try_join(setup: &JoinSetup, addr: SocketAddr) -> Result<Joined, JoinError> {
                     setup.lease,
                     ft.clone(),
                     status.clone(),
-                );
+                )
+                .with_startup_grace(JOIN_GRACE.max(setup.live.timeout));
                 Ok(match &setup.lag {
                     Some((lag, target)) => {
                         plane.with_lag(LagControl::new(lag.clone(), *target, status.clone()))

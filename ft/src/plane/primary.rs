@@ -67,6 +67,13 @@ impl PrimaryPlane {
         }
     }
 
+    /// A backup never heard from is dead after `grace` (a joined one's,
+    /// `failure::JOIN_GRACE`; the boot's is `failure::STARTUP_GRACE`).
+    pub fn with_startup_grace(mut self, grace: Duration) -> Self {
+        self.monitor = self.monitor.with_startup_grace(grace);
+        self
+    }
+
     /// Measures the backup's lag and throttles the guest with `lag`.
     pub fn with_lag(mut self, lag: LagControl) -> Self {
         self.lag = Some(lag);
