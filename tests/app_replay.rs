@@ -12,8 +12,10 @@ use common::apps::{REDIS_ARGS, REDIS_READY, redis_server};
 use common::hog::Hog;
 use common::*;
 
-/// With the personality's vDSO (the default) redis reads the clock
-/// without system calls, and the replay still matches.
+/// With the defaults — the personality's vDSO, and redis's `syscall`s
+/// rewritten to `call rax` — redis reads the clock without system calls,
+/// makes all but a few start-up system calls by call (the functions the
+/// check leaves alone), and the replay still matches.
 #[test]
 fn a_redis_session_under_load_replays_bit_exactly() {
     let console = record_and_replay(&[]);
@@ -22,18 +24,40 @@ fn a_redis_session_under_load_replays_bit_exactly() {
     }
     assert!(console.contains(", vDSO;"), "{console}");
     assert!(!busiest(&console).contains("clock_gettime"), "{console}");
+    let (all, by_call) = (field(&console, "syscalls"), field(&console, "by_call"));
+    assert!(all > 1000, "{console}");
+    assert!(
+        by_call * 100 >= all * 99,
+        "{by_call} of {all} by call:\n{console}"
+    );
 }
 
-/// The same without the vDSO (`vdso=0`): every clock read is a system
-/// call, and the replay matches too.
+/// The same the old ways, without the vDSO (`vdso=0`: every clock read a
+/// system call) and with every `syscall` left as it is (`syscalls=trap`:
+/// each through the ring-0 stub): the replay matches too.
 #[test]
-fn without_the_vdso_the_clock_is_a_system_call_and_replays_too() {
-    let console = record_and_replay(&["--append", "vdso=0"]);
+fn by_syscall_and_without_the_vdso_a_session_replays_too() {
+    let console = record_and_replay(&["--append", "vdso=0 syscalls=trap"]);
     if console.is_empty() {
         return;
     }
     assert!(!console.contains(", vDSO;"), "{console}");
     assert!(busiest(&console).contains("clock_gettime"), "{console}");
+    assert!(field(&console, "syscalls") > 1000, "{console}");
+    assert_eq!(field(&console, "by_call"), 0, "{console}");
+}
+
+/// A `name=N` field of the personality's closing line.
+fn field(console: &str, name: &str) -> u64 {
+    console
+        .lines()
+        .find(|l| l.starts_with("linux: exit status"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in the closing line:\n{console}"))
 }
 
 /// The personality's line of its busiest system calls.

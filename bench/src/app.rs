@@ -83,21 +83,22 @@ fn app_args(redis: &Path) -> Vec<String> {
     v
 }
 
-/// redis in one VM (`vdso`: with the personality's vDSO, the default;
-/// without it, `vdso=0`): the results, the VMM's stats and its log.
+/// redis in one VM (`rewrite`: its system calls rewritten to `call rax`,
+/// the default; otherwise `syscalls=trap`, each through `SYSCALL` and the
+/// ring-0 stub): the results, the VMM's stats and its log.
 fn run_one(
     redis: &Path,
     a: &AppArgs,
     pipeline: u32,
-    vdso: bool,
+    rewrite: bool,
 ) -> anyhow::Result<(Vec<BenchResult>, Stats, String)> {
     let net = Net::single("appb")?;
     let dir = tempfile::tempdir_in(vm::repo().join("target"))?;
     let mut cmd = net.cmd("h", &vm::lockstep_bin().display().to_string());
     cmd.args(["run", "--tap", &net.tap(), "--disk"])
         .arg(dir.path().join("disk.img"));
-    if !vdso {
-        cmd.args(["--append", "vdso=0"]);
+    if !rewrite {
+        cmd.args(["--append", "syscalls=trap"]);
     }
     cmd.args(app_args(redis));
     let mut vmm = Vmm::spawn(cmd)?;
@@ -122,15 +123,17 @@ fn run_pair(redis: &Path, a: &AppArgs, pipeline: u32) -> anyhow::Result<Vec<Benc
     bench(&net, GUEST_IP, a, pipeline)
 }
 
-/// CPU time of one system call in the guest and natively (µs).
-fn syscall_cost(getppid: &Path, n: u64) -> anyhow::Result<(f64, f64)> {
-    let guest_ms = |calls: u64| -> anyhow::Result<u64> {
+/// CPU time of one system call in the guest, by `call` and by `SYSCALL`,
+/// and natively (µs).
+fn syscall_cost(getppid: &Path, n: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let guest_ms = |calls: u64, append: &str| -> anyhow::Result<u64> {
         let dir = tempfile::tempdir_in(vm::repo().join("target"))?;
         let out = Command::new(vm::lockstep_bin())
             .args(["run", "--mem", "64", "--disk-size", "64", "--app"])
             .arg(getppid)
             .arg("--disk")
             .arg(dir.path().join("disk.img"))
+            .args(["--append", append])
             .args(["--", &calls.to_string()])
             .env("RUST_LOG", "info")
             .output()?;
@@ -141,14 +144,18 @@ fn syscall_cost(getppid: &Path, n: u64) -> anyhow::Result<(f64, f64)> {
         );
         Ok(Stats::parse(&text).context("no stats line")?.guest_ms)
     };
-    let guest = (guest_ms(n)?.saturating_sub(guest_ms(0)?)) as f64 * 1000.0 / n as f64;
+    let per_call = |append: &str| -> anyhow::Result<f64> {
+        let ms = guest_ms(n, append)?.saturating_sub(guest_ms(0, append)?);
+        Ok(ms as f64 * 1000.0 / n as f64)
+    };
+    let (by_call, by_trap) = (per_call("vdso=1")?, per_call("syscalls=trap")?);
     let native = |calls: u64| -> anyhow::Result<Duration> {
         let t = Instant::now();
         Command::new(getppid).arg(calls.to_string()).status()?;
         Ok(t.elapsed())
     };
     let native = (native(n)?.saturating_sub(native(0)?)).as_secs_f64() * 1e6 / n as f64;
-    Ok((guest, native))
+    Ok((by_call, by_trap, native))
 }
 
 pub fn compare(a: &AppArgs) -> anyhow::Result<()> {
@@ -168,12 +175,12 @@ pub fn compare(a: &AppArgs) -> anyhow::Result<()> {
         "native",
         "lockstep run",
         "FT pair",
-        "run, no vDSO",
+        "run, SYSCALL",
         "run ÷ native",
         "FT ÷ run",
-        "no vDSO ÷ native",
+        "SYSCALL ÷ native",
         "p99 native / run / FT",
-        "syscalls/req (no vDSO)",
+        "syscalls/req (by call)",
         "exits/req",
     ]);
     for pipeline in [1, 16] {
@@ -188,11 +195,14 @@ pub fn compare(a: &AppArgs) -> anyhow::Result<()> {
             bench(&net, HOST_IP, a, pipeline)?
         };
         let (run, stats, log) = run_one(&redis, a, pipeline, true)?;
-        let (bare, _, blog) = run_one(&redis, a, pipeline, false)?;
+        let (trap, _, tlog) = run_one(&redis, a, pipeline, false)?;
         let pair = run_pair(&redis, a, pipeline)?;
         let requests = (2 * a.requests) as f64;
         let syscalls = linux_field(&log, "syscalls").unwrap_or(0) as f64;
-        let bsyscalls = linux_field(&blog, "syscalls").unwrap_or(0) as f64;
+        let by_call = linux_field(&log, "by_call").unwrap_or(0) as f64;
+        if linux_field(&tlog, "by_call") != Some(0) {
+            bail!("syscalls=trap, yet system calls came by call:\n{tlog}");
+        }
         for i in 0..2 {
             let name = if pipeline > 1 {
                 format!("{} -P {pipeline}", run[i].test)
@@ -204,27 +214,31 @@ pub fn compare(a: &AppArgs) -> anyhow::Result<()> {
                 format!("{:.0}", native[i].rps),
                 format!("{:.0}", run[i].rps),
                 format!("{:.0}", pair[i].rps),
-                format!("{:.0}", bare[i].rps),
+                format!("{:.0}", trap[i].rps),
                 ratio(run[i].rps, native[i].rps),
                 ratio(pair[i].rps, run[i].rps),
-                ratio(bare[i].rps, native[i].rps),
+                ratio(trap[i].rps, native[i].rps),
                 format!(
                     "{:.2} / {:.2} / {:.2} ms",
                     native[i].p99_ms, run[i].p99_ms, pair[i].p99_ms
                 ),
-                format!("{:.2} ({:.2})", syscalls / requests, bsyscalls / requests),
+                format!("{:.2} ({:.2})", syscalls / requests, by_call / requests),
                 format!("{:.3}", stats.exits as f64 / requests),
             ]);
         }
     }
     print!("{}", table.markdown());
-    let (guest, native) = syscall_cost(&getppid, a.syscalls)?;
+    let (by_call, by_trap, native) = syscall_cost(&getppid, a.syscalls)?;
     println!(
         "\nsyscalls/req and exits/req: the guest's whole life (boot, AOF creation) over the SET+GET requests of \
-         one `lockstep run` (with the personality's vDSO, the default). \"no vDSO\": the same with `--append vdso=0`, every clock read a system call.\n\nOne system call (`getppid`, {} calls, CPU time inside KVM_RUN for the guest, wall \
-         time natively): guest {guest:.2} µs, native {native:.3} µs ({:.0}×).",
+         one `lockstep run` (system calls rewritten to `call rax` where the check allows, and the vDSO: the \
+         defaults); \"by call\": those that took the rewritten path. \"SYSCALL\": the same with \
+         `--append syscalls=trap`, every system call through `SYSCALL` and the ring-0 stub.\n\nOne system call \
+         (`getppid`, {} calls, CPU time inside KVM_RUN for the guest, wall time natively): by call {by_call:.2} µs, \
+         by `SYSCALL` {by_trap:.2} µs, native {native:.3} µs ({:.0}× and {:.0}× native).",
         a.syscalls,
-        guest / native.max(1e-9)
+        by_call / native.max(1e-9),
+        by_trap / native.max(1e-9)
     );
     Ok(())
 }

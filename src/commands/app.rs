@@ -9,15 +9,17 @@ use lockstep_vmm::spec::GuestSpec;
 
 use crate::cli::AppArgs;
 
-/// Reads and checks `--app`, if given.
-pub fn prepare(args: &AppArgs) -> anyhow::Result<Option<PreparedApp>> {
+/// Reads and checks `--app`, if given, for a guest whose command line
+/// (before the app names itself in it) is `cmdline`.
+pub fn prepare(args: &AppArgs, cmdline: &str) -> anyhow::Result<Option<PreparedApp>> {
     let Some(path) = &args.app else {
         if !args.app_args.is_empty() {
             bail!("arguments after `--` are for an app; name it with --app");
         }
         return Ok(None);
     };
-    Ok(Some(PreparedApp::prepare(path, &args.app_args)?))
+    let rewrite = !app::traps_syscalls(cmdline);
+    Ok(Some(PreparedApp::prepare(path, &args.app_args, rewrite)?))
 }
 
 /// A backup given `--app` refuses a primary that runs another program.

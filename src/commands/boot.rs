@@ -75,8 +75,9 @@ pub struct Booted {
 /// Opens everything `args` names and starts the I/O thread.
 pub fn boot(args: &VmArgs, make_log: Option<Box<MakeLog>>) -> anyhow::Result<Booted> {
     let kernel = launch::kernel_bytes(args.kernel.as_deref())?;
-    let app = app::prepare(&args.app)?;
-    let cmdline = lockstep_vmm::app::cmdline(launch::guest_cmdline(args)?, app.as_ref());
+    let line = launch::guest_cmdline(args)?;
+    let app = app::prepare(&args.app, &line)?;
+    let cmdline = lockstep_vmm::app::cmdline(line, app.as_ref());
     let mac = launch::parse_mac(&args.mac)?;
     let seed = args.seed.unwrap_or_else(launch::random_seed);
     let (vcpu_cpu, io_cpu) = launch::parse_cpus(args.cpus.as_deref())?;

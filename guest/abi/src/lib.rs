@@ -10,6 +10,7 @@
 extern crate std;
 
 pub mod linux;
+pub mod syscall_rewrite;
 
 /// Bumped whenever a layout, port or structure below changes meaning.
 pub const ABI_VERSION: u32 = 1;

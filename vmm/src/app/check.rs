@@ -20,6 +20,7 @@ use object::{LittleEndian, StringTable};
 
 use lockstep_guest_abi::linux::APP_ELF_MAX;
 
+use super::rewrite::Sites;
 use crate::kvm::elf::ElfHeaders;
 
 /// Lowest address an app segment may use: the personality lives below.
@@ -104,6 +105,11 @@ pub struct Checked {
     /// Function symbols decoded (0: no symbol table; whole code sections
     /// were decoded instead).
     pub functions: usize,
+    /// `syscall` instructions found.
+    pub syscalls: usize,
+    /// File offsets of the `syscall`s that may become `call rax`
+    /// ([`super::rewrite`]), all inside the loadable prefix.
+    pub rewritable: Vec<u64>,
 }
 
 type Header = FileHeader64<LittleEndian>;
@@ -156,28 +162,47 @@ pub fn check(elf: &[u8]) -> Result<Checked, CheckError> {
     if prefix_len > APP_ELF_MAX {
         return Err(CheckError::TooBig { len: prefix_len });
     }
-    let (found, functions) = scan(elf, header, e)?;
-    if !found.is_empty() {
-        return Err(CheckError::Forbidden { found });
+    let scan = scan(elf, header, e)?;
+    if !scan.found.is_empty() {
+        return Err(CheckError::Forbidden { found: scan.found });
     }
     Ok(Checked {
         prefix_len,
-        functions,
+        functions: scan.functions,
+        syscalls: scan.syscalls,
+        rewritable: scan.rewritable,
     })
 }
 
-/// Code ranges to decode: (address, bytes, symbol name).
-type Ranges<'a> = Vec<(u64, &'a [u8], Option<String>)>;
+/// A code range to decode: address, bytes, the symbol it belongs to, and
+/// the file offset of its first byte.
+struct Range<'a> {
+    addr: u64,
+    bytes: &'a [u8],
+    name: Option<String>,
+    file_offset: u64,
+}
+
+/// What decoding the program's code found.
+struct Scan {
+    found: Vec<Found>,
+    functions: usize,
+    syscalls: usize,
+    rewritable: Vec<u64>,
+}
 
 /// Decodes the code inside every function symbol, or, without symbols,
-/// every executable section from its start.
-fn scan(elf: &[u8], header: &Header, e: LittleEndian) -> Result<(Vec<Found>, usize), CheckError> {
+/// every executable section from its start. A function symbol without a
+/// size (hand-written assembly, such as musl's `__syscall_cp_asm`) runs to
+/// the next function symbol.
+fn scan(elf: &[u8], header: &Header, e: LittleEndian) -> Result<Scan, CheckError> {
     let bad = |err: object::Error| CheckError::NotElf(err.to_string());
     let sections = header.sections(e, elf).map_err(bad)?;
-    let mut code: Vec<(u64, &[u8])> = sections
+    // (address, bytes, file offset) of each piece of code.
+    let mut code: Vec<(u64, &[u8], u64)> = sections
         .iter()
         .filter(|s| s.sh_flags(e) & u64::from(SHF_EXECINSTR) != 0)
-        .filter_map(|s| Some((s.sh_addr(e), s.data(e, elf).ok()?)))
+        .filter_map(|s| Some((s.sh_addr(e), s.data(e, elf).ok()?, s.sh_offset(e))))
         .collect();
     if code.is_empty() {
         // No section headers (stripped hard): the executable segments.
@@ -186,56 +211,114 @@ fn scan(elf: &[u8], header: &Header, e: LittleEndian) -> Result<(Vec<Found>, usi
             .map_err(bad)?
             .iter()
             .filter(|p| p.p_type(e) == PT_LOAD && p.p_flags(e) & PF_X != 0)
-            .filter_map(|p| Some((p.p_vaddr(e), p.data(e, elf).ok()?)))
+            .filter_map(|p| Some((p.p_vaddr(e), p.data(e, elf).ok()?, p.p_offset(e))))
             .collect();
     }
     let symbols = sections
         .symbols(e, elf, object::elf::SHT_SYMTAB)
         .map_err(bad)?;
     let strings: StringTable<'_> = symbols.strings();
-    let mut ranges: Ranges<'_> = Vec::new();
+    let mut starts: Vec<u64> = symbols
+        .iter()
+        .filter(|s| s.st_type() == STT_FUNC)
+        .map(|s| s.st_value(e))
+        .collect();
+    starts.sort_unstable();
+    let mut ranges: Vec<Range<'_>> = Vec::new();
     for sym in symbols.iter() {
-        if sym.st_type() != STT_FUNC || sym.st_size(e) == 0 {
+        if sym.st_type() != STT_FUNC {
             continue;
         }
-        let (addr, size) = (sym.st_value(e), sym.st_size(e));
-        let Some((base, bytes)) = code
+        let addr = sym.st_value(e);
+        let Some((base, bytes, offset)) = code
             .iter()
-            .find(|(b, d)| addr >= *b && addr - *b < d.len() as u64)
+            .find(|(b, d, _)| addr >= *b && addr - *b < d.len() as u64)
         else {
             continue;
         };
         let start = (addr - base) as usize;
-        let end = start.saturating_add(size as usize).min(bytes.len());
+        let size = match sym.st_size(e) {
+            0 => starts
+                .iter()
+                .find(|s| **s > addr)
+                .map_or(u64::MAX, |next| next - addr),
+            n => n,
+        };
+        let end = usize::try_from(size)
+            .map_or(bytes.len(), |n| start.saturating_add(n))
+            .min(bytes.len());
         let name = sym
             .name(e, strings)
             .map(|n| String::from_utf8_lossy(n).into_owned())
             .ok();
-        ranges.push((addr, &bytes[start..end], name));
+        ranges.push(Range {
+            addr,
+            bytes: &bytes[start..end],
+            name,
+            file_offset: offset.saturating_add(start as u64),
+        });
     }
     let functions = ranges.len();
     if ranges.is_empty() {
-        ranges = code.iter().map(|(a, d)| (*a, *d, None)).collect();
+        ranges = code
+            .iter()
+            .map(|(addr, bytes, file_offset)| Range {
+                addr: *addr,
+                bytes,
+                name: None,
+                file_offset: *file_offset,
+            })
+            .collect();
     }
     let mut found = Vec::new();
+    let mut syscalls = Vec::new();
+    let mut rewritable = Vec::new();
     let mut insn = Instruction::default();
-    for (addr, bytes, name) in ranges {
-        let mut decoder = Decoder::with_ip(64, bytes, addr, DecoderOptions::NONE);
+    for range in ranges {
+        let mut decoder = Decoder::with_ip(64, range.bytes, range.addr, DecoderOptions::NONE);
+        let mut sites = Sites::default();
         while decoder.can_decode() {
             decoder.decode_out(&mut insn);
-            if insn.code() == Code::INVALID || !FORBIDDEN.contains(&insn.mnemonic()) {
+            if insn.code() == Code::INVALID {
+                continue;
+            }
+            sites.see(&insn);
+            if !FORBIDDEN.contains(&insn.mnemonic()) {
                 continue;
             }
             found.push(Found {
                 mnemonic: format!("{:?}", insn.mnemonic()).to_lowercase(),
                 addr: insn.ip(),
-                symbol: name.clone().map(|n| (n, insn.ip().saturating_sub(addr))),
+                symbol: range
+                    .name
+                    .clone()
+                    .map(|n| (n, insn.ip().saturating_sub(range.addr))),
             });
+        }
+        syscalls.extend_from_slice(&sites.syscalls);
+        // Only inside a named function: without symbols, a linear sweep
+        // of whole sections could take data for code.
+        if range.name.is_some() {
+            rewritable.extend(
+                sites
+                    .rewritable(range.name.as_deref())
+                    .iter()
+                    .map(|site| range.file_offset.saturating_add(site - range.addr)),
+            );
         }
     }
     found.sort_by_key(|f| f.addr);
     found.dedup();
-    Ok((found, functions))
+    syscalls.sort_unstable();
+    syscalls.dedup();
+    rewritable.sort_unstable();
+    rewritable.dedup();
+    Ok(Scan {
+        found,
+        functions,
+        syscalls: syscalls.len(),
+        rewritable,
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@
 
 pub mod check;
 pub mod image;
+pub mod rewrite;
+
+pub use lockstep_guest_abi::syscall_rewrite::traps_syscalls;
 
 use std::path::{Path, PathBuf};
 
@@ -63,8 +66,9 @@ pub struct PreparedApp {
     pub crc: u32,
 }
 
-/// Reads and checks the program at `path`: its loadable prefix and CRC.
-fn read_checked(path: &Path) -> Result<(Vec<u8>, u32), AppError> {
+/// Reads and checks the program at `path`: its loadable prefix, with its
+/// `syscall`s rewritten where they may be if `rewrite`, and its CRC.
+fn read_checked(path: &Path, rewrite: bool) -> Result<(Vec<u8>, u32), AppError> {
     let mut elf = std::fs::read(path).map_err(|source| AppError::Read {
         path: path.to_owned(),
         source,
@@ -75,21 +79,42 @@ fn read_checked(path: &Path) -> Result<(Vec<u8>, u32), AppError> {
     })?;
     // `check` bounded the prefix by the file's length and the app area.
     elf.truncate(usize::try_from(checked.prefix_len).unwrap_or(elf.len()));
+    let sites: Vec<u64> = checked
+        .rewritable
+        .iter()
+        .copied()
+        .filter(|o| *o < elf.len() as u64)
+        .collect();
+    if rewrite {
+        rewrite::patch(&mut elf, &sites).map_err(|e| AppError::Refused {
+            path: path.to_owned(),
+            source: CheckError::NotElf(e.to_string()),
+        })?;
+    }
     let crc = crc32c::crc32c(&elf);
     tracing::info!(
-        "app {}: {} loadable bytes, {} functions checked, no forbidden instruction",
+        "app {}: {} loadable bytes, {} functions checked, no forbidden instruction; \
+         {} of {} system call sites {}",
         path.display(),
         elf.len(),
-        checked.functions
+        checked.functions,
+        sites.len(),
+        checked.syscalls,
+        if rewrite {
+            "rewritten to `call rax`"
+        } else {
+            "could be rewritten (syscalls=trap: left as they are)"
+        }
     );
     Ok((elf, crc))
 }
 
 impl PreparedApp {
     /// Reads and checks the program at `path`, to be run with `args`
-    /// (argv[0] is its file name).
-    pub fn prepare(path: &Path, args: &[String]) -> Result<PreparedApp, AppError> {
-        let (elf, crc) = read_checked(path)?;
+    /// (argv[0] is its file name), its system calls rewritten if `rewrite`
+    /// (`lockstep_guest_abi::syscall_rewrite`).
+    pub fn prepare(path: &Path, args: &[String], rewrite: bool) -> Result<PreparedApp, AppError> {
+        let (elf, crc) = read_checked(path, rewrite)?;
         let name = path
             .file_name()
             .map_or_else(|| "app".into(), |n| n.to_string_lossy().into_owned());
@@ -135,7 +160,8 @@ pub fn cmdline(line: String, app: Option<&PreparedApp>) -> String {
 /// A backup given the program at `path` checks that the primary, whose
 /// guest command line is `primary_cmdline`, runs the same program.
 pub fn check_same(path: &Path, primary_cmdline: &str) -> Result<(), AppError> {
-    let (_, crc) = read_checked(path)?;
+    let rewrite = !traps_syscalls(primary_cmdline);
+    let (_, crc) = read_checked(path, rewrite)?;
     let theirs = primary_cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix("app="));

@@ -39,10 +39,12 @@ pub struct Blob {
 }
 
 /// Everything the VMM writes below `KERNEL_BASE`, as a list of writes, so the
-/// layout is testable without guest memory.
-pub fn system_tables(mem_size: u64) -> Vec<Blob> {
-    vec![
-        page_tables(mem_size),
+/// layout is testable without guest memory. `trampoline`: the page at 0
+/// holds the rewritten system calls' trampoline, user read-only
+/// (`lockstep_guest_abi::syscall_rewrite`); otherwise it stays unmapped.
+pub fn system_tables(mem_size: u64, trampoline: bool) -> Vec<Blob> {
+    let mut blobs = vec![
+        page_tables(mem_size, trampoline),
         Blob {
             addr: abi::GDT_ADDR,
             bytes: gdt(),
@@ -60,7 +62,14 @@ pub fn system_tables(mem_size: u64) -> Vec<Blob> {
             bytes: stubs(),
         },
         super::syscall_entry::stub_blob(),
-    ]
+    ];
+    if trampoline {
+        blobs.push(Blob {
+            addr: 0,
+            bytes: abi::syscall_rewrite::trampoline().to_vec(),
+        });
+    }
+    blobs
 }
 
 /// GDT limit as loaded into GDTR.
@@ -167,7 +176,7 @@ fn stubs() -> Vec<u8> {
     page
 }
 
-fn page_tables(mem_size: u64) -> Blob {
+fn page_tables(mem_size: u64, trampoline: bool) -> Blob {
     let base = abi::PML4_ADDR;
     let mut pt = vec![0u8; (abi::PT_LOW_ADDR + PAGE_4K - base) as usize];
     let mut put = |addr: u64, value: u64| {
@@ -181,9 +190,14 @@ fn page_tables(mem_size: u64) -> Blob {
             (abi::PD_ADDR + i * PAGE_4K) | PRESENT | WRITABLE | USER,
         );
     }
-    // First 2 MiB in 4 KiB pages: the null page stays unmapped, the system
-    // pages are supervisor-only, the boot parameters page and above are user.
+    // First 2 MiB in 4 KiB pages: the null page stays unmapped unless it
+    // holds the trampoline (read-only: a null store still faults), the
+    // system pages are supervisor-only, the boot parameters page and above
+    // are user.
     put(abi::PD_ADDR, abi::PT_LOW_ADDR | PRESENT | WRITABLE | USER);
+    if trampoline {
+        put(abi::PT_LOW_ADDR, PRESENT | USER);
+    }
     for page in 1..PAGE_2M / PAGE_4K {
         let addr = page * PAGE_4K;
         let flags = if addr == abi::STUBS_ADDR {
@@ -253,8 +267,15 @@ mod tests {
     #[test]
     fn memory_map_protects_the_system_area() {
         let mem = 64 << 20;
-        let pt = page_tables(mem);
+        let pt = page_tables(mem, false);
         assert_eq!(walk(&pt, 0), None, "null page unmapped");
+        let with_trampoline = page_tables(mem, true);
+        assert_eq!(
+            walk(&with_trampoline, 0),
+            Some(PRESENT | USER),
+            "user, read-only"
+        );
+        assert_eq!(walk(&with_trampoline, 0x1000), walk(&pt, 0x1000));
         for sys in [abi::GDT_ADDR, abi::IDT_ADDR, abi::TSS_ADDR] {
             let flags = walk(&pt, sys).expect("system page mapped");
             assert_eq!(flags & USER, 0, "{sys:#x} must be supervisor-only");

@@ -198,7 +198,8 @@ impl Vm {
             mem.write_slice(bytes, GuestAddress(addr))
                 .map_err(|_| VmError::Memory(addr))
         };
-        for blob in tables::system_tables(cfg.mem_size) {
+        let trampoline = abi::syscall_rewrite::maps_trampoline(&cfg.cmdline);
+        for blob in tables::system_tables(cfg.mem_size, trampoline) {
             write(blob.addr, &blob.bytes)?;
         }
         for seg in &image.segments {

@@ -6,11 +6,13 @@
 //! thread the frame then describes, ring 3 to ring 3: RFLAGS by `popfq`,
 //! RSP by a load, RIP by `jmp rcx`. As after Linux's `sysret`, RCX holds
 //! the return address and R11 the flags; every other register is the
-//! thread's own.
+//! thread's own. A system call the VMM rewrote to `call rax` comes in
+//! through a second, ring-3-only door that joins the first.
 
 use core::arch::global_asm;
 
 use lockstep_guest_abi::linux::{SYSCALL_FRAME_ADDR, SYSCALL_RSP_SLOT};
+use lockstep_guest_abi::syscall_rewrite::{CALL_ENTRY_SLOT, STACK_TOP_SLOT};
 use lockstep_guest_abi::{SEL_USER_CODE, SEL_USER_DATA};
 
 /// An app thread's registers while it is not running.
@@ -135,13 +137,53 @@ global_asm!(
     handler = sym super::syscall,
 );
 
+// A rewritten system call (`call rax`, `lockstep_guest_abi::syscall_rewrite`)
+// arrives here from the trampoline at ring 3 with RSP 8 below the app's and
+// the return address on top. It leaves the registers as `SYSCALL` and the
+// ring-0 stub would — RCX the return address, R11 the flags, the app's RSP
+// in the slot, RSP the personality's stack top — and joins the entry above.
+// RCX and R11 are free: `SYSCALL` clobbers them. `lea`, not `add`: the
+// flags must reach R11 as the app left them.
+global_asm!(
+    ".globl lockstep_syscall_call_entry",
+    "lockstep_syscall_call_entry:",
+    "mov rcx, [rsp]",
+    "lea r11, [rsp + 8]",
+    "mov qword ptr [{slot}], r11",
+    "mov rsp, qword ptr [{top}]",
+    "pushfq",
+    "pop r11",
+    "add qword ptr [rip + lockstep_syscall_calls], 1",
+    "push 2",
+    "popfq",
+    "jmp lockstep_syscall_entry",
+    ".pushsection .data",
+    ".balign 8",
+    ".globl lockstep_syscall_calls",
+    "lockstep_syscall_calls:",
+    ".quad 0",
+    ".popsection",
+    slot = const SYSCALL_RSP_SLOT,
+    top = const STACK_TOP_SLOT,
+);
+
 unsafe extern "C" {
     fn lockstep_syscall_entry();
     fn lockstep_syscall_return();
+    fn lockstep_syscall_call_entry();
+    static lockstep_syscall_calls: u64;
 }
 
-/// Points the VMM's stub at the entry: the personality's stack is
-/// `[.., stack_top)`, and every system call starts on it afresh.
+/// System calls that came by `call` rather than `SYSCALL`.
+pub fn calls() -> u64 {
+    // SAFETY: a plain aligned word, written only by the call entry on this
+    // (the only) vCPU, never while this runs.
+    unsafe { core::ptr::addr_of!(lockstep_syscall_calls).read_volatile() }
+}
+
+/// Points the VMM's stub and the trampoline at the entries: the
+/// personality's stack is `[.., stack_top)`, and every system call starts
+/// on it afresh.
 pub fn install(stack_top: u64) {
     let frame = [
         lockstep_syscall_entry as *const () as u64,
@@ -155,6 +197,10 @@ pub fn install(stack_top: u64) {
         // the VMM maps user-writable for the guest and nothing else uses.
         unsafe { ((SYSCALL_FRAME_ADDR as usize + 8 * i) as *mut u64).write_volatile(*v) };
     }
+    let call_entry = lockstep_syscall_call_entry as *const () as u64;
+    // SAFETY: as above; the slot follows the frame and the stub's RSP slot
+    // (asserted in the ABI crate).
+    unsafe { (CALL_ENTRY_SLOT as usize as *mut u64).write_volatile(call_entry) };
 }
 
 /// Starts the app: copies `frame` to the top of the personality stack

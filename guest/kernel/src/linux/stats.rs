@@ -73,10 +73,11 @@ pub fn report(k: &mut Kernel, status: u32) {
         .collect();
     let fs = k.fs.as_ref().map(|f| f.stats).unwrap_or_default();
     let line = format!(
-        "linux: exit status {status}: syscalls={} syncs={} waits={} blocks={} switches={} threads={} \
+        "linux: exit status {status}: syscalls={} by_call={} syncs={} waits={} blocks={} switches={} threads={} \
          accepted={} events={} bytes_in={} bytes_out={} fs_syncs={} fs_commits={} fs_blocks_written={} \
          fs_blocks_read={} forks_refused={} exec_refused={}\nlinux: busiest: {}\nlinux: unsupported: {}\n",
         s.syscalls,
+        super::entry::calls(),
         s.syncs,
         s.waits,
         s.blocks,
