@@ -18,7 +18,7 @@ use lockstep_bench::pair::{self, PairConfig};
 use lockstep_bench::vm::{self, Stats, Vmm};
 
 use crate::redis::{Result as BenchResult, Server, run_benchmark};
-use crate::report::{Table, ratio};
+use crate::report::{Table, median};
 
 #[derive(Args, Debug)]
 pub struct AppArgs {
@@ -31,6 +31,48 @@ pub struct AppArgs {
     /// System calls in the cost measurement.
     #[arg(long, default_value_t = 200_000)]
     syscalls: u64,
+    /// Rounds of the four set-ups, taken in turn; the table shows medians
+    /// (of the rates, and of each round's ratios).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+}
+
+/// One round: the four set-ups one after the other.
+struct Round {
+    native: Vec<BenchResult>,
+    run: Vec<BenchResult>,
+    trap: Vec<BenchResult>,
+    pair: Vec<BenchResult>,
+    /// The `lockstep run`'s stats and log.
+    stats: Stats,
+    log: String,
+}
+
+fn one_round(redis: &Path, a: &AppArgs, pipeline: u32) -> anyhow::Result<Round> {
+    let native = {
+        let net = Net::single("appn")?;
+        let ip = ["addr", "add", &format!("{HOST_IP}/24"), "dev", "br0"];
+        let s = net.cmd("h", "ip").args(ip).status()?;
+        if !s.success() {
+            bail!("cannot give the bridge an address");
+        }
+        let _server = native(&net, redis)?;
+        bench(&net, HOST_IP, a, pipeline)?
+    };
+    let (run, stats, log) = run_one(redis, a, pipeline, true)?;
+    let (trap, _, tlog) = run_one(redis, a, pipeline, false)?;
+    if linux_field(&tlog, "by_call") != Some(0) {
+        bail!("syscalls=trap, yet system calls came by call:\n{tlog}");
+    }
+    let pair = run_pair(redis, a, pipeline)?;
+    Ok(Round {
+        native,
+        run,
+        trap,
+        pair,
+        stats,
+        log,
+    })
 }
 
 /// Where the native server listens: the VM host's bridge, so clients cross
@@ -163,11 +205,12 @@ pub fn compare(a: &AppArgs) -> anyhow::Result<()> {
     let getppid = build("probes")?.remove(2);
     println!("## Stock redis-server: native, in `lockstep run`, in the FT pair (issue 19)\n");
     println!(
-        "`redis-benchmark -n {} -c {} -t set,get [-P 16]` from a client namespace; redis-server 7.0 built with musl \
+        "`redis-benchmark -n {} -c {} -t set,get [-P 16]` from a client namespace, {} rounds of the four set-ups in turn, medians; redis-server 7.0 built with musl \
          from Debian's source (`scripts/build-apps`), `{}`. Native: the same binary in the VM host's namespace, \
          bound to its bridge (the clients cross the same veth and bridge, not the tap or the VMM).\n",
         a.requests,
         a.clients,
+        a.rounds,
         REDIS_ARGS.join(" ").replace("  ", " \"\" ")
     );
     let mut table = Table::new(&[
@@ -179,51 +222,53 @@ pub fn compare(a: &AppArgs) -> anyhow::Result<()> {
         "run ÷ native",
         "FT ÷ run",
         "SYSCALL ÷ native",
+        "run ÷ SYSCALL",
         "p99 native / run / FT",
         "syscalls/req (by call)",
         "exits/req",
     ]);
     for pipeline in [1, 16] {
-        let native = {
-            let net = Net::single("appn")?;
-            let ip = ["addr", "add", &format!("{HOST_IP}/24"), "dev", "br0"];
-            let s = net.cmd("h", "ip").args(ip).status()?;
-            if !s.success() {
-                bail!("cannot give the bridge an address");
-            }
-            let _server = native(&net, &redis)?;
-            bench(&net, HOST_IP, a, pipeline)?
-        };
-        let (run, stats, log) = run_one(&redis, a, pipeline, true)?;
-        let (trap, _, tlog) = run_one(&redis, a, pipeline, false)?;
-        let pair = run_pair(&redis, a, pipeline)?;
-        let requests = (2 * a.requests) as f64;
-        let syscalls = linux_field(&log, "syscalls").unwrap_or(0) as f64;
-        let by_call = linux_field(&log, "by_call").unwrap_or(0) as f64;
-        if linux_field(&tlog, "by_call") != Some(0) {
-            bail!("syscalls=trap, yet system calls came by call:\n{tlog}");
+        let mut rounds = Vec::new();
+        for round in 1..=a.rounds {
+            eprintln!("app bench: -P {pipeline}, round {round} of {}", a.rounds);
+            rounds.push(one_round(&redis, a, pipeline)?);
         }
+        let last = rounds.last().context("no rounds (--rounds 0)")?;
+        let requests = (2 * a.requests) as f64;
+        let syscalls = linux_field(&last.log, "syscalls").unwrap_or(0) as f64;
+        let by_call = linux_field(&last.log, "by_call").unwrap_or(0) as f64;
+        let exits = last.stats.exits as f64;
         for i in 0..2 {
             let name = if pipeline > 1 {
-                format!("{} -P {pipeline}", run[i].test)
+                format!("{} -P {pipeline}", last.run[i].test)
             } else {
-                run[i].test.clone()
+                last.run[i].test.clone()
             };
+            let med = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+            let per = |x: &Round, f: fn(&Round) -> &Vec<BenchResult>| f(x)[i].rps;
+            let rps = |f: fn(&Round) -> &Vec<BenchResult>| format!("{:.0}", med(&|r| per(r, f)));
+            let over = |f: fn(&Round) -> &Vec<BenchResult>, g: fn(&Round) -> &Vec<BenchResult>| {
+                format!("{:.2}", med(&|r| per(r, f) / per(r, g).max(1e-9)))
+            };
+            let p99 = |f: fn(&Round) -> &Vec<BenchResult>| med(&|r| f(r)[i].p99_ms);
             table.row(vec![
                 name,
-                format!("{:.0}", native[i].rps),
-                format!("{:.0}", run[i].rps),
-                format!("{:.0}", pair[i].rps),
-                format!("{:.0}", trap[i].rps),
-                ratio(run[i].rps, native[i].rps),
-                ratio(pair[i].rps, run[i].rps),
-                ratio(trap[i].rps, native[i].rps),
+                rps(|r| &r.native),
+                rps(|r| &r.run),
+                rps(|r| &r.pair),
+                rps(|r| &r.trap),
+                over(|r| &r.run, |r| &r.native),
+                over(|r| &r.pair, |r| &r.run),
+                over(|r| &r.trap, |r| &r.native),
+                over(|r| &r.run, |r| &r.trap),
                 format!(
                     "{:.2} / {:.2} / {:.2} ms",
-                    native[i].p99_ms, run[i].p99_ms, pair[i].p99_ms
+                    p99(|r| &r.native),
+                    p99(|r| &r.run),
+                    p99(|r| &r.pair)
                 ),
                 format!("{:.2} ({:.2})", syscalls / requests, by_call / requests),
-                format!("{:.3}", stats.exits as f64 / requests),
+                format!("{:.3}", exits / requests),
             ]);
         }
     }

@@ -239,8 +239,7 @@ fn scan(elf: &[u8], header: &Header, e: LittleEndian) -> Result<Scan, CheckError
         let start = (addr - base) as usize;
         let size = match sym.st_size(e) {
             0 => starts
-                .iter()
-                .find(|s| **s > addr)
+                .get(starts.partition_point(|s| *s <= addr))
                 .map_or(u64::MAX, |next| next - addr),
             n => n,
         };
@@ -273,6 +272,9 @@ fn scan(elf: &[u8], header: &Header, e: LittleEndian) -> Result<Scan, CheckError
     let mut found = Vec::new();
     let mut syscalls = Vec::new();
     let mut rewritable = Vec::new();
+    // Sites some range says to keep: a site inside two ranges (a size-less
+    // symbol inside a sized function, aliases) changes only if both agree.
+    let mut kept = Vec::new();
     let mut insn = Instruction::default();
     for range in ranges {
         let mut decoder = Decoder::with_ip(64, range.bytes, range.addr, DecoderOptions::NONE);
@@ -296,17 +298,17 @@ fn scan(elf: &[u8], header: &Header, e: LittleEndian) -> Result<Scan, CheckError
             });
         }
         syscalls.extend_from_slice(&sites.syscalls);
+        let to_file = |site: &u64| range.file_offset.saturating_add(site - range.addr);
         // Only inside a named function: without symbols, a linear sweep
         // of whole sections could take data for code.
-        if range.name.is_some() {
-            rewritable.extend(
-                sites
-                    .rewritable(range.name.as_deref())
-                    .iter()
-                    .map(|site| range.file_offset.saturating_add(site - range.addr)),
-            );
+        let ok = sites.rewritable(range.name.as_deref());
+        if range.name.is_some() && !ok.is_empty() {
+            rewritable.extend(ok.iter().map(to_file));
+        } else {
+            kept.extend(sites.syscalls.iter().map(to_file));
         }
     }
+    rewritable.retain(|o| !kept.contains(o));
     found.sort_by_key(|f| f.addr);
     found.dedup();
     syscalls.sort_unstable();
