@@ -11,7 +11,7 @@ mod common;
 
 use std::process::Command;
 
-use common::apps::build;
+use common::apps::{build, linux_field};
 use common::*;
 
 /// `lockstep run --app APP -- ARGS` on `disk` (no network); its output.
@@ -44,18 +44,6 @@ fn app_lines(out: &str) -> Vec<&str> {
     out.lines()
         .filter(|l| !l.contains('\u{1b}') && !l.starts_with("linux:") && !l.starts_with("lockstep"))
         .collect()
-}
-
-/// A `name=N` field of the personality's closing line.
-fn field(out: &str, name: &str) -> u64 {
-    out.lines()
-        .find(|l| l.starts_with("linux: exit status"))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}= in the closing line:\n{out}"))
 }
 
 #[test]
@@ -125,7 +113,7 @@ fn the_personality_edges_behave_like_linux() {
     // Its system calls came by `call rax` (the rewrite, the default), all
     // but those of functions the check left alone; with `syscalls=trap`
     // none did, and the program saw exactly the same.
-    let (all, by_call) = (field(&out, "syscalls"), field(&out, "by_call"));
+    let (all, by_call) = (linux_field(&out, "syscalls"), linux_field(&out, "by_call"));
     assert!(
         by_call * 10 >= all * 9,
         "{by_call} of {all} by call:\n{out}"
@@ -138,8 +126,8 @@ fn the_personality_edges_behave_like_linux() {
         &["one", "", "two words"],
     );
     assert_eq!(trap_code, Some(7), "{trap}");
-    assert_eq!(field(&trap, "by_call"), 0, "{trap}");
-    assert_eq!(field(&trap, "syscalls"), all, "{trap}");
+    assert_eq!(linux_field(&trap, "by_call"), 0, "{trap}");
+    assert_eq!(linux_field(&trap, "syscalls"), all, "{trap}");
     assert_eq!(app_lines(&trap), app_lines(&out));
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::apps::{REDIS_ARGS, REDIS_READY, redis_server};
+use common::apps::{REDIS_ARGS, REDIS_READY, linux_field, redis_server};
 use common::hog::Hog;
 use common::*;
 
@@ -24,7 +24,10 @@ fn a_redis_session_under_load_replays_bit_exactly() {
     }
     assert!(console.contains(", vDSO;"), "{console}");
     assert!(!busiest(&console).contains("clock_gettime"), "{console}");
-    let (all, by_call) = (field(&console, "syscalls"), field(&console, "by_call"));
+    let (all, by_call) = (
+        linux_field(&console, "syscalls"),
+        linux_field(&console, "by_call"),
+    );
     assert!(all > 1000, "{console}");
     assert!(
         by_call * 100 >= all * 99,
@@ -43,21 +46,8 @@ fn by_syscall_and_without_the_vdso_a_session_replays_too() {
     }
     assert!(!console.contains(", vDSO;"), "{console}");
     assert!(busiest(&console).contains("clock_gettime"), "{console}");
-    assert!(field(&console, "syscalls") > 1000, "{console}");
-    assert_eq!(field(&console, "by_call"), 0, "{console}");
-}
-
-/// A `name=N` field of the personality's closing line.
-fn field(console: &str, name: &str) -> u64 {
-    console
-        .lines()
-        .find(|l| l.starts_with("linux: exit status"))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}= in the closing line:\n{console}"))
+    assert!(linux_field(&console, "syscalls") > 1000, "{console}");
+    assert_eq!(linux_field(&console, "by_call"), 0, "{console}");
 }
 
 /// The personality's line of its busiest system calls.

@@ -28,6 +28,20 @@ pub fn parse_csv(out: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// A `name=N` field of the personality's closing `linux: exit status`
+/// line in `console`.
+pub fn linux_field(console: &str, name: &str) -> u64 {
+    console
+        .lines()
+        .find(|l| l.starts_with("linux: exit status"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in the closing line:\n{console}"))
+}
+
 pub fn redis_server() -> PathBuf {
     build("redis").remove(0)
 }
