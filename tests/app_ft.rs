@@ -1,7 +1,8 @@
 //! Stock redis-server in the fault-tolerant pair: randomized `kill -9` of
 //! the primary's VMM under load, and no write redis acknowledged is lost —
 //! read back through the new primary, and again after the disk is booted
-//! afresh (the new primary killed too, then `lockstep run` on the disk).
+//! afresh (the new primary killed too, then `lockstep run` on the disk);
+//! the same after a new backup joined a redis VM by live clone.
 
 mod common;
 
@@ -185,4 +186,66 @@ fn a_backup_refuses_a_primary_running_another_app() {
         "{}",
         backup.log()
     );
+}
+
+/// A redis VM that lost its backup takes a new one by live clone — the
+/// app's memory and threads, the personality, the system-call trampoline
+/// page — under a client load, and the joined backup takes over when the
+/// primary dies: every acknowledged write is there, and on a reboot of the
+/// disk.
+#[test]
+fn redis_protected_again_by_a_joined_backup_fails_over_without_losing_a_write() {
+    if !kvm_available() {
+        return;
+    }
+    let redis = redis_server();
+    let spares = FtOptions::spare_on_b();
+    let mut primary_extra = spares.primary_extra.clone();
+    primary_extra.extend(["--disk-size", "128", "--app"].map(String::from));
+    primary_extra.push(redis.display().to_string());
+    primary_extra.push("--".into());
+    primary_extra.extend(REDIS_ARGS.map(String::from));
+    let opts = FtOptions {
+        mem_mib: 256,
+        ready: REDIS_READY,
+        primary_extra,
+        ..spares
+    };
+    let mut pair = FtPair::start("aj", opts);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let writers = spawn_in_netns(pair.net.ns("c"), move || kvclient::write(&addr(), 3, flag));
+    pair.wait_acked(100);
+    pair.lose_backup();
+    pair.new_backup(&[], &[]);
+    pair.wait_protected(1, Duration::from_secs(60));
+    let log = pair.primary.log();
+    let joined = log.lines().find(|l| l.contains("protected again"));
+    eprintln!("{}", joined.unwrap_or_default());
+    // The joined backup follows: its acknowledgements move the log on.
+    pair.wait_acked(100);
+    pair.primary.signal(libc::SIGKILL);
+    pair.wait_backup_live(Duration::from_secs(30));
+    wait_for(
+        Duration::from_secs(30),
+        "redis to answer after the failover",
+        || pair.redis(&["dbsize"]).parse::<u64>().is_ok(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let report = writers.join().expect("writers");
+    assert!(!report.acked.is_empty(), "nothing was acknowledged");
+    let gone = lost(&pair, &report.acked);
+    assert!(
+        gone.is_empty(),
+        "{} of {} acknowledged writes lost after the joined backup took over, e.g. {:?}\nbackup:\n{}",
+        gone.len(),
+        report.acked.len(),
+        &gone[..gone.len().min(5)],
+        pair.backup.log()
+    );
+    eprintln!(
+        "{} acknowledged writes kept through the join and the failover",
+        report.acked.len()
+    );
+    reboot_and_check(&mut pair, &report.acked, 0);
 }
