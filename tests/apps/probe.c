@@ -16,6 +16,22 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Leaf functions that keep their argument in the red zone (below RSP)
+ * across a `syscall` (getpid) and return it: the VMM must leave their
+ * `syscall` alone, since a rewritten `call rax` would store its return
+ * address right there. One with a symbol size, one without (hand-written
+ * assembly often has none). */
+long redzone_sized(long v);
+long redzone_sizeless(long v);
+__asm__(".text\n"
+        ".globl redzone_sized\n.type redzone_sized,@function\n"
+        "redzone_sized:\n"
+        "  mov %rdi, -8(%rsp)\n  mov $39, %eax\n  syscall\n  mov -8(%rsp), %rax\n  ret\n"
+        ".size redzone_sized, .-redzone_sized\n"
+        ".globl redzone_sizeless\n.type redzone_sizeless,@function\n"
+        "redzone_sizeless:\n"
+        "  mov %rdi, -8(%rsp)\n  mov $39, %eax\n  syscall\n  mov -8(%rsp), %rax\n  ret\n");
+
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int stage;
@@ -143,6 +159,8 @@ int main(int argc, char **argv) {
   unsigned char rnd[8];
   getrandom(rnd, sizeof rnd, 0);
   printf("time: %s random: %d\n", (b.tv_sec > a.tv_sec || (b.tv_sec == a.tv_sec && b.tv_nsec >= a.tv_nsec)) ? "monotonic" : "BACKWARDS", (int)getrandom(rnd, sizeof rnd, 0));
+  long rz1 = redzone_sized(0x5eed1), rz2 = redzone_sizeless(0x5eed2);
+  printf("red zone: %s\n", rz1 == 0x5eed1 && rz2 == 0x5eed2 ? "kept" : "CLOBBERED");
   int total, failed = hostile(&total);
   printf("hostile: %d of %d refused\n", failed, total);
   printf("args:");
