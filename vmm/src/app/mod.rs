@@ -31,6 +31,12 @@ pub enum AppError {
         #[source]
         source: CheckError,
     },
+    #[error("rewriting the system calls of {path}")]
+    Rewrite {
+        path: PathBuf,
+        #[source]
+        source: rewrite::NotASyscall,
+    },
     #[error("building the app header for {path}")]
     Header {
         path: PathBuf,
@@ -86,9 +92,9 @@ fn read_checked(path: &Path, rewrite: bool) -> Result<(Vec<u8>, u32), AppError> 
         .filter(|o| *o < elf.len() as u64)
         .collect();
     if rewrite {
-        rewrite::patch(&mut elf, &sites).map_err(|e| AppError::Refused {
+        rewrite::patch(&mut elf, &sites).map_err(|source| AppError::Rewrite {
             path: path.to_owned(),
-            source: CheckError::NotElf(e.to_string()),
+            source,
         })?;
     }
     let crc = crc32c::crc32c(&elf);
