@@ -64,6 +64,44 @@ fn reboot_and_check(pair: &mut FtPair, acked: &[String], trial: usize) {
     vm.exit_status(Duration::from_secs(30));
 }
 
+/// The primary's options that run stock redis from a 128 MiB disk.
+fn redis_primary_args(redis: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = ["--disk-size", "128", "--app"].map(String::from).to_vec();
+    v.push(redis.display().to_string());
+    v.push("--".into());
+    v.extend(REDIS_ARGS.map(String::from));
+    v
+}
+
+/// After a failover: waits until redis answers through the backup gone
+/// live, stops the writers and checks that something was acknowledged and
+/// that every acknowledged write reads back (`what` names the trial).
+fn stop_and_check(
+    pair: &FtPair,
+    stop: &AtomicBool,
+    writers: std::thread::JoinHandle<kvclient::WriterReport>,
+    what: &str,
+) -> kvclient::WriterReport {
+    wait_for(
+        Duration::from_secs(30),
+        "redis to answer after the failover",
+        || pair.redis(&["dbsize"]).parse::<u64>().is_ok(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let report = writers.join().expect("writers");
+    assert!(!report.acked.is_empty(), "{what}: nothing was acknowledged");
+    let gone = lost(pair, &report.acked);
+    assert!(
+        gone.is_empty(),
+        "{what}: {} of {} acknowledged writes lost, e.g. {:?}\nbackup:\n{}",
+        gone.len(),
+        report.acked.len(),
+        &gone[..gone.len().min(5)],
+        pair.backup.log()
+    );
+    report
+}
+
 #[test]
 fn redis_in_the_pair_survives_kill_9_of_the_primary_without_losing_a_write() {
     if !kvm_available() {
@@ -79,10 +117,7 @@ fn redis_in_the_pair_survives_kill_9_of_the_primary_without_losing_a_write() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let mut primary_extra: Vec<String> = ["--disk-size", "128", "--app"].map(String::from).to_vec();
-    primary_extra.push(redis.display().to_string());
-    primary_extra.push("--".into());
-    primary_extra.extend(REDIS_ARGS.map(String::from));
+    let primary_extra = redis_primary_args(&redis);
     for trial in 0..trials {
         let opts = FtOptions {
             mem_mib: 256,
@@ -105,25 +140,11 @@ fn redis_in_the_pair_survives_kill_9_of_the_primary_without_losing_a_write() {
         // of replay, which it finishes before it goes live.
         pair.wait_backup_live(Duration::from_secs(30));
         let live = killed.elapsed();
-        wait_for(
-            Duration::from_secs(30),
-            "redis to answer after the failover",
-            || pair.redis(&["dbsize"]).parse::<u64>().is_ok(),
-        );
-        stop.store(true, Ordering::Relaxed);
-        let report = writers.join().expect("writers");
-        assert!(
-            !report.acked.is_empty(),
-            "trial {trial}: nothing was acknowledged"
-        );
-        let gone = lost(&pair, &report.acked);
-        assert!(
-            gone.is_empty(),
-            "trial {trial} (kill after {kill_after:?}): {} of {} acknowledged writes lost, e.g. {:?}\nbackup:\n{}",
-            gone.len(),
-            report.acked.len(),
-            &gone[..gone.len().min(5)],
-            pair.backup.log()
+        let report = stop_and_check(
+            &pair,
+            &stop,
+            writers,
+            &format!("trial {trial} (kill after {kill_after:?})"),
         );
         eprintln!(
             "trial {trial}: killed after {kill_after:?}, live after {live:?}, {} acknowledged writes kept ({} client errors across the failover)",
@@ -201,10 +222,7 @@ fn redis_protected_again_by_a_joined_backup_fails_over_without_losing_a_write() 
     let redis = redis_server();
     let spares = FtOptions::spare_on_b();
     let mut primary_extra = spares.primary_extra.clone();
-    primary_extra.extend(["--disk-size", "128", "--app"].map(String::from));
-    primary_extra.push(redis.display().to_string());
-    primary_extra.push("--".into());
-    primary_extra.extend(REDIS_ARGS.map(String::from));
+    primary_extra.extend(redis_primary_args(&redis));
     let opts = FtOptions {
         mem_mib: 256,
         ready: REDIS_READY,
@@ -226,23 +244,7 @@ fn redis_protected_again_by_a_joined_backup_fails_over_without_losing_a_write() 
     pair.wait_acked(100);
     pair.primary.signal(libc::SIGKILL);
     pair.wait_backup_live(Duration::from_secs(30));
-    wait_for(
-        Duration::from_secs(30),
-        "redis to answer after the failover",
-        || pair.redis(&["dbsize"]).parse::<u64>().is_ok(),
-    );
-    stop.store(true, Ordering::Relaxed);
-    let report = writers.join().expect("writers");
-    assert!(!report.acked.is_empty(), "nothing was acknowledged");
-    let gone = lost(&pair, &report.acked);
-    assert!(
-        gone.is_empty(),
-        "{} of {} acknowledged writes lost after the joined backup took over, e.g. {:?}\nbackup:\n{}",
-        gone.len(),
-        report.acked.len(),
-        &gone[..gone.len().min(5)],
-        pair.backup.log()
-    );
+    let report = stop_and_check(&pair, &stop, writers, "after the joined backup took over");
     eprintln!(
         "{} acknowledged writes kept through the join and the failover",
         report.acked.len()
