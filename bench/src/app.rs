@@ -168,14 +168,17 @@ fn run_pair(redis: &Path, a: &AppArgs, pipeline: u32) -> anyhow::Result<Vec<Benc
 /// CPU time of one system call in the guest, by `call` and by `SYSCALL`,
 /// and natively (µs).
 fn syscall_cost(getppid: &Path, n: u64) -> anyhow::Result<(f64, f64, f64)> {
-    let guest_ms = |calls: u64, append: &str| -> anyhow::Result<u64> {
+    let guest_ms = |calls: u64, trap: bool| -> anyhow::Result<u64> {
         let dir = tempfile::tempdir_in(vm::repo().join("target"))?;
-        let out = Command::new(vm::lockstep_bin())
-            .args(["run", "--mem", "64", "--disk-size", "64", "--app"])
+        let mut cmd = Command::new(vm::lockstep_bin());
+        cmd.args(["run", "--mem", "64", "--disk-size", "64", "--app"])
             .arg(getppid)
             .arg("--disk")
-            .arg(dir.path().join("disk.img"))
-            .args(["--append", append])
+            .arg(dir.path().join("disk.img"));
+        if trap {
+            cmd.args(["--append", "syscalls=trap"]);
+        }
+        let out = cmd
             .args(["--", &calls.to_string()])
             .env("RUST_LOG", "info")
             .output()?;
@@ -186,11 +189,11 @@ fn syscall_cost(getppid: &Path, n: u64) -> anyhow::Result<(f64, f64, f64)> {
         );
         Ok(Stats::parse(&text).context("no stats line")?.guest_ms)
     };
-    let per_call = |append: &str| -> anyhow::Result<f64> {
-        let ms = guest_ms(n, append)?.saturating_sub(guest_ms(0, append)?);
+    let per_call = |trap: bool| -> anyhow::Result<f64> {
+        let ms = guest_ms(n, trap)?.saturating_sub(guest_ms(0, trap)?);
         Ok(ms as f64 * 1000.0 / n as f64)
     };
-    let (by_call, by_trap) = (per_call("vdso=1")?, per_call("syscalls=trap")?);
+    let (by_call, by_trap) = (per_call(false)?, per_call(true)?);
     let native = |calls: u64| -> anyhow::Result<Duration> {
         let t = Instant::now();
         Command::new(getppid).arg(calls.to_string()).status()?;

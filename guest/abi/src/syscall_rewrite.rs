@@ -37,17 +37,17 @@ pub const TRAMPOLINE_NOPS: usize = 0xf00;
 /// Whether the guest on `cmdline` runs an app, and so gets the trampoline
 /// page.
 pub fn maps_trampoline(cmdline: &str) -> bool {
-    cmdline
-        .split_ascii_whitespace()
-        .any(|w| w == "workload=app")
+    has_word(cmdline, "workload=app")
 }
 
 /// Whether `cmdline` asks the VMM to leave the app's `syscall`
 /// instructions alone.
 pub fn traps_syscalls(cmdline: &str) -> bool {
-    cmdline
-        .split_ascii_whitespace()
-        .any(|w| w == SYSCALLS_TRAP_WORD)
+    has_word(cmdline, SYSCALLS_TRAP_WORD)
+}
+
+fn has_word(cmdline: &str, word: &str) -> bool {
+    cmdline.split_ascii_whitespace().any(|w| w == word)
 }
 
 /// The trampoline page: `nop` × [`TRAMPOLINE_NOPS`], then

@@ -12,6 +12,8 @@
 //! | `race` | disk: rounds of two racing writes to one block first | `0` |
 //! | `duration_ms` | idle, hostile: how long | `1000` |
 //! | `tick_ms` | idle: wake-up period | `10` |
+//! | `vdso` | app: `0` leaves the personality's vDSO out | on |
+//! | `syscalls` | app: `trap` (read by the VMM, not here) installs the app with its `syscall`s unchanged | rewritten |
 
 use lockstep_guest_abi::BootParams;
 use lockstep_guest_services::intfmt::parse_usize;
